@@ -1,0 +1,105 @@
+"""Settings from environment variables (a `.env` file in the working directory is read too).
+
+One module owns every knob, so the README's settings table and the code cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+ENV_PREFIX = "OLIST_CHURN_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected an integer") from exc
+
+
+def _env_date(name: str) -> date | None:
+    raw = _env(name)
+    if raw is None:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected a date YYYY-MM-DD") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    churn_horizon_days: int
+    feature_window_days: int
+    partition_start: date | None
+    partition_end: date | None
+    cohort_day: int
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+
+def load_settings() -> Settings:
+    """Read the settings now (not at import), so tests can point them elsewhere."""
+    load_dotenv(override=False)
+    data_dir = Path(_env("DATA_DIR", "data") or "data").expanduser().resolve()
+    settings = Settings(
+        data_dir=data_dir,
+        churn_horizon_days=_env_int("HORIZON_DAYS", 45),
+        feature_window_days=_env_int("WINDOW_DAYS", 180),
+        partition_start=_env_date("PARTITION_START"),
+        partition_end=_env_date("PARTITION_END"),
+        cohort_day=_env_int("COHORT_DAY", 1),
+    )
+    if settings.churn_horizon_days < 1:
+        raise SettingsError(f"{ENV_PREFIX}HORIZON_DAYS must be at least 1")
+    if settings.feature_window_days < 1:
+        raise SettingsError(f"{ENV_PREFIX}WINDOW_DAYS must be at least 1")
+    if not 1 <= settings.cohort_day <= 28:
+        raise SettingsError(f"{ENV_PREFIX}COHORT_DAY must be between 1 and 28")
+    if (
+        settings.partition_start
+        and settings.partition_end
+        and settings.partition_start >= settings.partition_end
+    ):
+        raise SettingsError(f"{ENV_PREFIX}PARTITION_START must be before PARTITION_END")
+    return settings
