@@ -1,0 +1,104 @@
+"""The warehouse IO manager: dagster-duckdb-pandas with a polars handler beside it, and
+every write (delete the partition, insert the new rows) in one DuckDB transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
+from dagster_duckdb import DuckDBResource
+from dagster_duckdb.io_manager import DuckDbClient
+from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
+
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.warehouse import open_warehouse, write_frame
+
+WAREHOUSE_POOL = "warehouse"
+
+
+class TransactionalDuckDbClient(DuckDbClient):
+    """Opens each IO-manager connection inside a transaction, so the delete of a partition
+    and the insert of its new rows commit together or not at all."""
+
+    @staticmethod
+    @contextmanager
+    def connect(context, _table_slice) -> Iterator:
+        conn = open_warehouse(Path(context.resource_config["database"]))
+        try:
+            conn.execute("BEGIN TRANSACTION")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+
+class PolarsTableHandler(DbTypeHandler[pl.DataFrame]):
+    """Stores polars frames: whole tables are replaced (so their schema follows the code),
+    partitions are inserted by column name into the table the partition was deleted from."""
+
+    def handle_output(self, context, table_slice: TableSlice, obj: pl.DataFrame, connection):
+        partitioned = bool(table_slice.partition_dimensions)
+        write_frame(connection, table_slice.schema, table_slice.table, obj, append=partitioned)
+        row_count = obj.height
+        context.add_output_metadata(
+            {
+                **(
+                    {"dagster/partition_row_count": row_count}
+                    if context.has_partition_key or partitioned
+                    else {"dagster/row_count": row_count}
+                ),
+                "dagster/column_schema": dg.TableSchema(
+                    columns=[
+                        dg.TableColumn(name=name, type=str(dtype))
+                        for name, dtype in obj.schema.items()
+                    ]
+                ),
+                "dagster/table_name": f"{table_slice.schema}.{table_slice.table}",
+            }
+        )
+
+    def load_input(self, context, table_slice: TableSlice, connection) -> pl.DataFrame:
+        if table_slice.partition_dimensions and len(context.asset_partition_keys) == 0:
+            return pl.DataFrame()
+        return connection.execute(DuckDbClient.get_select_statement(table_slice)).pl()
+
+    @property
+    def supported_types(self):
+        return [pl.DataFrame]
+
+
+class WarehouseIOManager(DuckDBPandasIOManager):
+    """The DuckDB pandas IO manager with a polars handler and transactional writes."""
+
+    @staticmethod
+    def type_handlers() -> Sequence[DbTypeHandler]:
+        return [PolarsTableHandler(), DuckDBPandasTypeHandler()]
+
+    @staticmethod
+    def default_load_type() -> type | None:
+        return pl.DataFrame
+
+    def create_io_manager(self, context) -> DbIOManager:
+        return DbIOManager(
+            db_client=TransactionalDuckDbClient(),
+            database=self.database,
+            schema=self.schema_,
+            type_handlers=self.type_handlers(),
+            default_load_type=self.default_load_type(),
+            io_manager_name="WarehouseIOManager",
+        )
+
+
+def warehouse_resources(warehouse_path: Path) -> dict[str, dg.ConfigurableResource | object]:
+    """The IO manager and the query resource, both on the same DuckDB file."""
+    return {
+        "io_manager": WarehouseIOManager(database=str(warehouse_path)),
+        "warehouse": DuckDBResource(database=str(warehouse_path)),
+    }

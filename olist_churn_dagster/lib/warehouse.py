@@ -1,0 +1,123 @@
+"""Opening the DuckDB warehouse with errors an operator can act on.
+
+DuckDB's own messages for a locked, damaged or unwritable file are terse; every path into
+the warehouse goes through `open_warehouse` so they are said once, clearly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+SCHEMAS = ("raw", "features", "ml")
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse file cannot be used; the message says why and what to do."""
+
+
+def open_warehouse(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Connect to the warehouse file, creating its folder when writing."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(f"warehouse {path} does not exist yet: materialize the raw assets")
+    if not read_only:
+        _ensure_writable_dir(path.parent)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise WarehouseError(
+                f"warehouse {path} is locked by another process ({exc}). Runs that write it "
+                "share the 'warehouse' concurrency pool; wait for the other writer or stop it."
+            ) from exc
+        raise WarehouseError(f"warehouse {path} cannot be opened: {exc}") from exc
+    except (duckdb.SerializationException, duckdb.InternalException, duckdb.Error) as exc:
+        raise WarehouseError(
+            f"warehouse {path} is damaged or not a DuckDB file ({exc}). Recovery: move it "
+            "aside and rematerialize the assets (raw tables first); every table in it is "
+            "derived from the input files."
+        ) from exc
+
+
+def _ensure_writable_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WarehouseError(f"data directory {folder} cannot be created: {exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise WarehouseError(
+            f"data directory {folder} is read-only; set OLIST_CHURN_DATA_DIR to a writable folder"
+        )
+
+
+@contextmanager
+def transaction(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection inside one transaction: committed on success, rolled back on error,
+    so a write interrupted halfway leaves the previous content in place."""
+    conn = open_warehouse(path)
+    try:
+        conn.execute("BEGIN TRANSACTION")
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+
+
+def write_frame(
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    frame: pl.DataFrame,
+    *,
+    append: bool = False,
+) -> None:
+    """Write a polars frame, replacing the table, or with `append` inserting by column name
+    (the caller deletes the partition first, in the same transaction) and adding columns
+    that the table does not have yet, so a new feature never breaks older partitions."""
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    target = f'"{schema}"."{table}"'
+    conn.register("_incoming_frame", frame.to_arrow())
+    try:
+        if not append or not _table_exists(conn, schema, table):
+            conn.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _incoming_frame")
+            return
+        _add_missing_columns(conn, schema, table)
+        conn.execute(f"INSERT INTO {target} BY NAME SELECT * FROM _incoming_frame")
+    finally:
+        conn.unregister("_incoming_frame")
+
+
+def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _add_missing_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> None:
+    existing = {
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchall()
+    }
+    incoming = conn.execute("DESCRIBE SELECT * FROM _incoming_frame").fetchall()
+    for name, duck_type, *_ in incoming:
+        if name not in existing:
+            conn.execute(f'ALTER TABLE "{schema}"."{table}" ADD COLUMN "{name}" {duck_type}')
+
+
+def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    return conn.execute(sql, params or []).pl()
