@@ -54,6 +54,18 @@ def _replay(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} snapshots under {out}")
 
 
+def _prepare(_args: argparse.Namespace) -> None:
+    import dagster as dg
+
+    from olist_churn_dagster.bootstrap import prepare
+
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        done = prepare(load_settings(), instance)
+    seconds = time.perf_counter() - started
+    print(f"prepared {', '.join(done)} in {seconds:.1f} s" if done else "already prepared")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="olist-churn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="snapshots root (default $OLIST_CHURN_DATA_DIR/snapshots)"
     )
     replay_cmd.set_defaults(func=_replay)
+
+    prepare_cmd = commands.add_parser(
+        "prepare", help="materialize what the UI should open on (skips what is done)"
+    )
+    prepare_cmd.set_defaults(func=_prepare)
     return parser
 
 

@@ -1,0 +1,55 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS_DIR := .uv
+UV := $(TOOLS_DIR)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+DATA_DIR ?= $(if $(OLIST_CHURN_DATA_DIR),$(OLIST_CHURN_DATA_DIR),data)
+export OLIST_CHURN_DATA_DIR := $(abspath $(DATA_DIR))
+export DAGSTER_HOME := $(OLIST_CHURN_DATA_DIR)/dagster_home
+SCALE ?= 1.0
+SEED ?= 42
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: run install data instance prepare test lint format clean-data
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS_DIR)
+	$(TOOLS_DIR)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+install: $(UV)  ## the locked environment in .venv
+	$(UV) sync --frozen
+
+data: install  ## generate the demo dataset unless data/raw already has one
+	@if [ -n "$$(ls -A $(OLIST_CHURN_DATA_DIR)/raw 2>/dev/null)" ]; then \
+		echo "using the dataset in $(OLIST_CHURN_DATA_DIR)/raw"; \
+	else \
+		$(UV) run olist-churn generate $(OLIST_CHURN_DATA_DIR)/raw --scale $(SCALE) --seed $(SEED); \
+	fi
+
+instance:  ## the Dagster instance home with the project's dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+prepare: data instance  ## materialize what the UI should show ready (skipped when done)
+	$(UV) run olist-churn prepare
+
+run: prepare  ## set up everything, then the Dagster UI on http://$(HOST):$(PORT)
+	$(UV) run dagster dev -h $(HOST) -p $(PORT)
+
+test: install  ## the whole test suite
+	$(UV) run pytest
+
+lint: install
+	$(UV) run ruff check . && $(UV) run ruff format --check .
+
+format: install
+	$(UV) run ruff check --fix . && $(UV) run ruff format .
+
+clean-data:  ## remove all generated state under the data directory (keeps its README)
+	find $(OLIST_CHURN_DATA_DIR) -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,95 @@
+"""The six seller feature tables, partitioned by reference date.
+
+A backfill of any number of dates is one run that computes all of them in one vectorised
+pass and replaces exactly those partitions in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.warehouse import read_tables
+
+FEATURE_GROUP = "feature_store"
+PARTITION_COLUMN = "reference_date"
+
+# The raw tables each family reads (the active-seller spine needs orders and items).
+FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
+    "sales": ("orders", "order_items"),
+    "reviews": ("orders", "order_items", "order_reviews"),
+    "customers": ("orders", "order_items", "customers"),
+    "delivery": ("orders", "order_items"),
+    "payments": ("orders", "order_items", "order_payments"),
+    "products": ("orders", "order_items", "products"),
+}
+
+FAMILY_DESCRIPTIONS: dict[str, str] = {
+    "sales": "Orders, revenue, ticket and price stats, recency, tenure, trend and regularity.",
+    "reviews": "Review scores of the seller's orders, share reviewed, low scores and trend.",
+    "customers": "Distinct customers and states, repeat customers, share of orders per state.",
+    "delivery": "Late, canceled and overdue shares, freight, delivery times against promise.",
+    "payments": "Payments per type (count, value, share), installments.",
+    "products": "Catalogue breadth, photos, sizes and weights, share of items per category.",
+}
+
+
+def feature_asset_key(family: str) -> dg.AssetKey:
+    return dg.AssetKey(["features", f"seller_{family}"])
+
+
+def _partition_dates(context: dg.AssetExecutionContext) -> list:
+    window = context.partition_time_window
+    days = (window.end.date() - window.start.date()).days
+    return [window.start.date() + timedelta(days=i) for i in range(days)]
+
+
+def _feature_asset(family: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=feature_asset_key(family),
+        group_name=FEATURE_GROUP,
+        description=FAMILY_DESCRIPTIONS[family]
+        + " One row per active seller and reference date; only data before the date.",
+        partitions_def=reference_date_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[raw_asset_key(t) for t in FAMILY_SOURCES[family]],
+        metadata={"partition_expr": PARTITION_COLUMN},
+        kinds={"duckdb", "polars"},
+        pool=WAREHOUSE_POOL,
+    )
+    def _asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+        settings = load_settings()
+        dates = _partition_dates(context)
+        with warehouse.get_connection() as conn:
+            raw = read_tables(conn, "raw", FAMILY_SOURCES[family])
+        table = compute_features(
+            family,
+            raw,
+            dates,
+            window_days=settings.feature_window_days,
+            horizon_days=settings.churn_horizon_days,
+        )
+        context.add_output_metadata(
+            {
+                "reference_dates": len(dates),
+                "first_date": str(dates[0]),
+                "last_date": str(dates[-1]),
+                "active_sellers_per_date": round(table.height / max(len(dates), 1), 1),
+                "preview": dg.MetadataValue.md(frame_to_markdown(table)),
+            }
+        )
+        return table
+
+    return _asset
+
+
+feature_assets = [_feature_asset(family) for family in FEATURE_FAMILIES]

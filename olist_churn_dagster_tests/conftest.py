@@ -1,0 +1,48 @@
+"""Shared fixtures. The Dagster definitions read their settings (data directory, partition
+range) when first imported, so every test of the Dagster layer uses the one session data
+directory prepared here, before anything imports `olist_churn_dagster.definitions`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DIR = REPO_ROOT.parent / "shared" / "olist-real"
+
+DEMO_SCALE = 0.03
+DEMO_SEED = 7
+DEMO_END = date.today() - timedelta(days=1)
+DEMO_START = DEMO_END - timedelta(days=400)
+
+
+@pytest.fixture(scope="session")
+def demo_raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated dataset (the same for the whole session)."""
+    from olist_churn_dagster.lib.generator import generate_dataset
+
+    out = tmp_path_factory.mktemp("demo") / "raw"
+    generate_dataset(out, scale=DEMO_SCALE, seed=DEMO_SEED, start=DEMO_START, end=DEMO_END)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, demo_raw_dir: Path) -> Path:
+    """The session's OLIST_CHURN_DATA_DIR, holding the demo dataset in raw/."""
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(demo_raw_dir, root / "raw")
+    os.environ["OLIST_CHURN_DATA_DIR"] = str(root)
+    os.environ["OLIST_CHURN_WINDOW_DAYS"] = "180"
+    return root
+
+
+@pytest.fixture(scope="session")
+def definitions(data_dir: Path):
+    """The code location's Definitions, loaded against the session data directory."""
+    from olist_churn_dagster.bootstrap import load_definitions
+
+    return load_definitions()
