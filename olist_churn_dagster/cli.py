@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("out_dir", type=Path)
     generate.add_argument("--scale", type=float, default=1.0, help="1.0 ~ the real dataset")
     generate.add_argument("--seed", type=int, default=42)
-    generate.add_argument("--start", type=_date, help="first purchase day (default ~25 months back)")
+    generate.add_argument(
+        "--start",
+        type=_date,
+        help="first purchase day (default: ~25 months back)",
+    )
     generate.add_argument("--end", type=_date, help="last purchase day (default yesterday)")
     generate.add_argument(
         "--no-real", action="store_true", help="ignore ../shared/olist-real even if present"

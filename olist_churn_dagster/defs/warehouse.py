@@ -14,8 +14,7 @@ from dagster_duckdb import DuckDBResource
 from dagster_duckdb.io_manager import DuckDbClient
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 
-from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.warehouse import open_warehouse, write_frame
+from olist_churn_dagster.lib.warehouse import transaction, write_frame
 
 WAREHOUSE_POOL = "warehouse"
 
@@ -27,16 +26,8 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context, _table_slice) -> Iterator:
-        conn = open_warehouse(Path(context.resource_config["database"]))
-        try:
-            conn.execute("BEGIN TRANSACTION")
+        with transaction(Path(context.resource_config["database"])) as conn:
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
 
 
 class PolarsTableHandler(DbTypeHandler[pl.DataFrame]):

@@ -595,7 +595,15 @@ def load_dataset(
         names += [n for n, s in TABLES.items() if not s.required and src.has(s.file_name)]
     else:
         names = list(dict.fromkeys(tables))
-    frames = {name: _read_checked(src, _spec(name)) for name in names}
+    specs = [_spec(name) for name in names]
+    missing = [s.file_name for s in specs if not src.has(s.file_name)]
+    if missing:
+        kind = "folder" if src.members is None else "zip"
+        raise InputDataError(
+            f"file(s) not found in {kind} {src.path}: {', '.join(missing)}",
+            file=missing[0],
+        )
+    frames = {spec.name: _read_checked(src, spec) for spec in specs}
     if check_references:
         _check_references(frames)
     return {name: df.drop(_ROW, _LINE) for name, df in frames.items()}

@@ -119,10 +119,6 @@ def _add_missing_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: st
             conn.execute(f'ALTER TABLE "{schema}"."{table}" ADD COLUMN "{name}" {duck_type}')
 
 
-def read_frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
-    return conn.execute(sql, params or []).pl()
-
-
 def read_tables(
     conn: duckdb.DuckDBPyConnection, schema: str, tables: Iterable[str]
 ) -> dict[str, pl.DataFrame]:

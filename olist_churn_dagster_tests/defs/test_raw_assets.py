@@ -14,8 +14,7 @@ from olist_churn_dagster.lib.schema import TABLES
 def _table_counts(warehouse: Path) -> dict[str, int]:
     with duckdb.connect(str(warehouse), read_only=True) as conn:
         return {
-            name: conn.execute(f"SELECT count(*) FROM raw.{name}").fetchone()[0]
-            for name in TABLES
+            name: conn.execute(f"SELECT count(*) FROM raw.{name}").fetchone()[0] for name in TABLES
         }
 
 

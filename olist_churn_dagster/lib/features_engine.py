@@ -1,0 +1,245 @@
+"""The engine behind the seller feature tables: interval sums, sliding extremes, one query.
+
+Every feature is built from two kinds of columnar pieces, so that one DuckDB query serves
+any number of reference dates at a cost that grows with the data, not with dates x data:
+
+* `Additive`: integer measures that a source row contributes to every reference date D in
+  a closed interval of days [start, end] (end NULL = for ever). Point-in-time rules become
+  interval bounds: a fact with timestamp t is known at D exactly when t < D, i.e. from day
+  `known(t)` = date(t) + 1 on. Each row emits +value at `start` and -value at `end + 1`;
+  a running sum per seller over days, read with an ASOF join at each D, is then the sum
+  over the rows whose interval holds D. Distinct counts use the same trick (an occurrence
+  counts from its day + 1 until the next occurrence of the same key or the window's end).
+  Measures are integers (money in micro-reais, durations in microseconds), so the running
+  sums are exact and a window that emptied is exactly zero, never a rounding residue.
+* `Sliding`: min/max over rows whose purchase day lies in [D - window, D - 1], computed by a
+  RANGE window over the rows and the (seller, D) spine together.
+
+A `FamilyPlan` holds the family's source CTEs, its pieces and its output expressions; the
+query returns one row per active seller and date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+EPOCH = "DATE '1970-01-01'"
+MICRO = 1_000_000  # micro-units per real (money) in the integer measures
+US_PER_DAY = 86_400 * 1_000_000
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature column, as documented in the catalogue and shown as a reason name."""
+
+    family: str
+    name: str
+    meaning: str
+    window: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class Additive:
+    """Integer measures of `source` rows, counted for every D in [start, end]."""
+
+    source: str
+    start: str
+    end: str | None
+    measures: dict[str, str]
+    where: str = "TRUE"
+
+
+@dataclass(frozen=True)
+class Sliding:
+    """Extremes of `source` rows whose `day` is in the window: name -> (min|max, expr)."""
+
+    source: str
+    day: str
+    aggregates: dict[str, tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output column: its catalogue entry, polars dtype and SQL over the measures."""
+
+    spec: FeatureSpec
+    dtype: type[pl.DataType]
+    sql: str
+
+
+@dataclass(frozen=True)
+class FamilyPlan:
+    """Everything one family's query needs."""
+
+    tables: tuple[str, ...]
+    ctes: str
+    additive: tuple[Additive, ...]
+    sliding: tuple[Sliding, ...]
+    outputs: tuple[Output, ...]
+
+
+def day(ts: str) -> str:
+    """SQL: epoch day number of a timestamp or date."""
+    return f"(CAST({ts} AS DATE) - {EPOCH})"
+
+
+def known(ts: str) -> str:
+    """SQL: first reference day D at which the timestamp lies strictly before D 00:00."""
+    return f"({day(ts)} + 1)"
+
+
+def micro(value: str) -> str:
+    """SQL: a money value as integer micro-reais (exact sums, deterministic shares)."""
+    return f"CAST(round({value} * {MICRO}) AS BIGINT)"
+
+
+def ratio(num: str, den: str) -> str:
+    """SQL: num / den as DOUBLE; NULL instead of inf or NaN when den is 0 or NULL."""
+    return f"(CAST({num} AS DOUBLE) / CAST(NULLIF({den}, 0) AS DOUBLE))"
+
+
+def distinct_runs(name: str, source: str, keys: str, day_expr: str, where: str = "TRUE") -> str:
+    """SQL CTE: distinct (seller, keys, day) with the next day of the same key (`nd`).
+
+    An occurrence on day d counts towards the distinct count at D for D in
+    [d + 1, least(nd, d + window)]: it is then the latest occurrence before D and inside
+    the window.
+    """
+    return f"""{name} AS (
+  SELECT seller_id, d, lead(d) OVER (PARTITION BY seller_id, {keys} ORDER BY d) AS nd
+  FROM (SELECT DISTINCT seller_id, {keys}, {day_expr} AS d FROM {source} WHERE {where})
+)"""
+
+
+def spine_ctes(horizon_days: int) -> str:
+    """SQL CTEs `runs` and `spine`: active sellers per date from the registered `sale_items`.
+
+    A sale day d with next sale day nd makes the seller active with last sale d for
+    D in [d + 1, least(nd, d + horizon)]. The seller's first sale day rides along.
+    """
+    return f"""sale_days AS (
+  SELECT DISTINCT seller_id, {day("order_purchase_timestamp")} AS d
+  FROM sale_items WHERE order_purchase_timestamp < (SELECT {EPOCH} + max(D) FROM dates)
+),
+runs AS (
+  SELECT seller_id, d,
+         lead(d) OVER (PARTITION BY seller_id ORDER BY d) AS nd,
+         min(d) OVER (PARTITION BY seller_id) AS first_d
+  FROM sale_days
+),
+spine AS (
+  SELECT q.D, r.seller_id, r.d AS last_d, r.first_d
+  FROM runs r JOIN dates q ON q.D >= r.d + 1 AND q.D <= least(r.nd, r.d + {horizon_days})
+)"""
+
+
+def _measure_names(plan: FamilyPlan) -> list[str]:
+    names: list[str] = []
+    for block in plan.additive:
+        names += [n for n in block.measures if n not in names]
+    return names
+
+
+def _additive_ctes(plan: FamilyPlan, lo: int, hi: int) -> str:
+    """SQL CTEs ending in `cum`: running sums per seller and day of every measure."""
+    ctes, deltas = [], []
+    for i, block in enumerate(plan.additive):
+        cols = ", ".join(f"CAST({expr} AS BIGINT) AS {n}" for n, expr in block.measures.items())
+        end = block.end or "NULL"
+        ctes.append(f"""blk{i} AS (
+  SELECT * FROM (
+    SELECT seller_id, {block.start} AS s, {end} AS e, {cols} FROM {block.source}
+    WHERE {block.where}
+  ) WHERE s <= {hi} AND (e IS NULL OR (e >= s AND e >= {lo}))
+)""")
+        plus = ", ".join(block.measures)
+        minus = ", ".join(f"-{n} AS {n}" for n in block.measures)
+        deltas.append(f"SELECT seller_id, s AS day, {plus} FROM blk{i}")
+        deltas.append(
+            f"SELECT seller_id, e + 1 AS day, {minus} FROM blk{i} "
+            f"WHERE e IS NOT NULL AND e + 1 <= {hi}"
+        )
+    names = _measure_names(plan)
+    sums = ", ".join(f"sum({n}) AS {n}" for n in names)
+    running = ", ".join(f"sum({n}) OVER w AS {n}" for n in names)
+    union = "\n  UNION ALL BY NAME ".join(deltas)
+    ctes.append(f"""deltas AS (
+  {union}
+),
+daily AS (SELECT seller_id, day, {sums} FROM deltas GROUP BY seller_id, day),
+cum AS (
+  SELECT seller_id, day, {running} FROM daily
+  WINDOW w AS (PARTITION BY seller_id ORDER BY day ROWS UNBOUNDED PRECEDING)
+)""")
+    return ",\n".join(ctes)
+
+
+def _sliding_ctes(plan: FamilyPlan, window_days: int, lo: int, hi: int) -> str:
+    """SQL CTE `mm`: window min/max per (seller, D), via a RANGE frame over days."""
+    parts = []
+    for block in plan.sliding:
+        cols = ", ".join(f"{fn}({expr}) AS {n}" for n, (fn, expr) in block.aggregates.items())
+        parts.append(
+            f"SELECT seller_id, {block.day} AS day, FALSE AS is_q, {cols} FROM {block.source} "
+            f"WHERE {block.day} BETWEEN {lo - window_days} AND {hi - 1} GROUP BY ALL"
+        )
+    parts.append("SELECT seller_id, D AS day, TRUE AS is_q FROM spine")
+    frame = ", ".join(
+        f"{fn}({n}) OVER w AS {n}"
+        for block in plan.sliding
+        for n, (fn, _) in block.aggregates.items()
+    )
+    union = "\n  UNION ALL BY NAME ".join(parts)
+    return f"""mm_rows AS (
+  {union}
+),
+mm AS (
+  SELECT * EXCLUDE (is_q) FROM (
+    SELECT seller_id, day AS D, is_q, {frame} FROM mm_rows
+    WINDOW w AS (PARTITION BY seller_id ORDER BY day
+                 RANGE BETWEEN {window_days} PRECEDING AND 1 PRECEDING)
+  ) WHERE is_q
+)"""
+
+
+def build_query(
+    plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int
+) -> str:
+    """The family's single SQL query over all dates in the registered `dates` table.
+
+    `lo` and `hi` are the first and last reference day; rows that cannot touch a date in
+    [lo, hi] are pruned before any sorting.
+    """
+    ctes = [spine_ctes(horizon_days), plan.ctes, _additive_ctes(plan, lo, hi)]
+    join_mm = ""
+    if plan.sliding:
+        ctes.append(_sliding_ctes(plan, window_days, lo, hi))
+        join_mm = "LEFT JOIN mm m ON m.seller_id = s.seller_id AND m.D = s.D"
+    measures = ", ".join(f"coalesce(c.{n}, 0) AS {n}" for n in _measure_names(plan))
+    mm_cols = "".join(f", m.{n}" for b in plan.sliding for n in b.aggregates)
+    outputs = ",\n  ".join(
+        f"CAST({o.sql} AS {'BIGINT' if o.dtype is pl.Int64 else 'DOUBLE'}) AS {o.spec.name}"
+        for o in plan.outputs
+    )
+    with_sql = ",\n".join(ctes)
+    return f"""WITH {with_sql},
+f AS (
+  SELECT s.D, s.seller_id, s.last_d, s.first_d, {measures}{mm_cols}
+  FROM spine s
+  ASOF LEFT JOIN cum c ON c.seller_id = s.seller_id AND s.D >= c.day
+  {join_mm}
+)
+SELECT {EPOCH} + D AS reference_date, seller_id,
+  {outputs}
+FROM f ORDER BY D, seller_id"""
+
+
+def output_schema(outputs: Sequence[Output]) -> dict[str, pl.DataType]:
+    """The fixed output schema: keys, then every feature with its dtype."""
+    schema: dict[str, pl.DataType] = {"reference_date": pl.Date(), "seller_id": pl.String()}
+    schema.update({o.spec.name: o.dtype() for o in outputs})
+    return schema
