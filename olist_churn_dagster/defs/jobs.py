@@ -16,3 +16,10 @@ feature_store_job = dg.define_asset_job(
     partitions_def=reference_date_partitions,
     description="The six feature tables for the selected reference dates (one run per range).",
 )
+
+snapshot_job = dg.define_asset_job(
+    name="load_snapshot",
+    selection=dg.AssetSelection.groups("raw", "feature_store"),
+    partitions_def=reference_date_partitions,
+    description="Refresh the raw tables from one snapshot and compute that date's partitions.",
+)

@@ -104,11 +104,7 @@ def build_abt(
     if drop_partial_cohorts:
         mature = mature.all().over("reference_date")
     feature_cols = [c for c in features.columns if c not in KEYS]
-    return (
-        abt.filter(mature)
-        .select(*KEYS, *feature_cols, pl.col(LABEL).cast(pl.Int8))
-        .sort(KEYS)
-    )
+    return abt.filter(mature).select(*KEYS, *feature_cols, pl.col(LABEL).cast(pl.Int8)).sort(KEYS)
 
 
 def feature_columns(abt: pl.DataFrame) -> list[str]:

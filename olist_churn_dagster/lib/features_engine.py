@@ -206,9 +206,7 @@ mm AS (
 )"""
 
 
-def build_query(
-    plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int
-) -> str:
+def build_query(plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int) -> str:
     """The family's single SQL query over all dates in the registered `dates` table.
 
     `lo` and `hi` are the first and last reference day; rows that cannot touch a date in

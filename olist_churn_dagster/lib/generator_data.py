@@ -34,7 +34,11 @@ CATEGORIES: tuple[tuple[str, str, int], ...] = (
     ("malas_acessorios", "luggage_accessories", 349),
     ("climatizacao", "air_conditioning", 124),
     ("construcao_ferramentas_construcao", "construction_tools_construction", 400),
-    ("moveis_cozinha_area_de_servico_jantar_e_jardim", "kitchen_dining_laundry_garden_furniture", 94),  # noqa: E501
+    (
+        "moveis_cozinha_area_de_servico_jantar_e_jardim",
+        "kitchen_dining_laundry_garden_furniture",
+        94,
+    ),  # noqa: E501
     ("construcao_ferramentas_jardim", "costruction_tools_garden", 88),
     ("fashion_roupa_masculina", "fashion_male_clothing", 95),
     ("pet_shop", "pet_shop", 719),

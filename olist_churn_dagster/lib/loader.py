@@ -367,7 +367,8 @@ def _names(columns: Iterable[str]) -> str:
 
 
 def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
+    """A value for a message: strings quoted, long ones cut."""
+    text = repr(value) if isinstance(value, str | tuple) else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -442,8 +443,9 @@ def _fail_where(df: pl.DataFrame, spec: TableSpec, column: str, mask: pl.Expr, w
     if bad.is_empty():
         return
     first = bad.row(0, named=True)
+    found = "it is empty" if first[column] is None else f"found {_short(first[column])}"
     raise InputDataError(
-        f"{what}, found {_short(first[column])} ({bad.height} row(s) affected)",
+        f"{what}, {found} ({bad.height} row(s) affected)",
         file=spec.file_name,
         column=column,
         row=first[_ROW],
@@ -453,7 +455,7 @@ def _fail_where(df: pl.DataFrame, spec: TableSpec, column: str, mask: pl.Expr, w
 
 def _check_keys(df: pl.DataFrame, spec: TableSpec) -> None:
     for column in (*spec.primary_key, *NOT_NULL.get(spec.name, ())):
-        _fail_where(df, spec, column, pl.col(column).is_null(), "expected a value, it is empty")
+        _fail_where(df, spec, column, pl.col(column).is_null(), "expected a value")
     if not spec.primary_key:
         return
     key = pl.struct(spec.primary_key)
@@ -523,10 +525,8 @@ def _check_references(frames: dict[str, pl.DataFrame]) -> None:
     for child, column, parent, parent_column in REFERENCES:
         if child not in frames or parent not in frames:
             continue
-        known = frames[parent].select(pl.col(parent_column).alias(column))
-        orphans = (
-            frames[child].filter(pl.col(column).is_not_null()).join(known, on=column, how="anti")
-        )
+        known = frames[parent].get_column(parent_column).implode()
+        orphans = frames[child].filter(pl.col(column).is_not_null() & ~pl.col(column).is_in(known))
         if orphans.is_empty():
             continue
         first = orphans.row(0, named=True)

@@ -120,9 +120,10 @@ def _cut_orders(orders: pl.DataFrame, cutoff: pl.Expr) -> pl.DataFrame:
 
 def _cut_child(name: str, df: pl.DataFrame, orders: pl.DataFrame, cutoff: pl.Expr) -> pl.DataFrame:
     """Rows of a table that hangs off an order, restricted to the kept orders."""
-    if name == "customers":
-        return df.filter(pl.col("customer_id").is_in(orders["customer_id"].unique()))
-    kept = df.lazy().filter(pl.col("order_id").is_in(orders["order_id"]))
+    key = "customer_id" if name == "customers" else "order_id"
+    kept = df.lazy().join(
+        orders.lazy().select(key).unique(), on=key, how="semi", maintain_order="left"
+    )
     if name == "order_reviews":
         kept = kept.filter(_before("review_creation_date", cutoff)).with_columns(
             _happened("review_answer_timestamp", cutoff)

@@ -64,7 +64,7 @@ def test_build_abt_joins_all_tables_and_adds_label():
     ]
     assert abt.height == 4
     assert abt.select("reference_date", "seller_id").is_unique().all()
-    row = abt.filter((pl.col("seller_id") == "c")).row(0, named=True)
+    row = abt.filter(pl.col("seller_id") == "c").row(0, named=True)
     assert row == {
         "reference_date": D2,
         "seller_id": "c",
@@ -96,7 +96,7 @@ def test_mismatched_rows_error_names_the_table():
     tables["seller_customers"] = pl.DataFrame(
         {"reference_date": [D1, D1, D2], "seller_id": ["a", "b", "a"], "n_states": [1, 2, 3]}
     )
-    with pytest.raises(ValueError, match="seller_customers.*1 missing"):
+    with pytest.raises(ValueError, match=r"seller_customers.*1 missing"):
         build_abt(tables, _labels([True] * 4))
 
 
@@ -107,7 +107,7 @@ def test_duplicate_columns_and_rows_and_missing_labels_error():
         build_abt(tables, _labels([True] * 4))
     tables = _tables()
     tables["seller_sales"] = pl.concat([tables["seller_sales"], tables["seller_sales"][:1]])
-    with pytest.raises(ValueError, match="seller_sales.*duplicate"):
+    with pytest.raises(ValueError, match=r"seller_sales.*duplicate"):
         build_abt(tables, _labels([True] * 4))
     with pytest.raises(ValueError, match="no label"):
         build_abt(_tables(), _labels([True] * 4)[:3])

@@ -148,7 +148,11 @@ def test_label_uses_the_seller_own_history_across_dates_and_horizon_setting():
     # a at Feb 1: L = Jan 5, mark = Feb 19, next sale Feb 25 -> churned.
     # b at Feb 1: L = Jan 10, never sells again -> churned.
     # a at Mar 1: L = Feb 25, no further sale -> churned.
-    assert out["last_sale_date"].to_list() == [date(2018, 1, 5), date(2018, 1, 10), date(2018, 2, 25)]
+    assert out["last_sale_date"].to_list() == [
+        date(2018, 1, 5),
+        date(2018, 1, 10),
+        date(2018, 2, 25),
+    ]
     assert out["churned"].to_list() == [1, 1, 1]
     # With a 60-day horizon, a's Feb 25 sale is within Jan 5 + 60.
     longer = churn_labels(orders, items, spine, horizon_days=60).sort("reference_date", "seller_id")
