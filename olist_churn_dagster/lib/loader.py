@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -271,14 +271,22 @@ def _check_field_sizes(
     starts: np.ndarray,
     columns: list[str],
     file_name: str,
-    line_of,
+    line_of: Callable[[int], int],
 ) -> None:
-    separators = np.sort(np.concatenate((commas, ends)))
-    sizes = np.diff(separators, prepend=-1) - 1
-    if not len(sizes) or int(sizes.max()) <= MAX_FIELD_BYTES:
+    """Refuse a field over MAX_FIELD_BYTES; only records that long are looked into."""
+    long = np.flatnonzero(ends - starts > MAX_FIELD_BYTES)
+    if not len(long):
         return
+    inside = np.isin(np.searchsorted(ends, commas), long)
+    points = np.concatenate((starts[long] - 1, commas[inside], ends[long]))
+    is_end = np.concatenate((np.zeros(len(points) - len(long), bool), np.ones(len(long), bool)))
+    order = np.argsort(points, kind="stable")
+    points, is_end = points[order], is_end[order]
+    sizes = np.where(is_end[:-1], -1, np.diff(points) - 1)
     biggest = int(np.argmax(sizes))
-    end = int(separators[biggest])
+    if sizes[biggest] <= MAX_FIELD_BYTES:
+        return
+    end = int(points[biggest + 1])
     record = int(np.searchsorted(ends, end))
     index = int(np.searchsorted(commas, end) - np.searchsorted(commas, starts[record]))
     column = columns[index] if record > 0 and index < len(columns) else None
@@ -344,7 +352,6 @@ def _read_strings(data: bytes, spec: TableSpec, columns: list[str]) -> pl.DataFr
         raw = pl.read_csv(
             data,
             infer_schema=False,
-            empty_string_is_null=False,
             truncate_ragged_lines=False,
             raise_if_empty=True,
             quote_char='"',
@@ -357,8 +364,9 @@ def _read_strings(data: bytes, spec: TableSpec, columns: list[str]) -> pl.DataFr
             "records; check the quoting",
             file=spec.file_name,
         )
-    keep = ~layout.blank
-    raw = raw.with_columns(pl.Series(_LINE, layout.lines, dtype=pl.Int64)).filter(pl.Series(keep))
+    raw = raw.with_columns(pl.Series(_LINE, layout.lines, dtype=pl.Int64))
+    if layout.blank.any():
+        raw = raw.filter(pl.Series(~layout.blank))
     return raw.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW))
 
 
@@ -377,7 +385,7 @@ def _short(value: object, limit: int = 80) -> str:
 
 def _cast_expr(name: str, dtype: pl.DataType) -> pl.Expr:
     """Text -> dtype, yielding null where the text is not a valid value of the type."""
-    text = pl.col(name).str.strip_chars()
+    text = pl.col(name)
     if dtype == TIMESTAMP:
         full = text.str.to_datetime(TIMESTAMP_FORMAT, strict=False, time_unit="us")
         day = text.str.to_date("%Y-%m-%d", strict=False).cast(TIMESTAMP)
@@ -405,12 +413,7 @@ def _describe(dtype: pl.DataType) -> str:
 
 def _cast_table(raw: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
     """Cast every column per the schema; the first bad value of a column is an error."""
-    text = raw.select(
-        *(pl.when(pl.col(c).str.len_bytes() > 0).then(pl.col(c)).alias(c) for c in spec.columns),
-        _ROW,
-        _LINE,
-    )
-    typed = text.select(
+    typed = raw.select(
         *(
             pl.col(c) if dtype == pl.String else _cast_expr(c, dtype)
             for c, dtype in spec.columns.items()
@@ -419,9 +422,9 @@ def _cast_table(raw: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
         _LINE,
     )
     for column, dtype in spec.columns.items():
-        if dtype == pl.String or typed[column].null_count() == text[column].null_count():
+        if dtype == pl.String or typed[column].null_count() == raw[column].null_count():
             continue
-        bad = text.filter(pl.col(column).is_not_null() & typed[column].is_null())
+        bad = raw.filter(pl.col(column).is_not_null() & typed[column].is_null())
         first = bad.row(0, named=True)
         raise InputDataError(
             f"expected {_describe(dtype)}, found {_short(first[column])} "

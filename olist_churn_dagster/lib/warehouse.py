@@ -30,19 +30,24 @@ def open_warehouse(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyCon
         _ensure_writable_dir(path.parent)
     try:
         return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise WarehouseError(
-                f"warehouse {path} is locked by another process ({exc}). Runs that write it "
-                "share the 'warehouse' concurrency pool; wait for the other writer or stop it."
-            ) from exc
-        raise WarehouseError(f"warehouse {path} cannot be opened: {exc}") from exc
-    except (duckdb.SerializationException, duckdb.InternalException, duckdb.Error) as exc:
-        raise WarehouseError(
-            f"warehouse {path} is damaged or not a DuckDB file ({exc}). Recovery: move it "
-            "aside and rematerialize the assets (raw tables first); every table in it is "
-            "derived from the input files."
-        ) from exc
+    except duckdb.Error as exc:
+        raise WarehouseError(_explain(path, exc)) from exc
+
+
+def _explain(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    if "lock" in text.lower():
+        return (
+            f"warehouse {path} is locked by another process ({text}). Runs that write it "
+            "share the 'warehouse' concurrency pool; wait for the other writer or stop it."
+        )
+    if isinstance(exc, duckdb.IOException) and "not a valid duckdb" not in text.lower():
+        return f"warehouse {path} cannot be opened: {text}"
+    return (
+        f"warehouse {path} is damaged or not a DuckDB file ({text}). Recovery: move it "
+        "aside and rematerialize the assets (raw tables first); every table in it is "
+        "derived from the input files."
+    )
 
 
 def _ensure_writable_dir(folder: Path) -> None:

@@ -1,0 +1,151 @@
+"""Point-in-time-correct seller feature tables, all reference dates in one pass.
+
+For a reference date D a table has one row per seller active at D (a sale in the
+`horizon_days` before D) and only uses facts stamped strictly before D 00:00, so the rows
+for D equal those computed from the as-of-D snapshot of the source. Each family is one
+DuckDB query over every requested date at once (see `features_engine` for how), and its
+columns and dtypes never depend on the data, so warehouse partitions always line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+import duckdb
+import polars as pl
+
+from olist_churn_dagster.lib.features_engine import (
+    EPOCH,
+    FeatureSpec,
+    build_query,
+    output_schema,
+    spine_ctes,
+)
+from olist_churn_dagster.lib.features_families import PLANS, TOP_CATEGORIES
+from olist_churn_dagster.lib.sales import sale_items
+
+__all__ = [
+    "FEATURE_CATALOGUE",
+    "FEATURE_FAMILIES",
+    "TOP_CATEGORIES",
+    "FeatureSpec",
+    "active_sellers",
+    "compute_features",
+    "feature_columns",
+    "feature_schema",
+]
+
+FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
+_DEFAULT_WINDOW = 180
+_SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
+FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
+    o.spec for f in FEATURE_FAMILIES for o in PLANS[f](_DEFAULT_WINDOW).outputs
+)
+_ACTIVE_SCHEMA = {
+    "reference_date": pl.Date(),
+    "seller_id": pl.String(),
+    "last_sale_date": pl.Date(),
+    "recency_days": pl.Int64(),
+}
+
+
+def _check_family(family: str) -> None:
+    if family not in PLANS:
+        raise ValueError(f"unknown feature family {family!r}; expected one of {FEATURE_FAMILIES}")
+
+
+def feature_columns(family: str) -> list[str]:
+    """The family's feature columns in output order, without the keys."""
+    _check_family(family)
+    return list(_SCHEMAS[family])[2:]
+
+
+def feature_schema(family: str) -> dict[str, pl.DataType]:
+    """The family's full output schema: reference_date, seller_id, then the features."""
+    _check_family(family)
+    return dict(_SCHEMAS[family])
+
+
+def _connect(
+    frames: Mapping[str, pl.DataFrame], dates: Sequence[date]
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET preserve_insertion_order = false")
+    epoch = date(1970, 1, 1)
+    days = sorted({(d - epoch).days for d in dates})
+    con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}).to_arrow())
+    for name, frame in frames.items():
+        con.register(name, frame.to_arrow())
+    return con
+
+
+def _conform(result: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Cast to the fixed schema (the query already ordered the rows) and map NaN to null."""
+    floats = [c for c, t in schema.items() if t == pl.Float64]
+    return result.select([pl.col(c).cast(t) for c, t in schema.items()]).with_columns(
+        pl.col(floats).fill_nan(None)
+    )
+
+
+def active_sellers(
+    orders: pl.DataFrame,
+    order_items: pl.DataFrame,
+    dates: Sequence[date],
+    *,
+    horizon_days: int = 45,
+) -> pl.DataFrame:
+    """Sellers with a sale in the `horizon_days` days before each date (the feature spine).
+
+    Returns reference_date, seller_id, last_sale_date (the last sale day before D) and
+    recency_days (D - last_sale_date, 1..horizon_days), sorted by date and seller.
+    """
+    if not dates:
+        return pl.DataFrame(schema=_ACTIVE_SCHEMA)
+    con = _connect({"sale_items": sale_items(orders, order_items)}, dates)
+    try:
+        sql = f"""WITH {spine_ctes(horizon_days)}
+SELECT {EPOCH} + D AS reference_date, seller_id, {EPOCH} + last_d AS last_sale_date,
+       D - last_d AS recency_days
+FROM spine ORDER BY D, seller_id"""
+        return _conform(con.sql(sql).pl(), _ACTIVE_SCHEMA)
+    finally:
+        con.close()
+
+
+def compute_features(
+    family: str,
+    raw: Mapping[str, pl.DataFrame],
+    dates: Sequence[date],
+    *,
+    window_days: int = 180,
+    horizon_days: int = 45,
+) -> pl.DataFrame:
+    """One feature family for every active seller at every date in `dates`.
+
+    `raw` maps table names (as in `schema.TABLES`) to typed frames holding the newest
+    state; only the tables the family needs are read. The result has reference_date,
+    seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
+    a zero denominator are null (never NaN or inf).
+    """
+    _check_family(family)
+    if window_days < 1 or horizon_days < 1:
+        raise ValueError("window_days and horizon_days must be at least 1")
+    schema = _SCHEMAS[family]
+    if not dates:
+        return pl.DataFrame(schema=schema)
+    plan = PLANS[family](window_days)
+    missing = [t for t in plan.tables if t not in raw]
+    if missing:
+        raise ValueError(f"feature family {family!r} needs table(s) {missing}")
+    frames = {t: raw[t] for t in plan.tables}
+    frames["sale_items"] = sale_items(raw["orders"], raw["order_items"])
+    epoch = date(1970, 1, 1)
+    lo, hi = (min(dates) - epoch).days, (max(dates) - epoch).days
+    sql = build_query(plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi)
+    con = _connect(frames, dates)
+    try:
+        return _conform(con.sql(sql).pl(), schema)
+    finally:
+        con.close()

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from olist_churn_dagster.lib.loader import load_dataset, purchase_date_range
+from olist_churn_dagster.lib.snapshots import MARKER_FILE, cut_as_of, write_snapshot
+
+
+@pytest.fixture()
+def snapshots(data_dir: Path):
+    root = data_dir / "snapshots"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def full_tables(data_dir: Path) -> dict[str, pl.DataFrame]:
+    return load_dataset(data_dir / "raw")
+
+
+def _evaluate(definitions: dg.Definitions, cursor: str | None = None):
+    sensor = definitions.get_sensor_def("snapshot_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor)
+        return sensor(context)
+
+
+def _last_day(data_dir: Path):
+    return purchase_date_range(data_dir / "raw")[1]
+
+
+def test_no_snapshot_skips(definitions, snapshots):
+    result = _evaluate(definitions)
+    assert not result.run_requests
+    assert "no new complete snapshot" in result.skip_reason.skip_message
+
+
+def test_new_duplicate_and_corrected_snapshots(definitions, snapshots, full_tables, data_dir):
+    day = _last_day(data_dir)
+    path = write_snapshot(cut_as_of(full_tables, day), snapshots, day)
+    first = _evaluate(definitions)
+    (request,) = first.run_requests
+    assert request.partition_key == day.isoformat()
+    assert request.run_config["ops"]["raw_tables"]["config"]["source"] == str(path)
+    assert request.job_name == "load_snapshot"
+
+    again = _evaluate(definitions, first.cursor)
+    assert not again.run_requests  # same content: never launched twice
+
+    corrected = cut_as_of(full_tables, day)
+    corrected["sellers"] = corrected["sellers"].with_columns(pl.lit("SP").alias("seller_state"))
+    write_snapshot(corrected, snapshots, day)
+    fixed = _evaluate(definitions, again.cursor)
+    (request2,) = fixed.run_requests
+    assert request2.run_key != request.run_key
+
+
+def test_incomplete_bad_and_older_snapshots(definitions, snapshots, full_tables, data_dir):
+    day = _last_day(data_dir)
+    write_snapshot(cut_as_of(full_tables, day), snapshots, day)
+    launched = _evaluate(definitions)
+    assert len(launched.run_requests) == 1
+
+    older = day - timedelta(days=2)
+    write_snapshot(cut_as_of(full_tables, older), snapshots, older)
+    incomplete = snapshots / (day + timedelta(days=2)).isoformat()
+    incomplete.mkdir()
+    (snapshots / "not-a-date").mkdir()
+    truncated_day = day + timedelta(days=1)  # newer, in range, but damaged
+    truncated = write_snapshot(cut_as_of(full_tables, truncated_day), snapshots, truncated_day)
+    items = truncated / "olist_order_items_dataset.csv"
+    items.write_text("\n".join(items.read_text().splitlines()[:-3]) + "\n")
+
+    result = _evaluate(definitions, launched.cursor)
+    assert not result.run_requests
+    message = result.skip_reason.skip_message
+    assert f"waiting for the marker of {incomplete.name}" in message
+    assert "not-a-date" in message
+    assert f"{older.isoformat()}: older than" in message
+    assert f"{truncated_day.isoformat()}: olist_order_items_dataset.csv" in message
+
+    (incomplete / MARKER_FILE).write_text("{not json")
+    broken = _evaluate(definitions, launched.cursor)
+    assert not broken.run_requests
+    assert incomplete.name in broken.skip_reason.skip_message

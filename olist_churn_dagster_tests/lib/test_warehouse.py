@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import os
+from datetime import date
+
+import duckdb
+import polars as pl
+import pytest
+
+from olist_churn_dagster.lib.warehouse import (
+    WarehouseError,
+    open_warehouse,
+    read_tables,
+    transaction,
+    write_frame,
+)
+
+
+def _frame(day: str, values: list[float]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "reference_date": [date.fromisoformat(day)] * len(values),
+            "seller_id": [f"s{i}" for i in range(len(values))],
+            "value": values,
+        }
+    )
+
+
+def test_partition_append_adds_new_columns(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with transaction(path) as conn:
+        write_frame(conn, "features", "t", _frame("2024-01-01", [1.0, 2.0]), append=True)
+    with transaction(path) as conn:
+        conn.execute("DELETE FROM features.t WHERE reference_date = '2024-01-02'")
+        extra = _frame("2024-01-02", [3.0]).with_columns(pl.lit(7).alias("new_feature"))
+        write_frame(conn, "features", "t", extra, append=True)
+    with duckdb.connect(str(path)) as conn:
+        table = conn.execute("SELECT * FROM features.t ORDER BY reference_date").pl()
+    assert table.height == 3
+    assert table["new_feature"].to_list() == [None, None, 7]
+
+
+def test_failed_transaction_keeps_previous_rows(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with transaction(path) as conn:
+        write_frame(conn, "features", "t", _frame("2024-01-01", [1.0, 2.0]), append=True)
+    with pytest.raises(RuntimeError), transaction(path) as conn:
+        conn.execute("DELETE FROM features.t WHERE reference_date = '2024-01-01'")
+        raise RuntimeError("killed halfway")
+    with duckdb.connect(str(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM features.t").fetchone()[0] == 2
+
+
+def test_replace_follows_the_new_schema(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with transaction(path) as conn:
+        write_frame(conn, "raw", "t", pl.DataFrame({"a": [1]}))
+        write_frame(conn, "raw", "t", pl.DataFrame({"b": ["x", "y"]}))
+        assert read_tables(conn, "raw", ["t"])["t"].columns == ["b"]
+
+
+def test_missing_table_is_named(tmp_path):
+    with (
+        transaction(tmp_path / "w.duckdb") as conn,
+        pytest.raises(WarehouseError, match=r"raw\.orders"),
+    ):
+        read_tables(conn, "raw", ["orders"])
+
+
+def test_damaged_file_gives_recovery_advice(tmp_path):
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(b"this is not a duckdb file" * 1000)
+    with pytest.raises(WarehouseError, match="move it aside"):
+        open_warehouse(path)
+
+
+def test_data_directory_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WarehouseError, match="cannot be created"):
+        open_warehouse(blocker / "data" / "w.duckdb")
+
+
+def test_read_only_directory_is_named(tmp_path, monkeypatch):
+    # Root ignores permission bits, so the check is exercised through os.access itself.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(WarehouseError, match="read-only"):
+        open_warehouse(tmp_path / "w.duckdb")
+
+
+def test_missing_warehouse_for_reading(tmp_path):
+    with pytest.raises(WarehouseError, match="does not exist yet"):
+        open_warehouse(tmp_path / "none.duckdb", read_only=True)
