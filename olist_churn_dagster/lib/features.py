@@ -16,11 +16,11 @@ import duckdb
 import polars as pl
 
 from olist_churn_dagster.lib.features_engine import (
-    EPOCH,
     FeatureSpec,
     build_query,
     output_schema,
     spine_ctes,
+    to_date,
 )
 from olist_churn_dagster.lib.features_families import PLANS, TOP_CATEGORIES
 from olist_churn_dagster.lib.sales import sale_items
@@ -106,7 +106,7 @@ def active_sellers(
     con = _connect({"sale_items": sale_items(orders, order_items)}, dates)
     try:
         sql = f"""WITH {spine_ctes(horizon_days)}
-SELECT {EPOCH} + D AS reference_date, seller_id, {EPOCH} + last_d AS last_sale_date,
+SELECT {to_date("D")} AS reference_date, seller_id, {to_date("last_d")} AS last_sale_date,
        D - last_d AS recency_days
 FROM spine ORDER BY D, seller_id"""
         return _conform(con.sql(sql).pl(), _ACTIVE_SCHEMA)

@@ -87,6 +87,11 @@ def day(ts: str) -> str:
     return f"(CAST({ts} AS DATE) - {EPOCH})"
 
 
+def to_date(day_number: str) -> str:
+    """SQL: the DATE of an epoch day number."""
+    return f"({EPOCH} + CAST({day_number} AS INTEGER))"
+
+
 def known(ts: str) -> str:
     """SQL: first reference day D at which the timestamp lies strictly before D 00:00."""
     return f"({day(ts)} + 1)"
@@ -123,7 +128,7 @@ def spine_ctes(horizon_days: int) -> str:
     """
     return f"""sale_days AS (
   SELECT DISTINCT seller_id, {day("order_purchase_timestamp")} AS d
-  FROM sale_items WHERE order_purchase_timestamp < (SELECT {EPOCH} + max(D) FROM dates)
+  FROM sale_items WHERE order_purchase_timestamp < (SELECT {to_date("max(D)")} FROM dates)
 ),
 runs AS (
   SELECT seller_id, d,
@@ -231,7 +236,7 @@ f AS (
   ASOF LEFT JOIN cum c ON c.seller_id = s.seller_id AND s.D >= c.day
   {join_mm}
 )
-SELECT {EPOCH} + D AS reference_date, seller_id,
+SELECT {to_date("D")} AS reference_date, seller_id,
   {outputs}
 FROM f ORDER BY D, seller_id"""
 

@@ -22,9 +22,9 @@ assert ORDER_STATUSES[CANCELED] == "canceled" and ORDER_STATUSES[APPROVED] == "a
 # Final status shares besides delivered and the seller-specific cancel rate.
 _STATUS_SHARES = {
     UNAVAILABLE: 0.0055,
-    SHIPPED: 0.006,
-    INVOICED: 0.002,
-    PROCESSING: 0.002,
+    SHIPPED: 0.002,
+    INVOICED: 0.001,
+    PROCESSING: 0.001,
     CREATED: 0.00005,
     APPROVED: 0.00003,
 }

@@ -20,7 +20,7 @@ ORDERS_AT_SCALE_1 = 99_441
 SELLERS_AT_SCALE_1 = 3_095
 DEFAULT_SPAN_DAYS = 761
 # Candidate sellers per seller that ends up with a sale (late entrants may never sell).
-_CANDIDATES_PER_SELLER = 1.04
+_CANDIDATES_PER_SELLER = 1.5
 _REGULAR_SHARE = 0.04  # sellers who sell rarely but like clockwork and never churn
 _NO_EXIT = 1 << 30
 _CHUNK = 4096
@@ -121,9 +121,9 @@ def draw_sellers(rng: np.random.Generator, n: int, n_days: int) -> Sellers:
         draw(rng, _entry_density(t), n),
     )
     regular = rng.random(n) < _REGULAR_SHARE
-    size = rng.lognormal(0.0, 1.45, n)
-    late_p = 0.025 + 0.35 * rng.beta(0.8, 6.0, n)
-    bad_review = np.clip(0.9 * (late_p - 0.025) + 0.12 * rng.beta(1.0, 5.0, n), 0.0, 0.9)
+    size = rng.lognormal(0.0, 1.2, n)
+    late_p = 0.03 + 0.4 * rng.beta(0.8, 6.0, n)
+    bad_review = np.clip(0.9 * (late_p - 0.03) + 0.12 * rng.beta(1.0, 5.0, n), 0.0, 0.9)
     breadth = rng.normal(0.0, 1.0, n)
     log_price = rng.normal(np.log(85.0), 0.6, n) + 0.15 * breadth
     # Reliable regulars: good service, so their steadiness is not mistaken for luck.

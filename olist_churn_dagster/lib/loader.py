@@ -122,11 +122,6 @@ class _Source:
             return (self.path / file_name).is_file()
         return file_name in self.members
 
-    def where(self, file_name: str) -> str:
-        if self.members is None:
-            return str(self.path / file_name)
-        return f"{self.path}!{self.members.get(file_name, file_name)}"
-
     def read(self, file_name: str) -> bytes:
         if not self.has(file_name):
             kind = "folder" if self.members is None else "zip"
@@ -135,8 +130,11 @@ class _Source:
             )
         if self.members is None:
             return (self.path / file_name).read_bytes()
-        with zipfile.ZipFile(self.path) as archive:
-            return archive.read(self.members[file_name])
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(self.members[file_name])
+        except (zipfile.BadZipFile, OSError, NotImplementedError) as exc:
+            raise InputDataError(f"cannot read it from {self.path}: {exc}", file=file_name) from exc
 
     def polars_source(self, file_name: str) -> Path | bytes:
         """A path polars can map directly when there is one, else the member's bytes."""
@@ -238,15 +236,20 @@ def _scan_layout(data: bytes, columns: list[str], file_name: str) -> _Layout:
             line=line_of(int(quotes[-1])),
         )
     commas = np.flatnonzero(buf == _COMMA)
-    ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
-    commas = commas[np.searchsorted(quotes, commas) % 2 == 0]
+    ends = newlines
+    if len(quotes):  # without quotes every comma and newline is structural
+        ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+        commas = commas[np.searchsorted(quotes, commas) % 2 == 0]
     if len(buf) and buf[-1] != _NEWLINE:
         ends = np.append(ends, len(buf))
     starts = np.concatenate(([0], ends[:-1] + 1))
-    fields = np.bincount(np.searchsorted(ends, commas), minlength=len(ends)) + 1
+    fields = np.diff(np.searchsorted(commas, ends), prepend=0) + 1
     has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
     blank = (ends - starts - has_cr) == 0
-    lines = np.searchsorted(newlines, starts) + 1
+    if len(ends) == len(newlines) + (len(buf) > 0 and buf[-1] != _NEWLINE):
+        lines = np.arange(1, len(ends) + 1)  # no newline inside a quoted field
+    else:
+        lines = np.searchsorted(newlines, starts) + 1
 
     _check_field_sizes(ends, commas, starts, columns, file_name, line_of)
     data_fields, data_blank, data_lines = fields[1:], blank[1:], lines[1:]

@@ -359,6 +359,7 @@ class TrainResult:
     figures: dict[str, Figure]
     n_rows: dict[str, int]
     fit_seconds: float
+    input_example: pl.DataFrame  # a few OOT feature rows (Float64), for the model signature
     extra: dict[str, Any] = field(default_factory=dict)
 
     def comparison_table(self) -> pl.DataFrame:
@@ -430,6 +431,7 @@ def train_churn_model(
         figures=_figures(y_test, {"model": score, **rules}, importance),
         n_rows={block: frame.height for block, frame in blocks.items()},
         fit_seconds=fit_seconds,
+        input_example=test.head(5).select(pl.col(n).cast(pl.Float64) for n in names),
     )
 
 

@@ -124,6 +124,6 @@ def importance_figure(
     for ax, values, label in panels:
         ranked = sorted(values.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
         ax.barh([name for name, _ in ranked], [value for _, value in ranked])
-        ax.set(xlabel=label, title=f"Top {len(ranked)} features")
+        ax.set(xlabel=label, title=f"Top {len(ranked)} features by {label.split(' (')[0]}")
         ax.tick_params(axis="y", labelsize="small")
     return fig

@@ -322,8 +322,12 @@ def test_integral_floats_and_date_only_timestamps(dataset: Path) -> None:
 
 
 def test_blank_lines_are_skipped(dataset: Path) -> None:
-    append(dataset, "sellers", b"\n\n")
+    append(dataset, "sellers", b"\n\r\n")
+    edit(dataset, "customers", b"\n", b"\n\n")  # a blank line after the header
     assert read_table(dataset, "sellers").height == 2
+    assert read_table(dataset, "customers").equals(valid_frames()["customers"])
+    edit(dataset, "customers", b",RJ\n", b",XX,RJ\n")
+    expect_error(dataset, "customers", row=2, line=4, words=("found 6 fields",))
 
 
 def test_zip_equals_folder(dataset: Path, tmp_path: Path) -> None:
@@ -349,6 +353,18 @@ def test_purchase_date_range(dataset: Path) -> None:
 def test_purchase_date_range_refuses_bad_value(dataset: Path) -> None:
     edit(dataset, "orders", b"2017-02-10 11:30:00", b"yesterday")
     with pytest.raises(InputDataError, match=r"olist_orders_dataset.csv.*row 2.*yesterday"):
+        purchase_date_range(dataset)
+
+
+def test_purchase_date_range_missing_column(dataset: Path) -> None:
+    edit(dataset, "orders", b"order_purchase_timestamp", b"purchased_at")
+    with pytest.raises(InputDataError, match="missing column 'order_purchase_timestamp'"):
+        purchase_date_range(dataset)
+
+
+def test_purchase_date_range_missing_file(dataset: Path) -> None:
+    path_of(dataset, "orders").unlink()
+    with pytest.raises(InputDataError, match=r"olist_orders_dataset\.csv.*not found"):
         purchase_date_range(dataset)
 
 
