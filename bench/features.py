@@ -57,9 +57,9 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
 
     defs = load_definitions()
     instance = dg.DagsterInstance.ephemeral()
-    assert defs.get_job_def("load_raw_tables").execute_in_process(instance=instance).success
+    assert defs.resolve_job_def("load_raw_tables").execute_in_process(instance=instance).success
 
-    job = defs.get_job_def("build_feature_store")
+    job = defs.resolve_job_def("build_feature_store")
     keys = job.partitions_def.get_partition_keys()
     started = time.perf_counter()
     result = job.execute_in_process(

@@ -38,7 +38,7 @@ def prepare(settings: Settings, instance: dg.DagsterInstance) -> list[str]:
     defs = load_definitions()
     done: list[str] = []
     if not _has_table(settings, "raw", "orders"):
-        result = defs.get_job_def("load_raw_tables").execute_in_process(instance=instance)
+        result = defs.resolve_job_def("load_raw_tables").execute_in_process(instance=instance)
         if not result.success:
             raise RuntimeError("materializing the raw tables failed; see the run in the UI")
         done.append("raw tables")

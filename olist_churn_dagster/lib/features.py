@@ -149,3 +149,9 @@ def compute_features(
         return _conform(con.sql(sql).pl(), schema)
     finally:
         con.close()
+
+
+def source_tables(family: str) -> tuple[str, ...]:
+    """The raw tables (schema names) a family reads."""
+    _check_family(family)
+    return tuple(PLANS[family](_DEFAULT_WINDOW).tables)

@@ -39,7 +39,7 @@ from olist_churn_dagster.lib.schema import (
 )
 
 # Tunes how many products a seller's sales spread over (~33k products at scale 1).
-CATALOGUE_FACTOR = 0.8
+CATALOGUE_FACTOR = 0.75
 _STREAMS = (
     "sellers",
     "sales",
@@ -126,7 +126,9 @@ def _products(
     price = np.exp(sellers.log_price[owner]) * rng.lognormal(0.0, 0.55, len(keys))
     price *= (np.maximum(weight, 50.0) / 700.0) ** 0.2
     cents = np.round(price.clip(0.85, 6735.0) * 100).astype(np.int64)
-    table = pl.DataFrame({"product_id": hex_ids(id_rng, len(keys)), "product_category_name": category})
+    table = pl.DataFrame(
+        {"product_id": hex_ids(id_rng, len(keys)), "product_category_name": category}
+    )
     table = pl.concat([table, attrs], how="horizontal").select(list(PRODUCTS.columns))
     return _Products(table, of_item, cents, weight)
 
@@ -171,7 +173,7 @@ def build_tables(
     products = _products(rngs["products"], items, sellers, ref, ids)
     transit_item = gx.transit_days(seller_state[items.seller], customer_state[items.order])
     rng_p = rngs["products"]
-    freight = (5.0 + 0.0022 * products.weight[products.of_item] + 3.0 + 0.5 * transit_item)
+    freight = 5.0 + 0.0022 * products.weight[products.of_item] + 3.0 + 0.5 * transit_item
     freight_cents = np.round(freight * rng_p.lognormal(0.0, 0.25, len(freight)) * 100)
     freight_cents = freight_cents.astype(np.int64)
     price_cents = products.price_cents[products.of_item]
@@ -190,7 +192,7 @@ def build_tables(
 
     transit = gx.transit_days(seller_state[seller_of], customer_state)
     fading = day >= sellers.exit[seller_of] - sellers.decline_days[seller_of]
-    late_p = sellers.late_p[seller_of] * (0.6 + 0.4 * transit / 7.0) * np.where(fading, 1.8, 1)
+    late_p = sellers.late_p[seller_of] * (0.6 + 0.4 * transit / 6.0) * np.where(fading, 1.8, 1)
     full = go.timeline(
         rngs["timeline"],
         purchase,
@@ -267,8 +269,12 @@ def build_tables(
         }
     ).filter(pl.Series(sold))
     places = pl.concat(
-        [customer_places, sellers_table.select(zip="seller_zip_code_prefix", city="seller_city",
-                                               state="seller_state")]
+        [
+            customer_places,
+            sellers_table.select(
+                zip="seller_zip_code_prefix", city="seller_city", state="seller_state"
+            ),
+        ]
     )
     tables = {
         "orders": orders,

@@ -238,7 +238,7 @@ def real_payments(rng: np.random.Generator, total: np.ndarray, real: pl.DataFram
 
 # --- reviews ----------------------------------------------------------------------------
 
-_GOOD_MIX = np.array([0.055, 0.02, 0.075, 0.205, 0.645])
+_GOOD_MIX = np.array([0.066, 0.022, 0.08, 0.205, 0.627])
 _BAD_MIX = np.array([0.55, 0.12, 0.13, 0.09, 0.11])
 _COMMENT_P = np.array([0.75, 0.7, 0.55, 0.3, 0.33])
 _TITLE_P = np.array([0.2, 0.18, 0.12, 0.1, 0.1])

@@ -95,7 +95,9 @@ def _real_payments(path: Path) -> PaymentMix:
     first = df.filter(pl.col("payment_sequential") == 1)
     types = first.group_by("payment_type").len().sort("payment_type")
     cards = (
-        first.filter((pl.col("payment_type") == "credit_card") & (pl.col("payment_installments") > 0))
+        first.filter(
+            (pl.col("payment_type") == "credit_card") & (pl.col("payment_installments") > 0)
+        )
         .group_by("payment_installments")
         .len()
         .sort("payment_installments")
@@ -176,7 +178,9 @@ def sample_places(
     # Cumulative weight within each state, shifted by the state's index: one sorted key
     # in which "state s, uniform u" is simply s + u.
     totals = np.bincount(sorted_state, weights=city_w, minlength=len(STATE_NAMES))
-    cum = np.cumsum(city_w) - np.repeat(np.cumsum(totals) - totals, np.bincount(sorted_state, minlength=len(STATE_NAMES)))
+    cum = np.cumsum(city_w) - np.repeat(
+        np.cumsum(totals) - totals, np.bincount(sorted_state, minlength=len(STATE_NAMES))
+    )
     key = sorted_state + cum / totals[sorted_state]
     state = pick(rng, state_weights, n)
     at = np.searchsorted(key, state + rng.random(n), side="right")

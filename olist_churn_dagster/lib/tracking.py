@@ -206,7 +206,9 @@ def log_and_register(
     location = artifact_location or default_artifact_location(tracking_uri)
     experiment_id = _experiment_id(client, experiment, location)
     example = result.input_example.to_pandas()
-    signature = infer_signature(example, predict(result.booster, result.input_example, result.feature_names))
+    signature = infer_signature(
+        example, predict(result.booster, result.input_example, result.feature_names)
+    )
     with mlflow_uri(tracking_uri):
         nested = mlflow.active_run() is not None
         with mlflow.start_run(
@@ -227,8 +229,12 @@ def log_and_register(
                 model_format="json",
             )
     version = str(info.registered_model_version)
-    client.set_model_version_tag(MODEL_NAME, version, "test_roc_auc", str(result.metrics["roc_auc"]))
-    client.set_model_version_tag(MODEL_NAME, version, "test_cohorts", ",".join(map(str, result.plan.test)))
+    client.set_model_version_tag(
+        MODEL_NAME, version, "test_roc_auc", str(result.metrics["roc_auc"])
+    )
+    client.set_model_version_tag(
+        MODEL_NAME, version, "test_cohorts", ",".join(map(str, result.plan.test))
+    )
     return RegisteredModelInfo(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
@@ -259,7 +265,9 @@ def load_model_version(tracking_uri: str, version: str) -> LoadedModel:
 def champion_version(tracking_uri: str) -> str | None:
     """The version carrying the champion alias, or None when there is none yet."""
     try:
-        return str(_client(tracking_uri).get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version)
+        return str(
+            _client(tracking_uri).get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version
+        )
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -299,30 +307,47 @@ def _decide(
     tolerance: float,
 ) -> GateDecision:
     score = _score(candidate, rows, metric)
-    decision = {"candidate_version": candidate.version, "candidate_score": score, "metric": metric}
+    common = {"candidate_version": candidate.version, "candidate_score": score, "metric": metric}
     if champion is None:
-        return GateDecision(True, **decision, champion_version=None, champion_score=None,
-                            reason="no champion yet: the first model is promoted")  # fmt: skip
+        return GateDecision(
+            promoted=True,
+            champion_version=None,
+            champion_score=None,
+            reason="no champion yet: the first model is promoted",
+            **common,
+        )
     if champion.version == candidate.version:
-        return GateDecision(True, **decision, champion_version=champion.version,
-                            champion_score=score, reason="candidate already is the champion")  # fmt: skip
+        return GateDecision(
+            promoted=True,
+            champion_version=champion.version,
+            champion_score=score,
+            reason="candidate already is the champion",
+            **common,
+        )
     missing = sorted(set(champion.feature_names) - set(rows.columns))
     if missing:
         # The feature set changed, so the champion cannot be scored on today's rows: the
         # candidate is the only model that fits the current data, hence it is promoted.
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         return GateDecision(
-            True, **decision, champion_version=champion.version, champion_score=None,
-            reason=f"champion v{champion.version} cannot score these rows (feature set changed; "
-            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}): candidate promoted",
-        )  # fmt: skip
+            promoted=True,
+            champion_version=champion.version,
+            champion_score=None,
+            reason=f"champion v{champion.version} cannot score these rows (feature set "
+            f"changed; missing {shown}): candidate promoted",
+            **common,
+        )
     champion_score = _score(champion, rows, metric)
     promoted = _not_worse(score, champion_score, metric, tolerance)
     verdict = "not worse than" if promoted else "worse than"
     return GateDecision(
-        promoted, **decision, champion_version=champion.version, champion_score=champion_score,
+        promoted=promoted,
+        champion_version=champion.version,
+        champion_score=champion_score,
         reason=f"candidate {metric}={score:.4f} is {verdict} champion v{champion.version} "
         f"{metric}={champion_score:.4f} (tolerance {tolerance}) on {rows.height} OOT rows",
-    )  # fmt: skip
+        **common,
+    )
 
 
 def _record(client: MlflowClient, decision: GateDecision, run_id: str | None, window: str) -> None:
@@ -331,7 +356,9 @@ def _record(client: MlflowClient, decision: GateDecision, run_id: str | None, wi
         "gate.metric": decision.metric,
         "gate.candidate_score": repr(decision.candidate_score),
         "gate.champion_version": decision.champion_version or "",
-        "gate.champion_score": "" if decision.champion_score is None else repr(decision.champion_score),
+        "gate.champion_score": ""
+        if decision.champion_score is None
+        else repr(decision.champion_score),
         "gate.oot_window": window,
         "gate.reason": decision.reason,
     }

@@ -20,7 +20,7 @@ def _table_counts(warehouse: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def loaded(definitions: dg.Definitions, data_dir: Path) -> dg.ExecuteInProcessResult:
-    result = definitions.get_job_def("load_raw_tables").execute_in_process(
+    result = definitions.resolve_job_def("load_raw_tables").execute_in_process(
         instance=dg.DagsterInstance.ephemeral()
     )
     assert result.success
@@ -66,7 +66,7 @@ def test_bad_source_is_refused_and_changes_nothing(loaded, definitions, data_dir
     bad = tmp_path / "bad"
     shutil.copytree(data_dir / "raw", bad)
     (bad / TABLES["order_items"].file_name).unlink()
-    result = definitions.get_job_def("load_raw_tables").execute_in_process(
+    result = definitions.resolve_job_def("load_raw_tables").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         run_config={"ops": {"raw_tables": {"config": {"source": str(bad)}}}},
         raise_on_error=False,

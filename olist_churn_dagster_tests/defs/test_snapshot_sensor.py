@@ -27,7 +27,7 @@ def full_tables(data_dir: Path) -> dict[str, pl.DataFrame]:
 
 
 def _evaluate(definitions: dg.Definitions, cursor: str | None = None):
-    sensor = definitions.get_sensor_def("snapshot_sensor")
+    sensor = definitions.resolve_sensor_def("snapshot_sensor")
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, cursor=cursor)
         return sensor(context)
@@ -50,7 +50,7 @@ def test_new_duplicate_and_corrected_snapshots(definitions, snapshots, full_tabl
     (request,) = first.run_requests
     assert request.partition_key == day.isoformat()
     assert request.run_config["ops"]["raw_tables"]["config"]["source"] == str(path)
-    assert request.job_name == "load_snapshot"
+    assert definitions.resolve_sensor_def("snapshot_sensor").job_name == "load_snapshot"
 
     again = _evaluate(definitions, first.cursor)
     assert not again.run_requests  # same content: never launched twice

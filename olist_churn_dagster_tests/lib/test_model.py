@@ -88,7 +88,7 @@ def test_plan_orders_blocks_and_leaves_gaps(plan):
 
 def test_plan_refuses_too_few_cohorts_and_too_small_gap():
     dates = cohort_dates(date(2017, 1, 1), date(2017, 7, 1))
-    with pytest.raises(ValueError, match="7 mature cohort.*need at least 8"):
+    with pytest.raises(ValueError, match=r"7 mature cohort.*need at least 8"):
         plan_time_split(dates)
     with pytest.raises(ValueError, match="raise `gap`"):
         plan_time_split(dates, gap=0)

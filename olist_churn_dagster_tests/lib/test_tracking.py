@@ -108,17 +108,23 @@ def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, resu
     }
     client = MlflowClient(tracking_uri=store, registry_uri=store)
 
-    first = champion_gate(tracking_uri=store, candidate_version=versions["weak"], test_frame_features=rows)
+    first = champion_gate(
+        tracking_uri=store, candidate_version=versions["weak"], test_frame_features=rows
+    )
     assert first.promoted and first.champion_version is None
     assert champion_version(store) == versions["weak"]
 
-    better = champion_gate(tracking_uri=store, candidate_version=versions["good"], test_frame_features=rows)
+    better = champion_gate(
+        tracking_uri=store, candidate_version=versions["good"], test_frame_features=rows
+    )
     assert better.promoted, better.reason
     assert better.champion_version == versions["weak"]
     assert better.candidate_score > better.champion_score
     assert champion_version(store) == versions["good"]
 
-    worse = champion_gate(tracking_uri=store, candidate_version=versions["shuffled"], test_frame_features=rows)
+    worse = champion_gate(
+        tracking_uri=store, candidate_version=versions["shuffled"], test_frame_features=rows
+    )
     assert not worse.promoted, worse.reason
     assert worse.champion_version == versions["good"]
     assert worse.candidate_score < worse.champion_score
@@ -137,7 +143,9 @@ def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, resu
     tags = client.get_model_version(MODEL_NAME, versions["good"]).tags
     assert tags["gate.promoted"] == "true"
     assert float(tags["gate.champion_score"]) == pytest.approx(better.champion_score)
-    run_tags = client.get_run(client.get_model_version(MODEL_NAME, versions["good"]).run_id).data.tags
+    run_tags = client.get_run(
+        client.get_model_version(MODEL_NAME, versions["good"]).run_id
+    ).data.tags
     assert float(run_tags["gate.candidate_score"]) == pytest.approx(better.candidate_score)
 
     # A lower-is-better metric is compared the other way round.
@@ -161,7 +169,9 @@ def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, resu
 
     # When the champion's features are gone from the rows, the candidate wins by default.
     reduced = train_churn_model(abt.drop("noise_0"), plan, WEAK)
-    reduced_version = log_and_register(reduced, tracking_uri=store, experiment="churn").model_version
+    reduced_version = log_and_register(
+        reduced, tracking_uri=store, experiment="churn"
+    ).model_version
     changed = champion_gate(
         tracking_uri=store,
         candidate_version=reduced_version,

@@ -4,8 +4,6 @@ A backfill of any number of dates is one run that computes all of them in one ve
 pass and replaces exactly those partitions in one transaction.
 """
 
-from __future__ import annotations
-
 from datetime import timedelta
 
 import dagster as dg
@@ -15,7 +13,7 @@ from dagster_duckdb import DuckDBResource
 from olist_churn_dagster.defs.partitions import reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
+from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features, source_tables
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import read_tables
@@ -23,14 +21,10 @@ from olist_churn_dagster.lib.warehouse import read_tables
 FEATURE_GROUP = "feature_store"
 PARTITION_COLUMN = "reference_date"
 
-# The raw tables each family reads (the active-seller spine needs orders and items).
+# The raw tables each family reads (orders and items always: they define the sales).
 FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
-    "sales": ("orders", "order_items"),
-    "reviews": ("orders", "order_items", "order_reviews"),
-    "customers": ("orders", "order_items", "customers"),
-    "delivery": ("orders", "order_items"),
-    "payments": ("orders", "order_items", "order_payments"),
-    "products": ("orders", "order_items", "products"),
+    family: tuple(sorted({"orders", "order_items", *source_tables(family)}))
+    for family in FEATURE_FAMILIES
 }
 
 FAMILY_DESCRIPTIONS: dict[str, str] = {

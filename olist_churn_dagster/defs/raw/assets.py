@@ -1,7 +1,5 @@
 """Raw tables: one asset per source file, loaded together so a bad file changes nothing."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """Checks on the raw tables as stored in the warehouse (SQL, nothing loaded into memory)."""
 
-from __future__ import annotations
-
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 

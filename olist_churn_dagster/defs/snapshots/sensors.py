@@ -1,8 +1,6 @@
 """The snapshot sensor: a complete new snapshot refreshes the raw tables and fills that
 day's feature partitions, in one run keyed on the snapshot's content."""
 
-from __future__ import annotations
-
 from datetime import UTC, date, datetime
 
 import dagster as dg
