@@ -14,10 +14,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO_ROOT.parent / "shared" / "olist-real"
 
-DEMO_SCALE = 0.03
+DEMO_SCALE = 0.08
 DEMO_SEED = 7
 DEMO_END = date.today() - timedelta(days=1)
-DEMO_START = DEMO_END - timedelta(days=400)
+DEMO_START = DEMO_END - timedelta(days=520)
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,48 @@ import dagster as dg
 
 from olist_churn_dagster.defs.partitions import reference_date_partitions
 
+RAW = dg.AssetSelection.groups("raw")
+FEATURES = dg.AssetSelection.groups("feature_store")
+SCORES = dg.AssetSelection.assets(dg.AssetKey(["ml", "churn_scores"]))
+
 load_raw_tables_job = dg.define_asset_job(
     name="load_raw_tables",
-    selection=dg.AssetSelection.groups("raw"),
+    selection=RAW,
     description="Load and validate the source files into the raw schema.",
 )
 
 feature_store_job = dg.define_asset_job(
     name="build_feature_store",
-    selection=dg.AssetSelection.groups("feature_store"),
+    selection=FEATURES,
     partitions_def=reference_date_partitions,
     description="The six feature tables for the selected reference dates (one run per range).",
 )
 
+training_job = dg.define_asset_job(
+    name="train_churn_model",
+    selection=dg.AssetSelection.assets(
+        dg.AssetKey(["ml", "abt"]), dg.AssetKey(["ml", "churn_model"])
+    ),
+    description="Rebuild the ABT from the feature store, train, log to MLflow, gate the champion.",
+)
+
+scoring_job = dg.define_asset_job(
+    name="score_sellers",
+    selection=FEATURES | SCORES,
+    partitions_def=reference_date_partitions,
+    description="Features and churn scores for the selected reference dates.",
+)
+
+rescore_job = dg.define_asset_job(
+    name="rescore_with_champion",
+    selection=SCORES,
+    partitions_def=reference_date_partitions,
+    description="Churn scores only (features already there), e.g. after a new champion.",
+)
+
 snapshot_job = dg.define_asset_job(
     name="load_snapshot",
-    selection=dg.AssetSelection.groups("raw", "feature_store"),
+    selection=RAW | FEATURES | SCORES,
     partitions_def=reference_date_partitions,
-    description="Refresh the raw tables from one snapshot and compute that date's partitions.",
+    description="Refresh the raw tables from one snapshot, then that date's features and scores.",
 )

@@ -40,19 +40,8 @@ from olist_churn_dagster.lib.schema import (
 
 # Tunes how many products a seller's sales spread over (~33k products at scale 1).
 CATALOGUE_FACTOR = 0.75
-_STREAMS = (
-    "sellers",
-    "sales",
-    "orders",
-    "customers",
-    "items",
-    "products",
-    "payments",
-    "timeline",
-    "reviews",
-    "ids",
-    "geo",
-)
+_STREAMS = ("sellers", "sales", "orders", "customers", "items", "products", "payments",
+            "timeline", "reviews", "ids", "geo")  # fmt: skip
 
 
 def default_real_dir() -> Path | None:
@@ -133,95 +122,144 @@ def _products(
     return _Products(table, of_item, cents, weight)
 
 
+@dataclass(frozen=True)
+class _World:
+    """The simulated marketplace before it is written out as tables."""
+
+    sellers: Sellers
+    seller_of: np.ndarray  # per order, in purchase order
+    day: np.ndarray
+    purchase: np.ndarray  # seconds from the span start
+    status: np.ndarray  # final status codes (before the snapshot cut)
+    first_order: np.ndarray  # per order: the customer's first order
+    customer_places: pl.DataFrame
+    seller_places: pl.DataFrame
+    customer_state: np.ndarray
+    seller_state: np.ndarray
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    """One independent random stream per part, so tuning one part leaves the others be."""
+    seeds = np.random.SeedSequence(seed).spawn(len(_STREAMS))
+    return {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seeds, strict=True)}
+
+
+def _world(
+    rngs: dict[str, np.random.Generator], start: date, n_days: int, scale: float, ref: gx.Reference
+) -> _World:
+    """Sellers, who sold when, order statuses, and where customers and sellers are."""
+    sellers = draw_sellers(rngs["sellers"], seller_count(n_days, scale), n_days)
+    seller_of, day = sale_events(rngs["sales"], sellers, demand_curve(start, n_days, scale))
+    purchase = go.purchase_seconds(rngs["orders"], day)
+    by_time = np.argsort(purchase, kind="stable")
+    seller_of, day, purchase = seller_of[by_time], day[by_time], purchase[by_time]
+    status = go.final_status(rngs["orders"], sellers.cancel_p[seller_of])
+    status[sellers.regular[seller_of]] = go.DELIVERED  # a regular's sale is never lost
+    n = len(seller_of)
+    first_order = gx.customer_identity(rngs["customers"], n)
+    customer_places = gx.builtin_places(rngs["customers"], n, sellers=False)[first_order]
+    seller_places = gx.seller_places(rngs["sellers"], len(sellers), ref)
+    return _World(
+        sellers=sellers,
+        seller_of=seller_of,
+        day=day,
+        purchase=purchase,
+        status=status,
+        first_order=first_order,
+        customer_places=customer_places,
+        seller_places=seller_places,
+        customer_state=gx.state_index(customer_places["state"]),
+        seller_state=gx.state_index(seller_places["state"]),
+    )
+
+
+def _money(
+    rng: np.random.Generator, w: _World, items: go.Items, products: _Products
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item prices and freight (cents) and each order's total; freight grows with weight
+    and distance. Unavailable orders have no items but were paid for all the same."""
+    transit = gx.transit_days(w.seller_state[items.seller], w.customer_state[items.order])
+    freight = 8.0 + 0.0022 * products.weight[products.of_item] + 0.5 * transit
+    freight_cents = np.round(freight * rng.lognormal(0.0, 0.25, len(freight)) * 100)
+    price_cents = products.price_cents[products.of_item]
+    weights = price_cents + freight_cents
+    total = np.bincount(items.order, weights=weights, minlength=len(w.seller_of)).astype(np.int64)
+    empty = total == 0
+    total[empty] = np.round(rng.lognormal(np.log(100.0), 0.7, int(empty.sum())) * 100)
+    return price_cents, freight_cents.astype(np.int64), total
+
+
+def _payments(rng: np.random.Generator, total: np.ndarray, ref: gx.Reference) -> pl.DataFrame:
+    if ref.payments is not None:
+        return gx.real_payments(rng, total, ref.payments)
+    return gx.builtin_payments(rng, total)
+
+
+def _primary_type(payments: pl.DataFrame, n: int) -> np.ndarray:
+    """Type code of each order's first payment (it decides how fast approval comes)."""
+    primary = payments.filter(pl.col("payment_sequential") == 1)
+    codes = np.zeros(n, dtype=np.int64)
+    codes[primary["order"].to_numpy()] = primary["type_code"].to_numpy()
+    return codes
+
+
+def _full_timeline(rng: np.random.Generator, w: _World, pay_type: np.ndarray) -> go.Timeline:
+    """Delivery timeline; late risk grows with the seller's trait, distance, and while
+    the seller's business is fading towards churn."""
+    s = w.seller_of
+    transit = gx.transit_days(w.seller_state[s], w.customer_state)
+    fading = w.day >= w.sellers.exit[s] - w.sellers.decline_days[s]
+    late_p = w.sellers.late_p[s] * (0.6 + 0.4 * transit / 6.0) * np.where(fading, 1.8, 1.0)
+    return go.timeline(
+        rng,
+        w.purchase,
+        w.status,
+        pay_type,
+        transit,
+        late_p.clip(0.0, 0.95),
+        w.sellers.handling_days[s],
+    )
+
+
 def build_tables(
     *, scale: float, seed: int, start: date, end: date, ref: gx.Reference
 ) -> dict[str, pl.DataFrame]:
     """The nine tables of the synthetic marketplace, in schema column order."""
     if scale <= 0:
         raise ValueError(f"generator scale must be positive, got {scale}")
-    rngs = dict(
-        zip(
-            _STREAMS,
-            (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(_STREAMS))),
-            strict=True,
-        )
-    )
+    rngs = _streams(seed)
     n_days = (end - start).days + 1
-    epoch = (start - date(1970, 1, 1)).days * DAY
-    snapshot = n_days * DAY
+    epoch, snapshot = (start - date(1970, 1, 1)).days * DAY, n_days * DAY
+    w = _world(rngs, start, n_days, scale, ref)
+    n, ids = len(w.seller_of), rngs["ids"]
+    order_ids, customer_ids = hex_ids(ids, n), hex_ids(ids, n)
+    seller_ids = hex_ids(ids, len(w.sellers))
 
-    demand = demand_curve(start, n_days, scale)
-    sellers = draw_sellers(rngs["sellers"], seller_count(n_days, scale), n_days)
-    seller_of, day = sale_events(rngs["sales"], sellers, demand)
-    purchase = go.purchase_seconds(rngs["orders"], day)
-    by_time = np.argsort(purchase, kind="stable")
-    seller_of, day, purchase = seller_of[by_time], day[by_time], purchase[by_time]
-    n = len(seller_of)
-    status = go.final_status(rngs["orders"], sellers.cancel_p[seller_of])
+    items = go.build_items(rngs["items"], w.seller_of, w.status, w.sellers, CATALOGUE_FACTOR)
+    products = _products(rngs["products"], items, w.sellers, ref, ids)
+    price_cents, freight_cents, total = _money(rngs["products"], w, items, products)
+    payments = _payments(rngs["payments"], total, ref)
+    full = _full_timeline(rngs["timeline"], w, _primary_type(payments, n))
+    status_now, now = go.roll_back(rngs["timeline"], w.status, full, snapshot)
+    reviews = _reviews(rngs["reviews"], full, w.sellers.bad_review[w.seller_of], snapshot)
 
-    first_order = gx.customer_identity(rngs["customers"], n)
-    customer_places = gx.builtin_places(rngs["customers"], n, sellers=False)[first_order]
-    customer_state = gx.state_index(customer_places["state"])
-    seller_places = gx.seller_places(rngs["sellers"], len(sellers), ref)
-    seller_state = gx.state_index(seller_places["state"])
+    def ts(seconds: np.ndarray) -> pl.Series:
+        return timestamps(seconds + epoch, seconds != go.NO_TIME)
 
-    ids = rngs["ids"]
-    order_ids = hex_ids(ids, n)
-    seller_ids = hex_ids(ids, len(sellers))
-
-    items = go.build_items(rngs["items"], seller_of, status, sellers, CATALOGUE_FACTOR)
-    products = _products(rngs["products"], items, sellers, ref, ids)
-    transit_item = gx.transit_days(seller_state[items.seller], customer_state[items.order])
-    rng_p = rngs["products"]
-    freight = 5.0 + 0.0022 * products.weight[products.of_item] + 3.0 + 0.5 * transit_item
-    freight_cents = np.round(freight * rng_p.lognormal(0.0, 0.25, len(freight)) * 100)
-    freight_cents = freight_cents.astype(np.int64)
-    price_cents = products.price_cents[products.of_item]
-    total = np.bincount(items.order, weights=price_cents + freight_cents, minlength=n)
-    total = total.astype(np.int64)
-    empty = total == 0  # unavailable orders have no items but were paid for
-    total[empty] = np.round(rng_p.lognormal(np.log(100.0), 0.7, int(empty.sum())) * 100)
-
-    if ref.payments is not None:
-        payments = gx.real_payments(rngs["payments"], total, ref.payments)
-    else:
-        payments = gx.builtin_payments(rngs["payments"], total)
-    primary = payments.filter(pl.col("payment_sequential") == 1)
-    pay_type = np.zeros(n, dtype=np.int64)
-    pay_type[primary["order"].to_numpy()] = primary["type_code"].to_numpy()
-
-    transit = gx.transit_days(seller_state[seller_of], customer_state)
-    fading = day >= sellers.exit[seller_of] - sellers.decline_days[seller_of]
-    late_p = sellers.late_p[seller_of] * (0.6 + 0.4 * transit / 6.0) * np.where(fading, 1.8, 1)
-    full = go.timeline(
-        rngs["timeline"],
-        purchase,
-        status,
-        pay_type,
-        transit,
-        late_p.clip(0.0, 0.95),
-        sellers.handling_days[seller_of],
-    )
-    status_now, now = go.roll_back(rngs["timeline"], status, full, snapshot)
-
-    reviews = _reviews(rngs["reviews"], full, sellers.bad_review[seller_of], snapshot)
-    ts = lambda s: timestamps(s + epoch, s != go._NO_TIME)  # noqa: E731
-
-    perm = rngs["orders"].permutation(n)
+    shuffle = rngs["orders"].permutation(n)  # the real files are not in time order
     orders = pl.DataFrame(
         {
             "order_id": order_ids,
-            "customer_id": (customer_ids := hex_ids(ids, n)),
+            "customer_id": customer_ids,
             "order_status": pl.Series(ORDER_STATUSES).gather(status_now),
-            "order_purchase_timestamp": ts(purchase),
+            "order_purchase_timestamp": ts(w.purchase),
             "order_approved_at": ts(now.approved),
             "order_delivered_carrier_date": ts(now.carrier),
             "order_delivered_customer_date": ts(now.delivered),
             "order_estimated_delivery_date": ts(now.estimated),
         }
-    )[perm]
-    limit_days = 6 + draw(rngs["items"], [0.5, 0.3, 0.2], n)
-    shipping_limit = purchase + limit_days * DAY
+    )[shuffle]
+    shipping_limit = w.purchase + (6 + draw(rngs["items"], [0.5, 0.3, 0.2], n)) * DAY
     order_items = pl.DataFrame(
         {
             "order_id": order_ids.gather(items.order),
@@ -240,10 +278,9 @@ def build_tables(
         "payment_installments",
         "payment_value",
     )
-    review_rows = reviews["order"].to_numpy()
     order_reviews = reviews.select(
         hex_ids(ids, reviews.height).alias("review_id"),
-        order_ids.gather(review_rows).alias("order_id"),
+        order_ids.gather(reviews["order"].to_numpy()).alias("order_id"),
         "review_score",
         "review_comment_title",
         "review_comment_message",
@@ -253,29 +290,19 @@ def build_tables(
     customers = pl.DataFrame(
         {
             "customer_id": customer_ids,
-            "customer_unique_id": hex_ids(ids, n).gather(first_order),
-            "customer_zip_code_prefix": customer_places["zip"],
-            "customer_city": customer_places["city"],
-            "customer_state": customer_places["state"],
+            "customer_unique_id": hex_ids(ids, n).gather(w.first_order),
+            "customer_zip_code_prefix": w.customer_places["zip"],
+            "customer_city": w.customer_places["city"],
+            "customer_state": w.customer_places["state"],
         }
-    )[perm]
-    sold = np.bincount(items.seller, minlength=len(sellers)) > 0
-    sellers_table = pl.DataFrame(
-        {
-            "seller_id": seller_ids,
-            "seller_zip_code_prefix": seller_places["zip"],
-            "seller_city": seller_places["city"],
-            "seller_state": seller_places["state"],
-        }
-    ).filter(pl.Series(sold))
-    places = pl.concat(
-        [
-            customer_places,
-            sellers_table.select(
-                zip="seller_zip_code_prefix", city="seller_city", state="seller_state"
-            ),
-        ]
-    )
+    )[shuffle]
+    sellers = w.seller_places.select(
+        seller_ids.alias("seller_id"),
+        pl.col("zip").alias("seller_zip_code_prefix"),
+        pl.col("city").alias("seller_city"),
+        pl.col("state").alias("seller_state"),
+    ).filter(pl.Series(np.bincount(items.seller, minlength=len(w.sellers)) > 0))
+    places = pl.concat([w.customer_places, w.seller_places[np.unique(items.seller)]])
     tables = {
         "orders": orders,
         "order_items": order_items,
@@ -283,7 +310,7 @@ def build_tables(
         "order_reviews": order_reviews,
         "customers": customers,
         "products": products.table,
-        "sellers": sellers_table,
+        "sellers": sellers,
         "category_translation": gx.categories_table(ref),
         "geolocation": gx.geolocation(rngs["geo"], places),
     }
@@ -296,7 +323,7 @@ def _reviews(
     """One review for most orders, requested after delivery (or once the estimate has
     passed) and kept only if answered before the snapshot."""
     n = len(bad_review)
-    delivered = full.delivered != go._NO_TIME
+    delivered = full.delivered != go.NO_TIME
     trigger = np.where(delivered, full.delivered, full.estimated) // DAY
     created = (trigger + gx.review_days(rng, n)) * DAY
     answered = created + gx.answer_delay(rng, n)
@@ -325,9 +352,8 @@ def write_tables(out_dir: Path, tables: dict[str, pl.DataFrame]) -> None:
     try:
         for name, df in tables.items():
             final = out_dir / TABLES[name].file_name
-            tmp = out_dir / f".{final.name}.{os.getpid()}.tmp"
-            write_table_csv(df, tmp)
-            staged.append((tmp, final))
+            staged.append((out_dir / f".{final.name}.{os.getpid()}.tmp", final))
+            write_table_csv(df, staged[-1][0])
         for tmp, final in staged:
             os.replace(tmp, final)
     finally:
@@ -344,7 +370,11 @@ def generate_dataset(
     end: date | None = None,
     real_dir: Path | None = None,
 ) -> dict[str, int]:
-    """Writes the nine Kaggle CSV files into out_dir; returns row counts per table name."""
+    """Writes the nine Kaggle CSV files into out_dir; returns row counts per table name.
+
+    Scale 1 over the default ~25-month span is about the size of the real dataset; a
+    longer span keeps adding orders at the mature market's daily rate.
+    """
     start, end = resolve_span(start, end)
     tables = build_tables(
         scale=scale, seed=seed, start=start, end=end, ref=load_reference(real_dir)

@@ -38,7 +38,7 @@ CATEGORIES: tuple[tuple[str, str, int], ...] = (
         "moveis_cozinha_area_de_servico_jantar_e_jardim",
         "kitchen_dining_laundry_garden_furniture",
         94,
-    ),  # noqa: E501
+    ),
     ("construcao_ferramentas_jardim", "costruction_tools_garden", 88),
     ("fashion_roupa_masculina", "fashion_male_clothing", 95),
     ("pet_shop", "pet_shop", 719),

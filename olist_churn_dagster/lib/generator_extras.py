@@ -14,6 +14,7 @@ import polars as pl
 
 from olist_churn_dagster.lib import generator_data as gd
 from olist_churn_dagster.lib.generator_util import DAY, draw, draw_rows, zip_prefixes
+from olist_churn_dagster.lib.schema import PAYMENT_TYPES
 
 STATE_CODES: tuple[str, ...] = tuple(gd.STATES)
 _CITY_STATE = np.array([STATE_CODES.index(c[0]) for c in gd.CITIES])
@@ -197,7 +198,9 @@ def builtin_payments(rng: np.random.Generator, total: np.ndarray) -> pl.DataFram
     return _payments_frame(order, seq, kind, inst, cents)
 
 
-def _payments_frame(order, seq, kind, inst, cents) -> pl.DataFrame:  # noqa: ANN001
+def _payments_frame(
+    order: np.ndarray, seq: np.ndarray, kind: np.ndarray, inst: np.ndarray, cents: np.ndarray
+) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "order": order,
@@ -212,8 +215,6 @@ def _payments_frame(order, seq, kind, inst, cents) -> pl.DataFrame:  # noqa: ANN
 def real_payments(rng: np.random.Generator, total: np.ndarray, real: pl.DataFrame) -> pl.DataFrame:
     """Copy the payment structure (types, installments, value shares) of a real order of
     similar value, so the real mix and its link to order value carry over."""
-    from olist_churn_dagster.lib.schema import PAYMENT_TYPES
-
     rows = (
         real.drop_nulls()
         .with_columns(pl.col("payment_value").sum().over("order_id").alias("order_total"))

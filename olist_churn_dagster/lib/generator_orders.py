@@ -31,7 +31,7 @@ _STATUS_SHARES = {
 _ITEMS_PER_ORDER = (0.9015, 0.0765, 0.013, 0.005, 0.002, 0.0015, 0.0005)
 # Extra items: same product again, another product of the seller, another seller.
 _EXTRA_KIND = (0.62, 0.25, 0.13)
-_NO_TIME = np.iinfo(np.int64).min
+NO_TIME = np.iinfo(np.int64).min
 
 
 def purchase_seconds(rng: np.random.Generator, day: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ def build_items(
 
 @dataclass(frozen=True)
 class Timeline:
-    """Order timestamps in seconds from the span start; _NO_TIME where missing."""
+    """Order timestamps in seconds from the span start; NO_TIME where missing."""
 
     approved: np.ndarray
     carrier: np.ndarray
@@ -172,9 +172,9 @@ def _blank_by_status(
     no_delivery = (status != DELIVERED) & ~(canceled & (u[2] < 0.08))
     no_carrier |= no_approval
     no_delivery |= no_carrier
-    approved[no_approval] = _NO_TIME
-    carrier[no_carrier] = _NO_TIME
-    delivered[no_delivery] = _NO_TIME
+    approved[no_approval] = NO_TIME
+    carrier[no_carrier] = NO_TIME
+    delivered[no_delivery] = NO_TIME
 
 
 def roll_back(
@@ -182,16 +182,16 @@ def roll_back(
 ) -> tuple[np.ndarray, Timeline]:
     """Cut every order's life at the snapshot moment: later timestamps vanish and
     delivered/shipped/approved-like statuses fall back to what has happened so far."""
-    approved = np.where(tl.approved >= snapshot, _NO_TIME, tl.approved)
-    carrier = np.where(tl.carrier >= snapshot, _NO_TIME, tl.carrier)
-    delivered = np.where(tl.delivered >= snapshot, _NO_TIME, tl.delivered)
+    approved = np.where(tl.approved >= snapshot, NO_TIME, tl.approved)
+    carrier = np.where(tl.carrier >= snapshot, NO_TIME, tl.carrier)
+    delivered = np.where(tl.delivered >= snapshot, NO_TIME, tl.delivered)
     status = status.copy()
     moving = ~np.isin(status, (CANCELED, UNAVAILABLE))
     was_delivered = status == DELIVERED
-    status[moving & was_delivered & (delivered == _NO_TIME)] = SHIPPED
+    status[moving & was_delivered & (delivered == NO_TIME)] = SHIPPED
     waiting = rng.random(len(status)) < 0.5
-    lost_ship = moving & (status == SHIPPED) & (carrier == _NO_TIME)
+    lost_ship = moving & (status == SHIPPED) & (carrier == NO_TIME)
     status[lost_ship] = np.where(waiting[lost_ship], PROCESSING, INVOICED)
-    status[moving & (approved == _NO_TIME)] = CREATED
+    status[moving & (approved == NO_TIME)] = CREATED
     late = tl.late & (status == DELIVERED)
     return status, Timeline(approved, carrier, delivered, tl.estimated, late)

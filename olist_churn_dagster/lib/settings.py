@@ -52,6 +52,7 @@ class Settings:
     partition_start: date | None
     partition_end: date | None
     cohort_day: int
+    rescore_days: int
 
     @property
     def warehouse_path(self) -> Path:
@@ -89,11 +90,14 @@ def load_settings() -> Settings:
         partition_start=_env_date("PARTITION_START"),
         partition_end=_env_date("PARTITION_END"),
         cohort_day=_env_int("COHORT_DAY", 1),
+        rescore_days=_env_int("RESCORE_DAYS", 7),
     )
     if settings.churn_horizon_days < 1:
         raise SettingsError(f"{ENV_PREFIX}HORIZON_DAYS must be at least 1")
     if settings.feature_window_days < 1:
         raise SettingsError(f"{ENV_PREFIX}WINDOW_DAYS must be at least 1")
+    if settings.rescore_days < 1:
+        raise SettingsError(f"{ENV_PREFIX}RESCORE_DAYS must be at least 1")
     if not 1 <= settings.cohort_day <= 28:
         raise SettingsError(f"{ENV_PREFIX}COHORT_DAY must be between 1 and 28")
     if (

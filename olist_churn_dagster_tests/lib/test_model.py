@@ -223,5 +223,10 @@ def test_baselines_scale_recency_and_use_train_rate():
     scores = baseline_scores(frame, train_base_rate=0.2)
     np.testing.assert_allclose(scores["recency_rule"], [0.0, 0.25, 1.0, 1.0])
     np.testing.assert_allclose(scores["base_rate"], [0.2] * 4)
+    # The feature store's name is found too, and an explicit column wins.
+    store = pl.DataFrame({"sales_recency_days": [5, 1], "other": [0, 9]})
+    np.testing.assert_allclose(baseline_scores(store, train_base_rate=0.1)["recency_rule"], [1, 0])
+    named = baseline_scores(store, train_base_rate=0.1, recency_column="other")
+    np.testing.assert_allclose(named["recency_rule"], [0, 1])
     with pytest.raises(ValueError, match="recency_days"):
         baseline_scores(pl.DataFrame({"x": [1]}), train_base_rate=0.1)

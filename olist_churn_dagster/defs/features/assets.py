@@ -7,6 +7,7 @@ pass and replaces exactly those partitions in one transaction.
 from datetime import timedelta
 
 import dagster as dg
+import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
@@ -41,7 +42,7 @@ def feature_asset_key(family: str) -> dg.AssetKey:
     return dg.AssetKey(["features", f"seller_{family}"])
 
 
-def _partition_dates(context: dg.AssetExecutionContext) -> list:
+def partition_dates(context: dg.AssetExecutionContext) -> list:
     window = context.partition_time_window
     days = (window.end.date() - window.start.date()).days
     return [window.start.date() + timedelta(days=i) for i in range(days)]
@@ -62,7 +63,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
         settings = load_settings()
-        dates = _partition_dates(context)
+        dates = partition_dates(context)
         with warehouse.get_connection() as conn:
             raw = read_tables(conn, "raw", FAMILY_SOURCES[family])
         table = compute_features(
@@ -87,3 +88,28 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
 
 
 feature_assets = [_feature_asset(family) for family in FEATURE_FAMILIES]
+
+
+def read_feature_tables(conn, dates: list) -> dict[str, pl.DataFrame]:
+    """The six stored tables restricted to `dates`; an error names the dates not there."""
+    try:
+        tables = {
+            family: conn.execute(
+                f"SELECT * FROM features.seller_{family} WHERE reference_date IN "
+                "(SELECT unnest(?::DATE[]))",
+                [dates],
+            ).pl()
+            for family in FEATURE_FAMILIES
+        }
+    except duckdb.CatalogException as exc:
+        raise ValueError(f"feature store not materialized yet: {exc}") from exc
+    for family, table in tables.items():
+        present = set(table.get_column("reference_date").unique().to_list())
+        absent = sorted(set(dates) - present)
+        if absent:
+            shown = ", ".join(str(d) for d in absent[:5])
+            raise ValueError(
+                f"features.seller_{family} has no rows for {len(absent)} date(s) ({shown}"
+                f"{', ...' if len(absent) > 5 else ''}): materialize those partitions first"
+            )
+    return tables

@@ -1,0 +1,265 @@
+"""The analytical base table, the churn model (MLflow-tracked, champion-gated) and the
+daily churn scores."""
+
+import base64
+import io
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from olist_churn_dagster.defs.features.assets import (
+    feature_asset_key,
+    partition_dates,
+    read_feature_tables,
+)
+from olist_churn_dagster.defs.ml.resources import MlflowTracking
+from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.lib.abt import build_abt, cohort_dates, join_features
+from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.labels import churn_labels
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.model import ModelParams, plan_time_split, train_churn_model
+from olist_churn_dagster.lib.scoring import score_sellers
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.tracking import (
+    CHAMPION_ALIAS,
+    champion_gate,
+    load_champion,
+    log_and_register,
+)
+from olist_churn_dagster.lib.warehouse import read_tables
+
+MODEL_GROUP = "model"
+SCORING_GROUP = "scoring"
+ABT_KEY = dg.AssetKey(["ml", "abt"])
+MODEL_KEY = dg.AssetKey(["ml", "churn_model"])
+SCORES_KEY = dg.AssetKey(["ml", "churn_scores"])
+FEATURE_KEYS = [feature_asset_key(f) for f in FEATURE_FAMILIES]
+_DEFAULTS = ModelParams()
+
+
+def mature_cohorts(last_purchase: date) -> list[date]:
+    """First-of-month reference dates whose labels have all matured by the data's end."""
+    settings = load_settings()
+    keys = reference_date_partitions.get_partition_keys()
+    first, last = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
+    horizon = timedelta(days=settings.churn_horizon_days)
+    return [
+        d
+        for d in cohort_dates(first, last, day=settings.cohort_day)
+        if d - timedelta(days=1) + horizon < last_purchase
+    ]
+
+
+@dg.asset(
+    key=ABT_KEY,
+    group_name=MODEL_GROUP,
+    description="Monthly cohorts of active sellers: all six feature tables and the churn "
+    "label, mature rows only.",
+    deps=[*FEATURE_KEYS, raw_asset_key("orders"), raw_asset_key("order_items")],
+    kinds={"duckdb", "polars"},
+    pool=WAREHOUSE_POOL,
+)
+def abt(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+    settings = load_settings()
+    with warehouse.get_connection() as conn:
+        raw = read_tables(conn, "raw", ["orders", "order_items"])
+        last_purchase = raw["orders"].get_column("order_purchase_timestamp").max().date()
+        tables = read_feature_tables(conn, mature_cohorts(last_purchase))
+    spine = tables["sales"].select("reference_date", "seller_id")
+    labels = churn_labels(
+        raw["orders"], raw["order_items"], spine, horizon_days=settings.churn_horizon_days
+    )
+    table = build_abt(tables, labels)
+    per_cohort = (
+        table.group_by("reference_date")
+        .agg(pl.len().alias("rows"), pl.col("churned").mean().round(4).alias("churn_rate"))
+        .sort("reference_date")
+    )
+    context.add_output_metadata(
+        {
+            "cohorts": per_cohort.height,
+            "features": len(table.columns) - 3,
+            "churn_rate": float(table.get_column("churned").mean() or 0.0),
+            "rows_and_churn_rate_per_cohort": dg.MetadataValue.md(
+                frame_to_markdown(per_cohort, max_rows=60)
+            ),
+        }
+    )
+    return table
+
+
+class TrainingConfig(dg.Config):
+    n_test_cohorts: int = Field(default=3, description="latest mature cohorts held out (OOT)")
+    n_valid_cohorts: int = Field(default=2, description="cohorts before them for early stop")
+    gap_cohorts: int = Field(default=1, description="cohorts left out between blocks")
+    max_depth: int = _DEFAULTS.max_depth
+    learning_rate: float = _DEFAULTS.learning_rate
+    n_estimators: int = _DEFAULTS.n_estimators
+    min_child_weight: float = _DEFAULTS.min_child_weight
+    subsample: float = _DEFAULTS.subsample
+    colsample_bytree: float = _DEFAULTS.colsample_bytree
+    reg_lambda: float = _DEFAULTS.reg_lambda
+    early_stopping_rounds: int = _DEFAULTS.early_stopping_rounds
+    seed: int = _DEFAULTS.seed
+    promotion_metric: str = Field(default="roc_auc", description="metric of the champion gate")
+    promotion_tolerance: float = Field(
+        default=0.0, description="how much worse than the champion a candidate may be"
+    )
+
+    def model_params(self) -> ModelParams:
+        return ModelParams(
+            **{k: getattr(self, k) for k in ModelParams.__dataclass_fields__ if hasattr(self, k)}
+        )
+
+
+def _png_markdown(figures: dict) -> str:
+    parts = []
+    for name, figure in figures.items():
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        parts.append(f"**{name}**\n\n![{name}](data:image/png;base64,{encoded})")
+    return "\n\n".join(parts)
+
+
+@dg.asset(
+    key=MODEL_KEY,
+    group_name=MODEL_GROUP,
+    description="XGBoost churn model: trained on earlier cohorts, early-stopped on later "
+    "ones, tested out of time; logged and registered in MLflow, promoted to "
+    f"'{CHAMPION_ALIAS}' only when not worse than the current champion.",
+    ins={"abt": dg.AssetIn(key=ABT_KEY)},
+    kinds={"xgboost", "mlflow"},
+    pool=WAREHOUSE_POOL,
+)
+def churn_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    abt: pl.DataFrame,
+    mlflow: MlflowTracking,
+) -> dg.MaterializeResult:
+    cohorts = abt.get_column("reference_date").unique().sort().to_list()
+    plan = plan_time_split(
+        cohorts,
+        n_test=config.n_test_cohorts,
+        n_valid=config.n_valid_cohorts,
+        gap=config.gap_cohorts,
+        horizon_days=load_settings().churn_horizon_days,
+    )
+    result = train_churn_model(abt, plan, config.model_params())
+    uri = mlflow.ready_uri()
+    registered = log_and_register(
+        result,
+        tracking_uri=uri,
+        experiment=mlflow.experiment,
+        run_name=f"dagster-{context.run_id[:8]}",
+        tags={"dagster_run_id": context.run_id},
+        artifact_location=mlflow.artifact_root(),
+    )
+    oot = abt.filter(pl.col("reference_date").is_in(plan.test))
+    decision = champion_gate(
+        tracking_uri=uri,
+        candidate_version=registered.model_version,
+        test_frame_features=oot,
+        metric=config.promotion_metric,
+        tolerance=config.promotion_tolerance,
+    )
+    comparison = result.comparison_table()
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": registered.run_id,
+            "model_version": registered.model_version,
+            "model_uri": registered.model_uri,
+            "promoted": decision.promoted,
+            "promotion_decision": decision.reason,
+            "candidate_score": decision.candidate_score,
+            "champion_score": decision.champion_score
+            if decision.champion_score is not None
+            else dg.MetadataValue.null(),
+            "oot_roc_auc": result.metrics["roc_auc"],
+            "oot_pr_auc": result.metrics["pr_auc"],
+            "recency_rule_roc_auc": result.baselines["recency_rule"]["roc_auc"],
+            "best_iteration": result.best_iteration,
+            "rows": dg.MetadataValue.json(result.n_rows),
+            "split": dg.MetadataValue.json(plan.as_dict()),
+            "oot_metrics_vs_baselines": dg.MetadataValue.md(frame_to_markdown(comparison)),
+            "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
+            "plots": dg.MetadataValue.md(_png_markdown(result.figures)),
+        }
+    )
+
+
+@dg.asset(
+    key=SCORES_KEY,
+    group_name=SCORING_GROUP,
+    description="Daily churn risk per active seller: probability, rank, band, top three "
+    "reasons, sales at risk, and the champion model version that scored it.",
+    partitions_def=reference_date_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[*FEATURE_KEYS, MODEL_KEY],
+    metadata={"partition_expr": "reference_date"},
+    kinds={"duckdb", "xgboost"},
+    pool=WAREHOUSE_POOL,
+)
+def churn_scores(
+    context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowTracking
+) -> pl.DataFrame:
+    dates = partition_dates(context)
+    model = load_champion(mlflow.ready_uri())
+    with warehouse.get_connection() as conn:
+        features = join_features(read_feature_tables(conn, dates))
+    scores = score_sellers(
+        model.booster,
+        model.feature_names,
+        features,
+        model_version=model.version,
+        model_alias=CHAMPION_ALIAS,
+        scored_at=datetime.now(UTC).replace(tzinfo=None),
+    )
+    exports = export_scores(scores)
+    bands = scores.group_by("risk_band").agg(pl.len().alias("sellers")).sort("risk_band")
+    context.add_output_metadata(
+        {
+            "model_version": model.version,
+            "mean_probability": float(scores.get_column("churn_probability").mean() or 0.0),
+            "sales_at_risk": float(scores.get_column("sales_at_risk").sum()),
+            "sellers_per_band": dg.MetadataValue.md(frame_to_markdown(bands)),
+            "top_20": dg.MetadataValue.md(
+                frame_to_markdown(
+                    scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
+                        "reference_date",
+                        "seller_id",
+                        "churn_probability",
+                        "risk_band",
+                        "sales_at_risk",
+                        "reason_1",
+                        "reason_2",
+                        "reason_3",
+                    ),
+                    max_rows=20,
+                )
+            ),
+            "exports": dg.MetadataValue.json([str(p) for p in exports[:10]]),
+        }
+    )
+    return scores
+
+
+def export_scores(scores: pl.DataFrame) -> list:
+    """One CSV per reference date under $OLIST_CHURN_DATA_DIR/exports/churn_scores/."""
+    folder = load_settings().exports_dir / "churn_scores"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (day,), frame in scores.partition_by("reference_date", as_dict=True).items():
+        path = folder / f"{day.isoformat()}.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        frame.write_csv(tmp)
+        tmp.replace(path)
+        paths.append(path)
+    return sorted(paths)

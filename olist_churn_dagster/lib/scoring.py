@@ -1,0 +1,100 @@
+"""Turning a model and a day's features into the account managers' ranked risk list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+import xgboost as xgb
+
+from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
+from olist_churn_dagster.lib.model import predict, top_reasons
+
+KEYS = ["reference_date", "seller_id"]
+REVENUE_FEATURE = "sales_revenue"  # trailing-window revenue: the base of sales at risk
+N_REASONS = 3
+# Risk bands on the churn probability, highest first (documented in the README).
+RISK_BANDS: tuple[tuple[float, str], ...] = ((0.5, "high"), (0.25, "medium"), (0.0, "low"))
+READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
+
+
+def _risk_band(probability: pl.Expr) -> pl.Expr:
+    expr = pl.lit(RISK_BANDS[-1][1])
+    for threshold, band in reversed(RISK_BANDS[:-1]):
+        expr = pl.when(probability >= threshold).then(pl.lit(band)).otherwise(expr)
+    return expr
+
+
+def _readable(column: str) -> pl.Expr:
+    return (
+        pl.col(column)
+        .replace_strict(READABLE, default=pl.col(column), return_dtype=pl.String)
+        .alias(f"{column}_meaning")
+    )
+
+
+def score_sellers(
+    booster: xgb.Booster,
+    feature_names: list[str],
+    features: pl.DataFrame,
+    *,
+    model_version: str,
+    model_alias: str,
+    scored_at: datetime,
+) -> pl.DataFrame:
+    """One row per seller and date: probability, dense rank within the date (1 = riskiest),
+    risk band, the three features pushing the risk up most (name, meaning, the seller's
+    value), sales at risk (trailing-window revenue x probability) and the model used."""
+    missing = [n for n in feature_names if n not in features.columns]
+    if missing:
+        raise ValueError(
+            f"the model version {model_version} needs feature column(s) {missing[:5]} that "
+            "the feature tables do not have; retrain the model on the current feature store"
+        )
+    probability = predict(booster, features, feature_names).astype(np.float64)
+    reasons = top_reasons(booster, features, feature_names, k=N_REASONS).drop(KEYS)
+    reason_columns = [_readable(f"reason_{i}") for i in range(1, N_REASONS + 1)]
+    scored = pl.concat([features.select(*KEYS, REVENUE_FEATURE), reasons], how="horizontal")
+    return (
+        scored.with_columns(pl.Series("churn_probability", probability))
+        .with_columns(
+            pl.col("churn_probability")
+            .rank(method="dense", descending=True)
+            .over("reference_date")
+            .cast(pl.Int64)
+            .alias("risk_rank"),
+            _risk_band(pl.col("churn_probability")).alias("risk_band"),
+            (pl.col(REVENUE_FEATURE).fill_null(0.0) * pl.col("churn_probability")).alias(
+                "sales_at_risk"
+            ),
+            *reason_columns,
+            pl.lit(model_version).alias("model_version"),
+            pl.lit(model_alias).alias("model_alias"),
+            pl.lit(scored_at).cast(pl.Datetime("us")).alias("scored_at"),
+        )
+        .rename({REVENUE_FEATURE: "trailing_revenue"})
+        .select(
+            *KEYS,
+            "churn_probability",
+            "risk_rank",
+            "risk_band",
+            "trailing_revenue",
+            "sales_at_risk",
+            *[
+                c
+                for i in range(1, N_REASONS + 1)
+                for c in (
+                    f"reason_{i}",
+                    f"reason_{i}_meaning",
+                    f"reason_{i}_value",
+                    f"reason_{i}_contribution",
+                )
+            ],
+            "model_version",
+            "model_alias",
+            "scored_at",
+        )
+        .sort("reference_date", "risk_rank", "seller_id")
+    )

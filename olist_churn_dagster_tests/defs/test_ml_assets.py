@@ -1,0 +1,85 @@
+"""The model path end to end, in process: raw -> all feature partitions -> ABT -> model
+(MLflow run, registered version, champion) -> scores for recent partitions."""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
+
+SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
+
+
+def _range(first: str, last: str) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(definitions: dg.Definitions, data_dir: Path):
+    instance = dg.DagsterInstance.ephemeral()
+    assert (
+        definitions.resolve_job_def("load_raw_tables").execute_in_process(instance=instance).success
+    )
+    features = definitions.resolve_job_def("build_feature_store")
+    keys = features.partitions_def.get_partition_keys()
+    assert features.execute_in_process(instance=instance, tags=_range(keys[0], keys[-1])).success
+    result = definitions.resolve_job_def("train_churn_model").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"ml__churn_model": {"config": SMALL_SPLIT}}},
+    )
+    assert result.success
+    return instance, keys, result
+
+
+def test_abt_has_mature_monthly_cohorts(trained, data_dir: Path):
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        abt = conn.execute("SELECT * FROM ml.abt").pl()
+    dates = abt.get_column("reference_date").unique().to_list()
+    assert len(dates) >= 5 and all(d.day == 1 for d in dates)
+    assert abt.select("reference_date", "seller_id").is_duplicated().sum() == 0
+    assert set(abt.get_column("churned").unique().to_list()) == {0, 1}
+
+
+def test_model_is_logged_registered_and_promoted(trained, data_dir: Path):
+    _, _, result = trained
+    (materialization,) = result.asset_materializations_for_node("ml__churn_model")
+    metadata = materialization.metadata
+    assert metadata["promoted"].value is True
+    assert metadata["model_version"].value == "1"
+    assert "recency_rule" in metadata["oot_metrics_vs_baselines"].value
+    assert "data:image/png;base64" in metadata["plots"].value
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    assert champion_version(uri) == "1"
+    assert (data_dir / "mlflow" / "artifacts").is_dir()
+    assert not Path("mlflow.db").exists() and not Path("mlruns").exists()
+    assert MODEL_NAME and CHAMPION_ALIAS
+
+
+def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
+    instance, keys, _ = trained
+    recent = keys[-3:]
+    result = definitions.resolve_job_def("rescore_with_champion").execute_in_process(
+        instance=instance, tags=_range(recent[0], recent[-1])
+    )
+    assert result.success
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        scores = conn.execute("SELECT * FROM ml.churn_scores").pl()
+    assert sorted(str(d) for d in scores.get_column("reference_date").unique()) == recent
+    assert scores.get_column("churn_probability").is_between(0, 1).all()
+    assert scores.get_column("risk_band").is_in(["high", "medium", "low"]).all()
+    for day, frame in scores.group_by("reference_date"):
+        ranks = frame.get_column("risk_rank").unique().sort().to_list()
+        assert ranks == list(range(1, len(ranks) + 1)), day  # dense ranks
+    assert scores.get_column("model_version").unique().to_list() == ["1"]
+    assert scores.filter(pl.col("reason_1").is_null()).height < scores.height
+    exported = data_dir / "exports" / "churn_scores" / f"{recent[-1]}.csv"
+    assert (
+        pl.read_csv(exported).height
+        == scores.filter(pl.col("reference_date").cast(pl.String) == recent[-1]).height
+    )
