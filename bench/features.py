@@ -51,7 +51,11 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
     import dagster as dg
 
     from olist_churn_dagster.bootstrap import load_definitions
-    from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
+    from olist_churn_dagster.lib.features import (
+        FEATURE_FAMILIES,
+        compute_features,
+        source_tables,
+    )
     from olist_churn_dagster.lib.settings import load_settings
     from olist_churn_dagster.lib.warehouse import open_warehouse, read_tables
 
@@ -77,11 +81,8 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
         conn.execute(f"SELECT count(*) FROM features.seller_{f}").fetchone()[0]
         for f in FEATURE_FAMILIES
     )
-    raw_tables = read_tables(
-        conn,
-        "raw",
-        ["orders", "order_items", "order_reviews", "order_payments", "customers", "products"],
-    )
+    needed = {"orders", "order_items"}.union(*(source_tables(f) for f in FEATURE_FAMILIES))
+    raw_tables = read_tables(conn, "raw", sorted(needed))
     conn.close()
 
     dates = [date.fromisoformat(k) for k in keys]
@@ -132,7 +133,7 @@ def main() -> None:
     print(f"feature-store benchmark, {date.today()} on {os.cpu_count()} cores")
     print(HEADER)
     for scale in args.scales:
-        sample = args.loop_sample or (0 if scale <= 1 else 60)
+        sample = args.loop_sample or 30
         out = subprocess.run(
             [
                 sys.executable,

@@ -1,30 +1,21 @@
 """`olist-churn prepare`: bring the warehouse to a state worth opening the UI on.
 
-Runs in process on the configured Dagster instance, so the runs show in the UI's history
-like any other, and skips whatever is already materialized.
+Runs the project's own jobs in process on the configured Dagster instance, so every run
+shows in the UI's history like any other, and skips each step that is already done:
+raw tables, every feature partition (one single-run backfill), the ABT and a champion
+model, and the scores of the most recent reference dates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
+from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.lib.settings import Settings
+from olist_churn_dagster.lib.tracking import champion_version
 from olist_churn_dagster.lib.warehouse import open_warehouse
-
-
-def _has_table(settings: Settings, schema: str, table: str) -> bool:
-    if not settings.warehouse_path.exists():
-        return False
-    conn = open_warehouse(settings.warehouse_path, read_only=True)
-    try:
-        row = conn.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchone()
-        return bool(row and row[0])
-    finally:
-        conn.close()
 
 
 def load_definitions() -> dg.Definitions:
@@ -33,13 +24,93 @@ def load_definitions() -> dg.Definitions:
     return defs() if callable(defs) else defs
 
 
-def prepare(settings: Settings, instance: dg.DagsterInstance) -> list[str]:
-    """Materialize the raw tables when the warehouse has none; returns what it ran."""
+def _count(settings: Settings, sql: str, params: list) -> int:
+    if not settings.warehouse_path.exists():
+        return 0
+    conn = open_warehouse(settings.warehouse_path, read_only=True)
+    try:
+        return int(conn.execute(sql, params).fetchone()[0])
+    except Exception:  # a table that is not there yet counts as nothing done
+        return 0
+    finally:
+        conn.close()
+
+
+def _missing_feature_dates(settings: Settings, keys: list[str]) -> list[str]:
+    """Partition keys without feature rows (one backfill covers first to last of them)."""
+    if not settings.warehouse_path.exists():
+        return keys
+    conn = open_warehouse(settings.warehouse_path, read_only=True)
+    try:
+        rows = conn.execute("SELECT DISTINCT reference_date FROM features.seller_sales").fetchall()
+    except Exception:  # no feature table yet
+        return keys
+    finally:
+        conn.close()
+    present = {r[0].isoformat() for r in rows}
+    return [k for k in keys if k not in present]
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Tags that make one run cover a whole partition range (single-run backfill)."""
+    return {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
+
+
+def prepare(
+    settings: Settings, instance: dg.DagsterInstance, log: Callable[[str], None] = print
+) -> list[str]:
+    """Run whatever of the main pipeline is missing; returns the steps it ran."""
     defs = load_definitions()
+    keys = defs.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
+    recent = keys[-settings.rescore_days :]
+    tracking_uri = MlflowTracking.under(settings.mlflow_dir).tracking_uri
+    missing = _missing_feature_dates(settings, keys)
+    steps: list[tuple[str, Callable[[], bool], str, dict]] = [
+        (
+            "raw tables",
+            lambda: _count(settings, "SELECT count(*) FROM raw.orders", []) > 0,
+            "load_raw_tables",
+            {},
+        ),
+        (
+            f"feature store ({len(missing)} of {len(keys)} reference dates)",
+            lambda: not missing,
+            "build_feature_store",
+            {"tags": range_tags(missing[0], missing[-1]) if missing else {}},
+        ),
+        (
+            "ABT and champion model",
+            lambda: settings.mlflow_dir.exists() and champion_version(tracking_uri) is not None,
+            "train_churn_model",
+            {},
+        ),
+        (
+            f"churn scores ({len(recent)} latest dates)",
+            lambda: (
+                _count(
+                    settings,
+                    "SELECT count(*) FROM ml.churn_scores WHERE reference_date = ?::DATE",
+                    [recent[-1]],
+                )
+                > 0
+            ),
+            "rescore_with_champion",
+            {"tags": range_tags(recent[0], recent[-1])},
+        ),
+    ]
     done: list[str] = []
-    if not _has_table(settings, "raw", "orders"):
-        result = defs.resolve_job_def("load_raw_tables").execute_in_process(instance=instance)
+    for name, is_done, job_name, kwargs in steps:
+        if is_done():
+            log(f"{name}: already there")
+            continue
+        log(f"{name}: running job {job_name}")
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, raise_on_error=False, **kwargs
+        )
         if not result.success:
-            raise RuntimeError("materializing the raw tables failed; see the run in the UI")
-        done.append("raw tables")
+            raise RuntimeError(f"job {job_name} failed; open its run in the UI for the error")
+        done.append(name)
     return done

@@ -66,6 +66,12 @@ def _prepare(_args: argparse.Namespace) -> None:
     print(f"prepared {', '.join(done)} in {seconds:.1f} s" if done else "already prepared")
 
 
+def _catalogue(_args: argparse.Namespace) -> None:
+    from olist_churn_dagster.lib.features import catalogue_markdown
+
+    print(catalogue_markdown())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="olist-churn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare", help="materialize what the UI should open on (skips what is done)"
     )
     prepare_cmd.set_defaults(func=_prepare)
+
+    catalogue = commands.add_parser("catalogue", help="print the feature catalogue (markdown)")
+    catalogue.set_defaults(func=_catalogue)
     return parser
 
 

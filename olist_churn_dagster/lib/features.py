@@ -73,11 +73,14 @@ def _connect(
     """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
     con = duckdb.connect(":memory:")
     con.execute("SET preserve_insertion_order = false")
+    # The spine's size is unknown to the planner; without this it turns the ASOF join
+    # into a nested loop.
+    con.execute("SET asof_loop_join_threshold = 0")
     epoch = date(1970, 1, 1)
     days = sorted({(d - epoch).days for d in dates})
-    con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}).to_arrow())
+    con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
     for name, frame in frames.items():
-        con.register(name, frame.to_arrow())
+        con.register(name, frame)
     return con
 
 
@@ -155,3 +158,15 @@ def source_tables(family: str) -> tuple[str, ...]:
     """The raw tables (schema names) a family reads."""
     _check_family(family)
     return tuple(PLANS[family](_DEFAULT_WINDOW).tables)
+
+
+def catalogue_markdown() -> str:
+    """The feature catalogue as the README shows it: one table per family."""
+    parts = []
+    for family in FEATURE_FAMILIES:
+        rows = [s for s in FEATURE_CATALOGUE if s.family == family]
+        parts.append(f"### {family} (`features.seller_{family}`)\n")
+        parts.append("| feature | meaning | window | unit |\n|---|---|---|---|")
+        parts += [f"| `{s.name}` | {s.meaning} | {s.window} | {s.unit} |" for s in rows]
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"

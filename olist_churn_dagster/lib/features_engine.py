@@ -10,10 +10,15 @@ any number of reference dates at a cost that grows with the data, not with dates
   a running sum per seller over days, read with an ASOF join at each D, is then the sum
   over the rows whose interval holds D. Distinct counts use the same trick (an occurrence
   counts from its day + 1 until the next occurrence of the same key or the window's end).
-  Measures are integers (money in micro-reais, durations in microseconds), so the running
-  sums are exact and a window that emptied is exactly zero, never a rounding residue.
+  Measures are integers (money in micro-reais, durations in milliseconds) carried as
+  DOUBLE: every partial sum is an integer below 2**53, so the sums are exact whatever the
+  order of addition (the as-of-snapshot equality holds to the last bit), much faster than
+  128-bit integer sums, and a window that emptied is exactly zero, not a residue.
 * `Sliding`: min/max over rows whose purchase day lies in [D - window, D - 1], computed by a
-  RANGE window over the rows and the (seller, D) spine together.
+  RANGE window frame on the days where the window's content changes.
+
+Both land in one per-seller `timeline` (a row per day on which anything changes), read at
+each reference date with an ASOF join against the active-seller spine.
 
 A `FamilyPlan` holds the family's source CTEs, its pieces and its output expressions; the
 query returns one row per active seller and date.
@@ -28,7 +33,7 @@ import polars as pl
 
 EPOCH = "DATE '1970-01-01'"
 MICRO = 1_000_000  # micro-units per real (money) in the integer measures
-US_PER_DAY = 86_400 * 1_000_000
+MS_PER_DAY = 86_400 * 1_000
 
 
 @dataclass(frozen=True)
@@ -149,11 +154,13 @@ def _measure_names(plan: FamilyPlan) -> list[str]:
     return names
 
 
-def _additive_ctes(plan: FamilyPlan, lo: int, hi: int) -> str:
-    """SQL CTEs ending in `cum`: running sums per seller and day of every measure."""
-    ctes, deltas = [], []
+def _delta_rows(
+    plan: FamilyPlan, window_days: int, lo: int, hi: int
+) -> tuple[list[str], list[str]]:
+    """CTEs `blk<i>` and the SELECTs of the +/- delta rows and sliding change points."""
+    ctes, rows = [], []
     for i, block in enumerate(plan.additive):
-        cols = ", ".join(f"CAST({expr} AS BIGINT) AS {n}" for n, expr in block.measures.items())
+        cols = ", ".join(f"CAST({expr} AS DOUBLE) AS {n}" for n, expr in block.measures.items())
         end = block.end or "NULL"
         ctes.append(f"""blk{i} AS (
   SELECT * FROM (
@@ -163,52 +170,67 @@ def _additive_ctes(plan: FamilyPlan, lo: int, hi: int) -> str:
 )""")
         plus = ", ".join(block.measures)
         minus = ", ".join(f"-{n} AS {n}" for n in block.measures)
-        deltas.append(f"SELECT seller_id, s AS day, {plus} FROM blk{i}")
-        deltas.append(
+        rows.append(f"SELECT seller_id, s AS day, {plus} FROM blk{i}")
+        rows.append(
             f"SELECT seller_id, e + 1 AS day, {minus} FROM blk{i} "
             f"WHERE e IS NOT NULL AND e + 1 <= {hi}"
         )
+    # A sliding extreme can only change on a day a row enters (p + 1) or leaves
+    # (p + window + 1) the window, so those days must be rows of the timeline.
+    for block in plan.sliding:
+        for shift in (1, window_days + 1):
+            rows.append(
+                f"SELECT seller_id, {block.day} + {shift} AS day FROM {block.source} "
+                f"WHERE {_in_reach(block, window_days, lo, hi)} AND {block.day} + {shift} <= {hi}"
+            )
+    return ctes, rows
+
+
+def _in_reach(block: Sliding, window_days: int, lo: int, hi: int) -> str:
+    return f"{block.day} BETWEEN {lo - window_days} AND {hi - 1}"
+
+
+def _timeline_ctes(plan: FamilyPlan, window_days: int, lo: int, hi: int) -> str:
+    """SQL CTEs ending in `timeline`: per seller, one row per day on which any value changes.
+
+    Each row holds the running sum of every measure (all deltas up to that day) and the
+    sliding extremes of the window before that day; between two rows nothing changes, so
+    an ASOF join reads the values at any reference date. Both are one window pass over the
+    changes together with the per-day extremes rows (`is_q` = FALSE, null measures).
+    """
+    ctes, rows = _delta_rows(plan, window_days, lo, hi)
     names = _measure_names(plan)
     sums = ", ".join(f"sum({n}) AS {n}" for n in names)
-    running = ", ".join(f"sum({n}) OVER w AS {n}" for n in names)
-    union = "\n  UNION ALL BY NAME ".join(deltas)
-    ctes.append(f"""deltas AS (
-  {union}
-),
-daily AS (SELECT seller_id, day, {sums} FROM deltas GROUP BY seller_id, day),
-cum AS (
-  SELECT seller_id, day, {running} FROM daily
-  WINDOW w AS (PARTITION BY seller_id ORDER BY day ROWS UNBOUNDED PRECEDING)
-)""")
-    return ",\n".join(ctes)
-
-
-def _sliding_ctes(plan: FamilyPlan, window_days: int, lo: int, hi: int) -> str:
-    """SQL CTE `mm`: window min/max per (seller, D), via a RANGE frame over days."""
-    parts = []
+    union = "\n  UNION ALL BY NAME ".join(rows)
+    parts = [f"SELECT seller_id, day, TRUE AS is_q, {sums} FROM deltas GROUP BY seller_id, day"]
     for block in plan.sliding:
         cols = ", ".join(f"{fn}({expr}) AS {n}" for n, (fn, expr) in block.aggregates.items())
         parts.append(
             f"SELECT seller_id, {block.day} AS day, FALSE AS is_q, {cols} FROM {block.source} "
-            f"WHERE {block.day} BETWEEN {lo - window_days} AND {hi - 1} GROUP BY ALL"
+            f"WHERE {_in_reach(block, window_days, lo, hi)} GROUP BY seller_id, {block.day}"
         )
-    parts.append("SELECT seller_id, D AS day, TRUE AS is_q FROM spine")
-    frame = ", ".join(
-        f"{fn}({n}) OVER w AS {n}"
+    daily = "\n  UNION ALL BY NAME ".join(parts)
+    running = [f"sum({n}) OVER run AS {n}" for n in names]
+    running += [
+        f"{fn}({n}) OVER slide AS {n}"
         for block in plan.sliding
         for n, (fn, _) in block.aggregates.items()
-    )
-    union = "\n  UNION ALL BY NAME ".join(parts)
-    return f"""mm_rows AS (
+    ]
+    ctes.append(f"""deltas AS (
   {union}
 ),
-mm AS (
+daily AS (
+  {daily}
+),
+timeline AS (
   SELECT * EXCLUDE (is_q) FROM (
-    SELECT seller_id, day AS D, is_q, {frame} FROM mm_rows
-    WINDOW w AS (PARTITION BY seller_id ORDER BY day
-                 RANGE BETWEEN {window_days} PRECEDING AND 1 PRECEDING)
+    SELECT seller_id, day, is_q, {", ".join(running)} FROM daily
+    WINDOW run AS (PARTITION BY seller_id ORDER BY day ROWS UNBOUNDED PRECEDING),
+           slide AS (PARTITION BY seller_id ORDER BY day
+                     RANGE BETWEEN {window_days} PRECEDING AND 1 PRECEDING)
   ) WHERE is_q
-)"""
+)""")
+    return ",\n".join(ctes)
 
 
 def build_query(plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int) -> str:
@@ -217,13 +239,9 @@ def build_query(plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: in
     `lo` and `hi` are the first and last reference day; rows that cannot touch a date in
     [lo, hi] are pruned before any sorting.
     """
-    ctes = [spine_ctes(horizon_days), plan.ctes, _additive_ctes(plan, lo, hi)]
-    join_mm = ""
-    if plan.sliding:
-        ctes.append(_sliding_ctes(plan, window_days, lo, hi))
-        join_mm = "LEFT JOIN mm m ON m.seller_id = s.seller_id AND m.D = s.D"
-    measures = ", ".join(f"coalesce(c.{n}, 0) AS {n}" for n in _measure_names(plan))
-    mm_cols = "".join(f", m.{n}" for b in plan.sliding for n in b.aggregates)
+    ctes = [spine_ctes(horizon_days), plan.ctes, _timeline_ctes(plan, window_days, lo, hi)]
+    values = [f"coalesce(c.{n}, 0) AS {n}" for n in _measure_names(plan)]
+    values += [f"c.{n}" for b in plan.sliding for n in b.aggregates]
     outputs = ",\n  ".join(
         f"CAST({o.sql} AS {'BIGINT' if o.dtype is pl.Int64 else 'DOUBLE'}) AS {o.spec.name}"
         for o in plan.outputs
@@ -231,10 +249,9 @@ def build_query(plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: in
     with_sql = ",\n".join(ctes)
     return f"""WITH {with_sql},
 f AS (
-  SELECT s.D, s.seller_id, s.last_d, s.first_d, {measures}{mm_cols}
+  SELECT s.D, s.seller_id, s.last_d, s.first_d, {", ".join(values)}
   FROM spine s
-  ASOF LEFT JOIN cum c ON c.seller_id = s.seller_id AND s.D >= c.day
-  {join_mm}
+  ASOF LEFT JOIN timeline c ON c.seller_id = s.seller_id AND s.D >= c.day
 )
 SELECT {to_date("D")} AS reference_date, seller_id,
   {outputs}

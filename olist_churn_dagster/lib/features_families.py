@@ -8,7 +8,7 @@ Conventions shared by every family (days are epoch day numbers, D the reference 
 * Order statuses are used only where they have no timestamp of their own (canceled,
   unavailable: taken as they stand at every D, as the snapshot does); delivery and carrier
   facts come from their timestamps, so the delivered/shipped roll-back needs no status.
-* Money is summed in integer micro-reais, durations in integer microseconds.
+* Money is summed in integer micro-reais, durations in integer milliseconds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import polars as pl
 
 from olist_churn_dagster.lib.features_engine import (
-    US_PER_DAY,
+    MS_PER_DAY,
     Additive,
     FamilyPlan,
     FeatureSpec,
@@ -72,8 +72,8 @@ def _money(expr: str) -> str:
     return f"(CAST({expr} AS DOUBLE) / 1e6)"
 
 
-def _mean_days(sum_us: str, n: str) -> str:
-    return f"({ratio(sum_us, n)} / {US_PER_DAY})"
+def _mean_days(sum_ms: str, n: str) -> str:
+    return f"({ratio(sum_ms, n)} / {MS_PER_DAY})"
 
 
 def _sql_list(values: tuple[str, ...]) -> str:
@@ -444,10 +444,10 @@ def delivery_plan(w: int) -> FamilyPlan:
 dv AS (
   SELECT it.seller_id, it.freight_u, {day("o.order_purchase_timestamp")} AS p,
          o.order_status AS status, o.order_status NOT IN ({non_sale}) AS is_sale,
-         epoch_us(o.order_purchase_timestamp) AS t_p, epoch_us(o.order_approved_at) AS t_a,
-         epoch_us(o.order_delivered_carrier_date) AS t_c,
-         epoch_us(o.order_delivered_customer_date) AS t_d,
-         epoch_us(o.order_estimated_delivery_date) AS t_e, epoch_us(it.lim) AS t_l,
+         epoch_ms(o.order_purchase_timestamp) AS t_p, epoch_ms(o.order_approved_at) AS t_a,
+         epoch_ms(o.order_delivered_carrier_date) AS t_c,
+         epoch_ms(o.order_delivered_customer_date) AS t_d,
+         epoch_ms(o.order_estimated_delivery_date) AS t_e, epoch_ms(it.lim) AS t_l,
          {known("o.order_approved_at")} AS k_a, {known("o.order_delivered_carrier_date")} AS k_c,
          {known("o.order_delivered_customer_date")} AS k_d,
          {known("o.order_estimated_delivery_date")} AS k_e
@@ -475,8 +475,8 @@ dv AS (
                 "delivered": "1",
                 "promised": "t_e IS NOT NULL",
                 "late": "coalesce(t_d > t_e, FALSE)",
-                "ahead_us": "coalesce(t_e - t_d, 0)",
-                "p2d_us": "t_d - t_p",
+                "ahead_ms": "coalesce(t_e - t_d, 0)",
+                "p2d_ms": "t_d - t_p",
             },
             "t_d IS NOT NULL",
         ),
@@ -484,7 +484,7 @@ dv AS (
             "dv",
             f"greatest({delivered}, k_a)",
             end,
-            {"n_a2d": "1", "a2d_us": "t_d - t_a"},
+            {"n_a2d": "1", "a2d_ms": "t_d - t_a"},
             "t_d IS NOT NULL AND t_a IS NOT NULL",
         ),
         Additive(
@@ -493,7 +493,7 @@ dv AS (
             end,
             {
                 "handed": "1",
-                "handle_us": "t_c - t_p",
+                "handle_ms": "t_c - t_p",
                 "limited": "t_l IS NOT NULL",
                 "late_hand": "coalesce(t_c > t_l, FALSE)",
             },
@@ -571,7 +571,7 @@ dv AS (
         (
             "delivery_approval_to_delivery_days",
             FLOAT,
-            _mean_days("a2d_us", "n_a2d"),
+            _mean_days("a2d_ms", "n_a2d"),
             "mean days from payment approval to customer delivery (delivered before D)",
             WINDOW,
             "days",
@@ -579,7 +579,7 @@ dv AS (
         (
             "delivery_purchase_to_delivery_days",
             FLOAT,
-            _mean_days("p2d_us", "delivered"),
+            _mean_days("p2d_ms", "delivered"),
             "mean days from purchase to customer delivery (delivered before D)",
             WINDOW,
             "days",
@@ -587,7 +587,7 @@ dv AS (
         (
             "delivery_days_ahead_of_promise",
             FLOAT,
-            _mean_days("ahead_us", "promised"),
+            _mean_days("ahead_ms", "promised"),
             "mean days between delivery and the estimated date (positive = early)",
             WINDOW,
             "days",
@@ -595,7 +595,7 @@ dv AS (
         (
             "delivery_handling_days",
             FLOAT,
-            _mean_days("handle_us", "handed"),
+            _mean_days("handle_ms", "handed"),
             "mean days from purchase to hand-over to the carrier (handed over before D)",
             WINDOW,
             "days",

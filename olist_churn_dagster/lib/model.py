@@ -203,7 +203,8 @@ def contributions(
 ) -> np.ndarray:
     """Per-row, per-feature contributions to the log-odds (TreeSHAP), without the bias."""
     dm = _dmatrix(frame, feature_names, labelled=False)
-    return booster.predict(dm, pred_contribs=True)[:, :-1]
+    contrib = booster.predict(dm, pred_contribs=True)
+    return contrib.reshape(frame.height, len(feature_names) + 1)[:, :-1]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -326,7 +327,7 @@ def top_reasons(
     names = np.asarray(feature_names, dtype=object)
     k = min(k, names.size)
     contrib = contributions(booster, frame, feature_names)
-    values = feature_matrix(frame, feature_names)
+    values = frame.select(pl.col(f).cast(pl.Float64) for f in feature_names).to_numpy()
     top = (
         np.argpartition(-contrib, k - 1, axis=1)[:, :k]
         if k < names.size
@@ -334,24 +335,22 @@ def top_reasons(
     )
     top_contrib = np.take_along_axis(contrib, top, axis=1)
     order = np.argsort(-top_contrib, axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)[:, :k]
-    top_contrib = np.take_along_axis(top_contrib, order, axis=1)[:, :k]
+    top = np.take_along_axis(top, order, axis=1)
+    top_contrib = np.take_along_axis(top_contrib, order, axis=1)
     top_values = np.take_along_axis(values, top, axis=1)
-    positive = top_contrib > 0
-    columns: list[pl.Series] = []
+    raw: dict[str, pl.Series] = {}
     for i in range(k):  # loop over the k output slots, not over rows
-        keep = positive[:, i]
-        columns += [
-            pl.Series(f"reason_{i + 1}", np.where(keep, names[top[:, i]], None), pl.String),
-            pl.Series(f"reason_{i + 1}_value", np.where(keep, top_values[:, i], np.nan))
-            .cast(pl.Float64)
-            .fill_nan(None),
-            pl.Series(f"reason_{i + 1}_contribution", np.where(keep, top_contrib[:, i], np.nan))
-            .cast(pl.Float64)
-            .fill_nan(None),
-        ]
+        slot = f"reason_{i + 1}"
+        raw[slot] = pl.Series(names[top[:, i]].tolist(), dtype=pl.String)
+        raw[f"{slot}_value"] = pl.Series(top_values[:, i], dtype=pl.Float64).fill_nan(None)
+        raw[f"{slot}_contribution"] = pl.Series(top_contrib[:, i], dtype=pl.Float64)
+    reasons = pl.DataFrame(raw).with_columns(
+        pl.when(pl.col(f"reason_{i + 1}_contribution") > 0).then(pl.col(c)).alias(c)
+        for i in range(k)
+        for c in (f"reason_{i + 1}", f"reason_{i + 1}_value", f"reason_{i + 1}_contribution")
+    )
     keys = [c for c in KEYS if c in frame.columns]
-    return frame.select(keys).with_columns(columns)
+    return pl.concat([frame.select(keys), reasons], how="horizontal")
 
 
 # --------------------------------------------------------------------------- training

@@ -195,10 +195,18 @@ def test_top_reasons_are_distinct_sorted_and_match_contributions(result, abt, pl
     )
     shap = result.booster.predict(dm, pred_contribs=True)[:, :-1]
     np.testing.assert_allclose(contrib[full, 0], shap.max(axis=1)[full], rtol=1e-6)
+    # Edge cases: no rows, and more slots asked for than there are features.
+    empty = top_reasons(result.booster, rows.head(0), result.feature_names)
+    assert empty.height == 0 and empty.columns == reasons.columns
+    every = top_reasons(result.booster, rows, result.feature_names, k=50)
+    assert every.width == 2 + 3 * len(result.feature_names)
+    assert (every["reason_1"] == reasons["reason_1"]).all()
 
 
 def test_evaluate_scores_matches_reference_implementation():
-    metrics_mod = pytest.importorskip("sklearn.metrics")
+    # scikit-learn (installed with mlflow) is the reference; the code itself uses numpy only.
+    from sklearn import metrics as metrics_mod
+
     rng = np.random.default_rng(3)
     y = (rng.random(2000) < 0.3).astype(int)
     s = np.round(np.clip(0.3 + 0.25 * (y - 0.3) + rng.normal(0, 0.2, 2000), 0, 1), 2)  # ties

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -48,8 +49,17 @@ def results(data):
     }
 
 
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables created once (that alone takes seconds)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> str:
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
     # Run from an empty directory to prove nothing lands in the working directory.
     cwd = tmp_path / "cwd"
     cwd.mkdir()

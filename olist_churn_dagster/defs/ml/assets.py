@@ -158,8 +158,8 @@ def churn_model(
         result,
         tracking_uri=uri,
         experiment=mlflow.experiment,
-        run_name=f"dagster-{context.run_id[:8]}",
-        tags={"dagster_run_id": context.run_id},
+        run_name=f"dagster-{context.run.run_id[:8]}",
+        tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
     )
     oot = abt.filter(pl.col("reference_date").is_in(plan.test))
