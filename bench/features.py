@@ -6,8 +6,9 @@ For each scale (in a child process, so peak memory is that scale's alone) it gen
 dataset once (cached under --root), loads the raw tables, then times
   (a) every daily partition of the six feature tables as one Dagster run (in process, real
       DuckDB IO manager, one vectorised pass over all dates), and
-  (b) the same tables computed one date at a time with the same core functions (all dates
-      at scale 1; at larger scales a spread sample of dates, extrapolated and marked so).
+  (b) the same tables computed one date at a time with the same core functions, timed on
+      a spread sample of dates (--loop-sample, default 30; 0 = every date) and
+      extrapolated to all dates (marked * when sampled).
 Prints one table row per scale.
 """
 

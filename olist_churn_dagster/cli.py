@@ -66,10 +66,25 @@ def _prepare(_args: argparse.Namespace) -> None:
     print(f"prepared {', '.join(done)} in {seconds:.1f} s" if done else "already prepared")
 
 
-def _catalogue(_args: argparse.Namespace) -> None:
+def replace_section(text: str, name: str, body: str) -> str:
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, found, rest = text.partition(start)
+    if not found or end not in rest:
+        raise ValueError(f"no {start} ... {end} section")
+    return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.partition(end)[2]
+
+
+def _catalogue(args: argparse.Namespace) -> None:
     from olist_churn_dagster.lib.features import catalogue_markdown
 
-    print(catalogue_markdown())
+    if args.readme:
+        args.readme.write_text(
+            replace_section(args.readme.read_text(), "catalogue", catalogue_markdown())
+        )
+        print(f"updated the feature catalogue in {args.readme}")
+    else:
+        print(catalogue_markdown())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cmd.set_defaults(func=_prepare)
 
     catalogue = commands.add_parser("catalogue", help="print the feature catalogue (markdown)")
+    catalogue.add_argument("--readme", type=Path, help="rewrite the catalogue section of this file")
     catalogue.set_defaults(func=_catalogue)
     return parser
 
