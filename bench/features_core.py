@@ -175,6 +175,13 @@ def generated(scale: float, seed: int) -> dict[str, pl.DataFrame]:
     return load_dataset(folder)
 
 
+def _line(name: str, n_dates: int, out: pl.DataFrame, seconds: float) -> None:
+    print(
+        f"{name:<10} {n_dates:>6} {out.height:>10} {out.width:>5} {seconds:>8.2f} "
+        f"{_peak_rss_mb():>8.0f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
@@ -207,18 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     spine = active_sellers(raw["orders"], raw["order_items"], dates)
     s = time.perf_counter() - t
-    print(
-        f"{'(spine)':<10} {len(dates):>6} {spine.height:>10} {4:>5} {s:>8.2f} {_peak_rss_mb():>8.0f}"
-    )  # noqa: E501
+    _line("(spine)", len(dates), spine, s)
     for family in args.families:
         t = time.perf_counter()
         out = compute_features(family, raw, dates)
         s = time.perf_counter() - t
         total += s
-        print(
-            f"{family:<10} {len(dates):>6} {out.height:>10} {out.width:>5} {s:>8.2f} "
-            f"{_peak_rss_mb():>8.0f}"
-        )
+        _line(family, len(dates), out, s)
     print(f"{'total':<10} {'':>6} {'':>10} {'':>5} {total:>8.2f} {_peak_rss_mb():>8.0f}")
     return 0
 

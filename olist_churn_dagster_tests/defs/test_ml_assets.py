@@ -83,3 +83,20 @@ def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
         pl.read_csv(exported).height
         == scores.filter(pl.col("reference_date").cast(pl.String) == recent[-1]).height
     )
+
+
+def test_abt_checks_pass_including_the_as_of_audit(trained):
+    _, _, result = trained
+    checks = {
+        e.check_name: e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.path[-1] == "abt"
+    }
+    assert set(checks) == {
+        "one_row_per_seller_and_cohort",
+        "labels_mature",
+        "features_match_as_of_snapshot",
+    }
+    assert all(e.passed for e in checks.values())
+    audit = checks["features_match_as_of_snapshot"].metadata
+    assert audit["sellers_checked"].value > 0 and audit["mismatches"].value == 0
