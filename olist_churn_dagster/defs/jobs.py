@@ -6,7 +6,9 @@ from olist_churn_dagster.defs.partitions import reference_date_partitions
 
 RAW = dg.AssetSelection.groups("raw")
 FEATURES = dg.AssetSelection.groups("feature_store")
-SCORES = dg.AssetSelection.assets(dg.AssetKey(["ml", "churn_scores"]))
+SCORES = dg.AssetSelection.assets(
+    dg.AssetKey(["ml", "churn_scores"]), dg.AssetKey(["ml", "model_monitoring"])
+)
 
 load_raw_tables_job = dg.define_asset_job(
     name="load_raw_tables",

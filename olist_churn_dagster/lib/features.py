@@ -17,8 +17,8 @@ import polars as pl
 
 from olist_churn_dagster.lib.features_engine import (
     FeatureSpec,
-    build_query,
     output_schema,
+    run_plan,
     spine_ctes,
     to_date,
 )
@@ -72,10 +72,6 @@ def _connect(
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
     con = duckdb.connect(":memory:")
-    con.execute("SET preserve_insertion_order = false")
-    # The spine's size is unknown to the planner; without this it turns the ASOF join
-    # into a nested loop.
-    con.execute("SET asof_loop_join_threshold = 0")
     epoch = date(1970, 1, 1)
     days = sorted({(d - epoch).days for d in dates})
     con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
@@ -146,10 +142,12 @@ def compute_features(
     frames["sale_items"] = sale_items(raw["orders"], raw["order_items"])
     epoch = date(1970, 1, 1)
     lo, hi = (min(dates) - epoch).days, (max(dates) - epoch).days
-    sql = build_query(plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi)
     con = _connect(frames, dates)
     try:
-        return _conform(con.sql(sql).pl(), schema)
+        result = run_plan(
+            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+        )
+        return _conform(result, schema)
     finally:
         con.close()
 

@@ -100,3 +100,95 @@ def test_abt_checks_pass_including_the_as_of_audit(trained):
     assert all(e.passed for e in checks.values())
     audit = checks["features_match_as_of_snapshot"].metadata
     assert audit["sellers_checked"].value > 0 and audit["mismatches"].value == 0
+
+
+def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_dir: Path):
+    """Generate -> replay three snapshots -> sensor -> its runs -> score partitions."""
+    from datetime import date, timedelta
+
+    from olist_churn_dagster.cli import main as cli
+
+    instance, keys, _ = trained
+    last = date.fromisoformat(keys[-1])
+    days = [last - timedelta(days=2), last - timedelta(days=1), last]
+    snapshots = data_dir / "snapshots"
+    assert (
+        cli(
+            [
+                "replay",
+                str(data_dir / "raw"),
+                "--start",
+                str(days[0]),
+                "--end",
+                str(days[-1]),
+                "--out",
+                str(snapshots),
+            ]
+        )
+        == 0
+    )
+    try:
+        sensor = definitions.resolve_sensor_def("snapshot_sensor")
+        with dg.instance_for_test() as sensor_instance:
+            evaluation = sensor(dg.build_sensor_context(instance=sensor_instance))
+        assert [r.partition_key for r in evaluation.run_requests] == [str(d) for d in days]
+        job = definitions.resolve_job_def(sensor.job_name)
+        for request in evaluation.run_requests:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=request.partition_key,
+                run_config=request.run_config,
+                tags=request.tags,
+            )
+            assert result.success, request.partition_key
+    finally:
+        import shutil
+
+        shutil.rmtree(snapshots)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        scored = conn.execute(
+            "SELECT reference_date, count(*) FROM ml.churn_scores "
+            "WHERE reference_date >= ? GROUP BY 1 ORDER BY 1",
+            [days[0]],
+        ).fetchall()
+        last_loaded = conn.execute(
+            "SELECT max(order_purchase_timestamp) FROM raw.orders"
+        ).fetchone()
+    assert [d for d, n in scored if n > 0] == days
+    assert last_loaded[0].date() < last  # raw tables hold the newest snapshot's content
+
+
+def test_schedules_target_the_right_partitions_and_jobs(definitions):
+    from datetime import datetime
+
+    daily = definitions.resolve_schedule_def("daily_scoring")
+    assert daily.job_name == "score_sellers"
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.now().replace(hour=3, minute=0)
+        )
+        (request,) = daily.evaluate_tick(context).run_requests
+    keys = definitions.resolve_job_def("score_sellers").partitions_def.get_partition_keys()
+    assert request.partition_key in keys[-2:]
+    monthly = definitions.resolve_schedule_def("monthly_retraining")
+    assert monthly.job_name == "train_churn_model" and monthly.cron_schedule == "0 4 2 * *"
+
+
+def test_monitoring_reports_realized_performance_and_drift(trained, definitions, data_dir):
+    instance, keys, _ = trained
+    matured = keys[-80:-76]  # labels of these dates have matured by the end of the data
+    result = definitions.resolve_job_def("rescore_with_champion").execute_in_process(
+        instance=instance, tags=_range(matured[0], matured[-1])
+    )
+    assert result.success
+    (monitoring,) = result.asset_materializations_for_node("ml__model_monitoring")
+    assert monitoring.metadata["matured_dates"].value >= len(matured)
+    assert "data:image/png;base64" in monitoring.metadata["plot"].value
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        table = conn.execute("SELECT * FROM ml.model_monitoring").pl()
+    assert table.get_column("roc_auc").is_between(0, 1).all()
+    (drift,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "feature_drift_psi"
+    ]
+    assert drift.metadata["features"].value > 50
+    assert drift.severity == dg.AssetCheckSeverity.WARN

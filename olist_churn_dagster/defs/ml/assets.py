@@ -118,7 +118,7 @@ class TrainingConfig(dg.Config):
         )
 
 
-def _png_markdown(figures: dict) -> str:
+def png_markdown(figures: dict) -> str:
     parts = []
     for name, figure in figures.items():
         buffer = io.BytesIO()
@@ -190,7 +190,7 @@ def churn_model(
             "split": dg.MetadataValue.json(plan.as_dict()),
             "oot_metrics_vs_baselines": dg.MetadataValue.md(frame_to_markdown(comparison)),
             "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
-            "plots": dg.MetadataValue.md(_png_markdown(result.figures)),
+            "plots": dg.MetadataValue.md(png_markdown(result.figures)),
         }
     )
 

@@ -1,0 +1,93 @@
+"""Monitoring: feature drift of the scored population and realized performance of past
+scores once their labels have matured."""
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+
+from olist_churn_dagster.defs.features.assets import read_feature_tables
+from olist_churn_dagster.defs.ml.assets import ABT_KEY, SCORES_KEY, png_markdown
+from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.lib.abt import feature_columns, join_features
+from olist_churn_dagster.lib.labels import churn_labels
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.monitoring import (
+    PSI_WARN,
+    drifted,
+    performance_figure,
+    population_stability,
+    realized_performance,
+)
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.warehouse import read_tables
+
+MONITORING_KEY = dg.AssetKey(["ml", "model_monitoring"])
+
+
+@dg.asset_check(
+    asset=SCORES_KEY,
+    name="feature_drift_psi",
+    description=f"PSI of every model feature, newest scored date against the ABT; warns "
+    f"above {PSI_WARN}.",
+    additional_deps=[ABT_KEY],
+    pool=WAREHOUSE_POOL,
+)
+def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as conn:
+        day = conn.execute("SELECT max(reference_date) FROM ml.churn_scores").fetchone()[0]
+        reference = conn.execute("SELECT * FROM ml.abt").pl()
+        current = join_features(read_feature_tables(conn, [day]))
+    psi = population_stability(reference, current, feature_columns(reference))
+    worst = drifted(psi)
+    return dg.AssetCheckResult(
+        passed=worst.height == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "scored_date": str(day),
+            "features": psi.height,
+            "drifted_features": worst.height,
+            "max_psi": float(psi.get_column("psi").max() or 0.0),
+            "drifted": dg.MetadataValue.md(
+                frame_to_markdown(worst.select("feature", "psi"), max_rows=20)
+                if worst.height
+                else "none"
+            ),
+        },
+    )
+
+
+@dg.asset(
+    key=MONITORING_KEY,
+    group_name="scoring",
+    description="Realized performance of past scores: ROC AUC and top-decile precision "
+    "per reference date whose labels have matured.",
+    deps=[SCORES_KEY, raw_asset_key("orders"), raw_asset_key("order_items")],
+    kinds={"duckdb", "polars"},
+    pool=WAREHOUSE_POOL,
+)
+def model_monitoring(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+    with warehouse.get_connection() as conn:
+        scores = conn.execute(
+            "SELECT reference_date, seller_id, churn_probability FROM ml.churn_scores"
+        ).pl()
+        raw = read_tables(conn, "raw", ["orders", "order_items"])
+    labels = churn_labels(
+        raw["orders"],
+        raw["order_items"],
+        scores.select("reference_date", "seller_id"),
+        horizon_days=load_settings().churn_horizon_days,
+    )
+    table = realized_performance(scores, labels)
+    context.add_output_metadata(
+        {
+            "scored_dates": scores.get_column("reference_date").n_unique(),
+            "matured_dates": table.height,
+            "mean_roc_auc": float(table.get_column("roc_auc").mean() or 0.0)
+            if table.height
+            else dg.MetadataValue.null(),
+            "by_date": dg.MetadataValue.md(frame_to_markdown(table, max_rows=40)),
+            "plot": dg.MetadataValue.md(png_markdown({"realized": performance_figure(table)})),
+        }
+    )
+    return table
