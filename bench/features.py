@@ -52,6 +52,7 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
     import dagster as dg
 
     from olist_churn_dagster.bootstrap import load_definitions
+    from olist_churn_dagster.defs.tags import range_tags
     from olist_churn_dagster.lib.features import (
         FEATURE_FAMILIES,
         compute_features,
@@ -69,10 +70,7 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        },
+        tags=range_tags(keys[0], keys[-1]),
     )
     backfill_s = time.perf_counter() - started
     assert result.success

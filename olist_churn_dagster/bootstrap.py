@@ -13,6 +13,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
+from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.settings import Settings
 from olist_churn_dagster.lib.tracking import champion_version
 from olist_churn_dagster.lib.warehouse import open_warehouse
@@ -49,14 +50,6 @@ def _missing_feature_dates(settings: Settings, keys: list[str]) -> list[str]:
         conn.close()
     present = {r[0].isoformat() for r in rows}
     return [k for k in keys if k not in present]
-
-
-def range_tags(first: str, last: str) -> dict[str, str]:
-    """Tags that make one run cover a whole partition range (single-run backfill)."""
-    return {
-        "dagster/asset_partition_range_start": first,
-        "dagster/asset_partition_range_end": last,
-    }
 
 
 def prepare(

@@ -21,6 +21,7 @@ import polars as pl
 
 from olist_churn_dagster.lib.schema import (
     ORDER_STATUSES,
+    REFERENCES,
     REQUIRED_TABLES,
     TABLES,
     TIMESTAMP,
@@ -56,16 +57,6 @@ NON_NEGATIVE: dict[str, tuple[str, ...]] = {
         "product_width_cm",
     ),
 }
-# (child table, child column, parent table, parent column)
-REFERENCES: tuple[tuple[str, str, str, str], ...] = (
-    ("order_items", "order_id", "orders", "order_id"),
-    ("order_items", "seller_id", "sellers", "seller_id"),
-    ("order_items", "product_id", "products", "product_id"),
-    ("order_payments", "order_id", "orders", "order_id"),
-    ("order_reviews", "order_id", "orders", "order_id"),
-    ("orders", "customer_id", "customers", "customer_id"),
-)
-
 _ROW = "__row"  # 1-based data row (header and blank lines excluded)
 _LINE = "__line"  # physical line in the file where the row starts
 _QUOTE, _COMMA, _NEWLINE, _CR = 34, 44, 10, 13

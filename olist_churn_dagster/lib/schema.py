@@ -176,6 +176,17 @@ TABLES: dict[str, TableSpec] = {
         GEOLOCATION,
     )
 }
+# Foreign keys of the contract: (child table, child column, parent table, parent column).
+REFERENCES: tuple[tuple[str, str, str, str], ...] = (
+    ("order_items", "order_id", "orders", "order_id"),
+    ("order_items", "seller_id", "sellers", "seller_id"),
+    ("order_items", "product_id", "products", "product_id"),
+    ("order_payments", "order_id", "orders", "order_id"),
+    ("order_reviews", "order_id", "orders", "order_id"),
+    ("orders", "customer_id", "customers", "customer_id"),
+)
+
+
 REQUIRED_TABLES: list[str] = [name for name, spec in TABLES.items() if spec.required]
 
 # Order statuses as they appear in the real data. Only "delivered" and "shipped" have a

@@ -5,15 +5,9 @@ import dagster as dg
 import duckdb
 import pytest
 
+from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.loader import load_dataset
-
-
-def _range_tags(first: str, last: str) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": first,
-        "dagster/asset_partition_range_end": last,
-    }
 
 
 def _counts(warehouse: Path) -> dict[str, dict[date, int]]:
@@ -37,7 +31,7 @@ def backfilled(definitions: dg.Definitions, data_dir: Path):
     job = definitions.resolve_job_def("build_feature_store")
     keys = job.partitions_def.get_partition_keys()
     window = keys[-30:-20]
-    result = job.execute_in_process(instance=instance, tags=_range_tags(window[0], window[-1]))
+    result = job.execute_in_process(instance=instance, tags=range_tags(window[0], window[-1]))
     assert result.success
     return job, window, result
 

@@ -8,16 +8,10 @@ import duckdb
 import polars as pl
 import pytest
 
+from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
-
-
-def _range(first: str, last: str) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": first,
-        "dagster/asset_partition_range_end": last,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +22,9 @@ def trained(definitions: dg.Definitions, data_dir: Path):
     )
     features = definitions.resolve_job_def("build_feature_store")
     keys = features.partitions_def.get_partition_keys()
-    assert features.execute_in_process(instance=instance, tags=_range(keys[0], keys[-1])).success
+    assert features.execute_in_process(
+        instance=instance, tags=range_tags(keys[0], keys[-1])
+    ).success
     result = definitions.resolve_job_def("train_churn_model").execute_in_process(
         instance=instance,
         run_config={"ops": {"ml__churn_model": {"config": SMALL_SPLIT}}},
@@ -65,7 +61,7 @@ def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
     instance, keys, _ = trained
     recent = keys[-3:]
     result = definitions.resolve_job_def("rescore_with_champion").execute_in_process(
-        instance=instance, tags=_range(recent[0], recent[-1])
+        instance=instance, tags=range_tags(recent[0], recent[-1])
     )
     assert result.success
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
@@ -178,7 +174,7 @@ def test_monitoring_reports_realized_performance_and_drift(trained, definitions,
     instance, keys, _ = trained
     matured = keys[-80:-76]  # labels of these dates have matured by the end of the data
     result = definitions.resolve_job_def("rescore_with_champion").execute_in_process(
-        instance=instance, tags=_range(matured[0], matured[-1])
+        instance=instance, tags=range_tags(matured[0], matured[-1])
     )
     assert result.success
     (monitoring,) = result.asset_materializations_for_node("ml__model_monitoring")

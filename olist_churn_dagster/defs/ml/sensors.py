@@ -7,6 +7,7 @@ import dagster as dg
 from olist_churn_dagster.defs.jobs import rescore_job
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tracking import champion_version
 
@@ -33,9 +34,5 @@ def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTracking)
     context.update_cursor(version)
     return dg.RunRequest(
         run_key=f"champion-{version}",
-        tags={
-            "dagster/asset_partition_range_start": recent[0],
-            "dagster/asset_partition_range_end": recent[-1],
-            "olist/champion_version": version,
-        },
+        tags={**range_tags(recent[0], recent[-1]), "olist/champion_version": version},
     )

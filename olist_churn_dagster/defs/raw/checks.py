@@ -5,17 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.schema import TABLES
-
-# (child table, column, parent table, parent column): rows that must point at known rows.
-REFERENCES = (
-    ("order_items", "order_id", "orders", "order_id"),
-    ("order_items", "seller_id", "sellers", "seller_id"),
-    ("order_items", "product_id", "products", "product_id"),
-    ("order_payments", "order_id", "orders", "order_id"),
-    ("order_reviews", "order_id", "orders", "order_id"),
-    ("orders", "customer_id", "customers", "customer_id"),
-)
+from olist_churn_dagster.lib.schema import REFERENCES, TABLES
 
 
 def _scalar(warehouse: DuckDBResource, sql: str) -> int:
