@@ -133,3 +133,12 @@ def read_tables(
         names = ", ".join(f"{schema}.{t}" for t in missing)
         raise WarehouseError(f"warehouse has no table {names}: materialize it first")
     return {t: conn.execute(f'SELECT * FROM "{schema}"."{t}"').pl() for t in tables}
+
+
+def count_duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str, key: Iterable[str]) -> int:
+    """How many key values occur more than once in `schema.table`."""
+    columns = ", ".join(f'"{c}"' for c in key)
+    row = conn.execute(
+        f"SELECT count(*) FROM (SELECT {columns} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+    ).fetchone()
+    return int(row[0]) if row else 0

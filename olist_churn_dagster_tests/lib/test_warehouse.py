@@ -9,6 +9,7 @@ import pytest
 
 from olist_churn_dagster.lib.warehouse import (
     WarehouseError,
+    count_duplicate_keys,
     open_warehouse,
     read_tables,
     transaction,
@@ -91,3 +92,11 @@ def test_read_only_directory_is_named(tmp_path, monkeypatch):
 def test_missing_warehouse_for_reading(tmp_path):
     with pytest.raises(WarehouseError, match="does not exist yet"):
         open_warehouse(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_count_duplicate_keys(tmp_path):
+    with transaction(tmp_path / "w.duckdb") as conn:
+        frame = _frame("2024-01-01", [1.0, 2.0]).vstack(_frame("2024-01-01", [3.0]))
+        write_frame(conn, "features", "t", frame)
+        assert count_duplicate_keys(conn, "features.t", ["reference_date", "seller_id"]) == 1
+        assert count_duplicate_keys(conn, "features.t", ["reference_date", "value"]) == 0

@@ -6,6 +6,7 @@ from dagster_duckdb import DuckDBResource
 from olist_churn_dagster.defs.features.assets import feature_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.warehouse import count_duplicate_keys
 
 
 def _feature_table_check(family: str) -> dg.AssetChecksDefinition:
@@ -19,10 +20,7 @@ def _feature_table_check(family: str) -> dg.AssetChecksDefinition:
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
-            duplicates = conn.execute(
-                f"SELECT count(*) FROM (SELECT reference_date, seller_id FROM {table} "
-                "GROUP BY ALL HAVING count(*) > 1)"
-            ).fetchone()[0]
+            duplicates = count_duplicate_keys(conn, table, ["reference_date", "seller_id"])
             floats = [
                 r[0]
                 for r in conn.execute(

@@ -9,7 +9,7 @@ from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.warehouse import read_tables
+from olist_churn_dagster.lib.warehouse import count_duplicate_keys, read_tables
 
 AUDIT_SELLERS = 200
 
@@ -22,10 +22,7 @@ AUDIT_SELLERS = 200
 )
 def abt_unique_rows(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as conn:
-        duplicates = conn.execute(
-            "SELECT count(*) FROM (SELECT reference_date, seller_id FROM ml.abt "
-            "GROUP BY ALL HAVING count(*) > 1)"
-        ).fetchone()[0]
+        duplicates = count_duplicate_keys(conn, "ml.abt", ["reference_date", "seller_id"])
     return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicate_keys": duplicates})
 
 

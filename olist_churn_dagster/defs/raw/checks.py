@@ -6,6 +6,7 @@ from dagster_duckdb import DuckDBResource
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.schema import REFERENCES, TABLES
+from olist_churn_dagster.lib.warehouse import count_duplicate_keys
 
 
 def _scalar(warehouse: DuckDBResource, sql: str) -> int:
@@ -24,11 +25,8 @@ def _unique_key_check(table: str, key: tuple[str, ...]) -> dg.AssetChecksDefinit
         pool=WAREHOUSE_POOL,
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        duplicates = _scalar(
-            warehouse,
-            f"SELECT count(*) FROM (SELECT {key_sql} FROM raw.{table} "
-            f"GROUP BY {key_sql} HAVING count(*) > 1)",
-        )
+        with warehouse.get_connection() as conn:
+            duplicates = count_duplicate_keys(conn, f"raw.{table}", key)
         return dg.AssetCheckResult(
             passed=duplicates == 0, metadata={"duplicate_keys": duplicates, "key": key_sql}
         )
