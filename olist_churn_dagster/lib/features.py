@@ -3,8 +3,9 @@
 For a reference date D a table has one row per seller active at D (a sale in the
 `horizon_days` before D) and only uses facts stamped strictly before D 00:00, so the rows
 for D equal those computed from the as-of-D snapshot of the source. Each family is one
-DuckDB query over every requested date at once (see `features_engine` for how), and its
-columns and dtypes never depend on the data, so warehouse partitions always line up.
+columnar pass over every requested date at once (DuckDB SQL plus a polars timeline; see
+`features_engine`), and its columns and dtypes never depend on the data, so warehouse
+partitions always line up.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ __all__ = [
     "TOP_CATEGORIES",
     "FeatureSpec",
     "active_sellers",
+    "catalogue_markdown",
     "compute_features",
     "feature_columns",
     "feature_schema",
+    "source_tables",
 ]
 
 FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
 _DEFAULT_WINDOW = 180
+_EPOCH = date(1970, 1, 1)
 _SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
 FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
     o.spec for f in FEATURE_FAMILIES for o in PLANS[f](_DEFAULT_WINDOW).outputs
@@ -67,25 +71,47 @@ def feature_schema(family: str) -> dict[str, pl.DataType]:
     return dict(_SCHEMAS[family])
 
 
+def _epoch_day(day: date) -> int:
+    return (day - _EPOCH).days
+
+
+def _day_range(dates: Sequence[date]) -> tuple[int, int]:
+    """First and last reference day as epoch day numbers."""
+    return _epoch_day(min(dates)), _epoch_day(max(dates))
+
+
 def _connect(
     frames: Mapping[str, pl.DataFrame], dates: Sequence[date]
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
     con = duckdb.connect(":memory:")
-    epoch = date(1970, 1, 1)
-    days = sorted({(d - epoch).days for d in dates})
+    days = sorted({_epoch_day(d) for d in dates})
     con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
     for name, frame in frames.items():
         con.register(name, frame)
     return con
 
 
-def _conform(result: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    """Cast to the fixed schema (the query already ordered the rows) and map NaN to null."""
-    floats = [c for c, t in schema.items() if t == pl.Float64]
-    return result.select([pl.col(c).cast(t) for c, t in schema.items()]).with_columns(
-        pl.col(floats).fill_nan(None)
+def _in_key_order(df: pl.DataFrame) -> bool:
+    """Whether rows are strictly increasing in (reference_date, seller_id)."""
+    date_, seller = pl.col("reference_date"), pl.col("seller_id")
+    after_previous = (date_ > date_.shift(1)) | (
+        (date_ == date_.shift(1)) & (seller > seller.shift(1))
     )
+    return bool(df.select(after_previous.fill_null(True).all()).item())
+
+
+def _conform(result: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Cast to the fixed schema, map any NaN to null, and make sure of the row order.
+
+    The SQL already guards every division and emits rows by date and seller; the checks
+    cost far less than the fixes, which only run if that ever stops being true.
+    """
+    floats = [c for c, t in schema.items() if t == pl.Float64]
+    out = result.select([pl.col(c).cast(t) for c, t in schema.items()])
+    if floats and out.select(pl.any_horizontal(pl.col(floats).is_nan().any())).item():
+        out = out.with_columns(pl.col(floats).fill_nan(None))
+    return out if _in_key_order(out) else out.sort("reference_date", "seller_id")
 
 
 def active_sellers(
@@ -102,9 +128,10 @@ def active_sellers(
     """
     if not dates:
         return pl.DataFrame(schema=_ACTIVE_SCHEMA)
+    lo, hi = _day_range(dates)
     con = _connect({"sale_items": sale_items(orders, order_items)}, dates)
     try:
-        sql = f"""WITH {spine_ctes(horizon_days)}
+        sql = f"""WITH {spine_ctes(horizon_days, lo, hi)}
 SELECT {to_date("D")} AS reference_date, seller_id, {to_date("last_d")} AS last_sale_date,
        D - last_d AS recency_days
 FROM spine ORDER BY D, seller_id"""
@@ -140,8 +167,7 @@ def compute_features(
         raise ValueError(f"feature family {family!r} needs table(s) {missing}")
     frames = {t: raw[t] for t in plan.tables}
     frames["sale_items"] = sale_items(raw["orders"], raw["order_items"])
-    epoch = date(1970, 1, 1)
-    lo, hi = (min(dates) - epoch).days, (max(dates) - epoch).days
+    lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:
         result = run_plan(

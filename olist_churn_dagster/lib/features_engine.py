@@ -1,7 +1,7 @@
-"""The engine behind the seller feature tables: interval sums, sliding extremes, one query.
+"""The engine behind the seller feature tables: interval sums and sliding extremes.
 
-Every feature is built from two kinds of columnar pieces, so that one DuckDB query serves
-any number of reference dates at a cost that grows with the data, not with dates x data:
+Every feature is built from two kinds of columnar pieces, so that one pass serves any
+number of reference dates at a cost that grows with the data, not with dates x data:
 
 * `Additive`: integer measures that a source row contributes to every reference date D in
   a closed interval of days [start, end] (end NULL = for ever). Point-in-time rules become
@@ -12,16 +12,18 @@ any number of reference dates at a cost that grows with the data, not with dates
   counts from its day + 1 until the next occurrence of the same key or the window's end).
   Measures are integers (money in micro-reais, durations in milliseconds) carried as
   DOUBLE: every partial sum is an integer below 2**53, so the sums are exact whatever the
-  order of addition (the as-of-snapshot equality holds to the last bit), much faster than
-  128-bit integer sums, and a window that emptied is exactly zero, not a residue.
-* `Sliding`: min/max over rows whose purchase day lies in [D - window, D - 1], computed by a
-  RANGE window frame on the days where the window's content changes.
+  order of addition (the as-of-snapshot equality holds to the last bit), and a window
+  that emptied is exactly zero, not a rounding residue.
+* `Sliding`: min/max over rows whose purchase day lies in [D - window, D - 1]. They can
+  only change on a day a row enters or leaves the window, so they are computed on those
+  days only (rolling windows) and read like the sums.
 
 Both land in one per-seller `timeline` (a row per day on which anything changes), read at
-each reference date with an ASOF join against the active-seller spine.
-
-A `FamilyPlan` holds the family's source CTEs, its pieces and its output expressions; the
-query returns one row per active seller and date.
+each reference date with one ASOF join against the active-seller spine. DuckDB builds the
+spine and the delta rows (one SQL text per family, over all dates) and evaluates the
+output expressions; polars does the group-by, running sums, rolling extremes and the ASOF
+join, which on this many columns is an order of magnitude faster than DuckDB's window
+operator.
 """
 
 from __future__ import annotations
@@ -126,15 +128,19 @@ def distinct_runs(name: str, source: str, keys: str, day_expr: str, where: str =
 )"""
 
 
-def spine_ctes(horizon_days: int) -> str:
-    """SQL CTEs `runs` and `spine`: active sellers per date from the registered `sale_items`.
+def spine_ctes(horizon_days: int, lo: int, hi: int) -> str:
+    """SQL CTEs `seller_keys` and `spine`: active sellers per date from `sale_items`.
 
     A sale day d with next sale day nd makes the seller active with last sale d for
-    D in [d + 1, least(nd, d + horizon)]. The seller's first sale day rides along.
+    D in [d + 1, least(nd, d + horizon)]; those days (clipped to [lo, hi], the first and
+    last reference day) are generated and matched to `dates`, so the cost follows the
+    output, not dates x sellers. The seller's first sale day rides along. `seller_keys`
+    numbers the sellers with a sale in seller_id order (integer keys make the polars
+    steps several times faster than string keys, and keep the same order).
     """
     return f"""sale_days AS (
   SELECT DISTINCT seller_id, {day("order_purchase_timestamp")} AS d
-  FROM sale_items WHERE order_purchase_timestamp < (SELECT {to_date("max(D)")} FROM dates)
+  FROM sale_items WHERE order_purchase_timestamp < {to_date(str(hi))}
 ),
 runs AS (
   SELECT seller_id, d,
@@ -142,9 +148,15 @@ runs AS (
          min(d) OVER (PARTITION BY seller_id) AS first_d
   FROM sale_days
 ),
+seller_keys AS (
+  SELECT seller_id, row_number() OVER (ORDER BY seller_id) AS sk
+  FROM (SELECT DISTINCT seller_id FROM sale_days)
+),
 spine AS (
-  SELECT q.D, r.seller_id, r.d AS last_d, r.first_d
-  FROM runs r JOIN dates q ON q.D >= r.d + 1 AND q.D <= least(r.nd, r.d + {horizon_days})
+  SELECT g.D, r.seller_id, r.d AS last_d, r.first_d
+  FROM runs r,
+       unnest(range(greatest(r.d + 1, {lo}), least(r.nd, r.d + {horizon_days}, {hi}) + 1)) AS g(D)
+  JOIN dates q ON q.D = g.D
 )"""
 
 
@@ -165,23 +177,24 @@ def _delta_rows(
         end = block.end or "NULL"
         ctes.append(f"""blk{i} AS (
   SELECT * FROM (
-    SELECT seller_id, {block.start} AS s, {end} AS e, {cols} FROM {block.source}
+    SELECT sk, {block.start} AS s, {end} AS e, {cols}
+    FROM {block.source} JOIN seller_keys USING (seller_id)
     WHERE {block.where}
   ) WHERE s <= {hi} AND (e IS NULL OR (e >= s AND e >= {lo}))
 )""")
         plus = ", ".join(block.measures)
         minus = ", ".join(f"-{n} AS {n}" for n in block.measures)
-        rows.append(f"SELECT seller_id, s AS day, {plus} FROM blk{i}")
+        rows.append(f"SELECT sk, s AS day, {plus} FROM blk{i}")
         rows.append(
-            f"SELECT seller_id, e + 1 AS day, {minus} FROM blk{i} "
-            f"WHERE e IS NOT NULL AND e + 1 <= {hi}"
+            f"SELECT sk, e + 1 AS day, {minus} FROM blk{i} WHERE e IS NOT NULL AND e + 1 <= {hi}"
         )
     # A sliding extreme can only change on a day a row enters (p + 1) or leaves
     # (p + window + 1) the window, so those days must be rows of the timeline.
     for block in plan.sliding:
         for shift in (1, window_days + 1):
             rows.append(
-                f"SELECT seller_id, {block.day} + {shift} AS day FROM {block.source} "
+                f"SELECT sk, {block.day} + {shift} AS day "
+                f"FROM {block.source} JOIN seller_keys USING (seller_id) "
                 f"WHERE {_in_reach(block, window_days, lo, hi)} AND {block.day} + {shift} <= {hi}"
             )
     return ctes, rows
@@ -196,9 +209,10 @@ def _source_queries(
 ) -> dict[str, str]:
     """The family's SQL: the spine, the delta rows, and the per-day extremes rows."""
     ctes, rows = _delta_rows(plan, window_days, lo, hi)
-    with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days), plan.ctes, *ctes])
+    with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days, lo, hi), plan.ctes, *ctes])
     queries = {
-        "spine": f"{with_sql}\nSELECT * FROM spine ORDER BY D, seller_id",
+        "spine": f"{with_sql}\nSELECT * FROM spine JOIN seller_keys USING (seller_id) "
+        "ORDER BY D, sk",
         "deltas": with_sql + "\n" + "\nUNION ALL BY NAME ".join(rows),
     }
     if plan.sliding:
@@ -206,8 +220,9 @@ def _source_queries(
         for block in plan.sliding:
             cols = ", ".join(f"{fn}({e}) AS {n}" for n, (fn, e) in block.aggregates.items())
             parts.append(
-                f"SELECT seller_id, {block.day} AS day, {cols} FROM {block.source} "
-                f"WHERE {_in_reach(block, window_days, lo, hi)} GROUP BY seller_id, {block.day}"
+                f"SELECT sk, {block.day} AS day, {cols} "
+                f"FROM {block.source} JOIN seller_keys USING (seller_id) "
+                f"WHERE {_in_reach(block, window_days, lo, hi)} GROUP BY sk, {block.day}"
             )
         queries["extremes"] = with_sql + "\n" + "\nUNION ALL BY NAME ".join(parts)
     return queries
@@ -217,10 +232,10 @@ def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.LazyFrame:
     """Per seller, one row per day on which a measure changes, with its running total."""
     return (
         deltas.lazy()
-        .group_by("seller_id", "day")
+        .group_by("sk", "day")
         .agg(pl.col(names).sum())
-        .sort("seller_id", "day")
-        .with_columns(pl.col(names).cum_sum().over("seller_id"))
+        .sort("sk", "day")
+        .with_columns(pl.col(names).cum_sum().over("sk"))
     )
 
 
@@ -235,23 +250,23 @@ def _with_extremes(
     size = f"{window_days}i"
     rolled = [
         getattr(pl.col(n), f"rolling_{fn}_by")("day", window_size=size, closed="left")
-        .over("seller_id")
+        .over("sk")
         .alias(n)
         for block in plan.sliding
         for n, (fn, _) in block.aggregates.items()
     ]
     names = [n for block in plan.sliding for n in block.aggregates]
-    queries = timeline.select("seller_id", "day", is_q=pl.lit(True))
+    queries = timeline.select("sk", "day", is_q=pl.lit(True))
     combined = pl.concat(
         [queries, extremes.lazy().with_columns(is_q=pl.lit(False))], how="diagonal_relaxed"
     )
     at_queries = (
-        combined.sort("seller_id", "day", "is_q")
+        combined.sort("sk", "day", "is_q")
         .with_columns(rolled)
         .filter("is_q")
-        .select("seller_id", "day", *names)
+        .select("sk", "day", *names)
     )
-    return timeline.join(at_queries, on=["seller_id", "day"], how="left")
+    return timeline.join(at_queries, on=["sk", "day"], how="left")
 
 
 def run_plan(
@@ -266,10 +281,8 @@ def run_plan(
     """All dates of one family: sources in DuckDB, the timeline in polars, outputs in SQL.
 
     `lo` and `hi` are the first and last reference day (epoch days) in the registered
-    `dates` table; rows that cannot touch a date in [lo, hi] are pruned early. Running
-    sums and rolling extremes are polars (an order of magnitude faster than DuckDB's
-    window operator on this many columns); the ASOF join keeps the spine's order, so the
-    output comes out sorted by date and seller.
+    `dates` table; rows that cannot touch a date in [lo, hi] are pruned early. The ASOF
+    join keeps the spine's order (date, then seller), so the output comes out sorted.
     """
     queries = _source_queries(
         plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
@@ -286,7 +299,7 @@ def run_plan(
             timeline.sort("day"),
             left_on="D",
             right_on="day",
-            by="seller_id",
+            by="sk",
             strategy="backward",
             check_sortedness=False,
         )

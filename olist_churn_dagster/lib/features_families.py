@@ -124,12 +124,8 @@ gaps AS (
         Sliding("so", "p", {"ov_min": ("min", "value_u"), "ov_max": ("max", "value_u")}),
         Sliding("si", "p", {"ip_min": ("min", "price_u"), "ip_max": ("max", "price_u")}),
     )
-    base_months = f"{(w - 30) / 30!r}"
-    trend = (
-        f"CASE WHEN {w} > 30 THEN {ratio('n30', f'(n - n30) / {base_months}')} END"
-        if w > 30
-        else "NULL"
-    )
+    # n30 / ((n - n30) / ((w - 30) / 30)), written with one division of exact integers
+    trend = ratio(f"n30 * {w - 30}", "(n - n30) * 30") if w > 30 else "NULL"
     std_gap = (
         "CASE WHEN n_gaps >= 2 THEN sqrt("
         f"{ratio('n_gaps * gap_sq - gap_sum * gap_sum', 'n_gaps * (n_gaps - 1)')}) END"

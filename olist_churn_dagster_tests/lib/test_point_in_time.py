@@ -65,6 +65,13 @@ def test_dates_have_active_sellers(full_tables: dict[str, pl.DataFrame], raw) ->
     assert counts["len"].min() >= 5
 
 
+def test_no_nan_or_inf_on_generated_data(full_tables: dict[str, pl.DataFrame]) -> None:
+    for family, table in full_tables.items():
+        floats = [c for c, t in table.schema.items() if t == pl.Float64]
+        bad = table.select(~pl.col(floats).drop_nulls().is_finite().all())
+        assert not any(bad.row(0)), f"{family}: NaN or inf in {bad}"
+
+
 @pytest.mark.parametrize("index", range(6))
 def test_full_data_equals_as_of_snapshot(
     raw: dict[str, pl.DataFrame], full_tables: dict[str, pl.DataFrame], index: int
