@@ -3,8 +3,9 @@ every write (delete the partition, insert the new rows) in one DuckDB transactio
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -30,14 +31,32 @@ class TransactionalDuckDbClient(DuckDbClient):
             yield conn
 
 
-class PolarsTableHandler(DbTypeHandler[pl.DataFrame]):
+@dataclass
+class FrameBatches:
+    """An output written as consecutive frames into one table slice, inside the same
+    transaction as the slice's delete: large backfills never hold all rows at once."""
+
+    batches: Iterable[pl.DataFrame]
+
+
+class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
     """Stores polars frames: whole tables are replaced (so their schema follows the code),
     partitions are inserted by column name into the table the partition was deleted from."""
 
-    def handle_output(self, context, table_slice: TableSlice, obj: pl.DataFrame, connection):
+    def handle_output(
+        self, context, table_slice: TableSlice, obj: pl.DataFrame | FrameBatches, connection
+    ):
         partitioned = bool(table_slice.partition_dimensions)
-        write_frame(connection, table_slice.schema, table_slice.table, obj, append=partitioned)
-        row_count = obj.height
+        batches = obj.batches if isinstance(obj, FrameBatches) else [obj]
+        row_count, schema = 0, None
+        for batch in batches:
+            # Later batches always append: the first one created or replaced the table.
+            append = partitioned or schema is not None
+            write_frame(connection, table_slice.schema, table_slice.table, batch, append=append)
+            row_count += batch.height
+            schema = schema or batch.schema
+        if schema is None:
+            raise ValueError(f"no rows nor schema to write to {table_slice.table}")
         context.add_output_metadata(
             {
                 **(
@@ -47,8 +66,7 @@ class PolarsTableHandler(DbTypeHandler[pl.DataFrame]):
                 ),
                 "dagster/column_schema": dg.TableSchema(
                     columns=[
-                        dg.TableColumn(name=name, type=str(dtype))
-                        for name, dtype in obj.schema.items()
+                        dg.TableColumn(name=name, type=str(dtype)) for name, dtype in schema.items()
                     ]
                 ),
                 "dagster/table_name": f"{table_slice.schema}.{table_slice.table}",
@@ -62,7 +80,7 @@ class PolarsTableHandler(DbTypeHandler[pl.DataFrame]):
 
     @property
     def supported_types(self):
-        return [pl.DataFrame]
+        return [pl.DataFrame, FrameBatches]
 
 
 class WarehouseIOManager(DuckDBPandasIOManager):

@@ -29,3 +29,10 @@ def reference_date_range(
     if last_purchase >= today - timedelta(days=LIVE_FEED_DAYS):
         return first, None
     return first, last_purchase + timedelta(days=2)
+
+
+def date_batches(dates: list[date], *, rows_per_date: int, max_rows: int) -> list[list[date]]:
+    """Consecutive runs of `dates` of about `max_rows` output rows each (at least 7 dates
+    a batch), so a long backfill is a few vectorised passes with bounded memory."""
+    size = max(7, max_rows // max(rows_per_date, 1))
+    return [dates[i : i + size] for i in range(0, len(dates), size)]

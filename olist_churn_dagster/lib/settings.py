@@ -53,6 +53,7 @@ class Settings:
     partition_end: date | None
     cohort_day: int
     rescore_days: int
+    feature_batch_rows: int
 
     @property
     def warehouse_path(self) -> Path:
@@ -91,11 +92,14 @@ def load_settings() -> Settings:
         partition_end=_env_date("PARTITION_END"),
         cohort_day=_env_int("COHORT_DAY", 1),
         rescore_days=_env_int("RESCORE_DAYS", 7),
+        feature_batch_rows=_env_int("FEATURE_BATCH_ROWS", 1_500_000),
     )
     if settings.churn_horizon_days < 1:
         raise SettingsError(f"{ENV_PREFIX}HORIZON_DAYS must be at least 1")
     if settings.feature_window_days < 1:
         raise SettingsError(f"{ENV_PREFIX}WINDOW_DAYS must be at least 1")
+    if settings.feature_batch_rows < 1:
+        raise SettingsError(f"{ENV_PREFIX}FEATURE_BATCH_ROWS must be at least 1")
     if settings.rescore_days < 1:
         raise SettingsError(f"{ENV_PREFIX}RESCORE_DAYS must be at least 1")
     if not 1 <= settings.cohort_day <= 28:

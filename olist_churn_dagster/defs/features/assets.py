@@ -1,9 +1,12 @@
 """The six seller feature tables, partitioned by reference date.
 
-A backfill of any number of dates is one run that computes all of them in one vectorised
-pass and replaces exactly those partitions in one transaction.
+A backfill of any number of dates is one run: all dates are computed in vectorised passes
+(one pass, or a few batches of about OLIST_CHURN_FEATURE_BATCH_ROWS rows when the range is
+large, so memory stays bounded), and exactly those partitions are replaced in one
+transaction.
 """
 
+import itertools
 from datetime import timedelta
 
 import dagster as dg
@@ -13,8 +16,14 @@ from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.partitions import reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features, source_tables
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, FrameBatches
+from olist_churn_dagster.lib.calendar import date_batches
+from olist_churn_dagster.lib.features import (
+    FEATURE_FAMILIES,
+    active_sellers,
+    compute_features,
+    source_tables,
+)
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import read_tables
@@ -42,6 +51,14 @@ def feature_asset_key(family: str) -> dg.AssetKey:
     return dg.AssetKey(["features", f"seller_{family}"])
 
 
+def _active_sellers_estimate(raw: dict, dates: list, horizon_days: int) -> int:
+    """Active sellers on a few spread dates (max): sizes the backfill's batches."""
+    sample = sorted({*dates[:: max(1, len(dates) // 4)], dates[-1]})
+    active = active_sellers(raw["orders"], raw["order_items"], sample, horizon_days=horizon_days)
+    counts = active.group_by("reference_date").len().get_column("len")
+    return int(counts.max() or 1)
+
+
 def partition_dates(context: dg.AssetExecutionContext) -> list:
     window = context.partition_time_window
     days = (window.end.date() - window.start.date()).days
@@ -61,28 +78,37 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         kinds={"duckdb", "polars"},
         pool=WAREHOUSE_POOL,
     )
-    def _asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+    def _asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> FrameBatches:
         settings = load_settings()
         dates = partition_dates(context)
         with warehouse.get_connection() as conn:
             raw = read_tables(conn, "raw", FAMILY_SOURCES[family])
-        table = compute_features(
-            family,
-            raw,
+        batches = date_batches(
             dates,
-            window_days=settings.feature_window_days,
-            horizon_days=settings.churn_horizon_days,
+            rows_per_date=_active_sellers_estimate(raw, dates, settings.churn_horizon_days),
+            max_rows=settings.feature_batch_rows,
         )
+
+        def compute(batch: list) -> pl.DataFrame:
+            return compute_features(
+                family,
+                raw,
+                batch,
+                window_days=settings.feature_window_days,
+                horizon_days=settings.churn_horizon_days,
+            )
+
+        first = compute(batches[0])
         context.add_output_metadata(
             {
                 "reference_dates": len(dates),
                 "first_date": str(dates[0]),
                 "last_date": str(dates[-1]),
-                "active_sellers_per_date": round(table.height / max(len(dates), 1), 1),
-                "preview": dg.MetadataValue.md(frame_to_markdown(table)),
+                "batches": len(batches),
+                "preview": dg.MetadataValue.md(frame_to_markdown(first)),
             }
         )
-        return table
+        return FrameBatches(itertools.chain([first], map(compute, batches[1:])))
 
     return _asset
 
