@@ -15,7 +15,7 @@ from dagster_duckdb import DuckDBResource
 from dagster_duckdb.io_manager import DuckDbClient
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 
-from olist_churn_dagster.lib.warehouse import transaction, write_frame
+from olist_churn_dagster.lib.warehouse import open_warehouse, transaction, write_frame
 
 WAREHOUSE_POOL = "warehouse"
 
@@ -105,9 +105,22 @@ class WarehouseIOManager(DuckDBPandasIOManager):
         )
 
 
+class WarehouseResource(DuckDBResource):
+    """SQL access to the warehouse for checks and assets, opened like every other path in
+    (clear errors at once for a damaged or locked file, not minutes of blind retries)."""
+
+    @contextmanager
+    def get_connection(self) -> Iterator:
+        conn = open_warehouse(Path(self.database))
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
 def warehouse_resources(warehouse_path: Path) -> dict[str, dg.ConfigurableResource | object]:
     """The IO manager and the query resource, both on the same DuckDB file."""
     return {
         "io_manager": WarehouseIOManager(database=str(warehouse_path)),
-        "warehouse": DuckDBResource(database=str(warehouse_path)),
+        "warehouse": WarehouseResource(database=str(warehouse_path)),
     }

@@ -15,6 +15,8 @@ import duckdb
 import polars as pl
 
 SCHEMAS = ("raw", "features", "ml")
+# What DuckDB says when the file itself is broken (as opposed to locked or unreachable).
+_DAMAGE_SIGNS = ("not a valid duckdb", "could not read enough bytes", "corrupt", "checksum")
 
 
 class WarehouseError(RuntimeError):
@@ -41,7 +43,8 @@ def _explain(path: Path, exc: Exception) -> str:
             f"warehouse {path} is locked by another process ({text}). Runs that write it "
             "share the 'warehouse' concurrency pool; wait for the other writer or stop it."
         )
-    if isinstance(exc, duckdb.IOException) and "not a valid duckdb" not in text.lower():
+    damaged = any(sign in text.lower() for sign in _DAMAGE_SIGNS)
+    if isinstance(exc, duckdb.IOException) and not damaged:
         return f"warehouse {path} cannot be opened: {text}"
     return (
         f"warehouse {path} is damaged or not a DuckDB file ({text}). Recovery: move it "

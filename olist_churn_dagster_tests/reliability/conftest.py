@@ -1,0 +1,143 @@
+"""Helpers of the bad-input and fault suite: a checksum of every warehouse table, runs of
+the real jobs against a bad source, and evaluations of the snapshot sensor.
+
+Everything that loads the Dagster definitions goes through the session fixtures of the
+parent conftest (`data_dir`, `definitions`), so the one session data directory is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator, Mapping
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.loader import load_dataset, purchase_date_range
+from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
+
+
+def _quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def warehouse_checksums(path: Path) -> dict[str, str]:
+    """`schema.table` -> row count, column names and types, and the sum of the hashes of
+    the whole rows, for every table of every schema in the warehouse file.
+
+    A sum (not a xor) so that a duplicated or a dropped duplicate row changes it too.
+    """
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_catalog = current_database() ORDER BY 1, 2"
+        ).fetchall()
+        sums: dict[str, str] = {}
+        for schema, table in tables:
+            columns = conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_catalog = current_database() AND table_schema = ? "
+                "AND table_name = ? ORDER BY ordinal_position",
+                [schema, table],
+            ).fetchall()
+            target = f"{_quote_identifier(schema)}.{_quote_identifier(table)}"
+            row = conn.execute(
+                "SELECT count(*), coalesce(sum(hash(whole_row)::HUGEINT), 0) "
+                f"FROM {target} AS whole_row"
+            ).fetchone()
+            assert row is not None
+            count, total = row
+            digest = hashlib.sha256(f"{count}|{total}|{columns}".encode()).hexdigest()
+            sums[f"{schema}.{table}"] = f"{count} rows {digest[:20]}"
+    finally:
+        conn.close()
+    return sums
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """Every step failure of a run, with its error chain, as one text."""
+    texts = [
+        event.step_failure_data.error.to_string()
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data.error is not None
+    ]
+    return "\n".join(texts)
+
+
+def run_job(
+    definitions: dg.Definitions,
+    job_name: str,
+    *,
+    source: Path | None = None,
+    resources: Mapping[str, object] | None = None,
+    partition_range: tuple[str, str] | None = None,
+    partition_key: str | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One in-process run of a project job; a failure is returned, not raised."""
+    run_config = (
+        {"ops": {"raw_tables": {"config": {"source": str(source)}}}} if source is not None else None
+    )
+    tags = range_tags(*partition_range) if partition_range else None
+    return definitions.resolve_job_def(job_name).execute_in_process(
+        run_config=run_config,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        resources=resources,
+        tags=tags,
+        partition_key=partition_key,
+    )
+
+
+def evaluate_snapshot_sensor(
+    definitions: dg.Definitions, cursor: str | None = None
+) -> dg.SensorResult:
+    sensor = definitions.resolve_sensor_def("snapshot_sensor")
+    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor)
+    result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def skip_message(result: dg.SensorResult) -> str:
+    assert result.skip_reason is not None, "the sensor gave no skip reason"
+    return result.skip_reason.skip_message or ""
+
+
+@pytest.fixture(scope="module")
+def warehouse(definitions: dg.Definitions, data_dir: Path) -> Path:
+    """The session warehouse, holding the raw tables of the good demo files."""
+    result = run_job(definitions, "load_raw_tables")
+    assert result.success, failure_message(result)
+    return data_dir / "warehouse.duckdb"
+
+
+@pytest.fixture(scope="module")
+def snapshot_day(data_dir: Path) -> date:
+    """A snapshot date inside the reference-date partitions: the last purchase day."""
+    return purchase_date_range(data_dir / "raw")[1]
+
+
+@pytest.fixture(scope="module")
+def good_snapshot(
+    data_dir: Path, snapshot_day: date, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A complete, valid snapshot folder (outside the watched root) to copy from."""
+    tables = load_dataset(data_dir / "raw")
+    root = tmp_path_factory.mktemp("snapshot-template")
+    return write_snapshot(cut_as_of(tables, snapshot_day), root, snapshot_day)
+
+
+@pytest.fixture()
+def snapshot_root(data_dir: Path) -> Iterator[Path]:
+    """The watched snapshot folder, empty for the test and removed after it."""
+    root = data_dir / "snapshots"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,465 @@
+"""Faults: a run killed while it writes, an unusable data directory, a damaged warehouse
+file, and input values that must never be read as SQL.
+
+The killed run is a separate process (the real `build_feature_store` job on the session
+data directory) that stops inside the write transaction of a partition, at a point it
+announces, and is then killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from olist_churn_dagster.defs.warehouse import warehouse_resources
+from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.loader import load_dataset
+from olist_churn_dagster.lib.schema import TABLES
+from olist_churn_dagster.lib.snapshot_feed import FeedCursor, decide
+from olist_churn_dagster.lib.snapshots import write_snapshot
+from olist_churn_dagster.lib.warehouse import WarehouseError, open_warehouse
+from olist_churn_dagster_tests.conftest import REPO_ROOT
+from olist_churn_dagster_tests.reliability.conftest import (
+    evaluate_snapshot_sensor,
+    failure_message,
+    run_job,
+    skip_message,
+    warehouse_checksums,
+)
+
+RECOVERY = "move it aside and rematerialize"
+FEATURE_TABLES = [f"seller_{family}" for family in FEATURE_FAMILIES]
+HOSTILE_SELLER_ID = "evil'); DROP TABLE raw.sellers; --\"x"
+HOSTILE_FOLDER = "it's a \"quoted\" folder'; DROP TABLE raw.orders; --"
+
+
+@pytest.fixture(scope="module")
+def partition_range(definitions: dg.Definitions, warehouse: Path) -> tuple[str, str]:
+    """The last two reference dates, with their feature partitions in the warehouse."""
+    keys = definitions.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
+    first, last = keys[-2], keys[-1]
+    result = run_job(definitions, "build_feature_store", partition_range=(first, last))
+    assert result.success, failure_message(result)
+    return first, last
+
+
+def _rows_in_range(path: Path, table: str, span: tuple[str, str]) -> int:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        row = conn.execute(
+            f"SELECT count(*) FROM features.{table} "
+            "WHERE reference_date BETWEEN ?::DATE AND ?::DATE",
+            list(span),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# --------------------------------------------------------------------------- the helper
+
+
+def test_checksums_see_one_changed_value_a_duplicate_row_and_a_type(tmp_path: Path) -> None:
+    base_path = tmp_path / "base.duckdb"
+    with duckdb.connect(str(base_path)) as conn:
+        conn.execute("CREATE SCHEMA s; CREATE TABLE s.t (a INTEGER, b VARCHAR)")
+        conn.execute("INSERT INTO s.t VALUES (1, 'x'), (2, NULL)")
+    base = warehouse_checksums(base_path)
+    assert list(base) == ["s.t"] and base["s.t"].startswith("2 rows")
+    changes = {
+        "value": "UPDATE s.t SET b = 'y' WHERE a = 1",
+        "null": "UPDATE s.t SET b = 'z' WHERE a = 2",
+        "duplicate": "INSERT INTO s.t VALUES (1, 'x')",
+        "type": "ALTER TABLE s.t ALTER a TYPE BIGINT",
+        "new-table": "CREATE TABLE main.extra (c INTEGER)",
+    }
+    for name, change in changes.items():
+        path = tmp_path / f"{name}.duckdb"
+        shutil.copyfile(base_path, path)
+        with duckdb.connect(str(path)) as conn:
+            conn.execute(change)
+        assert warehouse_checksums(path) != base, name
+    assert warehouse_checksums(base_path) == base
+
+
+# --------------------------------------------------------------------------- (a) killed run
+
+CHILD = r'''
+"""Runs build_feature_store and stops inside the first partition write transaction."""
+import sys
+import time
+
+from olist_churn_dagster.bootstrap import load_definitions, range_tags
+from olist_churn_dagster.defs.warehouse import PolarsTableHandler, TransactionalDuckDbClient
+
+import dagster as dg
+import polars as pl
+
+stage, first, last = sys.argv[1:4]
+
+
+def hold(table_slice, connection):
+    target = f'"{table_slice.schema}"."{table_slice.table}"'
+    rows = connection.execute(
+        f"SELECT count(*) FROM {target} WHERE reference_date BETWEEN ?::DATE AND ?::DATE",
+        [first, last],
+    ).fetchone()[0]
+    print(
+        f"HOLDING stage={stage} table={table_slice.table} rows_in_range={rows}", flush=True
+    )
+    time.sleep(600)
+
+
+original_delete = TransactionalDuckDbClient.delete_table_slice
+original_output = PolarsTableHandler.handle_output
+
+
+def delete_then_hold(context, table_slice, connection):
+    original_delete(context, table_slice, connection)
+    if stage == "after-delete" and table_slice.partition_dimensions:
+        hold(table_slice, connection)
+
+
+def tampered_output(self, context, table_slice, obj, connection):
+    if stage == "after-insert" and table_slice.partition_dimensions:
+        # The output is one frame or a series of frames: write only the first row.
+        frame = obj if isinstance(obj, pl.DataFrame) else next(iter(obj.batches))
+        original_output(self, context, table_slice, frame.head(1), connection)
+        hold(table_slice, connection)
+    return original_output(self, context, table_slice, obj, connection)
+
+
+TransactionalDuckDbClient.delete_table_slice = staticmethod(delete_then_hold)
+PolarsTableHandler.handle_output = tampered_output
+
+job = load_definitions().resolve_job_def("build_feature_store")
+job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), tags=range_tags(first, last))
+print("FINISHED without being killed", flush=True)
+'''
+
+_HOLDING = re.compile(r"HOLDING stage=(\S+) table=(\S+) rows_in_range=(\d+)")
+
+
+def _wait_for_hold(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> re.Match[str]:
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        match = _HOLDING.search(text)
+        if match:
+            return match
+        if proc.poll() is not None:
+            pytest.fail(f"the child ended ({proc.returncode}) before holding:\n{text[-3000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"the child never reached the write:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture()
+def child_process() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("stage", "rows_while_held"),
+    [
+        pytest.param("after-delete", 0, id="killed-after-delete"),
+        pytest.param("after-insert", 1, id="killed-after-tampered-insert"),
+    ],
+)
+def test_run_killed_inside_a_partition_write_keeps_the_previous_rows_and_rerun_repairs(
+    stage: str,
+    rows_while_held: int,
+    definitions: dg.Definitions,
+    warehouse: Path,
+    partition_range: tuple[str, str],
+    child_process: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    before = warehouse_checksums(warehouse)
+    counts = {table: _rows_in_range(warehouse, table, partition_range) for table in FEATURE_TABLES}
+    assert min(counts.values()) > 1  # a tampered 1-row write would be told apart
+
+    script, log = tmp_path / "killed_run.py", tmp_path / "child.log"
+    script.write_text(CHILD, encoding="utf-8")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), stage, *partition_range],
+            cwd=REPO_ROOT,
+            env=os.environ.copy(),  # the session's OLIST_CHURN_DATA_DIR and settings
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    child_process.append(proc)
+    held = _wait_for_hold(proc, log, time.monotonic() + 150)
+    assert held.group(1) == stage
+    assert held.group(2) in FEATURE_TABLES
+    # Inside the child's open transaction the partition really was deleted (or replaced).
+    assert int(held.group(3)) == rows_while_held
+
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert "FINISHED" not in log.read_text(errors="replace")
+
+    assert warehouse_checksums(warehouse) == before
+    assert _rows_in_range(warehouse, held.group(2), partition_range) == counts[held.group(2)]
+
+    rerun = run_job(definitions, "build_feature_store", partition_range=partition_range)
+    assert rerun.success, failure_message(rerun)
+    assert {t: _rows_in_range(warehouse, t, partition_range) for t in FEATURE_TABLES} == counts
+    assert warehouse_checksums(warehouse) == before  # the features are deterministic
+
+
+# --------------------------------------------------------------------------- (b) data dir
+
+
+def test_missing_data_dir_is_created_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "there" / "yet" / "warehouse.duckdb"
+    open_warehouse(path).close()
+    assert path.is_file()
+
+
+def test_missing_warehouse_for_reading_names_the_file_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "warehouse.duckdb"
+    with pytest.raises(WarehouseError, match="does not exist yet: materialize the raw assets"):
+        open_warehouse(path, read_only=True)
+    assert not path.parent.exists()
+
+
+def test_data_dir_under_a_regular_file_is_refused_clearly(tmp_path: Path) -> None:
+    """Root ignores permission bits, so the unusable folder is one whose parent is a
+    regular file: creating it fails for every user, root included."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    path = blocker / "data" / "warehouse.duckdb"
+    with pytest.raises(WarehouseError) as caught:
+        open_warehouse(path)
+    assert f"data directory {path.parent} cannot be created" in str(caught.value)
+
+
+def test_data_dir_under_a_regular_file_fails_the_job_clearly(
+    definitions: dg.Definitions, data_dir: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    path = blocker / "data" / "warehouse.duckdb"
+    result = run_job(
+        definitions,
+        "load_raw_tables",
+        source=data_dir / "raw",
+        resources=warehouse_resources(path),
+    )
+    assert not result.success
+    message = failure_message(result)
+    assert "WarehouseError" in message
+    assert f"data directory {path.parent} cannot be created" in message
+
+
+def test_read_only_data_dir_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated: as root every folder is writable, so the access check is made to say no;
+    this checks the message an operator gets, not the kernel's refusal."""
+    import olist_churn_dagster.lib.warehouse as warehouse_module
+
+    monkeypatch.setattr(warehouse_module.os, "access", lambda *_args, **_kwargs: False)
+    with pytest.raises(WarehouseError, match="is read-only; set OLIST_CHURN_DATA_DIR"):
+        open_warehouse(tmp_path / "warehouse.duckdb")
+
+
+# --------------------------------------------------------------------------- (c) damaged file
+
+
+def _damaged_copy(kind: str, warehouse: Path, folder: Path) -> Path:
+    path = folder / "warehouse.duckdb"
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "garbage":
+        path.write_bytes(os.urandom(3) + b"this is not a database" * 5000)
+    elif kind == "zero-bytes":
+        path.write_bytes(b"")
+    else:
+        data = warehouse.read_bytes()
+        path.write_bytes(data[: min(len(data) // 2, 65536)])  # header kept, blocks cut
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "garbage",
+        "zero-bytes",
+        "truncated-copy",
+    ],
+)
+def test_damaged_warehouse_gives_the_recovery(kind: str, warehouse: Path, tmp_path: Path) -> None:
+    path = _damaged_copy(kind, warehouse, tmp_path / kind)
+    with pytest.raises(WarehouseError) as caught:
+        open_warehouse(path).close()
+    message = str(caught.value)
+    assert str(path) in message
+    assert RECOVERY in message, message
+
+
+def test_truncated_warehouse_is_refused_naming_the_file(warehouse: Path, tmp_path: Path) -> None:
+    path = _damaged_copy("truncated-copy", warehouse, tmp_path)
+    with pytest.raises(WarehouseError, match=re.escape(f"warehouse {path}")):
+        open_warehouse(path).close()
+
+
+def test_damaged_warehouse_fails_the_job_with_the_recovery(
+    definitions: dg.Definitions, data_dir: Path, warehouse: Path, tmp_path: Path
+) -> None:
+    path = _damaged_copy("garbage", warehouse, tmp_path)
+    damaged = path.read_bytes()
+    result = run_job(
+        definitions, "load_raw_tables", source=data_dir / "raw", resources=warehouse_resources(path)
+    )
+    assert not result.success
+    message = failure_message(result)
+    assert "WarehouseError" in message
+    assert f"warehouse {path} is damaged or not a DuckDB file" in message
+    assert RECOVERY in message
+    assert path.read_bytes() == damaged  # left for the operator to move aside
+
+
+def test_damaged_warehouse_fails_the_feature_job_at_once(
+    definitions: dg.Definitions, warehouse: Path, tmp_path: Path
+) -> None:
+    """Steps that query through the warehouse resource fail at once with the recovery,
+    instead of retrying a broken file for minutes."""
+    import time
+
+    path = _damaged_copy("garbage", warehouse, tmp_path)
+    keys = definitions.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
+    started = time.perf_counter()
+    result = run_job(
+        definitions,
+        "build_feature_store",
+        resources=warehouse_resources(path),
+        partition_range=(keys[-2], keys[-1]),
+    )
+    assert not result.success
+    assert RECOVERY in failure_message(result)
+    assert time.perf_counter() - started < 60
+
+
+# --------------------------------------------------------------------------- (d) no SQL from input
+
+
+def test_source_and_warehouse_paths_with_quotes_load_the_same_tables(
+    definitions: dg.Definitions, data_dir: Path, warehouse: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / HOSTILE_FOLDER
+    shutil.copytree(data_dir / "raw", source)
+    other = tmp_path / f"{HOSTILE_FOLDER} warehouse" / "warehouse.duckdb"
+    result = run_job(
+        definitions, "load_raw_tables", source=source, resources=warehouse_resources(other)
+    )
+    assert result.success, failure_message(result)
+    loaded = warehouse_checksums(other)
+    expected = {k: v for k, v in warehouse_checksums(warehouse).items() if k.startswith("raw.")}
+    assert loaded == expected
+    assert len(loaded) == len(TABLES)
+
+
+def test_snapshot_name_with_sql_is_skipped_as_not_a_date(
+    definitions: dg.Definitions, warehouse: Path, good_snapshot: Path, snapshot_root: Path
+) -> None:
+    name = "2025-01-01'; DROP TABLE raw.orders; --"
+    shutil.copytree(good_snapshot, snapshot_root / name)
+    before = warehouse_checksums(warehouse)
+    result = evaluate_snapshot_sensor(definitions)
+    assert result.run_requests == []
+    assert f"{name!r} is not named YYYY-MM-DD" in skip_message(result)
+    assert warehouse_checksums(warehouse) == before
+
+
+def test_snapshot_root_with_quotes_in_the_path_still_verifies(
+    good_snapshot: Path, tmp_path: Path
+) -> None:
+    """Snapshot files are only read and hashed, never named in SQL: a quoted root works."""
+    tables = load_dataset(good_snapshot)
+    as_of = date.fromisoformat(good_snapshot.name)
+    root = tmp_path / HOSTILE_FOLDER
+    written = write_snapshot(tables, root, as_of)
+    decision = decide(root, FeedCursor(), first=as_of, last=as_of)
+    assert [launch.path for launch in decision.launches] == [written]
+    assert load_dataset(written)["orders"].equals(tables["orders"])
+
+
+def _replace_seller(folder: Path, old: str, new: str) -> None:
+    for table in ("sellers", "order_items"):
+        path = folder / TABLES[table].file_name
+        frame = pl.read_csv(path, infer_schema=False)
+        seller = (
+            pl.when(pl.col("seller_id") == old).then(pl.lit(new)).otherwise(pl.col("seller_id"))
+        )
+        frame.with_columns(seller.alias("seller_id")).write_csv(path, null_value="")
+
+
+def _seller_rows(path: Path, table: str, seller_id: str) -> pl.DataFrame:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        frame = conn.execute(
+            f"SELECT * FROM features.{table} WHERE seller_id = ? ORDER BY reference_date",
+            [seller_id],
+        ).pl()
+    return frame.drop("seller_id")
+
+
+def test_hostile_seller_id_round_trips_through_raw_and_features(
+    definitions: dg.Definitions,
+    data_dir: Path,
+    warehouse: Path,
+    partition_range: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        row = conn.execute(
+            "SELECT seller_id FROM features.seller_sales WHERE reference_date = ?::DATE "
+            "ORDER BY sales_items DESC, seller_id LIMIT 1",
+            [partition_range[0]],
+        ).fetchone()
+        assert row is not None
+        original = str(row[0])
+        items = conn.execute(
+            "SELECT count(*) FROM raw.order_items WHERE seller_id = ?", [original]
+        ).fetchone()
+    source = tmp_path / "raw"
+    shutil.copytree(data_dir / "raw", source)
+    _replace_seller(source, original, HOSTILE_SELLER_ID)
+    other = tmp_path / "hostile" / "warehouse.duckdb"
+    resources = warehouse_resources(other)
+
+    loaded = run_job(definitions, "load_raw_tables", source=source, resources=resources)
+    assert loaded.success, failure_message(loaded)
+    built = run_job(
+        definitions, "build_feature_store", partition_range=partition_range, resources=resources
+    )
+    assert built.success, failure_message(built)
+
+    with duckdb.connect(str(other), read_only=True) as conn:
+        sellers = conn.execute(
+            "SELECT count(*) FROM raw.sellers WHERE seller_id = ?", [HOSTILE_SELLER_ID]
+        ).fetchone()
+        hostile_items = conn.execute(
+            "SELECT count(*) FROM raw.order_items WHERE seller_id = ?", [HOSTILE_SELLER_ID]
+        ).fetchone()
+    assert sellers == (1,)
+    assert hostile_items == items and items is not None and items[0] > 0
+    tables = set(warehouse_checksums(other))
+    assert {f"raw.{name}" for name in TABLES} | {f"features.{t}" for t in FEATURE_TABLES} <= tables
+    for table in FEATURE_TABLES:
+        hostile = _seller_rows(other, table, HOSTILE_SELLER_ID)
+        assert hostile.height == 2, table  # one row per reference date of the range
+        assert hostile.equals(_seller_rows(warehouse, table, original)), table
