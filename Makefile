@@ -16,7 +16,7 @@ SEED ?= 42
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run install data instance prepare test lint format clean-data
+.PHONY: run install data instance prepare browser test lint format clean-data
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS_DIR)
@@ -42,7 +42,20 @@ prepare: data instance  ## materialize what the UI should show ready (skipped wh
 run: prepare  ## set up everything, then the Dagster UI on http://$(HOST):$(PORT)
 	$(UV) run dagster dev -h $(HOST) -p $(PORT)
 
-test: install  ## the whole test suite
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+
+browser:  ## headless Chromium and its driver for the browser tests (Debian/Ubuntu, as root)
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q chromium chromium-driver; \
+	fi
+
+test: install browser  ## the whole test suite
 	$(UV) run pytest
 
 lint: install

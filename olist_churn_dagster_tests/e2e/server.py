@@ -6,6 +6,7 @@ the environment given to `DagsterDev.start`, exactly as `make run` does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -135,6 +136,25 @@ query Backfill($id: String!) {
 """
 
 
+def query_warehouse(path: Path, sql: str, params: list[Any], *, timeout: float = 60.0) -> Any:
+    """One row from the warehouse, opened read-only; retries while a run holds the lock."""
+    import duckdb
+
+    def attempt() -> tuple[Any, ...] | None:
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                return None
+            raise
+        try:
+            return conn.execute(sql, params).fetchone()
+        finally:
+            conn.close()
+
+    return wait_for(f"a read-only look at {path.name}", attempt, timeout=timeout)
+
+
 def tags_of(run: Mapping[str, Any]) -> dict[str, str]:
     return {tag["key"]: tag["value"] for tag in run["tags"]}
 
@@ -159,6 +179,33 @@ def launch_asset_backfill(
     answer = gql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert answer["__typename"] == "LaunchBackfillSuccess", answer
     return answer["backfillId"]
+
+
+def launch_asset_backfills(
+    gql: GraphQL, asset_paths: list[list[str]], ranges: list[list[str]], title: str
+) -> list[str]:
+    """Several backfills in one request, so that the daemon finds them all at once."""
+    fields = "\n".join(
+        f"""  b{i}: launchPartitionBackfill(backfillParams: $p{i}) {{
+    __typename
+    ... on LaunchBackfillSuccess {{ backfillId }}
+    ... on PythonError {{ message }}
+  }}"""
+        for i in range(len(ranges))
+    )
+    params = ", ".join(f"$p{i}: LaunchBackfillParams!" for i in range(len(ranges)))
+    variables = {
+        f"p{i}": {
+            "assetSelection": [{"path": path} for path in asset_paths],
+            "partitionNames": keys,
+            "title": f"{title} {i}",
+        }
+        for i, keys in enumerate(ranges)
+    }
+    answer = gql(f"mutation Launch({params}) {{\n{fields}\n}}", variables)
+    results = [answer[f"b{i}"] for i in range(len(ranges))]
+    assert all(r["__typename"] == "LaunchBackfillSuccess" for r in results), results
+    return [r["backfillId"] for r in results]
 
 
 def backfill(gql: GraphQL, backfill_id: str) -> dict[str, Any]:
@@ -188,8 +235,11 @@ def wait_runs_finished(
 ) -> list[dict[str, Any]]:
     """Wait for at least `expect` runs matching the filter, all of them finished."""
 
+    def probe_all() -> list[dict[str, Any]]:
+        return runs(gql, **dict(run_filter))
+
     def probe() -> list[dict[str, Any]] | None:
-        found = runs(gql, **run_filter)
+        found = probe_all()
         done = len(found) >= expect and all(r["status"] in FINISHED_RUN_STATUSES for r in found)
         return found if done else None
 
@@ -198,7 +248,7 @@ def wait_runs_finished(
         probe,
         timeout=timeout,
         interval=1.0,
-        on_timeout=lambda: f"runs now: {[(r['runId'], r['status']) for r in runs(gql, **run_filter)]}",
+        on_timeout=lambda: f"runs now: {[(r['runId'], r['status']) for r in probe_all()]}",
     )
 
 
@@ -320,20 +370,14 @@ class DagsterDev:
             tree = [psutil.Process(pgid), *psutil.Process(pgid).children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         _, alive = psutil.wait_procs(tree, timeout=max(1.0, grace / 3))
         if alive or self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(timeout=10)
             psutil.wait_procs(alive, timeout=5)
         self._log.close()
