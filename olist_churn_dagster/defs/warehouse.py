@@ -31,6 +31,20 @@ class TransactionalDuckDbClient(DuckDbClient):
             yield conn
 
 
+def _row_count_metadata(context, partitioned: bool, rows: int) -> dict[str, int]:
+    """Row count under the key the UI shows: a single partition's own count, a whole
+    table's count, or for a run over a range the rows written for the whole range (the
+    same value lands on every partition of the range, so it is named for what it is)."""
+    if not partitioned:
+        return {"dagster/row_count": rows}
+    if context.has_partition_key:
+        return {"dagster/partition_row_count": rows}
+    return {
+        "rows_written_for_range": rows,
+        "partitions_in_range": len(context.asset_partition_keys),
+    }
+
+
 @dataclass
 class FrameBatches:
     """An output written as consecutive frames into one table slice, inside the same
@@ -59,11 +73,7 @@ class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
             raise ValueError(f"no rows nor schema to write to {table_slice.table}")
         context.add_output_metadata(
             {
-                **(
-                    {"dagster/partition_row_count": row_count}
-                    if context.has_partition_key or partitioned
-                    else {"dagster/row_count": row_count}
-                ),
+                **_row_count_metadata(context, partitioned, row_count),
                 "dagster/column_schema": dg.TableSchema(
                     columns=[
                         dg.TableColumn(name=name, type=str(dtype)) for name, dtype in schema.items()

@@ -45,6 +45,9 @@ def test_backfill_is_one_run_over_the_whole_range(backfilled, data_dir):
     for family in FEATURE_FAMILIES:
         assert set(counts[family]) == expected_dates, family
         assert counts[family] == counts["sales"]  # same spine: active sellers per date
+    metadata = materializations[0].metadata
+    assert metadata["rows_written_for_range"].value == sum(counts["sales"].values())
+    assert metadata["partitions_in_range"].value == len(window)
 
 
 def test_stored_rows_equal_the_core_computation(backfilled, data_dir):
@@ -68,6 +71,9 @@ def test_rematerializing_part_of_the_range_replaces_exactly_it(backfilled, data_
     )
     assert result.success
     assert _counts(data_dir / "warehouse.duckdb") == before
+    (materialization,) = result.asset_materializations_for_node("features__seller_sales")
+    rows = before["sales"][date.fromisoformat(window[5])]
+    assert materialization.metadata["dagster/partition_row_count"].value == rows
 
 
 def test_feature_checks_pass(backfilled):
