@@ -32,6 +32,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from olist_churn_dagster.lib.abt import LABEL
+from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.model import LOWER_IS_BETTER, TrainResult, evaluate_scores, predict
 
 MODEL_NAME = "olist-seller-churn"
@@ -131,15 +132,6 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def _markdown(frame: pl.DataFrame, digits: int = 4) -> str:
-    """A GitHub-style markdown table (no extra dependency)."""
-    rounded = frame.with_columns(pl.selectors.float().round(digits))
-    head = "| " + " | ".join(rounded.columns) + " |"
-    rule = "|" + "|".join("---" for _ in rounded.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in rounded.iter_rows()]
-    return "\n".join([head, rule, *body]) + "\n"
-
-
 # --------------------------------------------------------------------------- logging
 
 
@@ -177,9 +169,13 @@ def _write_artifacts(result: TrainResult, folder: Path) -> None:
         figure.savefig(plots_dir / f"{name}.png", dpi=110)
     table = result.comparison_table()
     table.write_csv(eval_dir / "metrics_vs_baselines.csv")
-    (eval_dir / "metrics_vs_baselines.md").write_text(_markdown(table))
+    (eval_dir / "metrics_vs_baselines.md").write_text(
+        frame_to_markdown(table, max_rows=table.height)
+    )
     result.importance.write_csv(eval_dir / "feature_importance.csv")
-    (eval_dir / "feature_importance.md").write_text(_markdown(result.importance))
+    (eval_dir / "feature_importance.md").write_text(
+        frame_to_markdown(result.importance, max_rows=result.importance.height)
+    )
     (eval_dir / "split_plan.json").write_text(json.dumps(result.plan.as_dict(), indent=2))
     result.test_frame.write_parquet(eval_dir / "oot_scores.parquet")
 
