@@ -16,7 +16,7 @@ SEED ?= 42
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run install data instance prepare browser test lint format clean-data
+.PHONY: run install data instance prepare browser test bench lint format clean-data
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS_DIR)
@@ -57,6 +57,9 @@ browser:  ## headless Chromium and its driver for the browser tests (Debian/Ubun
 
 test: install browser  ## the whole test suite
 	$(UV) run pytest
+
+bench: install  ## every pipeline stage at scale 1 and 10 (a script that prints a table)
+	$(UV) run python bench/pipeline.py --scales 1 10
 
 lint: install
 	$(UV) run ruff check . && $(UV) run ruff format --check .

@@ -1,0 +1,185 @@
+"""Pipeline benchmark: every stage from generated files to scores, at several scales.
+
+    uv run python bench/pipeline.py [--scales 1 10] [--root /tmp/olist-pipeline-bench]
+
+Each scale runs in a child process on a fresh data directory and an ephemeral Dagster
+instance, through the project's own jobs (in process, real DuckDB and MLflow stores).
+Prints one row per stage: seconds, rows, rows per second and the peak memory (RSS of the
+process, sampled every 50 ms) during that stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import psutil
+
+
+class PeakMemory:
+    """Samples this process's RSS in a thread; `take()` returns the peak since last take."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._peak = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._peak = max(self._peak, self._process.memory_info().rss)
+
+    def take(self) -> float:
+        peak, self._peak = max(self._peak, self._process.memory_info().rss), 0
+        return peak / 1024**3
+
+
+def _stage(results: list, memory: PeakMemory, name: str, work: Callable[[], int]) -> None:
+    memory.take()
+    started = time.perf_counter()
+    rows = work()
+    seconds = time.perf_counter() - started
+    results.append({"stage": name, "seconds": seconds, "rows": rows, "peak_gb": memory.take()})
+
+
+def _count(path: Path, sql: str, params: list | None = None) -> int:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return int(conn.execute(sql, params or []).fetchone()[0])
+
+
+def run_scale(root: Path, scale: float) -> list[dict]:
+    data = root / f"scale-{scale:g}"
+    if data.exists():
+        import shutil
+
+        shutil.rmtree(data)
+    os.environ["OLIST_CHURN_DATA_DIR"] = str(data)
+    memory = PeakMemory()
+    results: list[dict] = []
+
+    from olist_churn_dagster.lib.generator import generate_dataset
+
+    _stage(
+        results,
+        memory,
+        "generate",
+        lambda: generate_dataset(data / "raw", scale=scale)["order_items"],
+    )
+
+    import dagster as dg
+
+    from olist_churn_dagster.bootstrap import load_definitions
+    from olist_churn_dagster.defs.tags import range_tags
+    from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
+
+    defs = load_definitions()
+    instance = dg.DagsterInstance.ephemeral()
+    warehouse = data / "warehouse.duckdb"
+
+    def run(job: str, **kwargs) -> dg.ExecuteInProcessResult:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, **kwargs)
+        assert result.success, job
+        return result
+
+    keys = defs.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
+
+    def load_raw() -> int:
+        run("load_raw_tables")
+        return _count(warehouse, "SELECT count(*) FROM raw.order_items")
+
+    def features() -> int:
+        run("build_feature_store", tags=range_tags(keys[0], keys[-1]))
+        return _count(warehouse, "SELECT count(*) FROM features.seller_sales") * 6
+
+    def train() -> int:
+        run("train_churn_model")
+        return _count(warehouse, "SELECT count(*) FROM ml.abt")
+
+    def score(first: str, last: str) -> Callable[[], int]:
+        def work() -> int:
+            run("rescore_with_champion", tags=range_tags(first, last))
+            return _count(
+                warehouse,
+                "SELECT count(*) FROM ml.churn_scores "
+                "WHERE reference_date BETWEEN ?::DATE AND ?::DATE",
+                [first, last],
+            )
+
+        return work
+
+    _stage(results, memory, "raw load", load_raw)
+    _stage(results, memory, f"feature backfill ({len(keys)} dates)", features)
+    _stage(results, memory, "ABT + training", train)
+    _stage(results, memory, "score one day", score(keys[-1], keys[-1]))
+    _stage(results, memory, "score 30-day backfill", score(keys[-30], keys[-1]))
+
+    from olist_churn_dagster.lib.loader import load_dataset
+
+    day = date.fromisoformat(keys[-1])
+    as_of_tables = cut_as_of(load_dataset(data / "raw"), day)
+
+    def snapshot_to_scores() -> int:
+        """From writing the snapshot (marker last) to its scores committed: the sensor's
+        evaluation and its run, in process (a running daemon adds its tick interval)."""
+        write_snapshot(as_of_tables, data / "snapshots", day)
+        sensor = defs.resolve_sensor_def("snapshot_sensor")
+        with dg.instance_for_test() as sensor_instance:
+            (request,) = sensor(dg.build_sensor_context(instance=sensor_instance)).run_requests
+        run(
+            sensor.job_name,
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            tags=request.tags,
+        )
+        return _count(
+            warehouse, "SELECT count(*) FROM ml.churn_scores WHERE reference_date = ?", [day]
+        )
+
+    _stage(results, memory, "snapshot to scores", snapshot_to_scores)
+    return results
+
+
+def _print(scale: float, rows: list[dict]) -> None:
+    for r in rows:
+        rate = f"{r['rows'] / r['seconds']:>12,.0f}" if r["rows"] and r["seconds"] else " " * 12
+        rows_text = f"{r['rows']:>12,}" if r["rows"] else " " * 12
+        peak = f"{r['peak_gb']:>8.2f}" if r["peak_gb"] else " " * 8
+        print(f"{scale:>5g}  {r['stage']:<32} {r['seconds']:>8.1f} {rows_text} {rate} {peak}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/olist-pipeline-bench"))
+    parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(run_scale(args.root, args.child)))
+        return
+    print(
+        f"pipeline benchmark, {date.today()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 1024**3:.0f} GiB"
+    )
+    print(f"{'scale':>5}  {'stage':<32} {'seconds':>8} {'rows':>12} {'rows/s':>12} {'peak_GB':>8}")
+    for scale in args.scales:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(scale), "--root", str(args.root)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        _print(scale, json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    main()
