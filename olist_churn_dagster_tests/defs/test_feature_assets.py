@@ -23,11 +23,8 @@ def _counts(warehouse: Path) -> dict[str, dict[date, int]]:
 
 
 @pytest.fixture(scope="module")
-def backfilled(definitions: dg.Definitions, data_dir: Path):
-    instance = dg.DagsterInstance.ephemeral()
-    assert (
-        definitions.resolve_job_def("load_raw_tables").execute_in_process(instance=instance).success
-    )
+def backfilled(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance):
+    instance = instance_with_raw
     job = definitions.resolve_job_def("build_feature_store")
     keys = job.partitions_def.get_partition_keys()
     window = keys[-30:-20]

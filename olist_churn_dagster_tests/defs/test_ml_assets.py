@@ -15,11 +15,8 @@ SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min
 
 
 @pytest.fixture(scope="module")
-def trained(definitions: dg.Definitions, data_dir: Path):
-    instance = dg.DagsterInstance.ephemeral()
-    assert (
-        definitions.resolve_job_def("load_raw_tables").execute_in_process(instance=instance).success
-    )
+def trained(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance):
+    instance = instance_with_raw
     features = definitions.resolve_job_def("build_feature_store")
     keys = features.partitions_def.get_partition_keys()
     assert features.execute_in_process(
