@@ -46,13 +46,6 @@ def zip_prefixes(values: np.ndarray) -> pl.Series:
     return pl.Series(values.astype(np.int64)).cast(pl.String).str.zfill(5)
 
 
-def group_starts(sorted_keys: np.ndarray) -> np.ndarray:
-    """Boolean mask of the first row of each run of equal keys in a sorted array."""
-    first = np.ones(len(sorted_keys), dtype=bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    return first
-
-
 def forward_fill_index(keep: np.ndarray) -> np.ndarray:
     """For each row, the index of the nearest row at or before it where `keep` is True."""
     idx = np.where(keep, np.arange(len(keep)), 0)

@@ -14,7 +14,6 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-SCHEMAS = ("raw", "features", "ml")
 # What DuckDB says when the file itself is broken (as opposed to locked or unreachable).
 _DAMAGE_SIGNS = ("not a valid duckdb", "could not read enough bytes", "corrupt", "checksum")
 
