@@ -324,14 +324,14 @@ def top_reasons(
     i = 1..k, largest contribution first. A slot stays null when fewer than i features
     raise the risk at all: a feature that lowers risk is no reason for concern.
     """
-    names = np.asarray(feature_names, dtype=object)
-    k = min(k, names.size)
+    names = pl.Series(list(feature_names), dtype=pl.String)
+    k = min(k, names.len())
     contrib = contributions(booster, frame, feature_names)
     values = frame.select(pl.col(f).cast(pl.Float64) for f in feature_names).to_numpy()
     top = (
         np.argpartition(-contrib, k - 1, axis=1)[:, :k]
-        if k < names.size
-        else np.tile(np.arange(names.size), (frame.height, 1))
+        if k < names.len()
+        else np.tile(np.arange(names.len()), (frame.height, 1))
     )
     top_contrib = np.take_along_axis(contrib, top, axis=1)
     order = np.argsort(-top_contrib, axis=1, kind="stable")
@@ -341,7 +341,7 @@ def top_reasons(
     raw: dict[str, pl.Series] = {}
     for i in range(k):  # loop over the k output slots, not over rows
         slot = f"reason_{i + 1}"
-        raw[slot] = pl.Series(names[top[:, i]].tolist(), dtype=pl.String)
+        raw[slot] = names.gather(top[:, i])
         raw[f"{slot}_value"] = pl.Series(top_values[:, i], dtype=pl.Float64).fill_nan(None)
         raw[f"{slot}_contribution"] = pl.Series(top_contrib[:, i], dtype=pl.Float64)
     reasons = pl.DataFrame(raw).with_columns(

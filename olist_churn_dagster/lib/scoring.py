@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-import numpy as np
 import polars as pl
 import xgboost as xgb
 
@@ -17,6 +16,10 @@ REVENUE_FEATURE = "sales_revenue"  # trailing-window revenue: the base of sales 
 N_REASONS = 3
 # Risk bands on the churn probability, highest first (documented in the README).
 RISK_BANDS: tuple[tuple[float, str], ...] = ((0.5, "high"), (0.25, "medium"), (0.0, "low"))
+# Reasons are explained where there is risk to act on: medium and high bands. TreeSHAP is
+# the costliest step of scoring (its cost per row grows with the model's trees), and for a
+# low-risk seller its "what raises the risk most" has nothing to act on.
+REASONS_FROM_PROBABILITY = RISK_BANDS[1][0]
 READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
 
 
@@ -45,20 +48,23 @@ def score_sellers(
     scored_at: datetime,
 ) -> pl.DataFrame:
     """One row per seller and date: probability, dense rank within the date (1 = riskiest),
-    risk band, the three features pushing the risk up most (name, meaning, the seller's
-    value), sales at risk (trailing-window revenue x probability) and the model used."""
+    risk band, sales at risk (trailing-window revenue x probability), the model used and,
+    for medium and high risk, the three features pushing the risk up most (name, meaning,
+    the seller's value, contribution); the reasons of low-risk rows are null."""
     missing = [n for n in feature_names if n not in features.columns]
     if missing:
         raise ValueError(
             f"the model version {model_version} needs feature column(s) {missing[:5]} that "
             "the feature tables do not have; retrain the model on the current feature store"
         )
-    probability = predict(booster, features, feature_names).astype(np.float64)
-    reasons = top_reasons(booster, features, feature_names, k=N_REASONS).drop(KEYS)
+    probability = pl.Series("churn_probability", predict(booster, features, feature_names))
+    at_risk = features.filter(probability.cast(pl.Float64) >= REASONS_FROM_PROBABILITY)
+    reasons = top_reasons(booster, at_risk, feature_names, k=N_REASONS)
     reason_columns = [_readable(f"reason_{i}") for i in range(1, N_REASONS + 1)]
-    scored = pl.concat([features.select(*KEYS, REVENUE_FEATURE), reasons], how="horizontal")
     return (
-        scored.with_columns(pl.Series("churn_probability", probability))
+        features.select(*KEYS, REVENUE_FEATURE)
+        .with_columns(probability.cast(pl.Float64))
+        .join(reasons, on=KEYS, how="left")
         .with_columns(
             pl.col("churn_probability")
             .rank(method="dense", descending=True)

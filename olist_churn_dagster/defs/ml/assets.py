@@ -198,8 +198,8 @@ def churn_model(
 @dg.asset(
     key=SCORES_KEY,
     group_name=SCORING_GROUP,
-    description="Daily churn risk per active seller: probability, rank, band, top three "
-    "reasons, sales at risk, and the champion model version that scored it.",
+    description="Daily churn risk per active seller: probability, rank, band, sales at "
+    "risk, the top three reasons for medium and high risk, and the champion model version.",
     partitions_def=reference_date_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[*FEATURE_KEYS, MODEL_KEY],
