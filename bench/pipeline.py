@@ -149,12 +149,26 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     return results
 
 
-def _print(scale: float, rows: list[dict]) -> None:
+def _print(scale: float, rows: list[dict], base: dict[str, float]) -> None:
+    """One line per stage; `base` holds the first scale's seconds per stage, and each line
+    says how many times that this stage took (the linear-scaling check)."""
     for r in rows:
         rate = f"{r['rows'] / r['seconds']:>12,.0f}" if r["rows"] and r["seconds"] else " " * 12
         rows_text = f"{r['rows']:>12,}" if r["rows"] else " " * 12
         peak = f"{r['peak_gb']:>8.2f}" if r["peak_gb"] else " " * 8
-        print(f"{scale:>5g}  {r['stage']:<32} {r['seconds']:>8.1f} {rows_text} {rate} {peak}")
+        growth = f"{r['seconds'] / base[r['stage']]:>7.1f}x" if r["stage"] in base else ""
+        print(
+            f"{scale:>5g}  {r['stage']:<32} {r['seconds']:>8.1f} {rows_text} {rate} {peak}{growth}",
+            flush=True,
+        )
+
+
+def _machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    memory = psutil.virtual_memory().total / 1024**3
+    return f"{os.cpu_count()} cores ({models[0] if models else 'unknown CPU'}), {memory:.0f} GiB"
 
 
 def main() -> None:
@@ -166,19 +180,28 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(run_scale(args.root, args.child)))
         return
+    print(f"pipeline benchmark, {date.today()}, {_machine()}")
     print(
-        f"pipeline benchmark, {date.today()}, {os.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 1024**3:.0f} GiB"
+        f"{'scale':>5}  {'stage':<32} {'seconds':>8} {'rows':>12} {'rows/s':>12} "
+        f"{'peak_GB':>8} {'vs first':>8}",
+        flush=True,
     )
-    print(f"{'scale':>5}  {'stage':<32} {'seconds':>8} {'rows':>12} {'rows/s':>12} {'peak_GB':>8}")
+    base: dict[str, float] = {}
     for scale in args.scales:
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(scale), "--root", str(args.root)],
-            check=True,
             capture_output=True,
             text=True,
         )
-        _print(scale, json.loads(out.stdout.strip().splitlines()[-1]))
+        if out.returncode != 0:
+            # A killed child (-9) is the kernel's out-of-memory killer: the scale does not fit.
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{scale:>5g}  failed with exit code {out.returncode}: {tail}", flush=True)
+            continue
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        _print(scale, rows, base)
+        if not base:
+            base = {r["stage"]: r["seconds"] for r in rows}
 
 
 if __name__ == "__main__":
