@@ -77,7 +77,7 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
     backfill_s = time.perf_counter() - started
     assert result.success
 
-    conn = open_warehouse(load_settings().warehouse_path, read_only=True)
+    conn = open_warehouse(load_settings().warehouse, read_only=True)
     rows = sum(
         conn.execute(f"SELECT count(*) FROM features.seller_{f}").fetchone()[0]
         for f in FEATURE_FAMILIES

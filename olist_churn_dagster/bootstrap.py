@@ -12,11 +12,10 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.settings import Settings
-from olist_churn_dagster.lib.tracking import champion_version
-from olist_churn_dagster.lib.warehouse import open_warehouse
+from olist_churn_dagster.lib.tracking import champion_version, sqlite_store_path
+from olist_churn_dagster.lib.warehouse import open_warehouse, warehouse_exists
 
 
 def load_definitions() -> dg.Definitions:
@@ -26,9 +25,9 @@ def load_definitions() -> dg.Definitions:
 
 
 def _count(settings: Settings, sql: str, params: list) -> int:
-    if not settings.warehouse_path.exists():
+    if not warehouse_exists(settings.warehouse):
         return 0
-    conn = open_warehouse(settings.warehouse_path, read_only=True)
+    conn = open_warehouse(settings.warehouse, read_only=True)
     try:
         return int(conn.execute(sql, params).fetchone()[0])
     except Exception:  # a table that is not there yet counts as nothing done
@@ -39,9 +38,9 @@ def _count(settings: Settings, sql: str, params: list) -> int:
 
 def _missing_feature_dates(settings: Settings, keys: list[str]) -> list[str]:
     """Partition keys without feature rows (one backfill covers first to last of them)."""
-    if not settings.warehouse_path.exists():
+    if not warehouse_exists(settings.warehouse):
         return keys
-    conn = open_warehouse(settings.warehouse_path, read_only=True)
+    conn = open_warehouse(settings.warehouse, read_only=True)
     try:
         rows = conn.execute("SELECT DISTINCT reference_date FROM features.seller_sales").fetchall()
     except Exception:  # no feature table yet
@@ -59,7 +58,8 @@ def prepare(
     defs = load_definitions()
     keys = defs.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
     recent = keys[-settings.rescore_days :]
-    tracking_uri = MlflowTracking.under(settings.mlflow_dir).tracking_uri
+    tracking_uri = settings.mlflow_tracking_uri
+    store = sqlite_store_path(tracking_uri)
     missing = _missing_feature_dates(settings, keys)
     steps: list[tuple[str, Callable[[], bool], str, dict]] = [
         (
@@ -76,7 +76,9 @@ def prepare(
         ),
         (
             "ABT and champion model",
-            lambda: settings.mlflow_dir.exists() and champion_version(tracking_uri) is not None,
+            lambda: (
+                (store is None or store.exists()) and champion_version(tracking_uri) is not None
+            ),
             "train_churn_model",
             {},
         ),

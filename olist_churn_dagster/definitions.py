@@ -4,12 +4,21 @@ from pathlib import Path
 
 import dagster as dg
 
+from olist_churn_dagster.lib.settings import load_settings
+
+# `in_process` (default): one process per run, since a local DuckDB file has one writer
+# process and the heavy work inside each step is already vectorised over all cores.
+# `multiprocess`: a process per step, for a server warehouse that takes several writers;
+# the `warehouse` pool of the instance still caps how many steps write at once.
+EXECUTORS: dict[str, dg.ExecutorDefinition] = {
+    "in_process": dg.in_process_executor,
+    "multiprocess": dg.multiprocess_executor,
+}
+
 
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-        # One process per run: DuckDB allows one writer process per file, and the heavy
-        # work inside each step is already vectorised over all cores.
-        dg.Definitions(executor=dg.in_process_executor),
+        dg.Definitions(executor=EXECUTORS[load_settings().executor]),
     )

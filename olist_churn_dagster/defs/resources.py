@@ -1,4 +1,6 @@
-"""Resources of the code location, all pointed at the configured data directory."""
+"""Resources of the code location, configured by the settings (the environment): the same
+code runs on a local DuckDB file and SQLite MLflow store, or on a server warehouse and an
+MLflow tracking server."""
 
 import dagster as dg
 
@@ -12,7 +14,7 @@ def resources() -> dg.Definitions:
     settings = load_settings()
     return dg.Definitions(
         resources={
-            **warehouse_resources(settings.warehouse_path),
-            "mlflow": MlflowTracking.under(settings.mlflow_dir),
+            **warehouse_resources(settings.warehouse),
+            "mlflow": MlflowTracking(tracking_uri=settings.mlflow_tracking_uri),
         }
     )

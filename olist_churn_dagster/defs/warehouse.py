@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -27,7 +26,7 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context, _table_slice) -> Iterator:
-        with transaction(Path(context.resource_config["database"])) as conn:
+        with transaction(context.resource_config["database"]) as conn:
             yield conn
 
 
@@ -121,16 +120,17 @@ class WarehouseResource(DuckDBResource):
 
     @contextmanager
     def get_connection(self) -> Iterator:
-        conn = open_warehouse(Path(self.database))
+        conn = open_warehouse(self.database)
         try:
             yield conn
         finally:
             conn.close()
 
 
-def warehouse_resources(warehouse_path: Path) -> dict[str, dg.ConfigurableResource | object]:
-    """The IO manager and the query resource, both on the same DuckDB file."""
+def warehouse_resources(database: str) -> dict[str, dg.ConfigurableResource | object]:
+    """The IO manager and the query resource, both on the same DuckDB database: a local
+    file, or a server database (MotherDuck `md:<name>`) when deployed."""
     return {
-        "io_manager": WarehouseIOManager(database=str(warehouse_path)),
-        "warehouse": WarehouseResource(database=str(warehouse_path)),
+        "io_manager": WarehouseIOManager(database=database),
+        "warehouse": WarehouseResource(database=database),
     }

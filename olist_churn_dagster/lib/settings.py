@@ -10,9 +10,14 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
+
+from olist_churn_dagster.lib.warehouse import is_file_database
 
 ENV_PREFIX = "OLIST_CHURN_"
+# How each run executes its steps: one process (the default; a local DuckDB file has one
+# writer process), or a process per step (a server warehouse takes several writers).
+EXECUTORS = ("in_process", "multiprocess")
 
 
 class SettingsError(ValueError):
@@ -54,10 +59,9 @@ class Settings:
     cohort_day: int
     rescore_days: int
     feature_batch_rows: int
-
-    @property
-    def warehouse_path(self) -> Path:
-        return self.data_dir / "warehouse.duckdb"
+    warehouse: str  # a DuckDB file path, or a server database such as "md:olist_churn"
+    mlflow_tracking_uri: str
+    executor: str
 
     @property
     def raw_dir(self) -> Path:
@@ -68,10 +72,6 @@ class Settings:
         return self.data_dir / "snapshots"
 
     @property
-    def mlflow_dir(self) -> Path:
-        return self.data_dir / "mlflow"
-
-    @property
     def exports_dir(self) -> Path:
         return self.data_dir / "exports"
 
@@ -80,9 +80,16 @@ class Settings:
         return self.data_dir / "dagster_home"
 
 
+def _warehouse(raw: str | None, data_dir: Path) -> str:
+    """The configured database; a file path is made absolute, a server name kept as is."""
+    if raw is None:
+        return str(data_dir / "warehouse.duckdb")
+    return raw if not is_file_database(raw) else str(Path(raw).expanduser().resolve())
+
+
 def load_settings() -> Settings:
     """Read the settings now (not at import), so tests can point them elsewhere."""
-    load_dotenv(override=False)
+    load_dotenv(find_dotenv(usecwd=True), override=False)
     data_dir = Path(_env("DATA_DIR", "data") or "data").expanduser().resolve()
     settings = Settings(
         data_dir=data_dir,
@@ -93,7 +100,15 @@ def load_settings() -> Settings:
         cohort_day=_env_int("COHORT_DAY", 1),
         rescore_days=_env_int("RESCORE_DAYS", 7),
         feature_batch_rows=_env_int("FEATURE_BATCH_ROWS", 1_500_000),
+        warehouse=_warehouse(_env("WAREHOUSE"), data_dir),
+        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
+        executor=_env("EXECUTOR", "in_process") or "in_process",
     )
+    if settings.executor not in EXECUTORS:
+        raise SettingsError(
+            f"{ENV_PREFIX}EXECUTOR={settings.executor!r}: expected one of {', '.join(EXECUTORS)}"
+        )
     if settings.churn_horizon_days < 1:
         raise SettingsError(f"{ENV_PREFIX}HORIZON_DAYS must be at least 1")
     if settings.feature_window_days < 1:

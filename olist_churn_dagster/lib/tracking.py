@@ -114,15 +114,20 @@ def _client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def sqlite_store_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(tracking_uri[len("sqlite:///") :])).expanduser().resolve()
+
+
 def default_artifact_location(tracking_uri: str) -> str | None:
     """Artifacts beside a SQLite store (`<db dir>/artifacts`), never `./mlruns` in the cwd.
 
     Other stores (a tracking server, a file store) pick their own location: None.
     """
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db_path = Path(unquote(tracking_uri[len("sqlite:///") :])).expanduser().resolve()
-    return (db_path.parent / "artifacts").as_uri()
+    store = sqlite_store_path(tracking_uri)
+    return None if store is None else (store.parent / "artifacts").as_uri()
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:

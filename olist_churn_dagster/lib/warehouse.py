@@ -1,7 +1,8 @@
 """Opening the DuckDB warehouse with errors an operator can act on.
 
-DuckDB's own messages for a locked, damaged or unwritable file are terse; every path into
-the warehouse goes through `open_warehouse` so they are said once, clearly.
+The warehouse is a local DuckDB file by default, or a server database such as MotherDuck
+(`md:<name>`). DuckDB's own messages for a locked, damaged or unwritable file are terse;
+every path into the warehouse goes through `open_warehouse` so they are said once, clearly.
 """
 
 from __future__ import annotations
@@ -18,21 +19,39 @@ import polars as pl
 _DAMAGE_SIGNS = ("not a valid duckdb", "could not read enough bytes", "corrupt", "checksum")
 
 
+# Database strings DuckDB resolves to a server rather than a local file.
+_SERVER_PREFIXES = ("md:", "motherduck:")
+
+
 class WarehouseError(RuntimeError):
-    """The warehouse file cannot be used; the message says why and what to do."""
+    """The warehouse cannot be used; the message says why and what to do."""
 
 
-def open_warehouse(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Connect to the warehouse file, creating its folder when writing."""
-    path = Path(path)
-    if read_only and not path.exists():
-        raise WarehouseError(f"warehouse {path} does not exist yet: materialize the raw assets")
-    if not read_only:
-        _ensure_writable_dir(path.parent)
+def is_file_database(database: str | Path) -> bool:
+    """Whether `database` names a local DuckDB file (not a server, not in memory)."""
+    text = str(database)
+    return text != ":memory:" and not text.lower().startswith(_SERVER_PREFIXES)
+
+
+def warehouse_exists(database: str | Path) -> bool:
+    """A local file exists; a server database is taken to (opening it says otherwise)."""
+    return not is_file_database(database) or Path(database).exists()
+
+
+def open_warehouse(database: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Connect to the warehouse, creating a local file's folder when writing."""
+    if is_file_database(database):
+        path = Path(database)
+        if read_only and not path.exists():
+            raise WarehouseError(f"warehouse {path} does not exist yet: materialize the raw assets")
+        if not read_only:
+            _ensure_writable_dir(path.parent)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(database), read_only=read_only)
     except duckdb.Error as exc:
-        raise WarehouseError(_explain(path, exc)) from exc
+        if not is_file_database(database):
+            raise WarehouseError(f"warehouse {database} cannot be opened: {exc}") from exc
+        raise WarehouseError(_explain(Path(database), exc)) from exc
 
 
 def _explain(path: Path, exc: Exception) -> str:
@@ -64,10 +83,10 @@ def _ensure_writable_dir(folder: Path) -> None:
 
 
 @contextmanager
-def transaction(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def transaction(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection inside one transaction: committed on success, rolled back on error,
     so a write interrupted halfway leaves the previous content in place."""
-    conn = open_warehouse(path)
+    conn = open_warehouse(database)
     try:
         conn.execute("BEGIN TRANSACTION")
         yield conn

@@ -10,9 +10,11 @@ import pytest
 from olist_churn_dagster.lib.warehouse import (
     WarehouseError,
     count_duplicate_keys,
+    is_file_database,
     open_warehouse,
     read_tables,
     transaction,
+    warehouse_exists,
     write_frame,
 )
 
@@ -100,3 +102,19 @@ def test_count_duplicate_keys(tmp_path):
         write_frame(conn, "features", "t", frame)
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "seller_id"]) == 1
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "value"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("database", "is_file"),
+    [
+        ("/data/warehouse.duckdb", True),
+        ("relative/w.duckdb", True),
+        ("md:olist_churn", False),
+        ("MD:olist_churn?attach_mode=single", False),
+        ("motherduck:olist_churn", False),
+        (":memory:", False),
+    ],
+)
+def test_file_and_server_databases_are_told_apart(database, is_file):
+    assert is_file_database(database) is is_file
+    assert warehouse_exists(database) is (not is_file)  # none of the files exist

@@ -1,11 +1,10 @@
-"""MLflow as a Dagster resource: one tracking store and registry under the data directory."""
-
-from pathlib import Path
+"""MLflow as a Dagster resource: one tracking store and registry (a SQLite file under the
+data directory by default, or a tracking server)."""
 
 import dagster as dg
 from pydantic import Field
 
-from olist_churn_dagster.lib.tracking import default_artifact_location
+from olist_churn_dagster.lib.tracking import default_artifact_location, sqlite_store_path
 
 EXPERIMENT = "olist-seller-churn"
 
@@ -19,16 +18,11 @@ class MlflowTracking(dg.ConfigurableResource):
         default="", description="Artifact root for new experiments; empty: beside the store."
     )
 
-    @classmethod
-    def under(cls, mlflow_dir: Path) -> "MlflowTracking":
-        return cls(tracking_uri=f"sqlite:///{mlflow_dir / 'mlflow.db'}")
-
     def ready_uri(self) -> str:
         """The tracking URI, with the folder of a local SQLite store created first."""
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-                parents=True, exist_ok=True
-            )
+        store = sqlite_store_path(self.tracking_uri)
+        if store is not None:
+            store.parent.mkdir(parents=True, exist_ok=True)
         return self.tracking_uri
 
     def artifact_root(self) -> str | None:

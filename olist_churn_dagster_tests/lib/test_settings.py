@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from olist_churn_dagster.lib.settings import SettingsError, load_settings
+
+VARIABLES = (
+    "DATA_DIR",
+    "HORIZON_DAYS",
+    "WINDOW_DAYS",
+    "PARTITION_START",
+    "PARTITION_END",
+    "COHORT_DAY",
+    "RESCORE_DAYS",
+    "FEATURE_BATCH_ROWS",
+    "WAREHOUSE",
+    "MLFLOW_TRACKING_URI",
+    "EXECUTOR",
+)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """A clean environment and a working directory without a .env file."""
+    for name in VARIABLES:
+        monkeypatch.delenv(f"OLIST_CHURN_{name}", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_defaults_keep_all_state_under_the_data_directory(env, tmp_path: Path):
+    env.setenv("OLIST_CHURN_DATA_DIR", str(tmp_path / "state"))
+    settings = load_settings()
+    assert settings.warehouse == str(tmp_path / "state" / "warehouse.duckdb")
+    assert (
+        settings.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'state' / 'mlflow' / 'mlflow.db'}"
+    )
+    assert settings.executor == "in_process"
+    assert (settings.churn_horizon_days, settings.feature_window_days) == (45, 180)
+
+
+def test_deployment_settings_point_at_servers(env):
+    env.setenv("OLIST_CHURN_WAREHOUSE", "md:olist_churn")
+    env.setenv("OLIST_CHURN_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    env.setenv("OLIST_CHURN_EXECUTOR", "multiprocess")
+    settings = load_settings()
+    assert settings.warehouse == "md:olist_churn"
+    assert settings.mlflow_tracking_uri == "http://mlflow:5000"
+    assert settings.executor == "multiprocess"
+
+
+def test_a_relative_warehouse_file_is_made_absolute(env, tmp_path: Path):
+    env.setenv("OLIST_CHURN_WAREHOUSE", "other/wh.duckdb")
+    assert load_settings().warehouse == str(tmp_path / "other" / "wh.duckdb")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("EXECUTOR", "k8s", "OLIST_CHURN_EXECUTOR='k8s': expected one of in_process"),
+        ("HORIZON_DAYS", "forty", "OLIST_CHURN_HORIZON_DAYS='forty': expected an integer"),
+        ("PARTITION_START", "2026-02-30", "expected a date YYYY-MM-DD"),
+        ("COHORT_DAY", "31", "COHORT_DAY must be between 1 and 28"),
+        ("FEATURE_BATCH_ROWS", "0", "FEATURE_BATCH_ROWS must be at least 1"),
+    ],
+)
+def test_bad_values_are_named(env, name: str, value: str, expected: str):
+    env.setenv(f"OLIST_CHURN_{name}", value)
+    with pytest.raises(SettingsError, match=expected.replace("(", r"\(")):
+        load_settings()
+
+
+def test_a_dotenv_file_is_read_without_overriding_the_environment(env, tmp_path: Path):
+    (tmp_path / ".env").write_text("OLIST_CHURN_EXECUTOR=multiprocess\nOLIST_CHURN_COHORT_DAY=5\n")
+    env.setenv("OLIST_CHURN_COHORT_DAY", "3")
+    settings = load_settings()
+    assert (settings.executor, settings.cohort_day) == ("multiprocess", 3)
