@@ -1,0 +1,2 @@
+-- The MLflow tracking server's own database, beside Dagster's on the same server.
+CREATE DATABASE mlflow OWNER dagster;
