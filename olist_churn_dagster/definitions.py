@@ -10,7 +10,7 @@ from olist_churn_dagster.lib.settings import load_settings
 # process and the heavy work inside each step is already vectorised over all cores.
 # `multiprocess`: a process per step, for a server warehouse that takes several writers;
 # the `warehouse` pool of the instance still caps how many steps write at once.
-EXECUTORS: dict[str, dg.ExecutorDefinition] = {
+EXECUTOR_DEFS: dict[str, dg.ExecutorDefinition] = {
     "in_process": dg.in_process_executor,
     "multiprocess": dg.multiprocess_executor,
 }
@@ -20,5 +20,5 @@ EXECUTORS: dict[str, dg.ExecutorDefinition] = {
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-        dg.Definitions(executor=EXECUTORS[load_settings().executor]),
+        dg.Definitions(executor=EXECUTOR_DEFS[load_settings().executor]),
     )
