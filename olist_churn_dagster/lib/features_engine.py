@@ -184,7 +184,12 @@ def _delta_rows(
 )""")
         plus = ", ".join(block.measures)
         minus = ", ".join(f"-{n} AS {n}" for n in block.measures)
-        rows.append(f"SELECT sk, s AS day, {plus} FROM blk{i}")
+        before = ", ".join(f"sum({n}) AS {n}" for n in block.measures)
+        # No date before `lo` is read, so rows that started earlier collapse into one row
+        # per seller on day `lo`: a batch's cost then follows its own days, not the
+        # history before them (lifetime measures would otherwise carry all of it).
+        rows.append(f"SELECT sk, s AS day, {plus} FROM blk{i} WHERE s >= {lo}")
+        rows.append(f"SELECT sk, {lo} AS day, {before} FROM blk{i} WHERE s < {lo} GROUP BY sk")
         rows.append(
             f"SELECT sk, e + 1 AS day, {minus} FROM blk{i} WHERE e IS NOT NULL AND e + 1 <= {hi}"
         )
