@@ -58,8 +58,10 @@ browser:  ## headless Chromium and its driver for the browser tests (Debian/Ubun
 test: install browser  ## the whole test suite
 	$(UV) run pytest
 
-bench: install  ## every pipeline stage at scale 1 and 10 (a script that prints a table)
-	$(UV) run python bench/pipeline.py --scales 1 10
+BENCH_SCALES ?= 1 10 30
+
+bench: install  ## every pipeline stage at scale 1, 10 and 30 if it fits (prints a table)
+	$(UV) run python bench/pipeline.py --scales $(BENCH_SCALES)
 
 lint: install
 	$(UV) run ruff check . && $(UV) run ruff format --check .

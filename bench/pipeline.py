@@ -1,11 +1,13 @@
 """Pipeline benchmark: every stage from generated files to scores, at several scales.
 
-    uv run python bench/pipeline.py [--scales 1 10] [--root /tmp/olist-pipeline-bench]
+    uv run python bench/pipeline.py [--scales 1 10 30] [--root /tmp/olist-pipeline-bench]
 
 Each scale runs in a child process on a fresh data directory and an ephemeral Dagster
 instance, through the project's own jobs (in process, real DuckDB and MLflow stores).
-Prints one row per stage: seconds, rows, rows per second and the peak memory (RSS of the
-process, sampled every 50 ms) during that stage.
+Prints one row per stage: seconds, rows, rows per second, the peak memory (RSS of the
+process, sampled every 50 ms) during that stage, and its time against the first scale.
+A scale whose memory, extrapolated linearly from the last one run, would exceed 90% of
+this machine's is skipped with a line saying so.
 """
 
 from __future__ import annotations
@@ -171,9 +173,16 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({models[0] if models else 'unknown CPU'}), {memory:.0f} GiB"
 
 
+def _too_big(scale: float, measured_scale: float, measured_peak_gb: float) -> bool:
+    """Whether `scale` would not fit, taking the peak memory as linear in the scale
+    (an upper bound: part of the peak does not grow with the data)."""
+    total = psutil.virtual_memory().total / 1024**3
+    return measured_peak_gb * scale / measured_scale > 0.9 * total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0, 30.0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/olist-pipeline-bench"))
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,7 +196,12 @@ def main() -> None:
         flush=True,
     )
     base: dict[str, float] = {}
+    previous: tuple[float, float] | None = None  # (scale, peak GB) of the last scale run
     for scale in args.scales:
+        if previous and _too_big(scale, *previous):
+            need = previous[1] * scale / previous[0]
+            print(f"{scale:>5g}  skipped: would need about {need:.0f} GB of memory", flush=True)
+            continue
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(scale), "--root", str(args.root)],
             capture_output=True,
@@ -202,6 +216,7 @@ def main() -> None:
         _print(scale, rows, base)
         if not base:
             base = {r["stage"]: r["seconds"] for r in rows}
+        previous = (scale, max(r["peak_gb"] for r in rows))
 
 
 if __name__ == "__main__":
