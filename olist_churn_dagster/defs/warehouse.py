@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -127,10 +128,10 @@ class WarehouseResource(DuckDBResource):
             conn.close()
 
 
-def warehouse_resources(database: str) -> dict[str, dg.ConfigurableResource | object]:
+def warehouse_resources(database: str | Path) -> dict[str, dg.ConfigurableResource | object]:
     """The IO manager and the query resource, both on the same DuckDB database: a local
     file, or a server database (MotherDuck `md:<name>`) when deployed."""
     return {
-        "io_manager": WarehouseIOManager(database=database),
-        "warehouse": WarehouseResource(database=database),
+        "io_manager": WarehouseIOManager(database=str(database)),
+        "warehouse": WarehouseResource(database=str(database)),
     }
