@@ -147,11 +147,14 @@ def compute_features(
     *,
     window_days: int = 180,
     horizon_days: int = 45,
+    sales: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One feature family for every active seller at every date in `dates`.
 
     `raw` maps table names (as in `schema.TABLES`) to typed frames holding the newest
-    state; only the tables the family needs are read. The result has reference_date,
+    state; only the tables the family needs are read. `sales` is `sale_items` of raw's
+    orders and items, for a caller that computes several batches from the same raw
+    tables (computed here when not given). The result has reference_date,
     seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
     a zero denominator are null (never NaN or inf).
     """
@@ -166,7 +169,9 @@ def compute_features(
     if missing:
         raise ValueError(f"feature family {family!r} needs table(s) {missing}")
     frames = {t: raw[t] for t in plan.tables}
-    frames["sale_items"] = sale_items(raw["orders"], raw["order_items"])
+    frames["sale_items"] = (
+        sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
+    )
     lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:

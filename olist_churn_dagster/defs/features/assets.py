@@ -25,6 +25,7 @@ from olist_churn_dagster.lib.features import (
     source_tables,
 )
 from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import read_tables
 
@@ -89,6 +90,8 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
             max_rows=settings.feature_batch_rows,
         )
 
+        sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
+
         def compute(batch: list) -> pl.DataFrame:
             return compute_features(
                 family,
@@ -96,6 +99,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
                 batch,
                 window_days=settings.feature_window_days,
                 horizon_days=settings.churn_horizon_days,
+                sales=sales,
             )
 
         first = compute(batches[0])
