@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.settings import Settings
 from olist_churn_dagster.lib.tracking import champion_version, sqlite_store_path
@@ -51,61 +52,65 @@ def _missing_feature_dates(settings: Settings, keys: list[str]) -> list[str]:
     return [k for k in keys if k not in present]
 
 
+def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, **kwargs) -> None:
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, raise_on_error=False, **kwargs
+    )
+    if not result.success:
+        raise RuntimeError(f"job {job_name} failed; open its run in the UI for the error")
+
+
 def prepare(
     settings: Settings, instance: dg.DagsterInstance, log: Callable[[str], None] = print
 ) -> list[str]:
-    """Run whatever of the main pipeline is missing; returns the steps it ran."""
+    """Run whatever of the main pipeline is missing; returns the steps it ran. The raw load
+    registers the reference dates, so the later steps read them from the instance."""
     defs = load_definitions()
-    keys = defs.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
-    recent = keys[-settings.rescore_days :]
-    tracking_uri = settings.mlflow_tracking_uri
-    store = sqlite_store_path(tracking_uri)
-    missing = _missing_feature_dates(settings, keys)
-    steps: list[tuple[str, Callable[[], bool], str, dict]] = [
-        (
-            "raw tables",
-            lambda: _count(settings, "SELECT count(*) FROM raw.orders", []) > 0,
-            "load_raw_tables",
-            {},
-        ),
-        (
-            f"feature store ({len(missing)} of {len(keys)} reference dates)",
-            lambda: not missing,
-            "build_feature_store",
-            {"tags": range_tags(missing[0], missing[-1]) if missing else {}},
-        ),
-        (
-            "ABT and champion model",
-            lambda: (
-                (store is None or store.exists()) and champion_version(tracking_uri) is not None
-            ),
-            "train_churn_model",
-            {},
-        ),
-        (
-            f"churn scores ({len(recent)} latest dates)",
-            lambda: (
-                _count(
-                    settings,
-                    "SELECT count(*) FROM ml.churn_scores WHERE reference_date = ?::DATE",
-                    [recent[-1]],
-                )
-                > 0
-            ),
-            "rescore_with_champion",
-            {"tags": range_tags(recent[0], recent[-1])},
-        ),
-    ]
     done: list[str] = []
-    for name, is_done, job_name, kwargs in steps:
+
+    def step(name: str, is_done: Callable[[], bool], job_name: str, **kwargs) -> None:
         if is_done():
             log(f"{name}: already there")
-            continue
+            return
         log(f"{name}: running job {job_name}")
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, **kwargs
-        )
-        if not result.success:
-            raise RuntimeError(f"job {job_name} failed; open its run in the UI for the error")
+        _run(defs, instance, job_name, **kwargs)
         done.append(name)
+
+    step(
+        "raw tables",
+        lambda: (
+            bool(registered_dates(instance))
+            and _count(settings, "SELECT count(*) FROM raw.orders", []) > 0
+        ),
+        "load_raw_tables",
+    )
+    keys = registered_dates(instance)
+    missing = _missing_feature_dates(settings, keys)
+    step(
+        f"feature store ({len(missing)} of {len(keys)} reference dates)",
+        lambda: not missing,
+        "build_feature_store",
+        tags=range_tags(missing[0], missing[-1]) if missing else {},
+    )
+    tracking_uri = settings.mlflow_tracking_uri
+    store = sqlite_store_path(tracking_uri)
+    step(
+        "ABT and champion model",
+        lambda: (store is None or store.exists()) and champion_version(tracking_uri) is not None,
+        "train_churn_model",
+    )
+    recent = keys[-settings.rescore_days :]
+    step(
+        f"churn scores ({len(recent)} latest dates)",
+        lambda: (
+            _count(
+                settings,
+                "SELECT count(*) FROM ml.churn_scores WHERE reference_date = ?::DATE",
+                [recent[-1]],
+            )
+            > 0
+        ),
+        "rescore_with_champion",
+        tags=range_tags(recent[0], recent[-1]),
+    )
     return done

@@ -1,55 +1,44 @@
-"""Daily reference-date partitions over the range the configured data covers."""
+"""Reference-date partitions that follow the feed.
+
+Dynamic partitions, registered as data arrives rather than derived from the files when the
+code location loads:
+- a raw load registers every date from the first with a full feature window behind it to
+  its source's as-of date (an old extract gets its own range, not thousands of days up to
+  today; an export with a quiet tail still gets its as-of date);
+- the snapshot sensor registers a snapshot's date before it launches the snapshot's run,
+  so a snapshot dated D always has its partition D, with no reload of the code location.
+
+A time-window definition is fixed when the code location loads: open to today it would
+fill the UI with empty days for an old extract, closed it would refuse tomorrow's snapshot.
+Keys are kept in date order (see `registration_plan`), so a range in the UI or a backfill
+covers consecutive days.
+"""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
-from pathlib import Path
+from collections.abc import Iterable
+from datetime import date
 
 import dagster as dg
 
-from olist_churn_dagster.lib.calendar import reference_date_range
-from olist_churn_dagster.lib.settings import Settings, load_settings
+from olist_churn_dagster.lib.calendar import registration_plan
+
+REFERENCE_DATES = "reference_date"
+
+reference_date_partitions = dg.DynamicPartitionsDefinition(name=REFERENCE_DATES)
 
 
-def _data_source(settings: Settings) -> Path | None:
-    """The raw folder when it holds data, else the newest complete snapshot."""
-    raw = settings.raw_dir
-    if raw.is_dir() and any(raw.iterdir()):
-        return raw
-    from olist_churn_dagster.lib.snapshots import scan_snapshots
-
-    complete = [s for s in scan_snapshots(settings.snapshots_dir) if s.complete and not s.problem]
-    return complete[-1].path if complete else None
+def registered_dates(instance: dg.DagsterInstance) -> list[str]:
+    """The reference dates that have a partition, oldest first."""
+    return list(instance.get_dynamic_partitions(REFERENCE_DATES))
 
 
-def _purchase_range(settings: Settings) -> tuple[date, date] | None:
-    source = _data_source(settings)
-    if source is None:
-        return None
-    from olist_churn_dagster.lib.loader import InputDataError, purchase_date_range
-
-    try:
-        return purchase_date_range(source)
-    except InputDataError:
-        # A bad file must not stop the code location from loading; the raw assets report it.
-        return None
-
-
-def build_reference_partitions(settings: Settings, today: date) -> dg.DailyPartitionsDefinition:
-    span = _purchase_range(settings)
-    if span is None:
-        # No data yet: a year of dates ending today, until data is generated or dropped in.
-        span = (today - timedelta(days=365 + settings.feature_window_days), today)
-    first, end = reference_date_range(
-        *span,
-        window_days=settings.feature_window_days,
-        today=today,
-        start=settings.partition_start,
-        end=settings.partition_end,
-    )
-    if end is None:
-        return dg.DailyPartitionsDefinition(start_date=first.isoformat(), end_offset=1)
-    return dg.DailyPartitionsDefinition(start_date=first.isoformat(), end_date=end.isoformat())
-
-
-reference_date_partitions = build_reference_partitions(load_settings(), date.today())
+def register_reference_dates(instance: dg.DagsterInstance, dates: Iterable[date]) -> list[str]:
+    """Give each date its partition (idempotent); returns the keys that were new."""
+    existing = registered_dates(instance)
+    stale, fresh = registration_plan(existing, [d.isoformat() for d in dates])
+    for key in stale:
+        instance.delete_dynamic_partition(REFERENCE_DATES, key)
+    if fresh:
+        instance.add_dynamic_partitions(REFERENCE_DATES, fresh)
+    return sorted(set(fresh) - set(existing))

@@ -15,9 +15,35 @@ from dagster_duckdb import DuckDBResource
 from dagster_duckdb.io_manager import DuckDbClient
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 
-from olist_churn_dagster.lib.warehouse import open_warehouse, transaction, write_frame
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.warehouse import (
+    WarehouseLockedError,
+    in_transaction,
+    lock_backoff_seconds,
+    open_warehouse,
+    write_frame,
+)
 
 WAREHOUSE_POOL = "warehouse"
+
+
+@contextmanager
+def retry_when_locked() -> Iterator[None]:
+    """A warehouse file locked by another process (a reader such as a notebook blocks
+    writers too) fails the step with Dagster's own retry: the step runs again after a
+    doubling wait, up to OLIST_CHURN_LOCK_RETRIES times, with no operator action. Every
+    other warehouse error (a damaged file, a missing folder) still fails at once."""
+    try:
+        yield
+    except WarehouseLockedError as exc:
+        settings = load_settings()
+        try:
+            attempt = dg.OpExecutionContext.get().retry_number
+        except dg.DagsterInvariantViolationError:  # outside a step: nothing to retry
+            raise exc from None
+        wait = lock_backoff_seconds(attempt, settings.lock_backoff_seconds)
+        dg.OpExecutionContext.get().log.warning(f"{exc} Retrying in {wait} s.")
+        raise dg.RetryRequested(max_retries=settings.lock_retries, seconds_to_wait=wait) from exc
 
 
 class TransactionalDuckDbClient(DuckDbClient):
@@ -27,7 +53,9 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context, _table_slice) -> Iterator:
-        with transaction(context.resource_config["database"]) as conn:
+        with retry_when_locked():
+            conn = open_warehouse(context.resource_config["database"])
+        with in_transaction(conn):
             yield conn
 
 
@@ -121,7 +149,8 @@ class WarehouseResource(DuckDBResource):
 
     @contextmanager
     def get_connection(self) -> Iterator:
-        conn = open_warehouse(self.database)
+        with retry_when_locked():
+            conn = open_warehouse(self.database)
         try:
             yield conn
         finally:

@@ -1,34 +1,54 @@
-"""The range of reference dates worth computing, derived from the data itself."""
+"""Reference dates: which days get a partition, and what date a data source is as of."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 
-# Data whose last purchase is this recent is treated as a live feed: the partitions stay
-# open-ended so each new day (and each new snapshot) gets its partition.
-LIVE_FEED_DAYS = 7
+
+class AsOfError(ValueError):
+    """A declared as-of date contradicts the data it describes."""
 
 
-def reference_date_range(
-    first_purchase: date,
-    last_purchase: date,
-    *,
-    window_days: int,
-    today: date,
-    start: date | None = None,
-    end: date | None = None,
-) -> tuple[date, date | None]:
-    """First reference date and exclusive end (None = open-ended, follows the calendar).
+def resolve_as_of(last_purchase: date, declared: date | None = None) -> date:
+    """The day a source was exported: declared (a setting or the `_SUCCESS` manifest) or,
+    by default, the day after its last purchase. A quiet tail (no sales in the last days
+    before the export) is only visible through a declaration."""
+    if declared is None:
+        return last_purchase + timedelta(days=1)
+    if declared <= last_purchase:
+        raise AsOfError(
+            f"as-of date {declared} is not after the last purchase ({last_purchase}): "
+            "a source as of D holds only what happened before D 00:00"
+        )
+    return declared
 
-    The first date is the first one with a full feature window behind it; the last is the
-    day after the last purchase, when all data is in the past. Explicit settings win.
-    """
-    first = start or min(first_purchase + timedelta(days=window_days), last_purchase)
-    if end is not None:
-        return first, end
-    if last_purchase >= today - timedelta(days=LIVE_FEED_DAYS):
-        return first, None
-    return first, last_purchase + timedelta(days=2)
+
+def reference_dates(
+    first_purchase: date, as_of: date, *, window_days: int, start: date | None = None
+) -> list[date]:
+    """Every reference date worth a partition: from the first with a full feature window
+    behind it (or `start`) to the as-of date, inclusive. Nothing past the data's as-of
+    date, so an old extract gets its own range and not one that runs on to today."""
+    first = start or min(first_purchase + timedelta(days=window_days), as_of)
+    if first > as_of:
+        raise AsOfError(f"the first reference date {first} is after the as-of date {as_of}")
+    return [first + timedelta(days=i) for i in range((as_of - first).days + 1)]
+
+
+def registration_plan(
+    existing: Sequence[str], wanted: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """(keys to delete, keys to add) so that the registered keys hold `wanted` too, in
+    date order. Keys are listed in the order they were added; when a wanted key sorts
+    before one already there, everything is re-added sorted so ranges stay chronological."""
+    missing = sorted(set(wanted) - set(existing))
+    if not missing:
+        return [], []
+    in_order = list(existing) == sorted(existing)
+    if in_order and (not existing or missing[0] > existing[-1]):
+        return [], missing
+    return list(existing), sorted({*existing, *missing})
 
 
 def date_batches(dates: list[date], *, rows_per_date: int, max_rows: int) -> list[list[date]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
@@ -39,6 +39,14 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected an integer") from exc
 
 
+def _env_time(name: str, default: str) -> time:
+    raw = _env(name, default) or default
+    try:
+        return time.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: expected a time of day HH:MM") from exc
+
+
 def _env_date(name: str) -> date | None:
     raw = _env(name)
     if raw is None:
@@ -55,13 +63,17 @@ class Settings:
     churn_horizon_days: int
     feature_window_days: int
     partition_start: date | None
-    partition_end: date | None
+    raw_as_of: date | None  # the as-of date of the export in raw/, when its tail is quiet
     cohort_day: int
     rescore_days: int
     feature_batch_rows: int
     warehouse: str  # a DuckDB file path, or a server database such as "md:olist_churn"
     mlflow_tracking_uri: str
     executor: str
+    lock_retries: int  # retries of a step that found the warehouse file locked
+    lock_backoff_seconds: int  # first wait; doubled each retry, at most LOCK_BACKOFF_CAP
+    alert_webhook_url: str | None  # chat webhook for failed runs and missed freshness
+    scores_deadline_utc: time  # the newest reference date's scores exist by then (UTC)
 
     @property
     def raw_dir(self) -> Path:
@@ -74,6 +86,10 @@ class Settings:
     @property
     def exports_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def alerts_file(self) -> Path:
+        return self.data_dir / "alerts" / "alerts.jsonl"
 
     @property
     def dagster_home(self) -> Path:
@@ -96,7 +112,7 @@ def load_settings() -> Settings:
         churn_horizon_days=_env_int("HORIZON_DAYS", 45),
         feature_window_days=_env_int("WINDOW_DAYS", 180),
         partition_start=_env_date("PARTITION_START"),
-        partition_end=_env_date("PARTITION_END"),
+        raw_as_of=_env_date("RAW_AS_OF"),
         cohort_day=_env_int("COHORT_DAY", 1),
         rescore_days=_env_int("RESCORE_DAYS", 7),
         feature_batch_rows=_env_int("FEATURE_BATCH_ROWS", 1_500_000),
@@ -104,6 +120,10 @@ def load_settings() -> Settings:
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         executor=_env("EXECUTOR", "in_process") or "in_process",
+        lock_retries=_env_int("LOCK_RETRIES", 6),
+        lock_backoff_seconds=_env_int("LOCK_BACKOFF_SECONDS", 5),
+        alert_webhook_url=_env("ALERT_WEBHOOK_URL"),
+        scores_deadline_utc=_env_time("SCORES_DEADLINE_UTC", "04:00"),
     )
     if settings.executor not in EXECUTORS:
         raise SettingsError(
@@ -119,10 +139,12 @@ def load_settings() -> Settings:
         raise SettingsError(f"{ENV_PREFIX}RESCORE_DAYS must be at least 1")
     if not 1 <= settings.cohort_day <= 28:
         raise SettingsError(f"{ENV_PREFIX}COHORT_DAY must be between 1 and 28")
-    if (
-        settings.partition_start
-        and settings.partition_end
-        and settings.partition_start >= settings.partition_end
+    if settings.lock_retries < 0 or settings.lock_backoff_seconds < 1:
+        raise SettingsError(
+            f"{ENV_PREFIX}LOCK_RETRIES must be at least 0 and LOCK_BACKOFF_SECONDS at least 1"
+        )
+    if settings.alert_webhook_url and not settings.alert_webhook_url.startswith(
+        ("http://", "https://")
     ):
-        raise SettingsError(f"{ENV_PREFIX}PARTITION_START must be before PARTITION_END")
+        raise SettingsError(f"{ENV_PREFIX}ALERT_WEBHOOK_URL must be an http(s) URL")
     return settings

@@ -60,9 +60,10 @@ class FeedDecision:
         return ". ".join(parts) or "no new complete snapshot"
 
 
-def decide(root: Path, cursor: FeedCursor, *, first: date, last: date) -> FeedDecision:
+def decide(root: Path, cursor: FeedCursor) -> FeedDecision:
     """What to launch now. Snapshots older than the newest launched are skipped, so the raw
-    tables never roll back; dates outside [first, last] have no partition to fill."""
+    tables never roll back; every other complete, valid snapshot is launched, whatever its
+    date (its partition is registered with the launch)."""
     decision = FeedDecision([], [], [], FeedCursor(cursor.newest, dict(cursor.launched)))
     for info in scan_snapshots(root):
         name = info.path.name
@@ -79,9 +80,6 @@ def decide(root: Path, cursor: FeedCursor, *, first: date, last: date) -> FeedDe
             decision.skipped.append(
                 f"{name}: older than {decision.cursor.newest} already loaded (no roll-back)"
             )
-            continue
-        if not first <= info.as_of <= last:
-            decision.skipped.append(f"{name}: outside the reference dates {first}..{last}")
             continue
         try:
             verify_snapshot(info)

@@ -316,6 +316,24 @@ def read_manifest(folder: Path, as_of: date) -> dict[str, tuple[str, int, str]]:
     return {name: _table_entry(name, entry) for name, entry in tables.items()}
 
 
+def declared_as_of(source: Path) -> date | None:
+    """The `as_of` date a `_SUCCESS` manifest in the source folder declares, or None when
+    there is none. An export whose last days were quiet declares its date this way (a
+    snapshot always does), since its last purchase says only when the last sale was."""
+    marker = source / MARKER_FILE
+    if not marker.is_file():
+        return None
+    try:
+        manifest = json.loads(marker.read_bytes()[: MAX_MARKER_BYTES + 1].decode("utf-8"))
+        return date.fromisoformat(manifest["as_of"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise SnapshotError(
+            f'{marker}: expected a JSON object with "as_of": "YYYY-MM-DD" ({exc!r})'
+        ) from exc
+    except ValueError as exc:
+        raise SnapshotError(f"{marker}: as_of is not a date YYYY-MM-DD ({exc})") from exc
+
+
 def _inspect_folder(path: Path, root: Path, as_of: date) -> SnapshotInfo:
     def info(
         complete: bool = False, fp: str | None = None, problem: str | None = None

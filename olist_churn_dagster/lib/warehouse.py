@@ -8,6 +8,7 @@ every path into the warehouse goes through `open_warehouse` so they are said onc
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,33 @@ _SERVER_PREFIXES = ("md:", "motherduck:")
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be used; the message says why and what to do."""
+
+
+class WarehouseLockedError(WarehouseError):
+    """Another process holds the file (a writer, or a reader such as a notebook or the
+    DuckDB CLI): transient, so worth retrying once that process lets go."""
+
+
+_LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def lock_holder(message: str) -> str | None:
+    """The process DuckDB names in a lock conflict, with its command line when readable."""
+    found = _LOCK_PID.search(message)
+    if not found:
+        return None
+    pid = found.group(1)
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"PID {pid}"
+    command = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return f"PID {pid} ({command[:200]})" if command else f"PID {pid}"
+
+
+def lock_backoff_seconds(retry_number: int, base_seconds: int, cap_seconds: int = 120) -> int:
+    """Wait before retry `retry_number` + 1: doubling from `base_seconds`, capped."""
+    return min(cap_seconds, base_seconds * 2 ** min(retry_number, 16))
 
 
 def is_file_database(database: str | Path) -> bool:
@@ -51,16 +79,22 @@ def open_warehouse(database: str | Path, *, read_only: bool = False) -> duckdb.D
     except duckdb.Error as exc:
         if not is_file_database(database):
             raise WarehouseError(f"warehouse {database} cannot be opened: {exc}") from exc
+        if "lock" in str(exc).lower():
+            raise WarehouseLockedError(_explain_lock(Path(database), str(exc))) from exc
         raise WarehouseError(_explain(Path(database), exc)) from exc
+
+
+def _explain_lock(path: Path, text: str) -> str:
+    holder = lock_holder(text) or "a process DuckDB did not name"
+    return (
+        f"warehouse {path} is locked by {holder}. A reader (a notebook, the DuckDB CLI, "
+        "a BI tool) blocks writers too: close it and the run's retries go on by "
+        f"themselves. Runs of this project share the 'warehouse' pool. DuckDB said: {text}"
+    )
 
 
 def _explain(path: Path, exc: Exception) -> str:
     text = str(exc)
-    if "lock" in text.lower():
-        return (
-            f"warehouse {path} is locked by another process ({text}). Runs that write it "
-            "share the 'warehouse' concurrency pool; wait for the other writer or stop it."
-        )
     damaged = any(sign in text.lower() for sign in _DAMAGE_SIGNS)
     if isinstance(exc, duckdb.IOException) and not damaged:
         return f"warehouse {path} cannot be opened: {text}"
@@ -86,7 +120,13 @@ def _ensure_writable_dir(folder: Path) -> None:
 def transaction(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection inside one transaction: committed on success, rolled back on error,
     so a write interrupted halfway leaves the previous content in place."""
-    conn = open_warehouse(database)
+    with in_transaction(open_warehouse(database)) as conn:
+        yield conn
+
+
+@contextmanager
+def in_transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`transaction` on a connection already open; closes it at the end."""
     try:
         conn.execute("BEGIN TRANSACTION")
         yield conn

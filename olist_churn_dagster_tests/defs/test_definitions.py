@@ -6,6 +6,7 @@ from datetime import date, timedelta
 import dagster as dg
 import yaml
 
+from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.lib.loader import purchase_date_range
 from olist_churn_dagster.lib.schema import TABLES
 from olist_churn_dagster_tests.conftest import DEMO_END, DEMO_START, REPO_ROOT
@@ -28,21 +29,34 @@ def test_definitions_load_with_every_raw_table(definitions: dg.Definitions):
     definitions.resolve_all_job_defs()  # every job resolves against the assets
 
 
-def test_partitions_cover_the_data_range(definitions: dg.Definitions, data_dir):
+def test_a_raw_load_registers_its_reference_dates(definitions, data_dir, instance_with_raw):
     first_purchase, last_purchase = purchase_date_range(data_dir / "raw")
     assert first_purchase >= DEMO_START and last_purchase == DEMO_END
+    keys = registered_dates(instance_with_raw)
+    first, last = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
+    # First date has a full 180-day window behind it; the last is the data's as-of date
+    # (the day after its last purchase), not today or later.
+    assert first == first_purchase + timedelta(days=180)
+    assert last == DEMO_END + timedelta(days=1)
+    assert keys == [(first + timedelta(days=i)).isoformat() for i in range(len(keys))]
+    (event,) = [
+        e
+        for e in instance_with_raw.get_latest_materialization_events(
+            [dg.AssetKey(["raw", "orders"])]
+        ).values()
+    ]
+    metadata = event.asset_materialization.metadata
+    assert metadata["as_of_date"].value == last.isoformat()
+
+
+def test_reference_dates_are_dynamic_partitions(definitions: dg.Definitions):
     spec = next(
         s
         for s in definitions.resolve_all_asset_specs()
         if s.key == dg.AssetKey(["features", "seller_sales"])
     )
-    keys = spec.partitions_def.get_partition_keys()
-    first, last = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
-    # First date has a full 180-day window behind it; data ending yesterday is a live feed
-    # whose partitions run up to today.
-    assert first == first_purchase + timedelta(days=180)
-    assert last == DEMO_END + timedelta(days=1)
-    assert len(keys) == (last - first).days + 1
+    assert isinstance(spec.partitions_def, dg.DynamicPartitionsDefinition)
+    assert spec.partitions_def.name == "reference_date"
 
 
 def test_raw_assets_use_the_warehouse_pool(definitions: dg.Definitions):

@@ -1,10 +1,11 @@
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
+from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.loader import load_dataset
@@ -26,7 +27,7 @@ def _counts(warehouse: Path) -> dict[str, dict[date, int]]:
 def backfilled(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance):
     instance = instance_with_raw
     job = definitions.resolve_job_def("build_feature_store")
-    keys = job.partitions_def.get_partition_keys()
+    keys = registered_dates(instance)
     window = keys[-30:-20]
     result = job.execute_in_process(instance=instance, tags=range_tags(window[0], window[-1]))
     assert result.success
@@ -60,12 +61,12 @@ def test_stored_rows_equal_the_core_computation(backfilled, data_dir):
     assert stored.select(expected.columns).equals(expected)
 
 
-def test_rematerializing_part_of_the_range_replaces_exactly_it(backfilled, data_dir):
+def test_rematerializing_part_of_the_range_replaces_exactly_it(
+    backfilled, data_dir, instance_with_raw
+):
     job, window, _ = backfilled
     before = _counts(data_dir / "warehouse.duckdb")
-    result = job.execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), partition_key=window[5]
-    )
+    result = job.execute_in_process(instance=instance_with_raw, partition_key=window[5])
     assert result.success
     assert _counts(data_dir / "warehouse.duckdb") == before
     (materialization,) = result.asset_materializations_for_node("features__seller_sales")
@@ -83,19 +84,18 @@ def test_feature_checks_pass(backfilled):
 def test_every_family_has_a_partitioned_asset(definitions):
     for family in FEATURE_FAMILIES:
         asset = definitions.resolve_assets_def(dg.AssetKey(["features", f"seller_{family}"]))
-        assert asset.partitions_def is not None
+        assert asset.partitions_def == dg.DynamicPartitionsDefinition(name="reference_date")
         assert asset.backfill_policy == dg.BackfillPolicy.single_run()
-        assert date.fromisoformat(
-            asset.partitions_def.get_first_partition_key()
-        ) < date.today() - timedelta(days=30)
 
 
-def test_batched_backfill_writes_the_same_rows(definitions, data_dir, monkeypatch):
+def test_batched_backfill_writes_the_same_rows(
+    definitions, data_dir, monkeypatch, instance_with_raw
+):
     """A range split into several batches (tiny batch size) stores exactly what one pass
     stores, in one run and one transaction per table."""
-    instance = dg.DagsterInstance.ephemeral()
+    instance = instance_with_raw
     job = definitions.resolve_job_def("build_feature_store")
-    keys = job.partitions_def.get_partition_keys()[-40:-25]
+    keys = registered_dates(instance)[-40:-25]
     assert job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1])).success
     one_pass = _counts(data_dir / "warehouse.duckdb")
     monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")

@@ -8,6 +8,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 
@@ -18,7 +19,7 @@ SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min
 def trained(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance):
     instance = instance_with_raw
     features = definitions.resolve_job_def("build_feature_store")
-    keys = features.partitions_def.get_partition_keys()
+    keys = registered_dates(instance)
     assert features.execute_in_process(
         instance=instance, tags=range_tags(keys[0], keys[-1])
     ).success
@@ -149,22 +150,6 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
         ).fetchone()
     assert [d for d, n in scored if n > 0] == days
     assert last_loaded[0].date() < last  # raw tables hold the newest snapshot's content
-
-
-def test_schedules_target_the_right_partitions_and_jobs(definitions):
-    from datetime import datetime
-
-    daily = definitions.resolve_schedule_def("daily_scoring")
-    assert daily.job_name == "score_sellers"
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime.now().replace(hour=3, minute=0)
-        )
-        (request,) = daily.evaluate_tick(context).run_requests
-    keys = definitions.resolve_job_def("score_sellers").partitions_def.get_partition_keys()
-    assert request.partition_key in keys[-2:]
-    monthly = definitions.resolve_schedule_def("monthly_retraining")
-    assert monthly.job_name == "train_churn_model" and monthly.cron_schedule == "0 4 2 * *"
 
 
 def test_monitoring_reports_realized_performance_and_drift(trained, definitions, data_dir):

@@ -1,36 +1,53 @@
 from datetime import date
 
-from olist_churn_dagster.lib.calendar import reference_date_range
+import pytest
 
-TODAY = date(2026, 11, 24)
+from olist_churn_dagster.lib.calendar import (
+    AsOfError,
+    reference_dates,
+    registration_plan,
+    resolve_as_of,
+)
 
 
-def test_live_feed_is_open_ended():
-    first, end = reference_date_range(
-        date(2024, 10, 1), date(2026, 11, 23), window_days=180, today=TODAY
+def test_as_of_is_the_day_after_the_last_purchase_unless_declared():
+    assert resolve_as_of(date(2018, 10, 17)) == date(2018, 10, 18)
+    # A quiet tail: the export is dated ten days after its last sale.
+    assert resolve_as_of(date(2018, 10, 17), date(2018, 10, 27)) == date(2018, 10, 27)
+    with pytest.raises(AsOfError, match="2018-10-17 is not after the last purchase"):
+        resolve_as_of(date(2018, 10, 17), date(2018, 10, 17))
+
+
+def test_reference_dates_run_from_a_full_window_to_the_as_of_date():
+    dates = reference_dates(date(2016, 9, 4), date(2018, 10, 18), window_days=180)
+    assert dates[0] == date(2017, 3, 3)
+    assert dates[-1] == date(2018, 10, 18)  # the as-of date itself, not today
+    assert len(dates) == len(set(dates)) == (date(2018, 10, 18) - date(2017, 3, 3)).days + 1
+    started = reference_dates(
+        date(2016, 9, 4), date(2018, 10, 18), window_days=180, start=date(2018, 10, 1)
     )
-    assert first == date(2025, 3, 30)
-    assert end is None
+    assert (started[0], len(started)) == (date(2018, 10, 1), 18)
+    # Less history than a window: the as-of date alone, never an empty range.
+    assert reference_dates(date(2018, 10, 1), date(2018, 10, 18), window_days=180) == [
+        date(2018, 10, 18)
+    ]
 
 
-def test_historic_data_ends_the_day_after_the_last_purchase():
-    first, end = reference_date_range(
-        date(2016, 9, 4), date(2018, 10, 17), window_days=180, today=TODAY
+def test_registration_appends_in_order_and_resorts_when_needed():
+    assert registration_plan([], ["2018-01-02", "2018-01-01"]) == (
+        [],
+        ["2018-01-01", "2018-01-02"],
     )
-    assert first == date(2017, 3, 3)
-    assert end == date(2018, 10, 19)  # exclusive: the last reference date is 2018-10-18
-
-
-def test_settings_win():
-    first, end = reference_date_range(
-        date(2016, 9, 4),
-        date(2018, 10, 17),
-        window_days=180,
-        today=TODAY,
-        start=date(2018, 1, 1),
-        end=date(2018, 2, 1),
+    assert registration_plan(["2018-01-01"], ["2018-01-01"]) == ([], [])
+    assert registration_plan(["2018-01-01"], ["2018-01-01", "2018-01-03"]) == (
+        [],
+        ["2018-01-03"],
     )
-    assert (first, end) == (date(2018, 1, 1), date(2018, 2, 1))
+    # A snapshot registered first, its history after: everything re-added in date order.
+    assert registration_plan(["2018-01-05"], ["2018-01-04", "2018-01-05"]) == (
+        ["2018-01-05"],
+        ["2018-01-04", "2018-01-05"],
+    )
 
 
 def test_date_batches_bound_the_rows_and_keep_every_date():

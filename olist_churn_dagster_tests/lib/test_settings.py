@@ -9,13 +9,17 @@ VARIABLES = (
     "HORIZON_DAYS",
     "WINDOW_DAYS",
     "PARTITION_START",
-    "PARTITION_END",
+    "RAW_AS_OF",
     "COHORT_DAY",
     "RESCORE_DAYS",
     "FEATURE_BATCH_ROWS",
     "WAREHOUSE",
     "MLFLOW_TRACKING_URI",
     "EXECUTOR",
+    "LOCK_RETRIES",
+    "LOCK_BACKOFF_SECONDS",
+    "ALERT_WEBHOOK_URL",
+    "SCORES_DEADLINE_UTC",
 )
 
 
@@ -37,6 +41,11 @@ def test_defaults_keep_all_state_under_the_data_directory(env, tmp_path: Path):
     )
     assert settings.executor == "in_process"
     assert (settings.churn_horizon_days, settings.feature_window_days) == (45, 180)
+    assert settings.alerts_file == tmp_path / "state" / "alerts" / "alerts.jsonl"
+    assert settings.alert_webhook_url is None  # alerts post nowhere unless configured
+    assert (settings.lock_retries, settings.lock_backoff_seconds) == (6, 5)
+    assert settings.scores_deadline_utc.isoformat() == "04:00:00"
+    assert settings.raw_as_of is None
 
 
 def test_deployment_settings_point_at_servers(env):
@@ -62,6 +71,10 @@ def test_a_relative_warehouse_file_is_made_absolute(env, tmp_path: Path):
         ("PARTITION_START", "2026-02-30", "expected a date YYYY-MM-DD"),
         ("COHORT_DAY", "31", "COHORT_DAY must be between 1 and 28"),
         ("FEATURE_BATCH_ROWS", "0", "FEATURE_BATCH_ROWS must be at least 1"),
+        ("RAW_AS_OF", "2018-10-32", "expected a date YYYY-MM-DD"),
+        ("SCORES_DEADLINE_UTC", "4am", "expected a time of day HH:MM"),
+        ("LOCK_BACKOFF_SECONDS", "0", "LOCK_BACKOFF_SECONDS at least 1"),
+        ("ALERT_WEBHOOK_URL", "chat.example", "ALERT_WEBHOOK_URL must be an http"),
     ],
 )
 def test_bad_values_are_named(env, name: str, value: str, expected: str):

@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Iterator, Mapping
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
+from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.calendar import reference_dates
 from olist_churn_dagster.lib.loader import load_dataset, purchase_date_range
 from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
 
@@ -84,9 +86,13 @@ def run_job(
         {"ops": {"raw_tables": {"config": {"source": str(source)}}}} if source is not None else None
     )
     tags = range_tags(*partition_range) if partition_range else None
+    instance = dg.DagsterInstance.ephemeral()
+    # A fresh instance knows no reference dates: give the run's own their partitions.
+    wanted = [*(partition_range or ()), *([partition_key] if partition_key else [])]
+    register_reference_dates(instance, [date.fromisoformat(k) for k in wanted])
     return definitions.resolve_job_def(job_name).execute_in_process(
         run_config=run_config,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance,
         raise_on_error=False,
         resources=resources,
         tags=tags,
@@ -115,6 +121,13 @@ def warehouse(definitions: dg.Definitions, data_dir: Path) -> Path:
     result = run_job(definitions, "load_raw_tables")
     assert result.success, failure_message(result)
     return data_dir / "warehouse.duckdb"
+
+
+def demo_reference_keys(data_dir: Path) -> list[str]:
+    """The reference dates a raw load of the session's demo data registers."""
+    first, last = purchase_date_range(data_dir / "raw")
+    dates = reference_dates(first, last + timedelta(days=1), window_days=180)
+    return [d.isoformat() for d in dates]
 
 
 @pytest.fixture(scope="module")

@@ -455,11 +455,13 @@ def test_bad_content_with_a_consistent_marker_fails_the_run_and_changes_nothing(
     before = warehouse_checksums(warehouse)
 
     (request,) = evaluate_snapshot_sensor(definitions).run_requests
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("reference_date", [request.partition_key])
     result = definitions.resolve_job_def("load_snapshot").execute_in_process(
         run_config=request.run_config,
         partition_key=request.partition_key,
         tags=request.tags,
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance,
         raise_on_error=False,
     )
 

@@ -33,6 +33,7 @@ from olist_churn_dagster.lib.snapshots import write_snapshot
 from olist_churn_dagster.lib.warehouse import WarehouseError, open_warehouse
 from olist_churn_dagster_tests.conftest import REPO_ROOT
 from olist_churn_dagster_tests.reliability.conftest import (
+    demo_reference_keys,
     evaluate_snapshot_sensor,
     failure_message,
     run_job,
@@ -47,9 +48,11 @@ HOSTILE_FOLDER = "it's a \"quoted\" folder'; DROP TABLE raw.orders; --"
 
 
 @pytest.fixture(scope="module")
-def partition_range(definitions: dg.Definitions, warehouse: Path) -> tuple[str, str]:
+def partition_range(
+    definitions: dg.Definitions, warehouse: Path, data_dir: Path
+) -> tuple[str, str]:
     """The last two reference dates, with their feature partitions in the warehouse."""
-    keys = definitions.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
+    keys = demo_reference_keys(data_dir)
     first, last = keys[-2], keys[-1]
     result = run_job(definitions, "build_feature_store", partition_range=(first, last))
     assert result.success, failure_message(result)
@@ -144,7 +147,9 @@ TransactionalDuckDbClient.delete_table_slice = staticmethod(delete_then_hold)
 PolarsTableHandler.handle_output = tampered_output
 
 job = load_definitions().resolve_job_def("build_feature_store")
-job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), tags=range_tags(first, last))
+instance = dg.DagsterInstance.ephemeral()
+instance.add_dynamic_partitions("reference_date", [first, last])
+job.execute_in_process(instance=instance, tags=range_tags(first, last))
 print("FINISHED without being killed", flush=True)
 '''
 
@@ -341,7 +346,7 @@ def test_damaged_warehouse_fails_the_feature_job_at_once(
     import time
 
     path = _damaged_copy("garbage", warehouse, tmp_path)
-    keys = definitions.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
+    keys = demo_reference_keys(warehouse.parent)
     started = time.perf_counter()
     result = run_job(
         definitions,
@@ -393,7 +398,7 @@ def test_snapshot_root_with_quotes_in_the_path_still_verifies(
     as_of = date.fromisoformat(good_snapshot.name)
     root = tmp_path / HOSTILE_FOLDER
     written = write_snapshot(tables, root, as_of)
-    decision = decide(root, FeedCursor(), first=as_of, last=as_of)
+    decision = decide(root, FeedCursor())
     assert [launch.path for launch in decision.launches] == [written]
     assert load_dataset(written)["orders"].equals(tables["orders"])
 

@@ -7,7 +7,7 @@ transaction.
 """
 
 import itertools
-from datetime import timedelta
+from datetime import date
 
 import dagster as dg
 import duckdb
@@ -60,10 +60,9 @@ def _active_sellers_estimate(raw: dict, dates: list, horizon_days: int) -> int:
     return int(counts.max() or 1)
 
 
-def partition_dates(context: dg.AssetExecutionContext) -> list:
-    window = context.partition_time_window
-    days = (window.end.date() - window.start.date()).days
-    return [window.start.date() + timedelta(days=i) for i in range(days)]
+def partition_dates(context: dg.AssetExecutionContext) -> list[date]:
+    """The run's reference dates: one partition, or every key of a single-run range."""
+    return sorted(date.fromisoformat(key) for key in context.partition_keys)
 
 
 def _feature_asset(family: str) -> dg.AssetsDefinition:

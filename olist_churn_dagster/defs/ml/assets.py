@@ -16,7 +16,7 @@ from olist_churn_dagster.defs.features.assets import (
     read_feature_tables,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
-from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.partitions import reference_date_partitions, registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.abt import build_abt, cohort_dates, join_features
@@ -43,10 +43,12 @@ FEATURE_KEYS = [feature_asset_key(f) for f in FEATURE_FAMILIES]
 _DEFAULTS = ModelParams()
 
 
-def mature_cohorts(last_purchase: date) -> list[date]:
-    """First-of-month reference dates whose labels have all matured by the data's end."""
+def mature_cohorts(keys: list[str], last_purchase: date) -> list[date]:
+    """First-of-month reference dates (among the registered `keys`) whose labels have all
+    matured by the data's end."""
     settings = load_settings()
-    keys = reference_date_partitions.get_partition_keys()
+    if not keys:
+        raise ValueError("no reference dates registered yet: materialize the raw tables first")
     first, last = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
     horizon = timedelta(days=settings.churn_horizon_days)
     return [
@@ -70,7 +72,8 @@ def abt(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.Data
     with warehouse.get_connection() as conn:
         raw = read_tables(conn, "raw", ["orders", "order_items"])
         last_purchase = raw["orders"].get_column("order_purchase_timestamp").max().date()
-        tables = read_feature_tables(conn, mature_cohorts(last_purchase))
+        cohorts = mature_cohorts(registered_dates(context.instance), last_purchase)
+        tables = read_feature_tables(conn, cohorts)
     spine = tables["sales"].select("reference_date", "seller_id")
     labels = churn_labels(
         raw["orders"], raw["order_items"], spine, horizon_days=settings.churn_horizon_days

@@ -1,12 +1,10 @@
 """The champion sensor: when the champion alias moves, rescore the recent partitions."""
 
-from datetime import UTC, datetime
-
 import dagster as dg
 
 from olist_churn_dagster.defs.jobs import rescore_job
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
-from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tracking import champion_version
@@ -29,9 +27,10 @@ def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTracking)
         return dg.SkipReason(f"champion is version {version}; watching for a new one")
     if version == context.cursor:
         return dg.SkipReason(f"champion is still version {version}")
-    keys = reference_date_partitions.get_partition_keys(current_time=datetime.now(UTC))
-    recent = keys[-load_settings().rescore_days :]
+    recent = registered_dates(context.instance)[-load_settings().rescore_days :]
     context.update_cursor(version)
+    if not recent:
+        return dg.SkipReason(f"champion is version {version}; no reference dates to rescore")
     return dg.RunRequest(
         run_key=f"champion-{version}",
         tags={**range_tags(recent[0], recent[-1]), "olist/champion_version": version},

@@ -1,16 +1,20 @@
 """Raw tables: one asset per source file, loaded together so a bad file changes nothing."""
 
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
 from olist_churn_dagster.lib.loader import load_dataset
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.schema import TABLES, TableSpec
-from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.settings import Settings, load_settings
+from olist_churn_dagster.lib.snapshots import declared_as_of
 
 RAW_GROUP = "raw"
 
@@ -43,6 +47,24 @@ def _table_metadata(frame: pl.DataFrame, spec: TableSpec) -> dict[str, dg.Metada
     return metadata
 
 
+def _source_dates(
+    orders: pl.DataFrame, source: Path, settings: Settings, *, is_raw_dir: bool
+) -> list[date]:
+    """The reference dates this source can serve, up to its as-of date: the setting (for
+    the export in raw/ only), else its `_SUCCESS` manifest, else the last purchase + 1."""
+    stamps = orders.get_column("order_purchase_timestamp")
+    declared = (settings.raw_as_of if is_raw_dir else None) or (
+        declared_as_of(source) if source.is_dir() else None
+    )
+    as_of = resolve_as_of(stamps.max().date(), declared)
+    return reference_dates(
+        stamps.min().date(),
+        as_of,
+        window_days=settings.feature_window_days,
+        start=settings.partition_start,
+    )
+
+
 @dg.multi_asset(
     outs={
         name: dg.AssetOut(
@@ -58,12 +80,22 @@ def _table_metadata(frame: pl.DataFrame, spec: TableSpec) -> dict[str, dg.Metada
 )
 def raw_tables(context: dg.AssetExecutionContext, config: RawSourceConfig):
     """Load and validate every source file before writing any table, so bad input is
-    refused whole and the tables loaded before stay as they were."""
-    source = Path(config.source) if config.source else load_settings().raw_dir
+    refused whole and the tables loaded before stay as they were. Once all are written,
+    the source's reference dates get their partitions."""
+    settings = load_settings()
+    source = Path(config.source) if config.source else settings.raw_dir
     context.log.info(f"loading source tables from {source}")
     tables = load_dataset(source)
+    dates = _source_dates(tables["orders"], source, settings, is_raw_dir=not config.source)
+    served = {
+        "as_of_date": dg.MetadataValue.text(dates[-1].isoformat()),
+        "reference_dates": dg.MetadataValue.text(f"{dates[0]} .. {dates[-1]} ({len(dates)})"),
+    }
     for name, spec in TABLES.items():
         frame = tables.get(name)
         if frame is None:  # an optional file that is absent: an empty table, same schema
             frame = pl.DataFrame(schema=spec.schema)
-        yield dg.Output(frame, output_name=name, metadata=_table_metadata(frame, spec))
+        metadata = _table_metadata(frame, spec) | (served if name == "orders" else {})
+        yield dg.Output(frame, output_name=name, metadata=metadata)
+    new = register_reference_dates(context.instance, dates)
+    context.log.info(f"reference dates {dates[0]} .. {dates[-1]}: {len(new)} new partition(s)")

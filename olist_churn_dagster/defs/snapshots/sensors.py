@@ -1,19 +1,27 @@
 """The snapshot sensor: a complete new snapshot refreshes the raw tables and fills that
-day's feature partitions, in one run keyed on the snapshot's content."""
-
-from datetime import UTC, date, datetime
+day's feature and score partitions, in one run keyed on the snapshot's content."""
 
 import dagster as dg
 
 from olist_churn_dagster.defs.jobs import snapshot_job
-from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.partitions import REFERENCE_DATES
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.snapshot_feed import FeedCursor, decide
 
+SNAPSHOT_TAG = "olist/snapshot"
 
-def _partition_bounds() -> tuple[date, date]:
-    keys = reference_date_partitions.get_partition_keys(current_time=datetime.now(UTC))
-    return date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
+
+def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[str]:
+    """One line per snapshot whose latest run failed: its run key is spent, so only a
+    re-execution (from the run's page in the UI) loads it."""
+    latest: dict[str, dg.DagsterRun] = {}
+    for run in instance.get_runs(dg.RunsFilter(job_name=snapshot_job.name), limit=limit):
+        latest.setdefault(run.tags.get(SNAPSHOT_TAG, "?"), run)  # newest first
+    return [
+        f"snapshot {day}: run {run.run_id[:8]} failed; re-execute it from the UI"
+        for day, run in sorted(latest.items())
+        if run.status == dg.DagsterRunStatus.FAILURE
+    ]
 
 
 @dg.sensor(
@@ -21,15 +29,13 @@ def _partition_bounds() -> tuple[date, date]:
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Watches $OLIST_CHURN_DATA_DIR/snapshots for complete as-of dumps (marker _SUCCESS) "
-        "and loads each new one, then computes that date's partitions."
+        "Watches $OLIST_CHURN_DATA_DIR/snapshots for complete as-of dumps (marker _SUCCESS), "
+        "registers each new one's reference date and loads it, then computes that date's "
+        "features and scores. Its skip reason names snapshots refused or whose run failed."
     ),
 )
 def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    first, last = _partition_bounds()
-    decision = decide(
-        load_settings().snapshots_dir, FeedCursor.parse(context.cursor), first=first, last=last
-    )
+    decision = decide(load_settings().snapshots_dir, FeedCursor.parse(context.cursor))
     for reason in decision.skipped:
         context.log.warning(reason)
     requests = [
@@ -38,14 +44,21 @@ def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             partition_key=launch.as_of.isoformat(),
             run_config={"ops": {"raw_tables": {"config": {"source": str(launch.path)}}}},
             tags={
-                "olist/snapshot": launch.as_of.isoformat(),
+                SNAPSHOT_TAG: launch.as_of.isoformat(),
                 "olist/snapshot_fingerprint": launch.fingerprint,
             },
         )
         for launch in decision.launches
     ]
+    # Added before the runs are launched, so each run's partition exists.
+    partitions = dg.AddDynamicPartitionsRequest(
+        partitions_def_name=REFERENCE_DATES,
+        partition_keys=[launch.as_of.isoformat() for launch in decision.launches],
+    )
+    failed = failed_snapshot_runs(context.instance)
     return dg.SensorResult(
         run_requests=requests,
+        dynamic_partitions_requests=[partitions] if requests else [],
         cursor=decision.cursor.dump(),
-        skip_reason=None if requests else decision.summary(),
+        skip_reason=None if requests else ". ".join([decision.summary(), *failed]),
     )

@@ -1,0 +1,87 @@
+"""Alerts for operators: failed runs and scores that missed their deadline.
+
+Every alert is appended to a JSON-lines file under the data directory (the record that
+survives), and posted to a chat webhook when one is configured (off by default).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # "run_failure" or "scores_stale"
+    title: str
+    detail: str
+    fields: dict[str, str] = field(default_factory=dict)
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def text(self) -> str:
+        extra = "".join(f"\n{k}: {v}" for k, v in self.fields.items())
+        return f"{self.title}\n{self.detail}{extra}"
+
+
+def record_alert(alert: Alert, alerts_file: Path, webhook_url: str | None = None) -> str | None:
+    """Append the alert to `alerts_file`, then post it to the webhook if one is set.
+    Returns why the post failed (the alert is on file all the same), else None."""
+    alerts_file.parent.mkdir(parents=True, exist_ok=True)
+    with alerts_file.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(alert), sort_keys=True) + "\n")
+    if not webhook_url:
+        return None
+    body = json.dumps({"text": alert.text()}).encode("utf-8")
+    request = urllib.request.Request(
+        webhook_url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return f"webhook {webhook_url} did not take the alert: {exc}"
+    return None
+
+
+def read_alerts(alerts_file: Path) -> list[dict]:
+    """The alerts on file, oldest first (an absent file: none)."""
+    if not alerts_file.exists():
+        return []
+    lines = alerts_file.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether the scores an operator expects by now exist."""
+
+    expected: date
+    newest_scored: date | None
+
+    @property
+    def passed(self) -> bool:
+        return self.newest_scored is not None and self.newest_scored >= self.expected
+
+    @property
+    def days_behind(self) -> int | None:
+        return None if self.newest_scored is None else (self.expected - self.newest_scored).days
+
+    def describe(self) -> str:
+        if self.passed:
+            return f"scores for {self.expected} are there"
+        newest = self.newest_scored or "none"
+        return f"scores for {self.expected} are missing (newest scored: {newest})"
+
+
+def scores_freshness(now: datetime, deadline_utc: time, scored_dates: list[str]) -> Freshness:
+    """The day's reference date must be scored by the deadline (UTC): after today's
+    deadline that is today; before it, yesterday (whose deadline has passed)."""
+    now_utc = now.astimezone(UTC)
+    today = now_utc.date()
+    expected = today if now_utc.time() >= deadline_utc else today - timedelta(days=1)
+    newest = max((date.fromisoformat(d) for d in scored_dates), default=None)
+    return Freshness(expected=expected, newest_scored=newest)

@@ -1,0 +1,201 @@
+"""Schedules and sensors evaluated through Dagster's own contexts, at given times, on
+temporary instances: the daily and monthly schedules, the champion sensor, the run-failure
+alerts and the scores' freshness expectation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow.tracking import MlflowClient
+
+from olist_churn_dagster.defs.alerts.checks import current_freshness
+from olist_churn_dagster.defs.ml.resources import MlflowTracking
+from olist_churn_dagster.defs.partitions import register_reference_dates, registered_dates
+from olist_churn_dagster.lib.alerts import read_alerts
+from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME
+
+SCORES = dg.AssetKey(["ml", "churn_scores"])
+DAYS = [date(2018, 10, 1) + timedelta(days=i) for i in range(20)]
+
+
+@pytest.fixture()
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def _scored(instance: dg.DagsterInstance, *days: date) -> None:
+    """Record score materializations as a run would (only the instance is read)."""
+    for day in days:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=SCORES, partition=day.isoformat())
+        )
+
+
+def _tick(definitions: dg.Definitions, name: str, instance, when: datetime):
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=when,
+        repository_def=definitions.get_repository_def(),
+    )
+    return definitions.resolve_schedule_def(name).evaluate_tick(context)
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def test_daily_schedule_asks_for_the_newest_date_until_it_is_scored(definitions, instance):
+    at_three = datetime(2018, 10, 21, 3, tzinfo=UTC)
+    assert (
+        "no reference dates registered"
+        in _tick(definitions, "daily_scoring", instance, at_three).skip_message
+    )
+
+    register_reference_dates(instance, DAYS)
+    (request,) = _tick(definitions, "daily_scoring", instance, at_three).run_requests
+    assert request.partition_key == "2018-10-20"
+    assert request.run_key == "daily-scoring-2018-10-20"
+    assert definitions.resolve_schedule_def("daily_scoring").job_name == "score_sellers"
+
+    _scored(instance, DAYS[-1])
+    tick = _tick(definitions, "daily_scoring", instance, at_three)
+    assert not tick.run_requests and "2018-10-20" in tick.skip_message
+
+    register_reference_dates(instance, [DAYS[-1] + timedelta(days=1)])  # a snapshot landed
+    (request,) = _tick(definitions, "daily_scoring", instance, at_three).run_requests
+    assert request.partition_key == "2018-10-21"
+
+
+def test_monthly_schedule_retrains_on_the_second_at_four(definitions, instance):
+    monthly = definitions.resolve_schedule_def("monthly_retraining")
+    assert (monthly.cron_schedule, monthly.execution_timezone) == ("0 4 2 * *", "UTC")
+    tick = _tick(definitions, "monthly_retraining", instance, datetime(2026, 12, 2, 4, tzinfo=UTC))
+    (request,) = tick.run_requests
+    assert monthly.job_name == "train_churn_model"
+    assert request.partition_key is None  # the ABT and the model are not partitioned
+
+
+# ------------------------------------------------------------------------- champion sensor
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> tuple[str, MlflowClient]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(MODEL_NAME)
+    return uri, client
+
+
+def _new_champion(client: MlflowClient, folder: Path) -> str:
+    version = client.create_model_version(MODEL_NAME, source=str(folder)).version
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, version)
+    return str(version)
+
+
+def _champion_tick(definitions, instance, uri: str, cursor: str | None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"mlflow": MlflowTracking(tracking_uri=uri)}
+    )
+    sensor = definitions.resolve_sensor_def("champion_sensor")
+    return sensor.evaluate_tick(context)
+
+
+def test_champion_sensor_adopts_skips_then_rescores_once(
+    definitions, instance, registry, tmp_path: Path
+):
+    uri, client = registry
+    register_reference_dates(instance, DAYS)
+    none_yet = _champion_tick(definitions, instance, uri, None)
+    assert "no champion promoted yet" in none_yet.skip_message
+
+    first = _new_champion(client, tmp_path)
+    adopted = _champion_tick(definitions, instance, uri, None)
+    assert not adopted.run_requests and adopted.cursor == first  # its own run scored
+
+    same = _champion_tick(definitions, instance, uri, first)
+    assert not same.run_requests and f"still version {first}" in same.skip_message
+
+    second = _new_champion(client, tmp_path)
+    moved = _champion_tick(definitions, instance, uri, first)
+    (request,) = moved.run_requests
+    assert moved.cursor == second and request.run_key == f"champion-{second}"
+    recent = registered_dates(instance)[-7:]  # OLIST_CHURN_RESCORE_DAYS, default 7
+    assert request.tags["dagster/asset_partition_range_start"] == recent[0]
+    assert request.tags["dagster/asset_partition_range_end"] == recent[-1]
+    assert definitions.resolve_sensor_def("champion_sensor").job_name == "rescore_with_champion"
+
+
+# ----------------------------------------------------------------------------- alerts
+
+
+def test_a_failed_run_becomes_an_alert_on_file(definitions, instance, data_dir: Path):
+    alerts_file = data_dir / "alerts" / "alerts.jsonl"
+    before = len(read_alerts(alerts_file))
+    # A real failing run of a project job: the raw load from a folder that is not there.
+    result = definitions.resolve_job_def("load_raw_tables").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"raw_tables": {"config": {"source": "/nonexistent/olist"}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    failure = instance.get_records_for_run(
+        result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records[0]
+    context = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alerts",
+        dagster_event=failure.event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run,
+    ).for_run_failure()
+    definitions.resolve_sensor_def("run_failure_alerts")(context)
+
+    alerts = read_alerts(alerts_file)
+    assert len(alerts) == before + 1
+    alert = alerts[-1]
+    assert alert["kind"] == "run_failure"
+    assert alert["fields"]["run_id"] == result.run_id
+    assert alert["fields"]["job"] == "load_raw_tables"
+    assert "load_raw_tables" in alert["title"]
+
+
+def test_freshness_passes_when_the_day_is_scored_and_fails_when_it_is_late(instance):
+    register_reference_dates(instance, DAYS)
+    _scored(instance, *DAYS[:-1])
+    # 2018-10-20 04:30 UTC: the deadline (04:00) has passed, 2018-10-20 is due.
+    late = current_freshness(instance, datetime(2018, 10, 20, 4, 30, tzinfo=UTC))
+    assert not late.passed and late.expected == DAYS[-1] and late.days_behind == 1
+    # Before the deadline, yesterday's scores are what is due: there.
+    early = current_freshness(instance, datetime(2018, 10, 20, 3, 59, tzinfo=UTC))
+    assert early.passed and early.expected == DAYS[-2]
+    _scored(instance, DAYS[-1])
+    assert current_freshness(instance, datetime(2018, 10, 20, 4, 30, tzinfo=UTC)).passed
+
+
+def test_freshness_sensor_reports_the_check_and_alerts_once(definitions, instance, data_dir):
+    alerts_file = data_dir / "alerts" / "alerts.jsonl"
+    before = len(read_alerts(alerts_file))
+    register_reference_dates(instance, DAYS)  # scored: nothing, and the days are long past
+    sensor = definitions.resolve_sensor_def("scores_freshness")
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    (evaluation,) = first.asset_events
+    assert isinstance(evaluation, dg.AssetCheckEvaluation)
+    assert evaluation.check_name == "scores_fresh" and not evaluation.passed
+    assert evaluation.asset_key == SCORES
+    assert [a["kind"] for a in read_alerts(alerts_file)[before:]] == ["scores_stale"]
+
+    again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert not again.asset_events and "unchanged" in again.skip_message
+    assert len(read_alerts(alerts_file)) == before + 1  # one alert per missed date
+
+    _scored(instance, datetime.now(UTC).date())
+    recovered = sensor.evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=first.cursor)
+    )
+    (evaluation,) = recovered.asset_events
+    assert evaluation.passed
+    assert len(read_alerts(alerts_file)) == before + 1
