@@ -50,9 +50,12 @@ class FeedDecision:
     waiting: list[str]
     skipped: list[str]
     cursor: FeedCursor
+    queued: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = []
+        if self.queued:
+            parts.append("queued behind the snapshot being loaded: " + ", ".join(self.queued))
         if self.waiting:
             parts.append("waiting for the marker of " + ", ".join(self.waiting))
         if self.skipped:
@@ -60,10 +63,11 @@ class FeedDecision:
         return ". ".join(parts) or "no new complete snapshot"
 
 
-def decide(root: Path, cursor: FeedCursor) -> FeedDecision:
-    """What to launch now. Snapshots older than the newest launched are skipped, so the raw
-    tables never roll back; every other complete, valid snapshot is launched, whatever its
-    date (its partition is registered with the launch)."""
+def decide(root: Path, cursor: FeedCursor, *, limit: int | None = None) -> FeedDecision:
+    """What to launch now, oldest first, at most `limit` snapshots (the rest wait for a
+    later tick, so one load finishes before the next starts). Snapshots older than the
+    newest launched are skipped, so the raw tables never roll back; every other complete,
+    valid snapshot is launched, whatever its date (its partition is registered with it)."""
     decision = FeedDecision([], [], [], FeedCursor(cursor.newest, dict(cursor.launched)))
     for info in scan_snapshots(root):
         name = info.path.name
@@ -80,6 +84,9 @@ def decide(root: Path, cursor: FeedCursor) -> FeedDecision:
             decision.skipped.append(
                 f"{name}: older than {decision.cursor.newest} already loaded (no roll-back)"
             )
+            continue
+        if limit is not None and len(decision.launches) >= limit:
+            decision.queued.append(name)
             continue
         try:
             verify_snapshot(info)

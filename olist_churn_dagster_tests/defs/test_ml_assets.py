@@ -102,7 +102,7 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
 
     from olist_churn_dagster.cli import main as cli
 
-    instance, keys, _ = trained
+    _, keys, _ = trained
     last = date.fromisoformat(keys[-1])
     days = [last - timedelta(days=2), last - timedelta(days=1), last]
     snapshots = data_dir / "snapshots"
@@ -123,18 +123,36 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
     )
     try:
         sensor = definitions.resolve_sensor_def("snapshot_sensor")
-        with dg.instance_for_test() as sensor_instance:
-            evaluation = sensor(dg.build_sensor_context(instance=sensor_instance))
-        assert [r.partition_key for r in evaluation.run_requests] == [str(d) for d in days]
         job = definitions.resolve_job_def(sensor.job_name)
-        for request in evaluation.run_requests:
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=request.partition_key,
-                run_config=request.run_config,
-                tags=request.tags,
+        launched, cursor = [], None
+        with dg.instance_for_test() as feed:
+            for _ in days:  # one snapshot a tick, each after the previous one's run
+                evaluation = sensor(dg.build_sensor_context(instance=feed, cursor=cursor))
+                (request,) = evaluation.run_requests
+                (partitions,) = evaluation.dynamic_partitions_requests
+                assert partitions.partition_keys == [request.partition_key]
+                feed.add_dynamic_partitions(partitions.partitions_def_name, [request.partition_key])
+                result = job.execute_in_process(
+                    instance=feed,
+                    partition_key=request.partition_key,
+                    run_config=request.run_config,
+                    tags=request.tags,
+                )
+                assert result.success, request.partition_key
+                launched.append(request.partition_key)
+                cursor = evaluation.cursor
+            assert launched == [str(d) for d in days]
+            # Re-running an older snapshot once a newer one is loaded would roll back.
+            older = job.execute_in_process(
+                instance=feed,
+                partition_key=launched[0],
+                run_config=request.run_config
+                | {"ops": {"raw_tables": {"config": {"source": str(snapshots / launched[0])}}}},
+                raise_on_error=False,
             )
-            assert result.success, request.partition_key
+            assert not older.success
+            error = older.failure_data_for_node("raw_tables").error.to_string()
+            assert "would roll them back" in error
     finally:
         import shutil
 

@@ -9,12 +9,13 @@ fails if any process of it survives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -84,20 +85,38 @@ def _timed(label: str, started: float) -> None:
     print(f"\n[e2e] {label}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
-@pytest.fixture(scope="session")
-def dagster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def serve(root: Path, setup: Callable[[Server], None]) -> Iterator[Server]:
+    """A data directory under `root` filled by `setup` (given a server-less `Server` to
+    run the CLI with), then `dagster dev` on it until the block ends."""
     data_dir = root / "data"
     dagster_home = data_dir / "dagster_home"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     env = _environment(data_dir, dagster_home)
-    bootstrap = Server("", data_dir, dagster_home, env, GraphQL(""))
+    setup(Server("", data_dir, dagster_home, env, GraphQL("")))
 
+    server = DagsterDev(REPO_ROOT, env, log_path=root / "dagster-dev.log")
+    started = time.perf_counter()
+    server.start()
+    try:
+        server.wait_ready(timeout=120)
+        _timed(f"dagster dev ready at {server.url}", started)
+        yield Server(server.url, data_dir, dagster_home, env, GraphQL(server.url))
+    finally:
+        started = time.perf_counter()
+        left = server.stop()
+        _timed("dagster dev stopped", started)
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        shutil.copy(server.log_path, OUTPUT_DIR / f"{root.name}-dagster-dev.log")
+    assert not left, "processes of dagster dev left after teardown:\n" + "\n".join(left)
+
+
+def _generate_and_prepare(bootstrap: Server) -> None:
     started = time.perf_counter()
     bootstrap.cli(
         "generate",
-        str(data_dir / "raw"),
+        str(bootstrap.data_dir / "raw"),
         "--scale",
         str(E2E_SCALE),
         "--seed",
@@ -112,17 +131,8 @@ def dagster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     bootstrap.cli("prepare")
     _timed("olist-churn prepare", started)
 
-    server = DagsterDev(REPO_ROOT, env, log_path=root / "dagster-dev.log")
-    started = time.perf_counter()
-    server.start()
-    try:
-        server.wait_ready(timeout=120)
-        _timed(f"dagster dev ready at {server.url}", started)
-        yield Server(server.url, data_dir, dagster_home, env, GraphQL(server.url))
-    finally:
-        started = time.perf_counter()
-        left = server.stop()
-        _timed("dagster dev stopped", started)
-        OUTPUT_DIR.mkdir(exist_ok=True)
-        shutil.copy(server.log_path, OUTPUT_DIR / "dagster-dev.log")
-    assert not left, "processes of dagster dev left after teardown:\n" + "\n".join(left)
+
+@pytest.fixture(scope="session")
+def dagster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serve(tmp_path_factory.mktemp("e2e"), _generate_and_prepare) as server:
+        yield server

@@ -47,6 +47,14 @@ def _table_metadata(frame: pl.DataFrame, spec: TableSpec) -> dict[str, dg.Metada
     return metadata
 
 
+def loaded_as_of(instance: dg.DagsterInstance) -> date | None:
+    """The as-of date of the source the raw tables were last loaded from."""
+    event = instance.get_latest_materialization_event(raw_asset_key("orders"))
+    materialization = event.asset_materialization if event else None
+    value = materialization.metadata.get("as_of_date") if materialization else None
+    return date.fromisoformat(value.value) if value is not None else None
+
+
 def _source_dates(
     orders: pl.DataFrame, source: Path, settings: Settings, *, is_raw_dir: bool
 ) -> list[date]:
@@ -87,6 +95,15 @@ def raw_tables(context: dg.AssetExecutionContext, config: RawSourceConfig):
     context.log.info(f"loading source tables from {source}")
     tables = load_dataset(source)
     dates = _source_dates(tables["orders"], source, settings, is_raw_dir=not config.source)
+    loaded = loaded_as_of(context.instance)
+    if config.source and loaded and loaded > dates[-1]:
+        raise dg.Failure(
+            f"the raw tables hold data as of {loaded}, newer than this source ({dates[-1]}): "
+            "loading it would roll them back. The features and scores of "
+            f"{dates[-1]} need no reload (only data before a date is used): run the "
+            "score_sellers job for that partition instead.",
+            allow_retries=False,
+        )
     served = {
         "as_of_date": dg.MetadataValue.text(dates[-1].isoformat()),
         "reference_dates": dg.MetadataValue.text(f"{dates[0]} .. {dates[-1]} ({len(dates)})"),

@@ -9,6 +9,21 @@ from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.snapshot_feed import FeedCursor, decide
 
 SNAPSHOT_TAG = "olist/snapshot"
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def loading_snapshot(instance: dg.DagsterInstance) -> str | None:
+    """The snapshot whose run is queued or running, if any: the next one waits for it, so
+    snapshots load in date order and the raw tables never roll back."""
+    active = instance.get_runs(
+        dg.RunsFilter(job_name=snapshot_job.name, statuses=_IN_FLIGHT), limit=1
+    )
+    return f"{active[0].tags.get(SNAPSHOT_TAG)} (run {active[0].run_id[:8]})" if active else None
 
 
 def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[str]:
@@ -35,7 +50,10 @@ def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[
     ),
 )
 def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    decision = decide(load_settings().snapshots_dir, FeedCursor.parse(context.cursor))
+    loading = loading_snapshot(context.instance)
+    decision = decide(
+        load_settings().snapshots_dir, FeedCursor.parse(context.cursor), limit=0 if loading else 1
+    )
     for reason in decision.skipped:
         context.log.warning(reason)
     requests = [
@@ -55,10 +73,12 @@ def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         partitions_def_name=REFERENCE_DATES,
         partition_keys=[launch.as_of.isoformat() for launch in decision.launches],
     )
-    failed = failed_snapshot_runs(context.instance)
+    notes = [decision.summary(), *failed_snapshot_runs(context.instance)]
+    if loading:
+        notes.insert(0, f"loading snapshot {loading}")
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[partitions] if requests else [],
         cursor=decision.cursor.dump(),
-        skip_reason=None if requests else ". ".join([decision.summary(), *failed]),
+        skip_reason=None if requests else ". ".join(notes),
     )
