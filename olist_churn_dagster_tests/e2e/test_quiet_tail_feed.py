@@ -109,7 +109,7 @@ def test_quiet_tail_export_then_later_snapshots_are_all_scored(feed_server: Serv
     )
 
     def both_finished() -> list[dict] | None:
-        found = runs(gql, jobName="load_snapshot")
+        found = runs(gql, pipelineName="load_snapshot")
         done = [r for r in found if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
         return found if len(done) == 2 else None
 
@@ -150,6 +150,6 @@ def test_quiet_tail_export_then_later_snapshots_are_all_scored(feed_server: Serv
         interval=3,
         on_timeout=lambda: "\n".join(_snapshot_skip_reasons(gql)[:5]),
     )
-    assert len(runs(gql, jobName="load_snapshot")) == 2, "the older snapshot was not launched"
+    assert len(runs(gql, pipelineName="load_snapshot")) == 2, "the older snapshot was not launched"
     alerts = read_alerts(feed_server.data_dir / "alerts" / "alerts.jsonl")
     assert not [a for a in alerts if a["kind"] == "run_failure"], alerts
