@@ -52,6 +52,7 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
     import dagster as dg
 
     from olist_churn_dagster.bootstrap import load_definitions
+    from olist_churn_dagster.defs.partitions import registered_dates
     from olist_churn_dagster.defs.tags import range_tags
     from olist_churn_dagster.lib.features import (
         FEATURE_FAMILIES,
@@ -68,7 +69,7 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
     raw_load_s = time.perf_counter() - started
 
     job = defs.resolve_job_def("build_feature_store")
-    keys = job.partitions_def.get_partition_keys()
+    keys = registered_dates(instance)
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=instance,

@@ -82,6 +82,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
 
     from olist_churn_dagster.bootstrap import load_definitions
     from olist_churn_dagster.defs.ml.assets import ABT_KEY, MODEL_KEY
+    from olist_churn_dagster.defs.partitions import registered_dates
     from olist_churn_dagster.defs.tags import range_tags
     from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
 
@@ -93,8 +94,6 @@ def run_scale(root: Path, scale: float) -> list[dict]:
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, **kwargs)
         assert result.success, job
         return result
-
-    keys = defs.resolve_job_def("build_feature_store").partitions_def.get_partition_keys()
 
     def load_raw() -> int:
         run("load_raw_tables")
@@ -124,6 +123,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
         return work
 
     _stage(results, memory, "raw load", load_raw)
+    keys = registered_dates(instance)  # the raw load registered them
     _stage(results, memory, f"feature backfill ({len(keys)} dates)", features)
     _stage(results, memory, "ABT", train_part(ABT_KEY))
     _stage(results, memory, "training + MLflow + gate", train_part(MODEL_KEY))
