@@ -1,9 +1,9 @@
 """Faults: a run killed while it writes, an unusable data directory, a damaged warehouse
 file, and input values that must never be read as SQL.
 
-The killed run is a separate process (the real `build_feature_store` job on the session
-data directory) that stops inside the write transaction of a partition, at a point it
-announces, and is then killed with SIGKILL.
+The killed run is a separate process (a real job on the session data directory:
+`build_feature_store`, `load_raw_tables` or `rescore_with_champion`) that stops inside the
+write transaction of a table, at a point it announces, and is then killed with SIGKILL.
 """
 
 from __future__ import annotations
