@@ -46,6 +46,16 @@ def retry_when_locked() -> Iterator[None]:
         raise dg.RetryRequested(max_retries=settings.lock_retries, seconds_to_wait=wait) from exc
 
 
+@contextmanager
+def warehouse_transaction(database: str) -> Iterator:
+    """A connection inside one transaction (`lib.warehouse.in_transaction`), opened with
+    the lock retry."""
+    with retry_when_locked():
+        conn = open_warehouse(database)
+    with in_transaction(conn):
+        yield conn
+
+
 class TransactionalDuckDbClient(DuckDbClient):
     """Opens each IO-manager connection inside a transaction, so the delete of a partition
     and the insert of its new rows commit together or not at all."""
@@ -53,9 +63,7 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context, _table_slice) -> Iterator:
-        with retry_when_locked():
-            conn = open_warehouse(context.resource_config["database"])
-        with in_transaction(conn):
+        with warehouse_transaction(context.resource_config["database"]) as conn:
             yield conn
 
 
@@ -146,6 +154,11 @@ class WarehouseIOManager(DuckDBPandasIOManager):
 class WarehouseResource(DuckDBResource):
     """SQL access to the warehouse for checks and assets, opened like every other path in
     (clear errors at once for a damaged or locked file, not minutes of blind retries)."""
+
+    @contextmanager
+    def transaction(self) -> Iterator:
+        with warehouse_transaction(self.database) as conn:
+            yield conn
 
     @contextmanager
     def get_connection(self) -> Iterator:

@@ -1,15 +1,21 @@
 """The model path end to end, in process: raw -> all feature partitions -> ABT -> model
 (MLflow run, registered version, champion) -> scores for recent partitions."""
 
+import os
+import shutil
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
+from mlflow import MlflowClient
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.monitoring import PSI_WARN
 from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
@@ -52,7 +58,61 @@ def test_model_is_logged_registered_and_promoted(trained, data_dir: Path):
     assert champion_version(uri) == "1"
     assert (data_dir / "mlflow" / "artifacts").is_dir()
     assert not Path("mlflow.db").exists() and not Path("mlruns").exists()
-    assert MODEL_NAME and CHAMPION_ALIAS
+    # The registry itself: the model is registered under its name, the alias points at the
+    # version this run logged, and that version belongs to this run.
+    client = MlflowClient(tracking_uri=uri)
+    registered = client.get_registered_model(MODEL_NAME)
+    assert {alias: str(v) for alias, v in registered.aliases.items()} == {CHAMPION_ALIAS: "1"}
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
+    assert str(champion.version) == "1"
+    assert champion.run_id == metadata["mlflow_run_id"].value
+    assert metadata["model_uri"].value == f"models:/{MODEL_NAME}/1"
+    versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+
+def trailing_revenue_from_raw(raw_dir: Path, days: list[date], window_days: int) -> pl.DataFrame:
+    """Each seller's revenue over the `window_days` days before each reference date,
+    computed straight from the source CSVs: the sum of the item prices of orders that were
+    not canceled or unavailable, purchased on a day in [D - window, D - 1]."""
+    orders = pl.read_csv(raw_dir / "olist_orders_dataset.csv", infer_schema=False).select(
+        "order_id",
+        "order_status",
+        pl.col("order_purchase_timestamp").str.to_datetime("%Y-%m-%d %H:%M:%S").dt.date(),
+    )
+    items = pl.read_csv(raw_dir / "olist_order_items_dataset.csv", infer_schema=False).select(
+        "order_id", "seller_id", pl.col("price").cast(pl.Float64)
+    )
+    sold = items.join(
+        orders.filter(~pl.col("order_status").is_in(["canceled", "unavailable"])), on="order_id"
+    )
+    per_day = []
+    for day in days:
+        start = day - timedelta(days=window_days)
+        per_day.append(
+            sold.filter(pl.col("order_purchase_timestamp").is_between(start, day, closed="left"))
+            .group_by("seller_id")
+            .agg(pl.col("price").sum().alias("expected_revenue"))
+            .with_columns(pl.lit(day).alias("reference_date"))
+        )
+    return pl.concat(per_day)
+
+
+def assert_sales_at_risk_from_raw_revenue(scores: pl.DataFrame, raw_dir: Path) -> None:
+    """Sales at risk = the seller's trailing-window revenue in the input x probability."""
+    days = scores.get_column("reference_date").unique().sort().to_list()
+    window = int(os.environ["OLIST_CHURN_WINDOW_DAYS"])
+    expected = trailing_revenue_from_raw(raw_dir, days, window)
+    joined = scores.join(expected, on=["reference_date", "seller_id"], how="left")
+    # Every scored seller is active (sold in the last 45 days), so it has revenue.
+    assert joined.get_column("expected_revenue").null_count() == 0
+    assert (joined.get_column("expected_revenue") > 0).all()
+    revenue = joined.get_column("expected_revenue").to_numpy()
+    probability = joined.get_column("churn_probability").to_numpy()
+    assert np.allclose(joined.get_column("trailing_revenue").to_numpy(), revenue, atol=1e-6)
+    assert np.allclose(
+        joined.get_column("sales_at_risk").to_numpy(), revenue * probability, atol=1e-6
+    )
 
 
 def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
@@ -70,8 +130,13 @@ def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
     for day, frame in scores.group_by("reference_date"):
         ranks = frame.get_column("risk_rank").unique().sort().to_list()
         assert ranks == list(range(1, len(ranks) + 1)), day  # dense ranks
-    assert scores.get_column("model_version").unique().to_list() == ["1"]
+    # The scores carry the version the registry's champion alias points at.
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    champion = MlflowClient(tracking_uri=uri).get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
+    assert scores.get_column("model_version").unique().to_list() == [str(champion.version)]
+    assert scores.get_column("model_alias").unique().to_list() == [CHAMPION_ALIAS]
     assert scores.filter(pl.col("reason_1").is_null()).height < scores.height
+    assert_sales_at_risk_from_raw_revenue(scores, data_dir / "raw")
     exported = data_dir / "exports" / "churn_scores" / f"{recent[-1]}.csv"
     assert (
         pl.read_csv(exported).height
@@ -98,8 +163,6 @@ def test_abt_checks_pass_including_the_as_of_audit(trained):
 
 def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_dir: Path):
     """Generate -> replay three snapshots -> sensor -> its runs -> score partitions."""
-    from datetime import date, timedelta
-
     from olist_churn_dagster.cli import main as cli
 
     _, keys, _ = trained
@@ -154,8 +217,6 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
             error = older.failure_data_for_node("raw_tables").error.to_string()
             assert "would roll them back" in error
     finally:
-        import shutil
-
         shutil.rmtree(snapshots)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         scored = conn.execute(
@@ -168,6 +229,59 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
         ).fetchone()
     assert [d for d, n in scored if n > 0] == days
     assert last_loaded[0].date() < last  # raw tables hold the newest snapshot's content
+
+
+def test_drift_check_passes_on_the_same_distribution_and_warns_on_a_shift(
+    trained, data_dir: Path, tmp_path: Path
+):
+    """The `feature_drift_psi` check itself, on a copy of the warehouse whose ABT is made
+    of the newest scored date's own features: it passes; then two features of that date
+    move and it fails, as a warning, naming exactly those two."""
+    from olist_churn_dagster.defs.features.assets import read_feature_tables
+    from olist_churn_dagster.defs.ml.monitoring import scores_feature_drift
+    from olist_churn_dagster.defs.warehouse import WarehouseResource
+    from olist_churn_dagster.lib.abt import join_features
+    from olist_churn_dagster.lib.warehouse import write_frame
+
+    _, keys, _ = trained
+    day = date.fromisoformat(keys[-1])
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(data_dir / "warehouse.duckdb", copy)
+    with duckdb.connect(str(copy)) as conn:
+        current = join_features(read_feature_tables(conn, [day]))
+        assert current.height > 20
+        # The same distribution with twice the rows, as the training ABT would hold it.
+        reference = pl.concat([current, current]).with_columns(churned=pl.lit(0, pl.Int8))
+        write_frame(conn, "ml", "abt", reference)
+        conn.execute("CREATE SCHEMA IF NOT EXISTS ml")
+        conn.execute(
+            "CREATE OR REPLACE TABLE ml.churn_scores AS SELECT ?::DATE AS reference_date", [day]
+        )
+
+    def evaluate() -> dg.AssetCheckResult:
+        return scores_feature_drift(warehouse=WarehouseResource(database=str(copy)))
+
+    same = evaluate()
+    assert same.passed is True
+    assert same.metadata["scored_date"].value == str(day)
+    assert same.metadata["features"].value == len(reference.columns) - 3
+    assert same.metadata["drifted_features"].value == 0
+    assert same.metadata["max_psi"].value == pytest.approx(0.0, abs=1e-9)
+
+    with duckdb.connect(str(copy)) as conn:
+        conn.execute(
+            "UPDATE features.seller_sales SET sales_revenue = sales_revenue * 10 + 10000, "
+            "sales_orders = sales_orders + 50 WHERE reference_date = ?",
+            [day],
+        )
+    shifted = evaluate()
+    assert shifted.passed is False
+    assert shifted.severity == dg.AssetCheckSeverity.WARN
+    assert shifted.metadata["drifted_features"].value == 2
+    assert shifted.metadata["max_psi"].value > PSI_WARN
+    report = shifted.metadata["drifted"].value
+    assert "sales_revenue" in report and "sales_orders" in report
+    assert "sales_avg_ticket" not in report
 
 
 def test_monitoring_reports_realized_performance_and_drift(trained, definitions, data_dir):
@@ -188,3 +302,6 @@ def test_monitoring_reports_realized_performance_and_drift(trained, definitions,
     ]
     assert drift.metadata["features"].value > 50
     assert drift.severity == dg.AssetCheckSeverity.WARN
+    # Its verdict is the drift it measured: passed exactly when no feature drifted.
+    assert drift.passed == (drift.metadata["drifted_features"].value == 0)
+    assert (drift.metadata["max_psi"].value > PSI_WARN) == (not drift.passed)

@@ -82,6 +82,39 @@ def step_intervals(run: dict) -> list[tuple[str, float, float]]:
     ]
 
 
+LOCK_SIGNS = ("Could not set lock", "is locked by another process")
+
+
+def is_lock_failure(text: str) -> bool:
+    """A failure text of DuckDB's file lock (raw, or as the warehouse explains it)."""
+    return any(sign in text for sign in LOCK_SIGNS)
+
+
+def format_failures(failures: dict[str, tuple[str, str, str]]) -> str:
+    return "".join(
+        f"\n- run {run_id} of {job} ended {status}:\n  {text}"
+        for run_id, (job, status, text) in failures.items()
+    )
+
+
+def test_failure_report_tells_lock_failures_apart() -> None:
+    """The helpers the run assertions rely on, checked without a server."""
+    raw = 'IOException: Could not set lock on file "warehouse.duckdb": Conflicting lock'
+    explained = "WarehouseError: warehouse /d/warehouse.duckdb is locked by another process"
+    assert is_lock_failure(raw) and is_lock_failure(explained)
+    assert not is_lock_failure("KeyError: 'seller_id'")
+    report = format_failures({"abc": ("build_feature_store", "FAILURE", raw)})
+    assert "run abc of build_feature_store ended FAILURE" in report and raw in report
+    assert overlaps((0.0, 2.0), (1.0, 3.0)) and not overlaps((0.0, 1.0), (1.0, 2.0))
+    run = {
+        "stepStats": [
+            {"stepKey": "a", "startTime": 1.0, "endTime": 2.0},
+            {"stepKey": "skipped", "startTime": None, "endTime": None},
+        ]
+    }
+    assert step_intervals(run) == [("a", 1.0, 2.0)]
+
+
 def test_backfills_and_sensor_run_share_the_warehouse(dagster_server: Server) -> None:
     gql: GraphQL = dagster_server.gql
     keys = partition_keys(gql, FEATURE_ASSETS[0])
@@ -111,10 +144,20 @@ def test_backfills_and_sensor_run_share_the_warehouse(dagster_server: Server) ->
         assert len(found) == 1, f"backfill {backfill_id}: expected one run, got {len(found)}"
         all_runs.extend(found)
     failures = {
-        r["runId"]: run_failure_text(gql, r["runId"]) for r in all_runs if r["status"] != "SUCCESS"
+        r["runId"]: (r["jobName"], r["status"], run_failure_text(gql, r["runId"]))
+        for r in all_runs
+        if r["status"] != "SUCCESS"
     }
-    assert not failures, f"runs failed: {failures}"
-    assert all("Could not set lock" not in text for text in failures.values())
+    # A run that failed on the file lock means the pool did not make the runs take turns:
+    # say so first, with the runs concerned; any other failure is reported after it.
+    lock_failures = {
+        run_id: failure for run_id, failure in failures.items() if is_lock_failure(failure[2])
+    }
+    assert not lock_failures, (
+        f"{len(lock_failures)} run(s) failed on the warehouse file lock, so the {POOL} pool "
+        f"did not serialise them: {format_failures(lock_failures)}"
+    )
+    assert not failures, f"{len(failures)} run(s) failed: {format_failures(failures)}"
     assert [s["status"] for s in states] == ["COMPLETED_SUCCESS"] * 2, [
         backfill(gql, i) for i in backfill_ids
     ]
@@ -127,15 +170,37 @@ def test_backfills_and_sensor_run_share_the_warehouse(dagster_server: Server) ->
         (a, b) for a, b in itertools.combinations(spans, 2) if overlaps(spans[a], spans[b])
     ]
     assert concurrent, f"no run was submitted while another was pending: {spans}"
+
+    # The overlap check below is only worth something if it saw the steps: every run
+    # reports timed steps, each backfill run one per feature asset, the snapshot run its
+    # raw load and its scores too.
+    intervals = {r["runId"]: step_intervals(r) for r in all_runs}
+    untimed = {
+        r["runId"]: [s["stepKey"] for s in r["stepStats"]]
+        for r in all_runs
+        if not intervals[r["runId"]]
+    }
+    assert not untimed, f"runs without timed steps (stepKey lists): {untimed}"
+    feature_steps = {"__".join(path) for path in FEATURE_ASSETS}
+    for r in all_runs[1:]:
+        keys = {key for key, _, _ in intervals[r["runId"]]}
+        assert feature_steps <= keys, (
+            f"backfill run {r['runId']} lacks steps {feature_steps - keys}"
+        )
+    sensor_steps = {key for key, _, _ in intervals[sensor_run["runId"]]}
+    assert {"raw_tables", "ml__churn_scores"} <= sensor_steps, sensor_steps
+    for step_key, start, end in itertools.chain.from_iterable(intervals.values()):
+        assert start <= end, f"{step_key} ended ({end}) before it started ({start})"
+
     for a, b in itertools.combinations(all_runs, 2):
-        for step_a, start_a, end_a in step_intervals(a):
-            for step_b, start_b, end_b in step_intervals(b):
+        for step_a, start_a, end_a in intervals[a["runId"]]:
+            for step_b, start_b, end_b in intervals[b["runId"]]:
                 assert not overlaps((start_a, end_a), (start_b, end_b)), (
                     f"steps in the {POOL} pool ran at once: {step_a} of {a['runId']} "
                     f"({start_a:.2f}-{end_a:.2f}) and {step_b} of {b['runId']} "
                     f"({start_b:.2f}-{end_b:.2f})"
                 )
-    steps = sum(len(step_intervals(r)) for r in all_runs)
+    steps = sum(len(found) for found in intervals.values())
     print(
         f"\n[e2e] 2 feature backfills x 10 dates + 1 snapshot run: all {len(all_runs)} runs "
         f"succeeded in {total:.1f} s; {len(concurrent)} pair(s) of runs were pending at "

@@ -51,12 +51,23 @@ def test_one_row_per_seller_and_date_ranked_densely(scored):
 
 
 def test_bands_and_sales_at_risk_follow_the_probability(scored):
-    _, _, scores = scored
+    _, frame, scores = scored
     p = pl.col("churn_probability")
     expected = pl.when(p >= 0.5).then(pl.lit("high")).when(p >= 0.25).then(pl.lit("medium"))
     assert scores.select((pl.col("risk_band") == expected.otherwise(pl.lit("low"))).all()).item()
-    risk = scores.get_column("trailing_revenue") * scores.get_column("churn_probability")
-    assert np.allclose(scores.get_column("sales_at_risk").to_numpy(), risk.to_numpy())
+    # Sales at risk is the input's trailing revenue (not the output's own column) x the
+    # probability, seller by seller.
+    joined = scores.join(
+        frame.select("reference_date", "seller_id", "sales_revenue"),
+        on=["reference_date", "seller_id"],
+        how="left",
+    )
+    assert joined.height == frame.height
+    assert joined.get_column("sales_revenue").null_count() == 0
+    revenue = joined.get_column("sales_revenue").to_numpy()
+    probability = joined.get_column("churn_probability").to_numpy()
+    assert np.allclose(joined.get_column("trailing_revenue").to_numpy(), revenue)
+    assert np.allclose(joined.get_column("sales_at_risk").to_numpy(), revenue * probability)
     assert scores.get_column("risk_band").n_unique() == 3  # the fixture spans every band
 
 

@@ -1,13 +1,14 @@
 """Faults: a run killed while it writes, an unusable data directory, a damaged warehouse
 file, and input values that must never be read as SQL.
 
-The killed run is a separate process (the real `build_feature_store` job on the session
-data directory) that stops inside the write transaction of a partition, at a point it
-announces, and is then killed with SIGKILL.
+The killed run is a separate process (a real job on the session data directory:
+`build_feature_store`, `load_raw_tables` or `rescore_with_champion`) that stops inside the
+write transaction of a table, at a point it announces, and is then killed with SIGKILL.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from olist_churn_dagster.lib.loader import load_dataset
 from olist_churn_dagster.lib.schema import TABLES
 from olist_churn_dagster.lib.snapshot_feed import FeedCursor, decide
 from olist_churn_dagster.lib.snapshots import write_snapshot
+from olist_churn_dagster.lib.tracking import champion_version
 from olist_churn_dagster.lib.warehouse import WarehouseError, open_warehouse
 from olist_churn_dagster_tests.conftest import REPO_ROOT
 from olist_churn_dagster_tests.reliability.conftest import (
@@ -45,6 +47,7 @@ RECOVERY = "move it aside and rematerialize"
 FEATURE_TABLES = [f"seller_{family}" for family in FEATURE_FAMILIES]
 HOSTILE_SELLER_ID = "evil'); DROP TABLE raw.sellers; --\"x"
 HOSTILE_FOLDER = "it's a \"quoted\" folder'; DROP TABLE raw.orders; --"
+SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -98,62 +101,98 @@ def test_checksums_see_one_changed_value_a_duplicate_row_and_a_type(tmp_path: Pa
 
 # --------------------------------------------------------------------------- (a) killed run
 
-CHILD = r'''
-"""Runs build_feature_store and stops inside the first partition write transaction."""
+CHILD = r"""
+# Runs one project job and stops inside the write transaction of one table, at a point
+# it announces: after the old rows were deleted, before the table is written, or after a
+# tampered one-row write.
+import json
 import sys
 import time
 
-from olist_churn_dagster.bootstrap import load_definitions, range_tags
-from olist_churn_dagster.defs.warehouse import PolarsTableHandler, TransactionalDuckDbClient
-
 import dagster as dg
-import polars as pl
 
-stage, first, last = sys.argv[1:4]
+import olist_churn_dagster.defs.raw.assets as raw_assets
+import olist_churn_dagster.defs.warehouse as defs_warehouse
+import olist_churn_dagster.lib.warehouse as lib_warehouse
+from olist_churn_dagster.bootstrap import load_definitions, range_tags
+
+job_name, stage, schema, table, first, last, source = sys.argv[1:8]
+partitioned = first != "-"
 
 
-def hold(table_slice, connection):
-    target = f'"{table_slice.schema}"."{table_slice.table}"'
-    rows = connection.execute(
-        f"SELECT count(*) FROM {target} WHERE reference_date BETWEEN ?::DATE AND ?::DATE",
-        [first, last],
-    ).fetchone()[0]
+def targeted(target_schema, target_table):
+    return target_schema == schema and table in ("*", target_table)
+
+
+def hold(target_schema, target_table, connection):
+    target = f'"{target_schema}"."{target_table}"'
+    if partitioned:
+        rows = connection.execute(
+            f"SELECT count(*) FROM {target} WHERE reference_date BETWEEN ?::DATE AND ?::DATE",
+            [first, last],
+        ).fetchone()[0]
+    else:
+        rows = connection.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+    names = connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1",
+        [target_schema],
+    ).fetchall()
+    counts = {
+        name: connection.execute(f'SELECT count(*) FROM "{target_schema}"."{name}"').fetchone()[0]
+        for (name,) in names
+    }
     print(
-        f"HOLDING stage={stage} table={table_slice.table} rows_in_range={rows}", flush=True
+        f"HOLDING stage={stage} table={target_table} rows_in_range={rows} "
+        f"counts={json.dumps(counts, separators=(',', ':'))}",
+        flush=True,
     )
     time.sleep(600)
 
 
-original_delete = TransactionalDuckDbClient.delete_table_slice
-original_output = PolarsTableHandler.handle_output
+original_delete = defs_warehouse.TransactionalDuckDbClient.delete_table_slice
+original_write = lib_warehouse.write_frame
 
 
 def delete_then_hold(context, table_slice, connection):
     original_delete(context, table_slice, connection)
-    if stage == "after-delete" and table_slice.partition_dimensions:
-        hold(table_slice, connection)
+    if stage == "after-delete" and targeted(table_slice.schema, table_slice.table):
+        hold(table_slice.schema, table_slice.table, connection)
 
 
-def tampered_output(self, context, table_slice, obj, connection):
-    if stage == "after-insert" and table_slice.partition_dimensions:
-        # The output is one frame or a series of frames: write only the first row.
-        frame = obj if isinstance(obj, pl.DataFrame) else next(iter(obj.batches))
-        original_output(self, context, table_slice, frame.head(1), connection)
-        hold(table_slice, connection)
-    return original_output(self, context, table_slice, obj, connection)
+def held_write(conn, target_schema, target_table, frame, **kwargs):
+    if targeted(target_schema, target_table):
+        if stage == "before-write":
+            hold(target_schema, target_table, conn)
+        if stage == "after-insert":
+            original_write(conn, target_schema, target_table, frame.head(1), **kwargs)
+            hold(target_schema, target_table, conn)
+    return original_write(conn, target_schema, target_table, frame, **kwargs)
 
 
-TransactionalDuckDbClient.delete_table_slice = staticmethod(delete_then_hold)
-PolarsTableHandler.handle_output = tampered_output
+# Every table of the project is written by `write_frame`, whichever module calls it.
+defs_warehouse.TransactionalDuckDbClient.delete_table_slice = staticmethod(delete_then_hold)
+for module in (lib_warehouse, defs_warehouse, raw_assets):
+    if hasattr(module, "write_frame"):
+        module.write_frame = held_write
 
-job = load_definitions().resolve_job_def("build_feature_store")
+job = load_definitions().resolve_job_def(job_name)
 instance = dg.DagsterInstance.ephemeral()
-instance.add_dynamic_partitions("reference_date", [first, last])
-job.execute_in_process(instance=instance, tags=range_tags(first, last))
+if partitioned:
+    instance.add_dynamic_partitions("reference_date", [first, last])
+job.execute_in_process(
+    instance=instance,
+    tags=range_tags(first, last) if partitioned else None,
+    run_config={"ops": {"raw_tables": {"config": {"source": source}}}} if source != "-" else None,
+)
 print("FINISHED without being killed", flush=True)
-'''
+"""
 
-_HOLDING = re.compile(r"HOLDING stage=(\S+) table=(\S+) rows_in_range=(\d+)")
+_HOLDING = re.compile(r"HOLDING stage=(\S+) table=(\S+) rows_in_range=(\d+) counts=(\S+)")
+
+KILL_STAGES = [
+    pytest.param("after-delete", 0, id="killed-after-delete"),
+    pytest.param("after-insert", 1, id="killed-after-tampered-insert"),
+]
 
 
 def _wait_for_hold(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> re.Match[str]:
@@ -178,13 +217,43 @@ def child_process() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-@pytest.mark.parametrize(
-    ("stage", "rows_while_held"),
-    [
-        pytest.param("after-delete", 0, id="killed-after-delete"),
-        pytest.param("after-insert", 1, id="killed-after-tampered-insert"),
-    ],
-)
+def _kill_inside_a_write(
+    children: list[subprocess.Popen[bytes]],
+    folder: Path,
+    *,
+    job: str,
+    stage: str,
+    table: str,
+    span: tuple[str, str] | None = None,
+    source: Path | None = None,
+) -> re.Match[str]:
+    """Start `job` in a child process, wait until it holds inside the write transaction of
+    `table` (`schema.table`, or `schema.*` for the first table of the schema), SIGKILL it
+    there, and return what it announced while holding."""
+    schema, name = table.split(".")
+    script, log = folder / "killed_run.py", folder / "child.log"
+    script.write_text(CHILD, encoding="utf-8")
+    first, last = span or ("-", "-")
+    args = [job, stage, schema, name, first, last, str(source) if source else "-"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            cwd=REPO_ROOT,
+            env=os.environ.copy(),  # the session's OLIST_CHURN_DATA_DIR and settings
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    children.append(proc)
+    held = _wait_for_hold(proc, log, time.monotonic() + 150)
+    assert held.group(1) == stage
+    assert name in ("*", held.group(2))
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert "FINISHED" not in log.read_text(errors="replace")
+    return held
+
+
+@pytest.mark.parametrize(("stage", "rows_while_held"), KILL_STAGES)
 def test_run_killed_inside_a_partition_write_keeps_the_previous_rows_and_rerun_repairs(
     stage: str,
     rows_while_held: int,
@@ -198,26 +267,17 @@ def test_run_killed_inside_a_partition_write_keeps_the_previous_rows_and_rerun_r
     counts = {table: _rows_in_range(warehouse, table, partition_range) for table in FEATURE_TABLES}
     assert min(counts.values()) > 1  # a tampered 1-row write would be told apart
 
-    script, log = tmp_path / "killed_run.py", tmp_path / "child.log"
-    script.write_text(CHILD, encoding="utf-8")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), stage, *partition_range],
-            cwd=REPO_ROOT,
-            env=os.environ.copy(),  # the session's OLIST_CHURN_DATA_DIR and settings
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    child_process.append(proc)
-    held = _wait_for_hold(proc, log, time.monotonic() + 150)
-    assert held.group(1) == stage
+    held = _kill_inside_a_write(
+        child_process,
+        tmp_path,
+        job="build_feature_store",
+        stage=stage,
+        table="features.*",
+        span=partition_range,
+    )
     assert held.group(2) in FEATURE_TABLES
     # Inside the child's open transaction the partition really was deleted (or replaced).
     assert int(held.group(3)) == rows_while_held
-
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert "FINISHED" not in log.read_text(errors="replace")
 
     assert warehouse_checksums(warehouse) == before
     assert _rows_in_range(warehouse, held.group(2), partition_range) == counts[held.group(2)]
@@ -226,6 +286,141 @@ def test_run_killed_inside_a_partition_write_keeps_the_previous_rows_and_rerun_r
     assert rerun.success, failure_message(rerun)
     assert {t: _rows_in_range(warehouse, t, partition_range) for t in FEATURE_TABLES} == counts
     assert warehouse_checksums(warehouse) == before  # the features are deterministic
+
+
+# The raw load replaces nine tables: the kill lands in the first one's write, or halfway,
+# when six tables were already replaced inside the run's transaction.
+RAW_KILL_POINTS = [
+    pytest.param("orders", "after-insert", id="first-table-after-tampered-insert"),
+    pytest.param("sellers", "before-write", id="seventh-table-before-its-write"),
+    pytest.param("sellers", "after-insert", id="seventh-table-after-tampered-insert"),
+]
+
+
+def _raw_only(sums: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in sums.items() if k.startswith("raw.")}
+
+
+@pytest.mark.parametrize(("table", "stage"), RAW_KILL_POINTS)
+def test_raw_load_killed_inside_its_write_keeps_every_previous_raw_table(
+    table: str,
+    stage: str,
+    definitions: dg.Definitions,
+    data_dir: Path,
+    warehouse: Path,
+    good_snapshot: Path,
+    child_process: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """A raw load of other content (an earlier as-of snapshot) killed inside a table's
+    write leaves all nine raw tables, and everything else, exactly as they were."""
+    before = warehouse_checksums(warehouse)
+    assert len(_raw_only(before)) == len(TABLES)
+    incoming = load_dataset(good_snapshot)
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        stored = {
+            name: conn.execute(f"SELECT count(*) FROM raw.{name}").fetchone()[0] for name in TABLES
+        }
+    assert stored[table] > 1  # a tampered 1-row write would be told apart
+    assert stored["orders"] != incoming["orders"].height  # the snapshot's content differs
+
+    try:
+        held = _kill_inside_a_write(
+            child_process,
+            tmp_path,
+            job="load_raw_tables",
+            stage=stage,
+            table=f"raw.{table}",
+            source=good_snapshot,
+        )
+        assert warehouse_checksums(warehouse) == before
+        # What the child's open transaction held when it was killed: the target table
+        # replaced by one row (or not written yet) and, halfway, the tables before it
+        # already replaced by the snapshot's content.
+        assert int(held.group(3)) == (1 if stage == "after-insert" else stored[table])
+        if table != "orders":
+            assert json.loads(held.group(4))["orders"] == incoming["orders"].height
+
+        # The load, run again to its end, brings the other content in whole.
+        rerun = run_job(definitions, "load_raw_tables", source=good_snapshot)
+        assert rerun.success, failure_message(rerun)
+        with duckdb.connect(str(warehouse), read_only=True) as conn:
+            orders = conn.execute("SELECT count(*) FROM raw.orders").fetchone()
+        assert orders == (incoming["orders"].height,)
+        assert _raw_only(warehouse_checksums(warehouse)) != _raw_only(before)
+    finally:
+        # Loading the session's files again restores the exact previous content, for the
+        # tests after this one too.
+        restore = run_job(definitions, "load_raw_tables", source=data_dir / "raw")
+        assert restore.success, failure_message(restore)
+    assert warehouse_checksums(warehouse) == before
+
+
+@pytest.fixture(scope="module")
+def scored_range(
+    definitions: dg.Definitions, data_dir: Path, warehouse: Path, partition_range: tuple[str, str]
+) -> tuple[str, str]:
+    """The last two reference dates with their churn scores in the warehouse, scored by a
+    champion model (trained here when the session has none yet)."""
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    if champion_version(uri) is None:
+        features = definitions.resolve_job_def("build_feature_store")
+        keys = features.partitions_def.get_partition_keys()
+        built = run_job(definitions, "build_feature_store", partition_range=(keys[0], keys[-1]))
+        assert built.success, failure_message(built)
+        trained = definitions.resolve_job_def("train_churn_model").execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(),
+            run_config={"ops": {"ml__churn_model": {"config": SMALL_SPLIT}}},
+            raise_on_error=False,
+        )
+        assert trained.success, failure_message(trained)
+    assert champion_version(uri) is not None
+    scored = run_job(definitions, "rescore_with_champion", partition_range=partition_range)
+    assert scored.success, failure_message(scored)
+    return partition_range
+
+
+def _scores(path: Path, span: tuple[str, str]) -> pl.DataFrame:
+    """The scores of the range without their timestamp (a rescore stamps a new one)."""
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(
+            "SELECT * EXCLUDE (scored_at) FROM ml.churn_scores "
+            "WHERE reference_date BETWEEN ?::DATE AND ?::DATE ORDER BY reference_date, seller_id",
+            list(span),
+        ).pl()
+
+
+@pytest.mark.parametrize(("stage", "rows_while_held"), KILL_STAGES)
+def test_score_write_killed_keeps_the_previous_scores_and_rerun_repairs(
+    stage: str,
+    rows_while_held: int,
+    definitions: dg.Definitions,
+    warehouse: Path,
+    scored_range: tuple[str, str],
+    child_process: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    before = warehouse_checksums(warehouse)
+    scores = _scores(warehouse, scored_range)
+    assert scores.height > 1  # a tampered 1-row write would be told apart
+    assert sorted(set(scores.get_column("reference_date").cast(pl.String))) == list(scored_range)
+
+    held = _kill_inside_a_write(
+        child_process,
+        tmp_path,
+        job="rescore_with_champion",
+        stage=stage,
+        table="ml.churn_scores",
+        span=scored_range,
+    )
+    assert int(held.group(3)) == rows_while_held
+    assert warehouse_checksums(warehouse) == before  # scored_at included: the old rows
+
+    rerun = run_job(definitions, "rescore_with_champion", partition_range=scored_range)
+    assert rerun.success, failure_message(rerun)
+    # The same champion on the same features gives the same scores, freshly stamped.
+    assert _scores(warehouse, scored_range).equals(scores)
+    assert warehouse_checksums(warehouse)["ml.churn_scores"] != before["ml.churn_scores"]
 
 
 # --------------------------------------------------------------------------- (b) data dir

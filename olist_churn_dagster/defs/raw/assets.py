@@ -8,15 +8,17 @@ import polars as pl
 from pydantic import Field
 
 from olist_churn_dagster.defs.partitions import register_reference_dates
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
 from olist_churn_dagster.lib.loader import load_dataset
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.settings import Settings, load_settings
 from olist_churn_dagster.lib.snapshots import declared_as_of
+from olist_churn_dagster.lib.warehouse import write_frame
 
 RAW_GROUP = "raw"
+RAW_SCHEMA = "raw"
 
 
 class RawSourceConfig(dg.Config):
@@ -37,6 +39,13 @@ def _table_metadata(frame: pl.DataFrame, spec: TableSpec) -> dict[str, dg.Metada
     metadata: dict[str, dg.MetadataValue] = {
         "source_file": dg.MetadataValue.text(spec.file_name),
         "preview": dg.MetadataValue.md(frame_to_markdown(frame)),
+        "dagster/row_count": dg.MetadataValue.int(frame.height),
+        "dagster/table_name": dg.MetadataValue.text(f"{RAW_SCHEMA}.{spec.name}"),
+        "dagster/column_schema": dg.MetadataValue.table_schema(
+            dg.TableSchema(
+                columns=[dg.TableColumn(name=n, type=str(t)) for n, t in frame.schema.items()]
+            )
+        ),
     }
     timestamps = spec.timestamp_columns
     if timestamps and frame.height:
@@ -74,22 +83,25 @@ def _source_dates(
 
 
 @dg.multi_asset(
-    outs={
-        name: dg.AssetOut(
+    specs=[
+        dg.AssetSpec(
             key=raw_asset_key(name),
             group_name=RAW_GROUP,
             description=f"`{spec.file_name}` as loaded, typed and validated.",
             kinds={"duckdb", "polars"},
-            is_required=True,
+            skippable=False,
         )
         for name, spec in TABLES.items()
-    },
+    ],
     pool=WAREHOUSE_POOL,
 )
-def raw_tables(context: dg.AssetExecutionContext, config: RawSourceConfig):
-    """Load and validate every source file before writing any table, so bad input is
-    refused whole and the tables loaded before stay as they were. Once all are written,
-    the source's reference dates get their partitions."""
+def raw_tables(
+    context: dg.AssetExecutionContext, config: RawSourceConfig, warehouse: WarehouseResource
+):
+    """Load and validate every source file before writing any table, then replace all the
+    raw tables in one transaction: bad input is refused whole, and a run stopped halfway
+    (killed, out of memory) leaves every table as it was, never some tables new and some
+    old. Once they are committed, the source's reference dates get their partitions."""
     settings = load_settings()
     source = Path(config.source) if config.source else settings.raw_dir
     context.log.info(f"loading source tables from {source}")
@@ -104,15 +116,20 @@ def raw_tables(context: dg.AssetExecutionContext, config: RawSourceConfig):
             "score_sellers job for that partition instead.",
             allow_retries=False,
         )
+    frames = {
+        # an optional file that is absent: an empty table, same schema
+        name: tables[name] if tables.get(name) is not None else pl.DataFrame(schema=spec.schema)
+        for name, spec in TABLES.items()
+    }
+    with warehouse.transaction() as conn:
+        for name, frame in frames.items():
+            write_frame(conn, RAW_SCHEMA, name, frame)
+    new = register_reference_dates(context.instance, dates)
+    context.log.info(f"reference dates {dates[0]} .. {dates[-1]}: {len(new)} new partition(s)")
     served = {
         "as_of_date": dg.MetadataValue.text(dates[-1].isoformat()),
         "reference_dates": dg.MetadataValue.text(f"{dates[0]} .. {dates[-1]} ({len(dates)})"),
     }
-    for name, spec in TABLES.items():
-        frame = tables.get(name)
-        if frame is None:  # an optional file that is absent: an empty table, same schema
-            frame = pl.DataFrame(schema=spec.schema)
-        metadata = _table_metadata(frame, spec) | (served if name == "orders" else {})
-        yield dg.Output(frame, output_name=name, metadata=metadata)
-    new = register_reference_dates(context.instance, dates)
-    context.log.info(f"reference dates {dates[0]} .. {dates[-1]}: {len(new)} new partition(s)")
+    for name, frame in frames.items():
+        metadata = _table_metadata(frame, TABLES[name]) | (served if name == "orders" else {})
+        yield dg.MaterializeResult(asset_key=raw_asset_key(name), metadata=metadata)
