@@ -91,3 +91,39 @@ def test_incomplete_bad_and_older_snapshots(definitions, snapshots, full_tables,
     broken = _evaluate(definitions, launched.cursor)
     assert not broken.run_requests
     assert incomplete.name in broken.skip_reason.skip_message
+
+
+def test_a_failed_snapshot_run_is_named_until_a_rerun_succeeds(
+    definitions, snapshots, full_tables, data_dir
+):
+    day = _last_day(data_dir)
+    path = write_snapshot(cut_as_of(full_tables, day), snapshots, day)
+    sensor = definitions.resolve_sensor_def("snapshot_sensor")
+    job = definitions.resolve_job_def("load_snapshot")
+    raw_keys = list(definitions.resolve_assets_def(dg.AssetKey(["raw", "orders"])).keys)
+    with dg.instance_for_test() as instance:
+        first = sensor(dg.build_sensor_context(instance=instance))
+        (request,) = first.run_requests
+        (partitions,) = first.dynamic_partitions_requests
+        instance.add_dynamic_partitions(partitions.partitions_def_name, partitions.partition_keys)
+
+        def run(source: Path) -> dg.ExecuteInProcessResult:
+            return job.execute_in_process(
+                instance=instance,
+                partition_key=request.partition_key,
+                run_config={"ops": {"raw_tables": {"config": {"source": str(source)}}}},
+                tags=request.tags,
+                asset_selection=raw_keys,
+                raise_on_error=False,
+            )
+
+        failed = run(path.parent / "moved-away")  # the folder is gone when the run starts
+        assert not failed.success
+        tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        assert not tick.run_requests  # its run key is spent: only a re-execution loads it
+        expected = f"snapshot {day}: run {failed.run_id[:8]} failed; re-execute it from the UI"
+        assert expected in tick.skip_reason.skip_message
+
+        assert run(path).success  # the re-execution, with the snapshot back in place
+        tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        assert "failed" not in tick.skip_reason.skip_message

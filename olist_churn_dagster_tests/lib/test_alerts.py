@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from olist_churn_dagster.lib.alerts import Alert, read_alerts, record_alert, scores_freshness
+
+DEADLINE = time(4, 0)
+
+
+@pytest.fixture()
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A chat webhook stand-in on 127.0.0.1 that keeps what it was posted."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hooks/churn", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _alert() -> Alert:
+    return Alert(
+        kind="run_failure",
+        title="Run of load_snapshot failed (abc)",
+        detail="warehouse is locked",
+        fields={"run_id": "abc", "olist/snapshot": "2018-10-20"},
+    )
+
+
+def test_alerts_are_appended_to_the_file_and_posted_nowhere_by_default(tmp_path: Path):
+    path = tmp_path / "alerts" / "alerts.jsonl"
+    assert record_alert(_alert(), path) is None
+    assert record_alert(Alert("scores_stale", "late", "missing"), path) is None
+    alerts = read_alerts(path)
+    assert [a["kind"] for a in alerts] == ["run_failure", "scores_stale"]
+    assert alerts[0]["fields"]["olist/snapshot"] == "2018-10-20"
+    assert datetime.fromisoformat(alerts[0]["at"]).tzinfo is not None
+
+
+def test_a_webhook_receives_the_alert_text(tmp_path: Path, webhook):
+    url, received = webhook
+    assert record_alert(_alert(), tmp_path / "alerts.jsonl", url) is None
+    (body,) = received
+    assert body["text"].startswith("Run of load_snapshot failed (abc)\nwarehouse is locked")
+    assert "olist/snapshot: 2018-10-20" in body["text"]
+
+
+def test_an_unreachable_webhook_keeps_the_alert_on_file(tmp_path: Path, webhook):
+    url, _ = webhook
+    dead = url.rsplit(":", 1)[0] + ":9/hook"  # nothing listens on the discard port
+    problem = record_alert(_alert(), tmp_path / "alerts.jsonl", dead)
+    assert problem is not None and "did not take the alert" in problem
+    assert len(read_alerts(tmp_path / "alerts.jsonl")) == 1
+
+
+@pytest.mark.parametrize(
+    ("now", "scored", "expected", "passed"),
+    [
+        (datetime(2018, 10, 20, 4, 0, tzinfo=UTC), ["2018-10-20"], date(2018, 10, 20), True),
+        (datetime(2018, 10, 20, 4, 0, tzinfo=UTC), ["2018-10-19"], date(2018, 10, 20), False),
+        (datetime(2018, 10, 20, 3, 59, tzinfo=UTC), ["2018-10-19"], date(2018, 10, 19), True),
+        (datetime(2018, 10, 20, 3, 59, tzinfo=UTC), ["2018-10-18"], date(2018, 10, 19), False),
+        (datetime(2018, 10, 20, 12, 0, tzinfo=UTC), [], date(2018, 10, 20), False),
+    ],
+)
+def test_freshness_expects_today_after_the_deadline(now, scored, expected, passed):
+    freshness = scores_freshness(now, DEADLINE, scored)
+    assert (freshness.expected, freshness.passed) == (expected, passed)
+    assert ("are there" if passed else "are missing") in freshness.describe()
