@@ -178,13 +178,14 @@ def test_partition_status_renders(
     assert stats["numPartitions"] == len(_reference_dates(dagster_server))
     assert stats["numMaterialized"] > 0, f"{path}: prepare should have materialized partitions"
     assert stats["numFailed"] == 0
-    newest = _reference_dates(dagster_server)[-1]
+    # Dynamic partitions are listed in the order they were registered: oldest date first.
+    oldest = _reference_dates(dagster_server)[0]
     expected = [
         path[-1],
         f"{stats['numPartitions']} Partitions Selected",
         f"Materialized ({stats['numMaterialized']})",
         "Failed (0)",
-        newest,
+        oldest,
     ]
     url = f"{dagster_server.url}/assets/{'/'.join(path)}?view=partitions"
     open_and_wait(browser, url, expected, shot)

@@ -1,0 +1,120 @@
+"""The daily loop as an operator runs it: a snapshot landing under a real `dagster dev`
+(sensor on, the instance `make run` sets up) until its scores are committed.
+
+    uv run python bench/live_loop.py [--scale 1] [--hold 20] [--root /tmp/olist-live-bench]
+
+Generates the demo data at the scale, runs `olist-churn prepare`, starts `dagster dev`,
+then lands two snapshots (the next two days, cut from the same data): the first freely,
+the second while a reader holds the warehouse file open for `--hold` seconds (as a
+notebook would). Prints, for each, the seconds from the marker written to the run's
+sensor launch and to its end (scores committed), the step retries, and the run's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from olist_churn_dagster_tests.e2e.conftest import _environment  # noqa: E402
+from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
+    DagsterDev,
+    GraphQL,
+    runs,
+    tags_of,
+    wait_for,
+)
+
+READER = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+READER += "print('READING', flush=True); time.sleep(float(sys.argv[2]))"
+
+RETRIES = """
+query Logs($runId: ID!) { logsForRun(runId: $runId, limit: 5000) {
+  ... on EventConnection { events { __typename } } } }
+"""
+
+
+def _cli(env: dict, *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([str(REPO / ".venv/bin/olist-churn"), *args], env=env, check=True, cwd=REPO)
+    return time.perf_counter() - started
+
+
+def _land(env: dict, data: Path, day: date) -> float:
+    """Cut and write the snapshot of `day`; returns the wall-clock time of its marker."""
+    _cli(env, "replay", str(data / "raw"), "--start", str(day), "--end", str(day))
+    return time.time()
+
+
+def _wait_run(gql: GraphQL, day: date) -> dict:
+    def finished() -> dict | None:
+        found = runs(gql, tags={"olist/snapshot": day.isoformat()})
+        done = [r for r in found if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+        return done[0] if done else None
+
+    return wait_for(f"the run of snapshot {day}", finished, timeout=900, interval=0.5)
+
+
+def _report(gql: GraphQL, label: str, run: dict, marker: float) -> None:
+    events = gql(RETRIES, {"runId": run["runId"]})["logsForRun"]["events"]
+    retries = sum(e["__typename"] == "ExecutionStepUpForRetryEvent" for e in events)
+    print(
+        f"{label:34s} {run['status']:8s} to launch {run['creationTime'] - marker:6.1f} s  "
+        f"to scores committed {run['endTime'] - marker:6.1f} s  "
+        f"run {run['endTime'] - run['startTime']:6.1f} s  step retries {retries}",
+        flush=True,
+    )
+    assert tags_of(run)["dagster/partition"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--hold", type=float, default=20.0)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/olist-live-bench"))
+    args = parser.parse_args()
+
+    shutil.rmtree(args.root, ignore_errors=True)
+    data = args.root / "data"
+    home = data / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # as `make run` does
+    env = _environment(data, home)
+    seconds = _cli(env, "generate", str(data / "raw"), "--scale", str(args.scale))
+    print(f"generate scale {args.scale}: {seconds:.1f} s")
+    print(f"olist-churn prepare: {_cli(env, 'prepare'):.1f} s", flush=True)
+
+    server = DagsterDev(REPO, env, log_path=args.root / "dagster-dev.log")
+    server.start()
+    try:
+        server.wait_ready(timeout=180)
+        gql = GraphQL(server.url)
+        today = date.today()
+        free = today + timedelta(days=1)
+        marker = _land(env, data, free)
+        _report(gql, f"snapshot {free}", _wait_run(gql, free), marker)
+
+        held = today + timedelta(days=2)
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READER, str(data / "warehouse.duckdb"), str(args.hold)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "READING"
+        marker = _land(env, data, held)
+        run = _wait_run(gql, held)
+        reader.wait()
+        _report(gql, f"snapshot {held}, reader {args.hold:.0f} s", run, marker)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
