@@ -79,9 +79,14 @@ class Recipe:
     monotone: Mapping[str, int] = field(default_factory=dict)
 
     def feature_names(self, abt: pl.DataFrame) -> list[str]:
+        """The recipe's features present in `abt` (a missing one is skipped, none is an
+        error), so the baseline still runs on an ABT whose catalogue lacks a column."""
         if self.features is None:
             return feature_columns(abt)
-        return [f for f in self.features if f in abt.columns]
+        names = [f for f in self.features if f in abt.columns]
+        if not names:
+            raise ValueError(f"none of the recipe's features are in the ABT: {self.features}")
+        return names
 
     def xgb_extra(self, names: Sequence[str]) -> dict[str, Any]:
         used = {k: v for k, v in self.monotone.items() if k in names}
