@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     base_row = means.filter(pl.col("scorer") == SIMPLE_BASELINE).row(0, named=True)
                     rec_row = means.filter(pl.col("scorer") == "recency_rule").row(0, named=True)
                     chosen = run.chosen_calibration()
-                    cal = run.calibration.group_by("method").agg(pl.col("ece").mean())
+                    cal = run.calibration()
                     ece = dict(zip(cal["method"], cal["ece"], strict=True))
                     summary.append(
                         {

@@ -138,30 +138,44 @@ def walk_forward_plans(
     return plans
 
 
+def calibrated_name(scorer: str, method: str) -> str:
+    """The table's scorer name of a calibrated variant (`none` is the scorer itself)."""
+    return scorer if method == "none" else f"{scorer}_{method}"
+
+
 @dataclass
 class BacktestResult:
-    """Per-cutoff metrics, the scored rows, and the calibration comparison."""
+    """Per-cutoff metrics and the scored rows of every scorer (calibrated variants of the
+    calibrated recipe are scorers of their own, e.g. `model_platt`)."""
 
     table: pl.DataFrame  # cutoff, scorer, rows, churn_rate, metrics
     scores: pl.DataFrame  # cutoff, seller_id, churned, one column per scorer
-    calibration: pl.DataFrame  # cutoff, method, ece, brier, log_loss
     plans: list[SplitPlan]
     seconds: float
+    calibrated: str | None = MODEL
     best_iterations: dict[str, list[int]] = field(default_factory=dict)
 
     def cutoffs(self) -> list[date]:
         return [p.test[0] for p in self.plans]
 
-    def chosen_calibration(self) -> str:
-        """The method with the lowest mean backtest ECE (Brier breaks ties)."""
-        if self.calibration.height == 0:
-            return "none"
-        ranked = (
-            self.calibration.group_by("method")
-            .agg(pl.col("ece").mean(), pl.col("brier").mean())
+    def calibration(self) -> pl.DataFrame:
+        """Mean backtest ECE, Brier and log loss per calibration method, best first."""
+        if self.calibrated is None:
+            return pl.DataFrame(schema={"method": pl.String, "ece": pl.Float64})
+        names = {calibrated_name(self.calibrated, m): m for m in METHODS}
+        return (
+            self.table.filter(pl.col("scorer").is_in(list(names)))
+            .group_by("scorer")
+            .agg(pl.col("ece").mean(), pl.col("brier").mean(), pl.col("roc_auc").mean())
+            .with_columns(pl.col("scorer").replace_strict(names).alias("method"))
+            .select("method", "ece", "brier", "roc_auc")
             .sort("ece", "brier")
         )
-        return str(ranked["method"][0])
+
+    def chosen_calibration(self) -> str:
+        """The method with the lowest mean backtest ECE (Brier breaks ties)."""
+        ranked = self.calibration()
+        return str(ranked["method"][0]) if ranked.height else "none"
 
 
 def _rows(frame: pl.DataFrame, dates: Sequence[date]) -> pl.DataFrame:
@@ -179,11 +193,11 @@ def run_backtest(
     """Train every recipe for every plan and score the plan's cutoff cohort.
 
     The recipe named `calibrate` also gets each calibration method fitted on its
-    validation scores and judged on the cutoff (the `calibration` table).
+    validation scores (the latest cohorts before the cutoff) and applied to the cutoff:
+    scorers `<name>_platt` and `<name>_isotonic`.
     """
     started = time.perf_counter()
     metric_rows: list[dict[str, Any]] = []
-    calibration_rows: list[dict[str, Any]] = []
     score_parts: list[pl.DataFrame] = []
     best: dict[str, list[int]] = {name: [] for name in recipes}
     for plan in plans:  # one iteration per cutoff
@@ -201,13 +215,9 @@ def run_backtest(
             if name == calibrate:
                 valid_scores = predict(booster, valid, names)
                 y_valid = valid.get_column(LABEL).to_numpy()
-                for method in METHODS:
-                    calibrated = fit_calibrator(y_valid, valid_scores, method).apply(scores[name])
-                    m = evaluate_scores(y, calibrated)
-                    calibration_rows.append(
-                        {"cutoff": cutoff, "method": method}
-                        | {k: m[k] for k in ("ece", "brier", "log_loss", "roc_auc")}
-                    )
+                for method in METHODS[1:]:
+                    calibrator = fit_calibrator(y_valid, valid_scores, method)
+                    scores[calibrated_name(name, method)] = calibrator.apply(scores[name])
         if include_recency:
             rate = float(train.get_column(LABEL).mean())
             scores[RECENCY_RULE] = baseline_scores(test, train_base_rate=rate)[RECENCY_RULE]
@@ -230,9 +240,9 @@ def run_backtest(
     return BacktestResult(
         table=pl.DataFrame(metric_rows),
         scores=pl.concat(score_parts),
-        calibration=pl.DataFrame(calibration_rows),
         plans=list(plans),
         seconds=time.perf_counter() - started,
+        calibrated=calibrate if calibrate in recipes else None,
         best_iterations=best,
     )
 
@@ -316,7 +326,8 @@ def backtest_figure(table: pl.DataFrame, model_gap: Gap) -> Figure:
     wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
     labels = [d.isoformat() for d in wide.get_column("cutoff").to_list()]
     x = np.arange(len(labels))
-    for scorer in [c for c in wide.columns if c != "cutoff"]:
+    calibrated = tuple(f"_{m}" for m in METHODS[1:])
+    for scorer in [c for c in wide.columns if c != "cutoff" and not c.endswith(calibrated)]:
         auc_ax.plot(x, wide.get_column(scorer).to_numpy(), marker="o", label=scorer)
     auc_ax.set(title="ROC AUC per cutoff", ylabel="ROC AUC", xticks=x)
     auc_ax.set_xticklabels(labels, rotation=45, ha="right", fontsize="small")

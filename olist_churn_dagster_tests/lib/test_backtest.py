@@ -78,8 +78,14 @@ def result(abt, recipes):
 
 def test_backtest_reports_every_cutoff_and_scorer(result, abt):
     table = result.table
-    assert table.height == 4 * 3
-    assert set(table.get_column("scorer")) == {MODEL, SIMPLE_BASELINE, RECENCY_RULE}
+    assert table.height == 4 * 5
+    assert set(table.get_column("scorer")) == {
+        MODEL,
+        "model_platt",
+        "model_isotonic",
+        SIMPLE_BASELINE,
+        RECENCY_RULE,
+    }
     cutoffs = sorted(abt.get_column("reference_date").unique())[-4:]
     assert result.cutoffs() == cutoffs
     per_cutoff = abt.group_by("reference_date").len()
@@ -90,8 +96,13 @@ def test_backtest_reports_every_cutoff_and_scorer(result, abt):
     assert result.scores.height == sum(
         per_cutoff.filter(pl.col("reference_date").is_in(cutoffs))["len"]
     )
-    assert result.calibration.height == 4 * 3  # none, platt, isotonic per cutoff
-    assert result.chosen_calibration() in {"none", "platt", "isotonic"}
+    calibration = result.calibration()
+    assert calibration["method"].sort().to_list() == ["isotonic", "none", "platt"]
+    assert calibration["ece"].is_sorted()
+    assert result.chosen_calibration() == calibration["method"][0]
+    platt = table.filter(pl.col("scorer") == "model_platt")["roc_auc"].to_numpy()
+    raw = table.filter(pl.col("scorer") == MODEL)["roc_auc"].to_numpy()
+    np.testing.assert_allclose(platt, raw, atol=1e-9)  # Platt is monotone: same ranking
 
 
 def test_model_with_the_signal_beats_the_weak_baseline(result):
