@@ -12,9 +12,10 @@ and the per-cutoff gaps give a mean with a confidence interval instead of a sing
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
@@ -344,3 +345,34 @@ def backtest_figure(table: pl.DataFrame, model_gap: Gap) -> Figure:
     gap_ax.set_xticklabels(labels, rotation=45, ha="right", fontsize="small")
     gap_ax.legend(loc="lower left", fontsize="small")
     return fig
+
+
+def backtest_model(
+    abt: pl.DataFrame,
+    params: ModelParams,
+    *,
+    n_cutoffs: int,
+    n_valid: int = 2,
+    horizon_days: int = 45,
+    features: Sequence[str] | None = None,
+    baselines: bool = True,
+) -> BacktestResult:
+    """The project's backtest of one model recipe (all ABT features unless `features`)
+    over the last `n_cutoffs` cohorts of `abt`, with the simple baseline and the recency
+    rule when `baselines`: what the backtest asset reports and the champion gate reruns."""
+    plans = walk_forward_plans(
+        abt.get_column("reference_date").unique().to_list(),
+        n_cutoffs=n_cutoffs,
+        n_valid=n_valid,
+        horizon_days=horizon_days,
+    )
+    recipes = {MODEL: Recipe(params=params, features=None if features is None else tuple(features))}
+    if baselines:
+        recipes[SIMPLE_BASELINE] = simple_baseline()
+    return run_backtest(abt, plans, recipes, include_recency=baselines)
+
+
+def params_key(params: ModelParams) -> str:
+    """A stable text of a recipe's parameters, stored beside backtest rows so a later
+    step can tell whether they describe the recipe it trains."""
+    return json.dumps(asdict(params), sort_keys=True)

@@ -62,6 +62,7 @@ class Settings:
     warehouse: str  # a DuckDB file path, or a server database such as "md:olist_churn"
     mlflow_tracking_uri: str
     executor: str
+    backtest_cutoffs: int = 6  # mature monthly cohorts the walk-forward backtest scores
 
     @property
     def raw_dir(self) -> Path:
@@ -104,6 +105,7 @@ def load_settings() -> Settings:
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         executor=_env("EXECUTOR", "in_process") or "in_process",
+        backtest_cutoffs=_env_int("BACKTEST_CUTOFFS", 6),
     )
     if settings.executor not in EXECUTORS:
         raise SettingsError(
@@ -115,6 +117,8 @@ def load_settings() -> Settings:
         raise SettingsError(f"{ENV_PREFIX}WINDOW_DAYS must be at least 1")
     if settings.feature_batch_rows < 1:
         raise SettingsError(f"{ENV_PREFIX}FEATURE_BATCH_ROWS must be at least 1")
+    if settings.backtest_cutoffs < 1:
+        raise SettingsError(f"{ENV_PREFIX}BACKTEST_CUTOFFS must be at least 1")
     if settings.rescore_days < 1:
         raise SettingsError(f"{ENV_PREFIX}RESCORE_DAYS must be at least 1")
     if not 1 <= settings.cohort_day <= 28:

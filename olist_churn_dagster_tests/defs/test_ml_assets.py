@@ -185,3 +185,60 @@ def test_monitoring_reports_realized_performance_and_drift(trained, definitions,
     ]
     assert drift.metadata["features"].value > 50
     assert drift.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    _, _, result = trained
+    (materialization,) = result.asset_materializations_for_node("ml__backtest")
+    metadata = materialization.metadata
+    cutoffs = metadata["cutoffs"].value
+    assert cutoffs >= 3
+    per_cutoff = metadata["roc_auc_per_cutoff"].value
+    assert "simple_gbm" in per_cutoff and "recency_rule" in per_cutoff
+    assert per_cutoff.count("\n| 20") == cutoffs  # one table row per cutoff date
+    assert metadata["plots"].value.count("data:image/png;base64") == 2
+    low, high = metadata["gap_vs_simple_gbm_ci95"].value
+    assert low <= metadata["gap_vs_simple_gbm"].value <= high
+    assert metadata["calibration"].value in {"none", "platt", "isotonic"}
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        table = conn.execute("SELECT * FROM ml.backtest").pl()
+    assert table.height == cutoffs * 5
+    assert table.get_column("roc_auc").is_between(0, 1).all()
+    assert table.filter(pl.col("scorer") == "model")["model_params"].null_count() == 0
+    client = MlflowClient(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(metadata["mlflow_run_id"].value)
+    assert run.data.tags["kind"] == "backtest"
+    assert "gap_vs_simple_gbm" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "backtest_model_roc_auc")
+    assert len(history) == cutoffs
+
+
+def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir: Path):
+    """The first model was promoted on the backtest; a crippled recipe backtests worse on
+    the same cutoffs and is registered but not promoted, with both tables shown."""
+    instance, _, first = trained
+    (model,) = first.asset_materializations_for_node("ml__churn_model")
+    assert "gate_candidate_backtest" in model.metadata
+    crippled = {
+        **SMALL_SPLIT,
+        "max_depth": 1,
+        "n_estimators": 2,
+        "learning_rate": 0.01,
+        "colsample_bytree": 0.1,
+    }
+    result = definitions.resolve_job_def("train_churn_model").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"ml__churn_model": {"config": crippled}}},
+    )
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("ml__churn_model")
+    metadata = materialization.metadata
+    assert metadata["promoted"].value is False
+    assert "mean backtest roc_auc" in metadata["promotion_decision"].value
+    assert metadata["candidate_score"].value < metadata["champion_score"].value
+    for table in ("gate_candidate_backtest", "gate_champion_backtest"):
+        assert metadata[table].value.count("\n| 20") >= 3
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    assert champion_version(uri) == "1"

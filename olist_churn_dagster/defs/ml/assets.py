@@ -3,6 +3,7 @@ daily churn scores."""
 
 import base64
 import io
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -20,6 +21,8 @@ from olist_churn_dagster.defs.partitions import reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.abt import build_abt, cohort_dates, join_features
+from olist_churn_dagster.lib.backtest import MODEL as MODEL_SCORER
+from olist_churn_dagster.lib.backtest import backtest_model, params_key
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.labels import churn_labels
 from olist_churn_dagster.lib.markdown import frame_to_markdown
@@ -28,7 +31,8 @@ from olist_churn_dagster.lib.scoring import score_sellers
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tracking import (
     CHAMPION_ALIAS,
-    champion_gate,
+    GateDecision,
+    backtest_champion_gate,
     load_champion,
     log_and_register,
 )
@@ -39,6 +43,7 @@ SCORING_GROUP = "scoring"
 ABT_KEY = dg.AssetKey(["ml", "abt"])
 MODEL_KEY = dg.AssetKey(["ml", "churn_model"])
 SCORES_KEY = dg.AssetKey(["ml", "churn_scores"])
+BACKTEST_KEY = dg.AssetKey(["ml", "backtest"])
 FEATURE_KEYS = [feature_asset_key(f) for f in FEATURE_FAMILIES]
 _DEFAULTS = ModelParams()
 
@@ -128,13 +133,65 @@ def png_markdown(figures: dict) -> str:
     return "\n\n".join(parts)
 
 
+def backtest_gate(
+    abt: pl.DataFrame,
+    backtest: pl.DataFrame,
+    config: TrainingConfig,
+    *,
+    uri: str,
+    candidate_version: str,
+) -> tuple[GateDecision, dict[str, dg.MetadataValue]]:
+    """The champion gate on the backtest's cutoffs: the candidate's per-cutoff rows come
+    from ml/backtest when it backtested this recipe (else they are rerun); the champion's
+    recipe is rerun on the same cutoffs. Returns the decision and both tables."""
+    settings = load_settings()
+    rows = backtest.filter(pl.col("scorer") == MODEL_SCORER)
+    params = config.model_params()
+
+    def rerun(recipe: ModelParams, features: Sequence[str] | None) -> pl.DataFrame:
+        result = backtest_model(
+            abt,
+            recipe,
+            n_cutoffs=rows.height,
+            n_valid=config.n_valid_cohorts,
+            horizon_days=settings.churn_horizon_days,
+            features=features,
+            baselines=False,
+        )
+        return result.table.filter(pl.col("scorer") == MODEL_SCORER)
+
+    if "model_params" not in rows.columns or rows["model_params"][0] != params_key(params):
+        rows = rerun(params, None)
+    decision, champion_rows = backtest_champion_gate(
+        tracking_uri=uri,
+        candidate_version=candidate_version,
+        candidate_params=params,
+        candidate_table=rows,
+        rerun=rerun,
+        abt_columns=abt.columns,
+        metric=config.promotion_metric,
+        tolerance=config.promotion_tolerance,
+    )
+    shown = ["cutoff", "rows", "roc_auc", "pr_auc", "brier", "ece"]
+    tables = {
+        "gate_candidate_backtest": dg.MetadataValue.md(frame_to_markdown(rows.select(shown))),
+        "gate_champion_backtest": dg.MetadataValue.md(
+            frame_to_markdown(champion_rows.select(shown))
+            if champion_rows is not None
+            else f"_no champion backtest: {decision.reason}_"
+        ),
+    }
+    return decision, tables
+
+
 @dg.asset(
     key=MODEL_KEY,
     group_name=MODEL_GROUP,
     description="XGBoost churn model: trained on earlier cohorts, early-stopped on later "
     "ones, tested out of time; logged and registered in MLflow, promoted to "
-    f"'{CHAMPION_ALIAS}' only when not worse than the current champion.",
-    ins={"abt": dg.AssetIn(key=ABT_KEY)},
+    f"'{CHAMPION_ALIAS}' only when its mean walk-forward backtest AUC is not worse than the "
+    "current champion's recipe on the same cutoffs.",
+    ins={"abt": dg.AssetIn(key=ABT_KEY), "backtest": dg.AssetIn(key=BACKTEST_KEY)},
     kinds={"xgboost", "mlflow"},
     pool=WAREHOUSE_POOL,
 )
@@ -142,6 +199,7 @@ def churn_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     abt: pl.DataFrame,
+    backtest: pl.DataFrame,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     cohorts = abt.get_column("reference_date").unique().sort().to_list()
@@ -162,13 +220,8 @@ def churn_model(
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
     )
-    oot = abt.filter(pl.col("reference_date").is_in(plan.test))
-    decision = champion_gate(
-        tracking_uri=uri,
-        candidate_version=registered.model_version,
-        test_frame_features=oot,
-        metric=config.promotion_metric,
-        tolerance=config.promotion_tolerance,
+    decision, gate_tables = backtest_gate(
+        abt, backtest, config, uri=uri, candidate_version=registered.model_version
     )
     comparison = result.comparison_table()
     return dg.MaterializeResult(
@@ -191,6 +244,7 @@ def churn_model(
             "oot_metrics_vs_baselines": dg.MetadataValue.md(frame_to_markdown(comparison)),
             "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
             "plots": dg.MetadataValue.md(png_markdown(result.figures)),
+            **gate_tables,
         }
     )
 
