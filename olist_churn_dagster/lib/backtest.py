@@ -144,6 +144,29 @@ def calibrated_name(scorer: str, method: str) -> str:
     return scorer if method == "none" else f"{scorer}_{method}"
 
 
+def calibration_table(table: pl.DataFrame, scorer: str | None = MODEL) -> pl.DataFrame:
+    """Mean backtest ECE, Brier and ROC AUC of `scorer` per calibration method (from a
+    per-cutoff table with its calibrated variants), lowest ECE first."""
+    names = {} if scorer is None else {calibrated_name(scorer, m): m for m in METHODS}
+    return (
+        table.filter(pl.col("scorer").is_in(list(names)))
+        .group_by("scorer")
+        .agg(pl.col("ece").mean(), pl.col("brier").mean(), pl.col("roc_auc").mean())
+        .with_columns(
+            pl.col("scorer").replace_strict(names, return_dtype=pl.String).alias("method")
+        )
+        .select("method", "ece", "brier", "roc_auc")
+        .sort("ece", "brier")
+    )
+
+
+def choose_calibration(table: pl.DataFrame, scorer: str | None = MODEL) -> str:
+    """The calibration method with the lowest mean backtest ECE (Brier breaks ties);
+    `none` when the table holds no calibrated variants."""
+    ranked = calibration_table(table, scorer)
+    return str(ranked["method"][0]) if ranked.height else "none"
+
+
 @dataclass
 class BacktestResult:
     """Per-cutoff metrics and the scored rows of every scorer (calibrated variants of the
@@ -160,23 +183,12 @@ class BacktestResult:
         return [p.test[0] for p in self.plans]
 
     def calibration(self) -> pl.DataFrame:
-        """Mean backtest ECE, Brier and log loss per calibration method, best first."""
-        if self.calibrated is None:
-            return pl.DataFrame(schema={"method": pl.String, "ece": pl.Float64})
-        names = {calibrated_name(self.calibrated, m): m for m in METHODS}
-        return (
-            self.table.filter(pl.col("scorer").is_in(list(names)))
-            .group_by("scorer")
-            .agg(pl.col("ece").mean(), pl.col("brier").mean(), pl.col("roc_auc").mean())
-            .with_columns(pl.col("scorer").replace_strict(names).alias("method"))
-            .select("method", "ece", "brier", "roc_auc")
-            .sort("ece", "brier")
-        )
+        """Mean backtest ECE, Brier and ROC AUC per calibration method, best first."""
+        return calibration_table(self.table, self.calibrated)
 
     def chosen_calibration(self) -> str:
         """The method with the lowest mean backtest ECE (Brier breaks ties)."""
-        ranked = self.calibration()
-        return str(ranked["method"][0]) if ranked.height else "none"
+        return choose_calibration(self.table, self.calibrated)
 
 
 def _rows(frame: pl.DataFrame, dates: Sequence[date]) -> pl.DataFrame:

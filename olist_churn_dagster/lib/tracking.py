@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +32,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from olist_churn_dagster.lib.abt import LABEL
+from olist_churn_dagster.lib.calibration import Calibrator
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.model import (
     LOWER_IS_BETTER,
@@ -44,6 +45,7 @@ from olist_churn_dagster.lib.model import (
 MODEL_NAME = "olist-seller-churn"
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT = "model"
+CALIBRATION_ARTIFACT = "calibration.json"
 _URI_LOCK = threading.RLock()
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -79,6 +81,7 @@ class LoadedModel:
     version: str
     feature_names: list[str]
     run_id: str | None
+    calibrator: Calibrator = field(default_factory=Calibrator)
 
 
 class NoChampionError(LookupError):
@@ -320,7 +323,29 @@ def load_model_version(tracking_uri: str, version: str) -> LoadedModel:
         version=str(model_version.version),
         feature_names=list(booster.feature_names),
         run_id=model_version.run_id,
+        calibrator=load_calibrator(tracking_uri, model_version.run_id),
     )
+
+
+def log_calibration(tracking_uri: str, run_id: str, version: str, calibrator: Calibrator) -> None:
+    """Store the calibration map beside the model (run artifact) and name it on the
+    version, so scoring applies exactly the map chosen at training time."""
+    client = _client(tracking_uri)
+    client.log_dict(run_id, calibrator.as_dict(), CALIBRATION_ARTIFACT)
+    client.set_model_version_tag(MODEL_NAME, version, "calibration", calibrator.method)
+
+
+def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:
+    """The run's calibration map; the identity for a run logged without one (older
+    versions keep scoring as they did)."""
+    if not run_id:
+        return Calibrator()
+    try:
+        with mlflow_uri(tracking_uri):
+            data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CALIBRATION_ARTIFACT}")
+    except (MlflowException, OSError):
+        return Calibrator()
+    return Calibrator.from_dict(data)
 
 
 def champion_version(tracking_uri: str) -> str | None:

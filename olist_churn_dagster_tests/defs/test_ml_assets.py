@@ -221,6 +221,13 @@ def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir
     instance, _, first = trained
     (model,) = first.asset_materializations_for_node("ml__churn_model")
     assert "gate_candidate_backtest" in model.metadata
+    method = model.metadata["calibration"].value
+    assert method in {"none", "platt", "isotonic"}
+    assert "data:image/png;base64" in model.metadata["reliability"].value
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    from olist_churn_dagster.lib.tracking import load_champion
+
+    assert load_champion(uri).calibrator.method == method  # scoring applies the same map
     crippled = {
         **SMALL_SPLIT,
         "max_depth": 1,
@@ -240,5 +247,4 @@ def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir
     assert metadata["candidate_score"].value < metadata["champion_score"].value
     for table in ("gate_candidate_backtest", "gate_champion_backtest"):
         assert metadata[table].value.count("\n| 20") >= 3
-    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
     assert champion_version(uri) == "1"

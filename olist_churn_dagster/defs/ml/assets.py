@@ -5,6 +5,7 @@ import base64
 import io
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -22,11 +23,26 @@ from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.abt import build_abt, cohort_dates, join_features
 from olist_churn_dagster.lib.backtest import MODEL as MODEL_SCORER
-from olist_churn_dagster.lib.backtest import backtest_model, params_key
+from olist_churn_dagster.lib.backtest import (
+    backtest_model,
+    calibration_table,
+    choose_calibration,
+    params_key,
+)
+from olist_churn_dagster.lib.calibration import Calibrator, fit_calibrator
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.labels import churn_labels
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import ModelParams, plan_time_split, train_churn_model
+from olist_churn_dagster.lib.model import (
+    ModelParams,
+    SplitPlan,
+    TrainResult,
+    evaluate_scores,
+    plan_time_split,
+    predict,
+    train_churn_model,
+)
+from olist_churn_dagster.lib.plots import calibration_figure
 from olist_churn_dagster.lib.scoring import score_sellers
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tracking import (
@@ -35,6 +51,7 @@ from olist_churn_dagster.lib.tracking import (
     backtest_champion_gate,
     load_champion,
     log_and_register,
+    log_calibration,
 )
 from olist_churn_dagster.lib.warehouse import read_tables
 
@@ -133,6 +150,34 @@ def png_markdown(figures: dict) -> str:
     return "\n\n".join(parts)
 
 
+def calibrate(
+    abt: pl.DataFrame, plan: SplitPlan, result: TrainResult, backtest: pl.DataFrame
+) -> tuple[Calibrator, dict[str, Any]]:
+    """Fit the calibration the backtest chose (lowest mean ECE over the cutoffs) on the
+    model's validation cohorts, the latest before the test block; show its effect on the
+    out-of-time cohorts as a reliability curve."""
+    method = choose_calibration(backtest)
+    valid = abt.filter(pl.col("reference_date").is_in(plan.valid))
+    calibrator = fit_calibrator(
+        valid.get_column("churned").to_numpy(),
+        predict(result.booster, valid, result.feature_names),
+        method,
+    )
+    y = result.test_frame.get_column("churned").to_numpy()
+    raw = result.test_frame.get_column("score").to_numpy()
+    calibrated = calibrator.apply(raw)
+    figure = calibration_figure(y, {"model": raw, f"model, {method}": calibrated})
+    return calibrator, {
+        "calibration": method,
+        "oot_ece": result.metrics["ece"],
+        "oot_ece_calibrated": evaluate_scores(y, calibrated)["ece"],
+        "calibration_by_backtest": dg.MetadataValue.md(
+            frame_to_markdown(calibration_table(backtest))
+        ),
+        "reliability": dg.MetadataValue.md(png_markdown({"reliability (OOT)": figure})),
+    }
+
+
 def backtest_gate(
     abt: pl.DataFrame,
     backtest: pl.DataFrame,
@@ -220,6 +265,8 @@ def churn_model(
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
     )
+    calibrator, calibration_metadata = calibrate(abt, plan, result, backtest)
+    log_calibration(uri, registered.run_id, registered.model_version, calibrator)
     decision, gate_tables = backtest_gate(
         abt, backtest, config, uri=uri, candidate_version=registered.model_version
     )
@@ -245,6 +292,7 @@ def churn_model(
             "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
             "plots": dg.MetadataValue.md(png_markdown(result.figures)),
             **gate_tables,
+            **calibration_metadata,
         }
     )
 
@@ -275,6 +323,7 @@ def churn_scores(
         model_version=model.version,
         model_alias=CHAMPION_ALIAS,
         scored_at=datetime.now(UTC).replace(tzinfo=None),
+        calibrator=model.calibrator,
     )
     exports = export_scores(scores)
     bands = scores.group_by("risk_band").agg(pl.len().alias("sellers")).sort("risk_band")
