@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eta", type=float, default=0.05)
     parser.add_argument("--mcw", type=float, default=10.0)
     parser.add_argument("--per-cutoff", action="store_true")
+    parser.add_argument(
+        "--baseline-weekly",
+        action="store_true",
+        help="train the simple baseline on the weekly cohorts too (same rows as the model)",
+    )
     args = parser.parse_args(argv)
     tuned = ModelParams(max_depth=args.depth, learning_rate=args.eta, min_child_weight=args.mcw)
     catalogue = recipes(tuned)
@@ -129,13 +134,21 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 raw = dataset(scale, seed, dynamics)
-                weekly = any(catalogue[c][1] for c in args.candidates)
+                weekly = args.baseline_weekly or any(catalogue[c][1] for c in args.candidates)
                 abt, monthly = build_abts(raw, weekly)
                 monthly_abt = abt.filter(pl.col("reference_date").is_in(monthly))
                 prep = time.perf_counter() - t0
                 plans_m = walk_forward_plans(monthly, n_cutoffs=args.cutoffs, horizon_days=HORIZON)
+                base_frame = abt if args.baseline_weekly else monthly_abt
+                if args.baseline_weekly:
+                    plans_m = walk_forward_plans(
+                        abt.get_column("reference_date").unique().to_list(),
+                        n_cutoffs=args.cutoffs,
+                        horizon_days=HORIZON,
+                        eval_cohorts=monthly,
+                    )
                 base_run = run_backtest(
-                    monthly_abt,
+                    base_frame,
                     plans_m,
                     {SIMPLE_BASELINE: simple_baseline()},
                     calibrate=None,
