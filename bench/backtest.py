@@ -91,6 +91,8 @@ def recipes(tuned: ModelParams) -> dict[str, tuple[Recipe, bool]]:
         "rhythm_weekly": (Recipe(params=base), True),
         "rhythm_monotone": (Recipe(params=base, monotone=MONOTONE), False),
         "rhythm_weekly_tuned": (Recipe(params=tuned), True),
+        "tuned": (Recipe(params=tuned, features=()), False),
+        "rhythm_tuned": (Recipe(params=tuned), False),
     }
 
 
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--eta", type=float, default=0.05)
     parser.add_argument("--mcw", type=float, default=10.0)
+    parser.add_argument("--colsample", type=float, default=0.8)
     parser.add_argument("--per-cutoff", action="store_true")
     parser.add_argument(
         "--baseline-weekly",
@@ -123,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         help="train the simple baseline on the weekly cohorts too (same rows as the model)",
     )
     args = parser.parse_args(argv)
-    tuned = ModelParams(max_depth=args.depth, learning_rate=args.eta, min_child_weight=args.mcw)
+    tuned = ModelParams(
+        max_depth=args.depth,
+        learning_rate=args.eta,
+        min_child_weight=args.mcw,
+        colsample_bytree=args.colsample,
+    )
     catalogue = recipes(tuned)
     unknown = set(args.candidates) - set(catalogue)
     if unknown:
