@@ -81,6 +81,23 @@ def build_abts(raw: dict[str, pl.DataFrame], weekly: bool) -> tuple[pl.DataFrame
     return add_rhythm_features(abt, horizon_days=HORIZON, window_days=WINDOW), monthly
 
 
+def cached_abt(
+    scale: float, seed: int, dynamics: str, weekly: bool
+) -> tuple[pl.DataFrame, list[date]]:
+    """build_abts of the generated dataset, kept as Parquet beside it for the next run."""
+    tag = f"s{scale}_seed{seed}_{dynamics}_{'weekly' if weekly else 'monthly'}"
+    path = Path(tempfile.gettempdir()) / f"olist_bt_abt_{tag}.parquet"
+    if path.exists():
+        abt = pl.read_parquet(path)
+    else:
+        abt, _ = build_abts(dataset(scale, seed, dynamics), weekly)
+        abt.write_parquet(path)
+    # Monthly cohorts are the first days of the month (weekly dates that fall on one are
+    # the same cohort).
+    monthly = sorted(d for d in abt.get_column("reference_date").unique() if d.day == 1)
+    return abt, monthly
+
+
 def recipes(tuned: ModelParams) -> dict[str, tuple[Recipe, bool]]:
     """Candidate name -> (recipe, trains on weekly cohorts)."""
     base = ModelParams()
@@ -92,12 +109,26 @@ def recipes(tuned: ModelParams) -> dict[str, tuple[Recipe, bool]]:
         "rhythm_monotone": (Recipe(params=base, monotone=MONOTONE), False),
         "rhythm_weekly_tuned": (Recipe(params=tuned), True),
         "tuned": (Recipe(params=tuned, features=()), False),
+        "compact": (Recipe(params=base, features=("compact",)), False),
+        "compact_rhythm_weekly": (Recipe(params=base, features=("compact", "rhythm")), True),
         "rhythm_tuned": (Recipe(params=tuned), False),
     }
 
 
 def _with_features(recipe: Recipe, abt: pl.DataFrame) -> Recipe:
-    """features=() means 'the feature store's columns without the rhythm ones'."""
+    """features=() means 'the feature store's columns without the rhythm ones';
+    ("compact", ...) drops the per-state, per-category and per-payment-type shares (60-odd
+    sparse columns), with the rhythm ones only when "rhythm" is named too."""
+    if recipe.features and recipe.features[0] == "compact":
+        sparse = ("_share_state_", "_share_cat_", "payments_")
+        cols = [
+            c
+            for c in abt.columns
+            if c not in ("reference_date", "seller_id", "churned")
+            and not any(p in c for p in sparse)
+            and ("rhythm" in recipe.features or c not in RHYTHM_FEATURES)
+        ]
+        return replace(recipe, features=tuple(cols))
     if recipe.features == ():
         cols = [
             c
@@ -141,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         for scale in args.scales:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                raw = dataset(scale, seed, dynamics)
                 weekly = args.baseline_weekly or any(catalogue[c][1] for c in args.candidates)
-                abt, monthly = build_abts(raw, weekly)
+                abt, monthly = cached_abt(scale, seed, dynamics, weekly)
                 monthly_abt = abt.filter(pl.col("reference_date").is_in(monthly))
                 prep = time.perf_counter() - t0
                 plans_m = walk_forward_plans(monthly, n_cutoffs=args.cutoffs, horizon_days=HORIZON)

@@ -202,6 +202,12 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     low, high = metadata["gap_vs_simple_gbm_ci95"].value
     assert low <= metadata["gap_vs_simple_gbm"].value <= high
     assert metadata["calibration"].value in {"none", "platt", "isotonic"}
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "backtest"
+    ]
+    assert check.check_name == "model_beats_simple_baseline"
+    assert check.metadata["gap_mean"].value == pytest.approx(metadata["gap_vs_simple_gbm"].value)
+    assert check.passed == (metadata["gap_vs_simple_gbm"].value > 0)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         table = conn.execute("SELECT * FROM ml.backtest").pl()
     assert table.height == cutoffs * 5
