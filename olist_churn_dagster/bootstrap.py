@@ -75,9 +75,11 @@ def prepare(
             {"tags": range_tags(missing[0], missing[-1]) if missing else {}},
         ),
         (
-            "ABT and champion model",
+            "ABT, backtest and champion model",
             lambda: (
-                (store is None or store.exists()) and champion_version(tracking_uri) is not None
+                (store is None or store.exists())
+                and champion_version(tracking_uri) is not None
+                and _count(settings, "SELECT count(*) FROM ml.backtest", []) > 0
             ),
             "train_churn_model",
             {},
