@@ -12,10 +12,11 @@ and the per-cutoff gaps give a mean with a confidence interval instead of a sing
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -388,3 +389,44 @@ def params_key(params: ModelParams) -> str:
     """A stable text of a recipe's parameters, stored beside backtest rows so a later
     step can tell whether they describe the recipe it trains."""
     return json.dumps(asdict(params), sort_keys=True)
+
+
+def tune_walk_forward(
+    abt: pl.DataFrame,
+    plans: Sequence[SplitPlan],
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    base: ModelParams | None = None,
+    features: Sequence[str] | None = None,
+) -> tuple[ModelParams, pl.DataFrame]:
+    """Pick ModelParams by mean ROC AUC over walk-forward cutoffs, not one split.
+
+    Pass plans whose cutoffs precede the ones you report (e.g. all but the last N), or the
+    winner's backtest is optimistic by the selection itself. Returns the best params and
+    one row per combination (mean, spread and worst cutoff AUC), best first.
+    """
+    base = base or ModelParams()
+    known = set(asdict(base))
+    unknown = sorted(set(grid) - known)
+    if unknown:
+        raise ValueError(f"tune_walk_forward: unknown parameter(s) {unknown}")
+    rows: list[dict[str, Any]] = []
+    for combo in itertools.product(*grid.values()):  # a few combinations
+        values = dict(zip(grid, combo, strict=True))
+        recipe = Recipe(
+            params=replace(base, **values),
+            features=None if features is None else tuple(features),
+        )
+        result = run_backtest(abt, plans, {MODEL: recipe}, calibrate=None, include_recency=False)
+        auc = result.table.get_column("roc_auc")
+        rows.append(
+            values
+            | {
+                "mean_roc_auc": float(auc.mean()),
+                "std_roc_auc": float(auc.std() or 0.0),
+                "min_roc_auc": float(auc.min()),
+                "seconds": result.seconds,
+            }
+        )
+    table = pl.DataFrame(rows).sort("mean_roc_auc", descending=True)
+    return replace(base, **{k: table[k][0] for k in grid}), table

@@ -169,3 +169,22 @@ def test_recipe_refuses_an_abt_without_its_features(abt):
     assert names == ["n_orders"]
     extra = Recipe(monotone={"n_orders": -1}).xgb_extra(["recency_days", "n_orders"])
     assert extra == {"monotone_constraints": "(0,-1)"}
+
+
+def test_walk_forward_tuning_ranks_by_mean_cutoff_auc(abt):
+    from olist_churn_dagster.lib.backtest import tune_walk_forward
+
+    plans = walk_forward_plans(
+        abt.get_column("reference_date").unique().to_list(), n_cutoffs=3, horizon_days=45
+    )
+    best, table = tune_walk_forward(
+        abt, plans, {"max_depth": [1, 3], "n_estimators": [1, 200]}, base=FAST
+    )
+    assert table.height == 4 and table["mean_roc_auc"].is_sorted(descending=True)
+    assert (best.max_depth, best.n_estimators) == (table["max_depth"][0], table["n_estimators"][0])
+    # A single depth-1 stump cannot be the best of four on a nonlinear signal.
+    assert (best.max_depth, best.n_estimators) != (1, 1)
+    worst = table.row(table.height - 1, named=True)
+    assert worst["mean_roc_auc"] < table["mean_roc_auc"][0]
+    with pytest.raises(ValueError, match="unknown parameter"):
+        tune_walk_forward(abt, plans, {"depth": [3]})
