@@ -10,7 +10,11 @@ model the question's own arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import polars as pl
+
+from olist_churn_dagster.lib.abt import join_features
 
 RHYTHM_FEATURES = (
     "rhythm_recency_over_gap",
@@ -63,4 +67,14 @@ def add_rhythm_features(
         pl.when(per_30 > 0)
         .then(pl.col("sales_orders_30d") / per_30)
         .alias("rhythm_orders_30d_vs_window"),
+    )
+
+
+def model_frame(
+    feature_tables: Mapping[str, pl.DataFrame], *, horizon_days: int = 45, window_days: int = 180
+) -> pl.DataFrame:
+    """The feature tables joined plus the rhythm features: what the model reads, the same
+    at training (the ABT) and at scoring, so the two can never disagree."""
+    return add_rhythm_features(
+        join_features(feature_tables), horizon_days=horizon_days, window_days=window_days
     )

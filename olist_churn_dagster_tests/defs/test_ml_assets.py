@@ -213,7 +213,14 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     assert table.height == cutoffs * 5
     assert table.get_column("roc_auc").is_between(0, 1).all()
     assert table.filter(pl.col("scorer") == "model")["model_params"].null_count() == 0
-    client = MlflowClient(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        abt_columns = conn.execute("SELECT * FROM ml.abt LIMIT 1").pl().columns
+    assert "rhythm_p_no_sale_left" in abt_columns  # the model reads the rhythm features
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    from olist_churn_dagster.lib.tracking import load_champion
+
+    assert "rhythm_recency_over_gap" in load_champion(uri).feature_names
+    client = MlflowClient(uri)
     run = client.get_run(metadata["mlflow_run_id"].value)
     assert run.data.tags["kind"] == "backtest"
     assert "gap_vs_simple_gbm" in run.data.metrics

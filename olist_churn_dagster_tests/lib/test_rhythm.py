@@ -44,3 +44,22 @@ def test_rhythm_features_by_hand():
 def test_rhythm_needs_the_sales_columns():
     with pytest.raises(ValueError, match="sales_orders_30d"):
         add_rhythm_features(_frame().drop("sales_orders_30d"))
+
+
+def test_model_frame_joins_the_tables_and_adds_rhythm():
+    from datetime import date
+
+    from olist_churn_dagster.lib.rhythm import model_frame
+
+    sales = _frame().with_columns(
+        pl.lit(date(2026, 1, 1)).alias("reference_date"),
+        pl.Series("seller_id", ["a", "b", "c"]),
+    )
+    reviews = sales.select("reference_date", "seller_id", pl.lit(4.5).alias("reviews_score_mean"))
+    frame = model_frame({"sales": sales, "reviews": reviews})
+    assert frame.height == 3 and "reviews_score_mean" in frame.columns
+    assert set(RHYTHM_FEATURES) <= set(frame.columns)
+    expected = add_rhythm_features(sales).sort("seller_id")
+    assert frame.sort("seller_id")["rhythm_p_no_sale_left"].to_list() == pytest.approx(
+        expected["rhythm_p_no_sale_left"].to_list()
+    )

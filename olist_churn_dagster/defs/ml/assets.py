@@ -21,7 +21,7 @@ from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import build_abt, cohort_dates, join_features
+from olist_churn_dagster.lib.abt import build_abt, cohort_dates
 from olist_churn_dagster.lib.backtest import MODEL as MODEL_SCORER
 from olist_churn_dagster.lib.backtest import (
     backtest_model,
@@ -43,6 +43,7 @@ from olist_churn_dagster.lib.model import (
     train_churn_model,
 )
 from olist_churn_dagster.lib.plots import calibration_figure
+from olist_churn_dagster.lib.rhythm import add_rhythm_features, model_frame
 from olist_churn_dagster.lib.scoring import score_sellers
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tracking import (
@@ -81,8 +82,8 @@ def mature_cohorts(last_purchase: date) -> list[date]:
 @dg.asset(
     key=ABT_KEY,
     group_name=MODEL_GROUP,
-    description="Monthly cohorts of active sellers: all six feature tables and the churn "
-    "label, mature rows only.",
+    description="Monthly cohorts of active sellers: all six feature tables, the rhythm "
+    "features derived from them, and the churn label; mature rows only.",
     deps=[*FEATURE_KEYS, raw_asset_key("orders"), raw_asset_key("order_items")],
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
@@ -97,7 +98,11 @@ def abt(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.Data
     labels = churn_labels(
         raw["orders"], raw["order_items"], spine, horizon_days=settings.churn_horizon_days
     )
-    table = build_abt(tables, labels)
+    table = add_rhythm_features(
+        build_abt(tables, labels),
+        horizon_days=settings.churn_horizon_days,
+        window_days=settings.feature_window_days,
+    )
     per_cohort = (
         table.group_by("reference_date")
         .agg(pl.len().alias("rows"), pl.col("churned").mean().round(4).alias("churn_rate"))
@@ -315,7 +320,12 @@ def churn_scores(
     dates = partition_dates(context)
     model = load_champion(mlflow.ready_uri())
     with warehouse.get_connection() as conn:
-        features = join_features(read_feature_tables(conn, dates))
+        settings = load_settings()
+        features = model_frame(
+            read_feature_tables(conn, dates),
+            horizon_days=settings.churn_horizon_days,
+            window_days=settings.feature_window_days,
+        )
     scores = score_sellers(
         model.booster,
         model.feature_names,
