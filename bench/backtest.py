@@ -98,6 +98,37 @@ def cached_abt(
     return abt, monthly
 
 
+LAG_DAYS = (28, 56)
+LAG_COLUMNS = {
+    "sales": ("sales_orders", "sales_revenue", "sales_active_days", "sales_orders_30d"),
+    "reviews": ("reviews_score_mean", "reviews_count"),
+    "delivery": ("delivery_late_share", "delivery_late_share_30d"),
+}
+
+
+def with_lags(abt: pl.DataFrame, scale: float, seed: int, dynamics: str) -> pl.DataFrame:
+    """`abt` plus a few features as they were 28 and 56 days earlier and the change since
+    (null when the seller was not active then): the recent trajectory of the seller."""
+    from olist_churn_dagster.lib.features import compute_features
+
+    raw = dataset(scale, seed, dynamics)
+    dates = abt.get_column("reference_date").unique().to_list()
+    lag_dates = sorted({d - timedelta(days=k) for d in dates for k in LAG_DAYS})
+    out = abt
+    for family, cols in LAG_COLUMNS.items():
+        past = compute_features(family, raw, lag_dates, window_days=WINDOW, horizon_days=HORIZON)
+        for k in LAG_DAYS:
+            shifted = past.select(
+                (pl.col("reference_date") + pl.duration(days=k)).cast(pl.Date),
+                "seller_id",
+                *[pl.col(c).alias(f"{c}_lag{k}") for c in cols],
+            )
+            out = out.join(shifted, on=["reference_date", "seller_id"], how="left").with_columns(
+                (pl.col(c) - pl.col(f"{c}_lag{k}")).alias(f"{c}_delta{k}") for c in cols
+            )
+    return out
+
+
 def recipes(tuned: ModelParams) -> dict[str, tuple[Recipe, bool]]:
     """Candidate name -> (recipe, trains on weekly cohorts)."""
     base = ModelParams()
@@ -110,6 +141,7 @@ def recipes(tuned: ModelParams) -> dict[str, tuple[Recipe, bool]]:
         "rhythm_weekly_tuned": (Recipe(params=tuned), True),
         "tuned": (Recipe(params=tuned, features=()), False),
         "compact": (Recipe(params=base, features=("compact",)), False),
+        "rhythm_lags": (Recipe(params=base), False),
         "compact_rhythm_weekly": (Recipe(params=base, features=("compact", "rhythm")), True),
         "rhythm_tuned": (Recipe(params=tuned), False),
     }
@@ -196,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                     recipe, on_weekly = catalogue[name]
                     recipe = _with_features(recipe, abt)
                     frame = abt if on_weekly else monthly_abt
+                    if name.endswith("_lags"):
+                        frame = with_lags(frame, scale, seed, dynamics)
                     plans = walk_forward_plans(
                         frame.get_column("reference_date").unique().to_list(),
                         n_cutoffs=args.cutoffs,
