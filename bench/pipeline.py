@@ -81,7 +81,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     import dagster as dg
 
     from olist_churn_dagster.bootstrap import load_definitions
-    from olist_churn_dagster.defs.ml.assets import ABT_KEY, MODEL_KEY
+    from olist_churn_dagster.defs.ml.assets import ABT_KEY, BACKTEST_KEY, MODEL_KEY
     from olist_churn_dagster.defs.partitions import registered_dates
     from olist_churn_dagster.defs.tags import range_tags
     from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
@@ -126,7 +126,8 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     keys = registered_dates(instance)  # the raw load registered them
     _stage(results, memory, f"feature backfill ({len(keys)} dates)", features)
     _stage(results, memory, "ABT", train_part(ABT_KEY))
-    _stage(results, memory, "training + MLflow + gate", train_part(MODEL_KEY))
+    _stage(results, memory, "walk-forward backtest + MLflow", train_part(BACKTEST_KEY))
+    _stage(results, memory, "training + calibration + MLflow + gate", train_part(MODEL_KEY))
     _stage(results, memory, "score one day", score(keys[-1], keys[-1]))
     _stage(results, memory, "score 30-day backfill", score(keys[-30], keys[-1]))
 

@@ -95,8 +95,12 @@ def prepare(
     tracking_uri = settings.mlflow_tracking_uri
     store = sqlite_store_path(tracking_uri)
     step(
-        "ABT and champion model",
-        lambda: (store is None or store.exists()) and champion_version(tracking_uri) is not None,
+        "ABT, backtest and champion model",
+        lambda: (
+            (store is None or store.exists())
+            and champion_version(tracking_uri) is not None
+            and _count(settings, "SELECT count(*) FROM ml.backtest", []) > 0
+        ),
         "train_churn_model",
     )
     recent = keys[-settings.rescore_days :]

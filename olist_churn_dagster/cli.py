@@ -9,6 +9,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from olist_churn_dagster.lib.generator_sellers import DYNAMICS
 from olist_churn_dagster.lib.settings import load_settings
 
 
@@ -37,6 +38,7 @@ def _generate(args: argparse.Namespace) -> None:
         start=args.start,
         end=args.end,
         real_dir=None if args.no_real else default_real_dir(),
+        dynamics=args.dynamics,
     )
     seconds = time.perf_counter() - started
     for table, rows in counts.items():
@@ -103,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--end", type=_date, help="last purchase day (default yesterday)")
     generate.add_argument(
         "--no-real", action="store_true", help="ignore ../shared/olist-real even if present"
+    )
+    generate.add_argument(
+        "--dynamics",
+        choices=sorted(DYNAMICS),
+        default="default",
+        help="what drives seller churn: 'default', or 'delivery' (delivery trouble, abrupt exits)",
     )
     generate.set_defaults(func=_generate)
 

@@ -26,7 +26,9 @@ feature_store_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     name="train_churn_model",
     selection=dg.AssetSelection.assets(
-        dg.AssetKey(["ml", "abt"]), dg.AssetKey(["ml", "churn_model"])
+        dg.AssetKey(["ml", "abt"]),
+        dg.AssetKey(["ml", "backtest"]),
+        dg.AssetKey(["ml", "churn_model"]),
     ),
     description="Rebuild the ABT from the feature store, train, log to MLflow, gate the champion.",
 )

@@ -8,7 +8,7 @@ nulls that look like real missing values to the model, so a mismatch is an error
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
 
 import polars as pl
 
@@ -110,3 +110,45 @@ def build_abt(
 def feature_columns(abt: pl.DataFrame) -> list[str]:
     """The model's inputs: every ABT column except the keys and the label."""
     return [c for c in abt.columns if c not in (*KEYS, LABEL)]
+
+
+def mature_cohort_dates(
+    first: date, last_purchase: date, *, horizon_days: int, day: int = 1
+) -> list[date]:
+    """Monthly cohort dates from `first` whose labels have all matured by `last_purchase`.
+
+    Derived from the data's dates alone (no partition definition needed): a cohort D is
+    mature when every active seller's silence mark, at most D - 1 + horizon, is before the
+    last purchase.
+    """
+    horizon = timedelta(days=horizon_days)
+    return [
+        d
+        for d in cohort_dates(first, last_purchase, day=day)
+        if d - timedelta(days=1) + horizon < last_purchase
+    ]
+
+
+def abt_from_raw(
+    raw: Mapping[str, pl.DataFrame],
+    dates: list[date],
+    *,
+    window_days: int = 180,
+    horizon_days: int = 45,
+) -> pl.DataFrame:
+    """The ABT for any reference dates straight from the raw tables, with the same feature
+    and label code as the assets: for benchmarks and experiments without a warehouse."""
+    from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
+    from olist_churn_dagster.lib.labels import churn_labels
+    from olist_churn_dagster.lib.sales import sale_items
+
+    sales = sale_items(raw["orders"], raw["order_items"])
+    tables = {
+        family: compute_features(
+            family, raw, dates, window_days=window_days, horizon_days=horizon_days, sales=sales
+        )
+        for family in FEATURE_FAMILIES
+    }
+    spine = tables["sales"].select("reference_date", "seller_id")
+    labels = churn_labels(raw["orders"], raw["order_items"], spine, horizon_days=horizon_days)
+    return build_abt(tables, labels)

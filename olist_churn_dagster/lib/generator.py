@@ -22,6 +22,8 @@ from olist_churn_dagster.lib import generator_extras as gx
 from olist_churn_dagster.lib import generator_orders as go
 from olist_churn_dagster.lib.generator_sellers import (
     DEFAULT_SPAN_DAYS,
+    DYNAMICS,
+    Dynamics,
     Sellers,
     demand_curve,
     draw_sellers,
@@ -145,10 +147,15 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
 
 
 def _world(
-    rngs: dict[str, np.random.Generator], start: date, n_days: int, scale: float, ref: gx.Reference
+    rngs: dict[str, np.random.Generator],
+    start: date,
+    n_days: int,
+    scale: float,
+    ref: gx.Reference,
+    dynamics: Dynamics,
 ) -> _World:
     """Sellers, who sold when, order statuses, and where customers and sellers are."""
-    sellers = draw_sellers(rngs["sellers"], seller_count(n_days, scale), n_days)
+    sellers = draw_sellers(rngs["sellers"], seller_count(n_days, scale), n_days, dynamics)
     seller_of, day = sale_events(rngs["sales"], sellers, demand_curve(start, n_days, scale))
     purchase = go.purchase_seconds(rngs["orders"], day)
     by_time = np.argsort(purchase, kind="stable")
@@ -203,13 +210,15 @@ def _primary_type(payments: pl.DataFrame, n: int) -> np.ndarray:
     return codes
 
 
-def _full_timeline(rng: np.random.Generator, w: _World, pay_type: np.ndarray) -> go.Timeline:
+def _full_timeline(
+    rng: np.random.Generator, w: _World, pay_type: np.ndarray, fade_late: float
+) -> go.Timeline:
     """Delivery timeline; late risk grows with the seller's trait, distance, and while
     the seller's business is fading towards churn."""
     s = w.seller_of
     transit = gx.transit_days(w.seller_state[s], w.customer_state)
     fading = w.day >= w.sellers.exit[s] - w.sellers.decline_days[s]
-    late_p = w.sellers.late_p[s] * (0.6 + 0.4 * transit / 6.0) * np.where(fading, 1.8, 1.0)
+    late_p = w.sellers.late_p[s] * (0.6 + 0.4 * transit / 6.0) * np.where(fading, fade_late, 1.0)
     return go.timeline(
         rng,
         w.purchase,
@@ -222,15 +231,24 @@ def _full_timeline(rng: np.random.Generator, w: _World, pay_type: np.ndarray) ->
 
 
 def build_tables(
-    *, scale: float, seed: int, start: date, end: date, ref: gx.Reference
+    *,
+    scale: float,
+    seed: int,
+    start: date,
+    end: date,
+    ref: gx.Reference,
+    dynamics: str = "default",
 ) -> dict[str, pl.DataFrame]:
     """The nine tables of the synthetic marketplace, in schema column order."""
     if scale <= 0:
         raise ValueError(f"generator scale must be positive, got {scale}")
+    if dynamics not in DYNAMICS:
+        raise ValueError(f"unknown seller dynamics {dynamics!r}; expected one of {list(DYNAMICS)}")
+    dyn = DYNAMICS[dynamics]
     rngs = _streams(seed)
     n_days = (end - start).days + 1
     epoch, snapshot = (start - date(1970, 1, 1)).days * DAY, n_days * DAY
-    w = _world(rngs, start, n_days, scale, ref)
+    w = _world(rngs, start, n_days, scale, ref, dyn)
     n, ids = len(w.seller_of), rngs["ids"]
     order_ids, customer_ids = hex_ids(ids, n), hex_ids(ids, n)
     seller_ids = hex_ids(ids, len(w.sellers))
@@ -239,7 +257,7 @@ def build_tables(
     products = _products(rngs["products"], items, w.sellers, ref, ids)
     price_cents, freight_cents, total = _money(rngs["products"], w, items, products)
     payments = _payments(rngs["payments"], total, ref)
-    full = _full_timeline(rngs["timeline"], w, _primary_type(payments, n))
+    full = _full_timeline(rngs["timeline"], w, _primary_type(payments, n), dyn.fade_late)
     status_now, now = go.roll_back(rngs["timeline"], w.status, full, snapshot)
     reviews = _reviews(rngs["reviews"], full, w.sellers.bad_review[w.seller_of], snapshot)
 
@@ -369,15 +387,22 @@ def generate_dataset(
     start: date | None = None,
     end: date | None = None,
     real_dir: Path | None = None,
+    dynamics: str = "default",
 ) -> dict[str, int]:
     """Writes the nine Kaggle CSV files into out_dir; returns row counts per table name.
 
     Scale 1 over the default ~25-month span is about the size of the real dataset; a
-    longer span keeps adding orders at the mature market's daily rate.
+    longer span keeps adding orders at the mature market's daily rate. `dynamics` names a
+    preset of `generator_sellers.DYNAMICS` (what drives churn and how abruptly it comes).
     """
     start, end = resolve_span(start, end)
     tables = build_tables(
-        scale=scale, seed=seed, start=start, end=end, ref=load_reference(real_dir)
+        scale=scale,
+        seed=seed,
+        start=start,
+        end=end,
+        ref=load_reference(real_dir),
+        dynamics=dynamics,
     )
     write_tables(Path(out_dir), tables)
     return {name: df.height for name, df in tables.items()}

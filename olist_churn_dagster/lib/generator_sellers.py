@@ -27,6 +27,42 @@ _CHUNK = 4096
 
 
 @dataclass(frozen=True)
+class Dynamics:
+    """What drives a seller's exit and how visibly it comes (weights of the log-hazard).
+
+    The default makes size, reviews and catalogue matter and lets sales fade for 25-120
+    days before the exit, so the silence so far (recency) says much. Other presets change
+    that on purpose, to check that a model's gain is not tuned to one data generator.
+    """
+
+    late: float = 5.0  # weight of the late-delivery probability
+    review: float = 3.0  # weight of the poor-review mix
+    breadth: float = 0.35  # wider catalogues churn less
+    price: float = 0.45  # pricier sellers churn less
+    size: float = 0.25  # bigger sellers churn less
+    decline_min: int = 25  # days of fading sales before the exit: from ...
+    decline_max: int = 120  # ... to (exclusive)
+    fade_late: float = 1.8  # late-delivery multiplier while the seller fades
+
+
+DYNAMICS = {
+    "default": Dynamics(),
+    # Delivery trouble drives churn; exits come abruptly (a short fade), so recency warns
+    # late and the service history has to carry the prediction.
+    "delivery": Dynamics(
+        late=12.0,
+        review=5.0,
+        breadth=0.15,
+        price=0.2,
+        size=0.1,
+        decline_min=5,
+        decline_max=30,
+        fade_late=3.0,
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Sellers:
     """Per-seller traits (arrays of equal length) that drive sales, service and churn."""
 
@@ -112,8 +148,11 @@ def _exit_age(rng: np.random.Generator, log_hazard: np.ndarray) -> np.ndarray:
     return np.minimum(late_part, early_part)
 
 
-def draw_sellers(rng: np.random.Generator, n: int, n_days: int) -> Sellers:
+def draw_sellers(
+    rng: np.random.Generator, n: int, n_days: int, dynamics: Dynamics | None = None
+) -> Sellers:
     """Seller traits, entry days and exit days (exit depends on the traits)."""
+    dyn = dynamics or Dynamics()
     t = np.arange(n_days, dtype=np.float64)
     founders = rng.random(n) < 0.07
     entry = np.where(
@@ -131,11 +170,11 @@ def draw_sellers(rng: np.random.Generator, n: int, n_days: int) -> Sellers:
     late_p = np.where(regular, 0.03, late_p)
     bad_review = np.where(regular, 0.03, bad_review)
     log_hazard = (
-        5.0 * (late_p - 0.07)
-        + 3.0 * (bad_review - 0.06)
-        - 0.35 * breadth
-        - 0.45 * (log_price - np.log(85.0))
-        - 0.25 * np.log(size)
+        dyn.late * (late_p - 0.07)
+        + dyn.review * (bad_review - 0.06)
+        - dyn.breadth * breadth
+        - dyn.price * (log_price - np.log(85.0))
+        - dyn.size * np.log(size)
     )
     exit_day = entry + np.ceil(_exit_age(rng, log_hazard))
     exit_day = np.where(regular | (exit_day >= n_days), _NO_EXIT, exit_day).astype(np.int64)
@@ -149,7 +188,7 @@ def draw_sellers(rng: np.random.Generator, n: int, n_days: int) -> Sellers:
         log_price=log_price,
         cancel_p=0.003 + 0.04 * late_p,
         handling_days=rng.lognormal(np.log(2.0), 0.35, n) * (1.0 + 3.0 * late_p),
-        decline_days=rng.integers(25, 120, n).astype(np.int64),
+        decline_days=rng.integers(dyn.decline_min, dyn.decline_max, n).astype(np.int64),
         regular=regular,
     )
 

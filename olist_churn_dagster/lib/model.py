@@ -178,10 +178,15 @@ def _check_block(name: str, frame: pl.DataFrame) -> None:
         raise ValueError(f"the {name} block has only one label class; cannot fit or evaluate")
 
 
-def _fit(dtrain: xgb.DMatrix, dvalid: xgb.DMatrix, params: ModelParams) -> tuple[xgb.Booster, int]:
+def _fit(
+    dtrain: xgb.DMatrix,
+    dvalid: xgb.DMatrix,
+    params: ModelParams,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[xgb.Booster, int]:
     """Train with early stopping on valid; return the booster cut at its best round."""
     booster = xgb.train(
-        params.xgb_params(),
+        {**params.xgb_params(), **(extra or {})},
         dtrain,
         num_boost_round=params.n_estimators,
         evals=[(dvalid, "valid")],
@@ -191,6 +196,27 @@ def _fit(dtrain: xgb.DMatrix, dvalid: xgb.DMatrix, params: ModelParams) -> tuple
     best = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
     # Slicing keeps exactly the trees we evaluate, so a saved model predicts the same.
     return booster[: best + 1], best
+
+
+def fit_booster(
+    train: pl.DataFrame,
+    valid: pl.DataFrame,
+    feature_names: Sequence[str],
+    params: ModelParams,
+    *,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[xgb.Booster, int]:
+    """Fit on `train`, early-stop on `valid` (both labelled ABT rows): the one fitting
+    path that training, tuning and the walk-forward backtest share. `extra` adds raw
+    XGBoost parameters such as monotone constraints."""
+    _check_block("train", train)
+    _check_block("valid", valid)
+    return _fit(
+        _dmatrix(train, feature_names, labelled=True),
+        _dmatrix(valid, feature_names, labelled=True),
+        params,
+        extra,
+    )
 
 
 def predict(booster: xgb.Booster, frame: pl.DataFrame, feature_names: Sequence[str]) -> np.ndarray:

@@ -8,6 +8,7 @@ from datetime import datetime
 import polars as pl
 import xgboost as xgb
 
+from olist_churn_dagster.lib.calibration import Calibrator
 from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
 from olist_churn_dagster.lib.model import predict, top_reasons
 
@@ -46,18 +47,23 @@ def score_sellers(
     model_version: str,
     model_alias: str,
     scored_at: datetime,
+    calibrator: Calibrator | None = None,
 ) -> pl.DataFrame:
     """One row per seller and date: probability, dense rank within the date (1 = riskiest),
     risk band, sales at risk (trailing-window revenue x probability), the model used and,
     for medium and high risk, the three features pushing the risk up most (name, meaning,
-    the seller's value, contribution); the reasons of low-risk rows are null."""
+    the seller's value, contribution); the reasons of low-risk rows are null. The
+    probability is the model's, mapped by `calibrator` when given (the one chosen by the
+    backtest); reasons stay on the model's own log-odds."""
     missing = [n for n in feature_names if n not in features.columns]
     if missing:
         raise ValueError(
             f"the model version {model_version} needs feature column(s) {missing[:5]} that "
             "the feature tables do not have; retrain the model on the current feature store"
         )
-    probability = pl.Series("churn_probability", predict(booster, features, feature_names))
+    raw = predict(booster, features, feature_names)
+    calibrated = raw if calibrator is None else calibrator.apply(raw)
+    probability = pl.Series("churn_probability", calibrated, dtype=pl.Float64)
     at_risk = features.filter(probability.cast(pl.Float64) >= REASONS_FROM_PROBABILITY)
     reasons = top_reasons(booster, at_risk, feature_names, k=N_REASONS)
     reason_columns = [_readable(f"reason_{i}") for i in range(1, N_REASONS + 1)]

@@ -74,6 +74,7 @@ class Settings:
     lock_backoff_seconds: int  # first wait; doubled each retry, at most LOCK_BACKOFF_CAP
     alert_webhook_url: str | None  # chat webhook for failed runs and missed freshness
     scores_deadline_utc: time  # the newest reference date's scores exist by then (UTC)
+    backtest_cutoffs: int = 6  # mature monthly cohorts the walk-forward backtest scores
 
     @property
     def raw_dir(self) -> Path:
@@ -124,6 +125,7 @@ def load_settings() -> Settings:
         lock_backoff_seconds=_env_int("LOCK_BACKOFF_SECONDS", 5),
         alert_webhook_url=_env("ALERT_WEBHOOK_URL"),
         scores_deadline_utc=_env_time("SCORES_DEADLINE_UTC", "04:00"),
+        backtest_cutoffs=_env_int("BACKTEST_CUTOFFS", 6),
     )
     if settings.executor not in EXECUTORS:
         raise SettingsError(
@@ -135,6 +137,8 @@ def load_settings() -> Settings:
         raise SettingsError(f"{ENV_PREFIX}WINDOW_DAYS must be at least 1")
     if settings.feature_batch_rows < 1:
         raise SettingsError(f"{ENV_PREFIX}FEATURE_BATCH_ROWS must be at least 1")
+    if settings.backtest_cutoffs < 1:
+        raise SettingsError(f"{ENV_PREFIX}BACKTEST_CUTOFFS must be at least 1")
     if settings.rescore_days < 1:
         raise SettingsError(f"{ENV_PREFIX}RESCORE_DAYS must be at least 1")
     if not 1 <= settings.cohort_day <= 28:

@@ -15,9 +15,9 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -32,12 +32,20 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from olist_churn_dagster.lib.abt import LABEL
+from olist_churn_dagster.lib.calibration import Calibrator
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import LOWER_IS_BETTER, TrainResult, evaluate_scores, predict
+from olist_churn_dagster.lib.model import (
+    LOWER_IS_BETTER,
+    ModelParams,
+    TrainResult,
+    evaluate_scores,
+    predict,
+)
 
 MODEL_NAME = "olist-seller-churn"
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT = "model"
+CALIBRATION_ARTIFACT = "calibration.json"
 _URI_LOCK = threading.RLock()
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -73,6 +81,7 @@ class LoadedModel:
     version: str
     feature_names: list[str]
     run_id: str | None
+    calibrator: Calibrator = field(default_factory=Calibrator)
 
 
 class NoChampionError(LookupError):
@@ -244,6 +253,60 @@ def log_and_register(
     )
 
 
+def log_backtest(
+    table: pl.DataFrame,
+    summary: Mapping[str, float],
+    figures: Mapping[str, Any],
+    *,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
+) -> str:
+    """Log a walk-forward backtest as its own run: the summary as metrics, each scorer's
+    per-cutoff metrics as metric history (step = cutoff index, oldest first), the
+    per-cutoff table and the figures as artifacts. Returns the run id."""
+    client = _client(tracking_uri)
+    location = artifact_location or default_artifact_location(tracking_uri)
+    experiment_id = _experiment_id(client, experiment, location)
+    cutoffs = sorted(table.get_column("cutoff").unique().to_list())
+    step_of = {d: i for i, d in enumerate(cutoffs)}
+    metric_cols = [c for c in table.columns if c not in ("cutoff", "scorer", "rows")]
+    with mlflow_uri(tracking_uri):
+        nested = mlflow.active_run() is not None
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags={"kind": "backtest", **dict(tags or {})},
+            nested=nested,
+        ) as run:
+            mlflow.log_params(
+                {
+                    "cutoffs": ",".join(map(str, cutoffs)),
+                    "n_cutoffs": len(cutoffs),
+                    **(params or {}),
+                }
+            )
+            mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+            for row in table.iter_rows(named=True):  # cutoffs x scorers: a few dozen rows
+                mlflow.log_metrics(
+                    {f"backtest_{row['scorer']}_{m}": float(row[m]) for m in metric_cols},
+                    step=step_of[row["cutoff"]],
+                )
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                table.write_csv(folder / "backtest_per_cutoff.csv")
+                (folder / "backtest_per_cutoff.md").write_text(
+                    frame_to_markdown(table, max_rows=table.height)
+                )
+                for name, figure in figures.items():
+                    figure.savefig(folder / f"{name}.png", dpi=110)
+                mlflow.log_artifacts(tmp, artifact_path="backtest")
+    return run.info.run_id
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -260,7 +323,29 @@ def load_model_version(tracking_uri: str, version: str) -> LoadedModel:
         version=str(model_version.version),
         feature_names=list(booster.feature_names),
         run_id=model_version.run_id,
+        calibrator=load_calibrator(tracking_uri, model_version.run_id),
     )
+
+
+def log_calibration(tracking_uri: str, run_id: str, version: str, calibrator: Calibrator) -> None:
+    """Store the calibration map beside the model (run artifact) and name it on the
+    version, so scoring applies exactly the map chosen at training time."""
+    client = _client(tracking_uri)
+    client.log_dict(run_id, calibrator.as_dict(), CALIBRATION_ARTIFACT)
+    client.set_model_version_tag(MODEL_NAME, version, "calibration", calibrator.method)
+
+
+def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:
+    """The run's calibration map; the identity for a run logged without one (older
+    versions keep scoring as they did)."""
+    if not run_id:
+        return Calibrator()
+    try:
+        with mlflow_uri(tracking_uri):
+            data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CALIBRATION_ARTIFACT}")
+    except (MlflowException, OSError):
+        return Calibrator()
+    return Calibrator.from_dict(data)
 
 
 def champion_version(tracking_uri: str) -> str | None:
@@ -396,3 +481,97 @@ def champion_gate(
     window = "" if dates is None else f"{dates.min()}..{dates.max()}"
     _record(client, decision, candidate.run_id, window)
     return decision
+
+
+# --------------------------------------------------------------------------- backtest gate
+
+
+def run_model_params(tracking_uri: str, run_id: str | None) -> ModelParams | None:
+    """The ModelParams a training run logged (None when the run or a field is missing)."""
+    if not run_id:
+        return None
+    try:
+        logged = _client(tracking_uri).get_run(run_id).data.params
+    except MlflowException:
+        return None
+    defaults = ModelParams()
+    values: dict[str, Any] = {}
+    for f in fields(ModelParams):
+        if f.name not in logged:
+            return None
+        values[f.name] = type(getattr(defaults, f.name))(float(logged[f.name]))
+    return ModelParams(**values)
+
+
+def backtest_champion_gate(
+    *,
+    tracking_uri: str,
+    candidate_version: str,
+    candidate_params: ModelParams,
+    candidate_table: pl.DataFrame,
+    rerun: Callable[[ModelParams, Sequence[str]], pl.DataFrame],
+    abt_columns: Sequence[str],
+    metric: str = "roc_auc",
+    tolerance: float = 0.0,
+) -> tuple[GateDecision, pl.DataFrame | None]:
+    """Promote the candidate unless the champion's recipe backtests better on the same
+    cutoffs by more than `tolerance` (mean of `metric` over the cutoffs).
+
+    `candidate_table` holds the candidate's per-cutoff metrics (`cutoff`, `metric`);
+    `rerun(params, features)` backtests another recipe on the same cutoffs and data. The
+    champion's recipe (its logged params and its feature list) is rerun, not its fitted
+    booster: that booster was trained on the very cohorts being tested. When both recipes
+    are the same the candidate's table stands for both. Returns the decision (recorded as
+    tags, alias moved when promoted) and the champion's per-cutoff table.
+    """
+    if candidate_table.height == 0:
+        raise ValueError("backtest_champion_gate needs the candidate's per-cutoff metrics")
+    candidate = load_model_version(tracking_uri, candidate_version)
+    score = float(candidate_table.get_column(metric).mean())
+    cutoffs = sorted(candidate_table.get_column("cutoff").to_list())
+    window = f"backtest {cutoffs[0]}..{cutoffs[-1]} ({len(cutoffs)} cutoffs)"
+    common = {"candidate_version": candidate.version, "candidate_score": score, "metric": metric}
+    current = champion_version(tracking_uri)
+    champion_table: pl.DataFrame | None = None
+    if current is None or current == candidate.version:
+        reason = (
+            "no champion yet: the first model is promoted"
+            if current is None
+            else "candidate already is the champion"
+        )
+        decision = GateDecision(
+            promoted=True, champion_version=current, champion_score=None, reason=reason, **common
+        )
+    else:
+        champion = load_model_version(tracking_uri, current)
+        params = run_model_params(tracking_uri, champion.run_id)
+        missing = sorted(set(champion.feature_names) - set(abt_columns))
+        if params is None or missing:
+            why = "its parameters were not logged" if params is None else "the feature set changed"
+            decision = GateDecision(
+                promoted=True,
+                champion_version=current,
+                champion_score=None,
+                reason=f"champion v{current} cannot be backtested ({why}): candidate promoted",
+                **common,
+            )
+        else:
+            same = params == candidate_params and champion.feature_names == candidate.feature_names
+            champion_table = candidate_table if same else rerun(params, champion.feature_names)
+            champion_score = float(champion_table.get_column(metric).mean())
+            promoted = _not_worse(score, champion_score, metric, tolerance)
+            verdict = "not worse than" if promoted else "worse than"
+            decision = GateDecision(
+                promoted=promoted,
+                champion_version=current,
+                champion_score=champion_score,
+                reason=f"candidate mean backtest {metric}={score:.4f} is {verdict} champion "
+                f"v{current} {champion_score:.4f} (tolerance {tolerance}) over {window}"
+                + (" (same recipe)" if same else ""),
+                **common,
+            )
+    client = _client(tracking_uri)
+    if decision.promoted:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, candidate.version)
+    _record(client, decision, candidate.run_id, window)
+    return decision, champion_table

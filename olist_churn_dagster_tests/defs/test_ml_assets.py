@@ -305,3 +305,79 @@ def test_monitoring_reports_realized_performance_and_drift(trained, definitions,
     # Its verdict is the drift it measured: passed exactly when no feature drifted.
     assert drift.passed == (drift.metadata["drifted_features"].value == 0)
     assert (drift.metadata["max_psi"].value > PSI_WARN) == (not drift.passed)
+
+
+def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    _, _, result = trained
+    (materialization,) = result.asset_materializations_for_node("ml__backtest")
+    metadata = materialization.metadata
+    cutoffs = metadata["cutoffs"].value
+    assert cutoffs >= 3
+    per_cutoff = metadata["roc_auc_per_cutoff"].value
+    assert "simple_gbm" in per_cutoff and "recency_rule" in per_cutoff
+    assert per_cutoff.count("\n| 20") == cutoffs  # one table row per cutoff date
+    assert metadata["plots"].value.count("data:image/png;base64") == 2
+    low, high = metadata["gap_vs_simple_gbm_ci95"].value
+    assert low <= metadata["gap_vs_simple_gbm"].value <= high
+    assert metadata["calibration"].value in {"none", "platt", "isotonic"}
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "backtest"
+    ]
+    assert check.check_name == "model_beats_simple_baseline"
+    assert check.metadata["gap_mean"].value == pytest.approx(metadata["gap_vs_simple_gbm"].value)
+    assert check.passed == (metadata["gap_vs_simple_gbm"].value > 0)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        table = conn.execute("SELECT * FROM ml.backtest").pl()
+    assert table.height == cutoffs * 5
+    assert table.get_column("roc_auc").is_between(0, 1).all()
+    assert table.filter(pl.col("scorer") == "model")["model_params"].null_count() == 0
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        abt_columns = conn.execute("SELECT * FROM ml.abt LIMIT 1").pl().columns
+    assert "rhythm_p_no_sale_left" in abt_columns  # the model reads the rhythm features
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    from olist_churn_dagster.lib.tracking import load_champion
+
+    assert "rhythm_recency_over_gap" in load_champion(uri).feature_names
+    client = MlflowClient(uri)
+    run = client.get_run(metadata["mlflow_run_id"].value)
+    assert run.data.tags["kind"] == "backtest"
+    assert "gap_vs_simple_gbm" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "backtest_model_roc_auc")
+    assert len(history) == cutoffs
+
+
+def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir: Path):
+    """The first model was promoted on the backtest; a crippled recipe backtests worse on
+    the same cutoffs and is registered but not promoted, with both tables shown."""
+    instance, _, first = trained
+    (model,) = first.asset_materializations_for_node("ml__churn_model")
+    assert "gate_candidate_backtest" in model.metadata
+    method = model.metadata["calibration"].value
+    assert method in {"none", "platt", "isotonic"}
+    assert "data:image/png;base64" in model.metadata["reliability"].value
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    from olist_churn_dagster.lib.tracking import load_champion
+
+    assert load_champion(uri).calibrator.method == method  # scoring applies the same map
+    crippled = {
+        **SMALL_SPLIT,
+        "max_depth": 1,
+        "n_estimators": 2,
+        "learning_rate": 0.01,
+        "colsample_bytree": 0.1,
+    }
+    result = definitions.resolve_job_def("train_churn_model").execute_in_process(
+        instance=instance,
+        run_config={"ops": {"ml__churn_model": {"config": crippled}}},
+    )
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("ml__churn_model")
+    metadata = materialization.metadata
+    assert metadata["promoted"].value is False
+    assert "mean backtest roc_auc" in metadata["promotion_decision"].value
+    assert metadata["candidate_score"].value < metadata["champion_score"].value
+    for table in ("gate_candidate_backtest", "gate_champion_backtest"):
+        assert metadata[table].value.count("\n| 20") >= 3
+    assert champion_version(uri) == "1"

@@ -111,3 +111,12 @@ def test_duplicate_columns_and_rows_and_missing_labels_error():
         build_abt(tables, _labels([True] * 4))
     with pytest.raises(ValueError, match="no label"):
         build_abt(_tables(), _labels([True] * 4)[:3])
+
+
+def test_mature_cohort_dates_come_from_the_data_dates():
+    from olist_churn_dagster.lib.abt import mature_cohort_dates
+
+    dates = mature_cohort_dates(date(2024, 1, 15), date(2024, 8, 20), horizon_days=45)
+    # July 1: silence marks up to June 30 + 45 = Aug 14 < Aug 20; Aug 1 would reach Sep 14.
+    assert dates == [date(2024, m, 1) for m in range(2, 8)]
+    assert mature_cohort_dates(date(2024, 1, 15), date(2024, 2, 10), horizon_days=45) == []

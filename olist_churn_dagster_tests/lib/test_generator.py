@@ -325,3 +325,29 @@ def test_real_reference_files_feed_sellers_products_and_payments(tmp_path: Path)
         TABLES["category_translation"].columns
     )
     assert set(got["order_payments"]["payment_type"]) >= {"credit_card", "boleto", "voucher"}
+
+
+def test_seller_dynamics_change_the_market_and_are_checked():
+    """The 'delivery' preset ties exits to late deliveries and makes them abrupt; an
+    unknown preset is refused."""
+    import numpy as np
+
+    from olist_churn_dagster.lib.generator_sellers import DYNAMICS, draw_sellers
+
+    n, days = 20_000, 700
+    default = draw_sellers(np.random.default_rng(1), n, days, DYNAMICS["default"])
+    delivery = draw_sellers(np.random.default_rng(1), n, days, DYNAMICS["delivery"])
+    assert default.decline_days.min() >= 25 and delivery.decline_days.max() < 30
+    np.testing.assert_array_equal(default.late_p, delivery.late_p)  # same traits drawn
+
+    def exit_gap(s) -> float:  # share exiting: worst-delivery quartile minus best quartile
+        exited = s.exit < days
+        late = s.late_p >= np.quantile(s.late_p, 0.75)
+        good = s.late_p <= np.quantile(s.late_p, 0.25)
+        return float(exited[late].mean() - exited[good].mean())
+
+    assert exit_gap(delivery) > exit_gap(default) + 0.05
+    with pytest.raises(ValueError, match="unknown seller dynamics"):
+        build_tables(
+            scale=SCALE, seed=SEED, start=START, end=END, ref=load_reference(None), dynamics="x"
+        )

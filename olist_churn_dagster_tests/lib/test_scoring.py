@@ -93,3 +93,27 @@ def test_reasons_only_for_medium_and_high_risk(scored):
             joined.get_column(f"reason_{i}_contribution").fill_null(0).to_numpy(),
             joined.get_column(f"reason_{i}_contribution_full").fill_null(0).to_numpy(),
         )
+
+
+def test_calibrator_maps_probabilities_and_keeps_the_ranking(scored):
+    from olist_churn_dagster.lib.calibration import Calibrator
+
+    booster, frame, scores = scored
+    shifted = score_sellers(
+        booster,
+        FEATURES,
+        frame,
+        model_version="7",
+        model_alias="champion",
+        scored_at=datetime(2026, 3, 4, 3, 0),
+        calibrator=Calibrator(method="platt", platt=(1.0, -1.0)),
+    )
+    keys = ["reference_date", "seller_id"]
+    joined = scores.join(shifted, on=keys, suffix="_cal")
+    raw = joined.get_column("churn_probability").to_numpy()
+    cal = joined.get_column("churn_probability_cal").to_numpy()
+    expected = 1 / (1 + np.exp(-(np.log(raw / (1 - raw)) - 1.0)))
+    np.testing.assert_allclose(cal, expected, rtol=1e-5)
+    assert (cal < raw).all()
+    assert (joined["risk_rank"] == joined["risk_rank_cal"]).all()
+    assert (shifted["risk_band"] == "high").sum() < (scores["risk_band"] == "high").sum()

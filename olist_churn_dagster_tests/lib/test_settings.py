@@ -20,6 +20,7 @@ VARIABLES = (
     "LOCK_BACKOFF_SECONDS",
     "ALERT_WEBHOOK_URL",
     "SCORES_DEADLINE_UTC",
+    "BACKTEST_CUTOFFS",
 )
 
 
@@ -88,3 +89,12 @@ def test_a_dotenv_file_is_read_without_overriding_the_environment(env, tmp_path:
     env.setenv("OLIST_CHURN_COHORT_DAY", "3")
     settings = load_settings()
     assert (settings.executor, settings.cohort_day) == ("multiprocess", 3)
+
+
+def test_backtest_cutoffs_default_and_validation(env):
+    assert load_settings().backtest_cutoffs == 6
+    env.setenv("OLIST_CHURN_BACKTEST_CUTOFFS", "9")
+    assert load_settings().backtest_cutoffs == 9
+    env.setenv("OLIST_CHURN_BACKTEST_CUTOFFS", "0")
+    with pytest.raises(SettingsError, match="BACKTEST_CUTOFFS"):
+        load_settings()

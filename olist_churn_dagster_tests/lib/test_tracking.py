@@ -190,3 +190,65 @@ def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, resu
     assert changed.promoted and changed.champion_score is None
     assert "feature set changed" in changed.reason
     assert os.listdir(Path(store.removeprefix("sqlite:///")).parent / "cwd") == []
+
+
+def test_backtest_gate_reruns_the_champion_recipe_on_the_same_cutoffs(store, results, data):
+    from datetime import date
+
+    from olist_churn_dagster.lib.calibration import Calibrator
+    from olist_churn_dagster.lib.tracking import (
+        backtest_champion_gate,
+        load_model_version,
+        log_calibration,
+        run_model_params,
+    )
+
+    abt, _ = data
+    cutoffs = [date(2020, m, 1) for m in (1, 2, 3)]
+
+    def table(aucs: list[float]) -> pl.DataFrame:
+        return pl.DataFrame({"cutoff": cutoffs, "roc_auc": aucs})
+
+    versions = {
+        name: log_and_register(results[name], tracking_uri=store, experiment="churn")
+        for name in ("good", "weak")
+    }
+    assert run_model_params(store, versions["good"].run_id) == FAST
+    calls: list[tuple[ModelParams, list[str]]] = []
+
+    def rerun(params: ModelParams, features) -> pl.DataFrame:
+        calls.append((params, list(features)))
+        return table([0.80, 0.82, 0.81])  # the champion recipe's backtest
+
+    common = {"tracking_uri": store, "rerun": rerun, "abt_columns": abt.columns}
+    first, none = backtest_champion_gate(
+        candidate_version=versions["good"].model_version,
+        candidate_params=FAST,
+        candidate_table=table([0.80, 0.82, 0.81]),
+        **common,
+    )
+    assert first.promoted and none is None and not calls
+    worse, champion_rows = backtest_champion_gate(
+        candidate_version=versions["weak"].model_version,
+        candidate_params=WEAK,
+        candidate_table=table([0.79, 0.80, 0.80]),
+        **common,
+    )
+    assert calls == [(FAST, results["good"].feature_names)]
+    assert not worse.promoted and "backtest" in worse.reason, worse.reason
+    assert worse.champion_score == pytest.approx(0.81) and champion_rows.height == 3
+    assert champion_version(store) == versions["good"].model_version
+    within, _ = backtest_champion_gate(
+        candidate_version=versions["weak"].model_version,
+        candidate_params=WEAK,
+        candidate_table=table([0.79, 0.80, 0.80]),
+        tolerance=0.02,
+        **common,
+    )
+    assert within.promoted  # 0.7967 >= 0.81 - 0.02
+    log_calibration(
+        store, versions["weak"].run_id, versions["weak"].model_version, Calibrator("platt", (2, 1))
+    )
+    loaded = load_model_version(store, versions["weak"].model_version)
+    assert loaded.calibrator == Calibrator("platt", (2, 1))
+    assert load_model_version(store, versions["good"].model_version).calibrator.method == "none"

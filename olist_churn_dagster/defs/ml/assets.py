@@ -3,7 +3,9 @@ daily churn scores."""
 
 import base64
 import io
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -19,18 +21,38 @@ from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import reference_date_partitions, registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import build_abt, cohort_dates, join_features
+from olist_churn_dagster.lib.abt import build_abt, cohort_dates
+from olist_churn_dagster.lib.backtest import MODEL as MODEL_SCORER
+from olist_churn_dagster.lib.backtest import (
+    backtest_model,
+    calibration_table,
+    choose_calibration,
+    params_key,
+)
+from olist_churn_dagster.lib.calibration import Calibrator, fit_calibrator
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.labels import churn_labels
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import ModelParams, plan_time_split, train_churn_model
+from olist_churn_dagster.lib.model import (
+    ModelParams,
+    SplitPlan,
+    TrainResult,
+    evaluate_scores,
+    plan_time_split,
+    predict,
+    train_churn_model,
+)
+from olist_churn_dagster.lib.plots import calibration_figure
+from olist_churn_dagster.lib.rhythm import add_rhythm_features, model_frame
 from olist_churn_dagster.lib.scoring import score_sellers
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tracking import (
     CHAMPION_ALIAS,
-    champion_gate,
+    GateDecision,
+    backtest_champion_gate,
     load_champion,
     log_and_register,
+    log_calibration,
 )
 from olist_churn_dagster.lib.warehouse import read_tables
 
@@ -39,6 +61,7 @@ SCORING_GROUP = "scoring"
 ABT_KEY = dg.AssetKey(["ml", "abt"])
 MODEL_KEY = dg.AssetKey(["ml", "churn_model"])
 SCORES_KEY = dg.AssetKey(["ml", "churn_scores"])
+BACKTEST_KEY = dg.AssetKey(["ml", "backtest"])
 FEATURE_KEYS = [feature_asset_key(f) for f in FEATURE_FAMILIES]
 _DEFAULTS = ModelParams()
 
@@ -61,8 +84,8 @@ def mature_cohorts(keys: list[str], last_purchase: date) -> list[date]:
 @dg.asset(
     key=ABT_KEY,
     group_name=MODEL_GROUP,
-    description="Monthly cohorts of active sellers: all six feature tables and the churn "
-    "label, mature rows only.",
+    description="Monthly cohorts of active sellers: all six feature tables, the rhythm "
+    "features derived from them, and the churn label; mature rows only.",
     deps=[*FEATURE_KEYS, raw_asset_key("orders"), raw_asset_key("order_items")],
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
@@ -78,7 +101,11 @@ def abt(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.Data
     labels = churn_labels(
         raw["orders"], raw["order_items"], spine, horizon_days=settings.churn_horizon_days
     )
-    table = build_abt(tables, labels)
+    table = add_rhythm_features(
+        build_abt(tables, labels),
+        horizon_days=settings.churn_horizon_days,
+        window_days=settings.feature_window_days,
+    )
     per_cohort = (
         table.group_by("reference_date")
         .agg(pl.len().alias("rows"), pl.col("churned").mean().round(4).alias("churn_rate"))
@@ -131,13 +158,93 @@ def png_markdown(figures: dict) -> str:
     return "\n\n".join(parts)
 
 
+def calibrate(
+    abt: pl.DataFrame, plan: SplitPlan, result: TrainResult, backtest: pl.DataFrame
+) -> tuple[Calibrator, dict[str, Any]]:
+    """Fit the calibration the backtest chose (lowest mean ECE over the cutoffs) on the
+    model's validation cohorts, the latest before the test block; show its effect on the
+    out-of-time cohorts as a reliability curve."""
+    method = choose_calibration(backtest)
+    valid = abt.filter(pl.col("reference_date").is_in(plan.valid))
+    calibrator = fit_calibrator(
+        valid.get_column("churned").to_numpy(),
+        predict(result.booster, valid, result.feature_names),
+        method,
+    )
+    y = result.test_frame.get_column("churned").to_numpy()
+    raw = result.test_frame.get_column("score").to_numpy()
+    calibrated = calibrator.apply(raw)
+    figure = calibration_figure(y, {"model": raw, f"model, {method}": calibrated})
+    return calibrator, {
+        "calibration": method,
+        "oot_ece": result.metrics["ece"],
+        "oot_ece_calibrated": evaluate_scores(y, calibrated)["ece"],
+        "calibration_by_backtest": dg.MetadataValue.md(
+            frame_to_markdown(calibration_table(backtest))
+        ),
+        "reliability": dg.MetadataValue.md(png_markdown({"reliability (OOT)": figure})),
+    }
+
+
+def backtest_gate(
+    abt: pl.DataFrame,
+    backtest: pl.DataFrame,
+    config: TrainingConfig,
+    *,
+    uri: str,
+    candidate_version: str,
+) -> tuple[GateDecision, dict[str, dg.MetadataValue]]:
+    """The champion gate on the backtest's cutoffs: the candidate's per-cutoff rows come
+    from ml/backtest when it backtested this recipe (else they are rerun); the champion's
+    recipe is rerun on the same cutoffs. Returns the decision and both tables."""
+    settings = load_settings()
+    rows = backtest.filter(pl.col("scorer") == MODEL_SCORER)
+    params = config.model_params()
+
+    def rerun(recipe: ModelParams, features: Sequence[str] | None) -> pl.DataFrame:
+        result = backtest_model(
+            abt,
+            recipe,
+            n_cutoffs=rows.height,
+            n_valid=config.n_valid_cohorts,
+            horizon_days=settings.churn_horizon_days,
+            features=features,
+            baselines=False,
+        )
+        return result.table.filter(pl.col("scorer") == MODEL_SCORER)
+
+    if "model_params" not in rows.columns or rows["model_params"][0] != params_key(params):
+        rows = rerun(params, None)
+    decision, champion_rows = backtest_champion_gate(
+        tracking_uri=uri,
+        candidate_version=candidate_version,
+        candidate_params=params,
+        candidate_table=rows,
+        rerun=rerun,
+        abt_columns=abt.columns,
+        metric=config.promotion_metric,
+        tolerance=config.promotion_tolerance,
+    )
+    shown = ["cutoff", "rows", "roc_auc", "pr_auc", "brier", "ece"]
+    tables = {
+        "gate_candidate_backtest": dg.MetadataValue.md(frame_to_markdown(rows.select(shown))),
+        "gate_champion_backtest": dg.MetadataValue.md(
+            frame_to_markdown(champion_rows.select(shown))
+            if champion_rows is not None
+            else f"_no champion backtest: {decision.reason}_"
+        ),
+    }
+    return decision, tables
+
+
 @dg.asset(
     key=MODEL_KEY,
     group_name=MODEL_GROUP,
     description="XGBoost churn model: trained on earlier cohorts, early-stopped on later "
     "ones, tested out of time; logged and registered in MLflow, promoted to "
-    f"'{CHAMPION_ALIAS}' only when not worse than the current champion.",
-    ins={"abt": dg.AssetIn(key=ABT_KEY)},
+    f"'{CHAMPION_ALIAS}' only when its mean walk-forward backtest AUC is not worse than the "
+    "current champion's recipe on the same cutoffs.",
+    ins={"abt": dg.AssetIn(key=ABT_KEY), "backtest": dg.AssetIn(key=BACKTEST_KEY)},
     kinds={"xgboost", "mlflow"},
     pool=WAREHOUSE_POOL,
 )
@@ -145,6 +252,7 @@ def churn_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     abt: pl.DataFrame,
+    backtest: pl.DataFrame,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     cohorts = abt.get_column("reference_date").unique().sort().to_list()
@@ -165,13 +273,10 @@ def churn_model(
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
     )
-    oot = abt.filter(pl.col("reference_date").is_in(plan.test))
-    decision = champion_gate(
-        tracking_uri=uri,
-        candidate_version=registered.model_version,
-        test_frame_features=oot,
-        metric=config.promotion_metric,
-        tolerance=config.promotion_tolerance,
+    calibrator, calibration_metadata = calibrate(abt, plan, result, backtest)
+    log_calibration(uri, registered.run_id, registered.model_version, calibrator)
+    decision, gate_tables = backtest_gate(
+        abt, backtest, config, uri=uri, candidate_version=registered.model_version
     )
     comparison = result.comparison_table()
     return dg.MaterializeResult(
@@ -194,6 +299,8 @@ def churn_model(
             "oot_metrics_vs_baselines": dg.MetadataValue.md(frame_to_markdown(comparison)),
             "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
             "plots": dg.MetadataValue.md(png_markdown(result.figures)),
+            **gate_tables,
+            **calibration_metadata,
         }
     )
 
@@ -216,7 +323,12 @@ def churn_scores(
     dates = partition_dates(context)
     model = load_champion(mlflow.ready_uri())
     with warehouse.get_connection() as conn:
-        features = join_features(read_feature_tables(conn, dates))
+        settings = load_settings()
+        features = model_frame(
+            read_feature_tables(conn, dates),
+            horizon_days=settings.churn_horizon_days,
+            window_days=settings.feature_window_days,
+        )
     scores = score_sellers(
         model.booster,
         model.feature_names,
@@ -224,6 +336,7 @@ def churn_scores(
         model_version=model.version,
         model_alias=CHAMPION_ALIAS,
         scored_at=datetime.now(UTC).replace(tzinfo=None),
+        calibrator=model.calibrator,
     )
     exports = export_scores(scores)
     bands = scores.group_by("risk_band").agg(pl.len().alias("sellers")).sort("risk_band")

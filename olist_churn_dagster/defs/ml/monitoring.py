@@ -9,7 +9,7 @@ from olist_churn_dagster.defs.features.assets import read_feature_tables
 from olist_churn_dagster.defs.ml.assets import ABT_KEY, SCORES_KEY, png_markdown
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import feature_columns, join_features
+from olist_churn_dagster.lib.abt import feature_columns
 from olist_churn_dagster.lib.labels import churn_labels
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.monitoring import (
@@ -19,6 +19,7 @@ from olist_churn_dagster.lib.monitoring import (
     population_stability,
     realized_performance,
 )
+from olist_churn_dagster.lib.rhythm import model_frame
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import read_tables
 
@@ -37,7 +38,12 @@ def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as conn:
         day = conn.execute("SELECT max(reference_date) FROM ml.churn_scores").fetchone()[0]
         reference = conn.execute("SELECT * FROM ml.abt").pl()
-        current = join_features(read_feature_tables(conn, [day]))
+        settings = load_settings()
+        current = model_frame(
+            read_feature_tables(conn, [day]),
+            horizon_days=settings.churn_horizon_days,
+            window_days=settings.feature_window_days,
+        )
     psi = population_stability(reference, current, feature_columns(reference))
     worst = drifted(psi)
     return dg.AssetCheckResult(

@@ -1,0 +1,174 @@
+"""The walk-forward backtest asset: the model judged at the last N mature monthly cutoffs,
+next to the recency rule and a small GBM on plain seller aggregates."""
+
+from dataclasses import asdict
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from matplotlib.figure import Figure
+from pydantic import Field
+
+from olist_churn_dagster.defs.ml.assets import (
+    ABT_KEY,
+    BACKTEST_KEY,
+    MODEL_GROUP,
+    TrainingConfig,
+    png_markdown,
+)
+from olist_churn_dagster.defs.ml.resources import MlflowTracking
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.lib.backtest import (
+    MODEL,
+    RECENCY_RULE,
+    SIMPLE_BASELINE,
+    BacktestResult,
+    backtest_figure,
+    backtest_model,
+    calibrated_name,
+    gap,
+    mean_table,
+    params_key,
+)
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.plots import calibration_figure
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.tracking import log_backtest
+
+
+class BacktestConfig(TrainingConfig):
+    """The model's hyperparameters (as for ml/churn_model) plus the walk-forward settings;
+    n_test_cohorts and gap_cohorts do not apply (one cutoff at a time, horizon-wide gaps)."""
+
+    n_cutoffs: int = Field(
+        default=0, description="cutoffs to backtest; 0: OLIST_CHURN_BACKTEST_CUTOFFS (6)"
+    )
+
+
+def backtest_metadata(
+    result: BacktestResult,
+) -> tuple[dict[str, Any], dict[str, Figure], dict[str, float]]:
+    """Per-cutoff tables, means, the gaps with their intervals and the two plots for the
+    UI; the figures and a summary for MLflow."""
+    table = result.table
+    vs_simple, vs_recency = gap(table), gap(table, baseline=RECENCY_RULE)
+    chosen = result.chosen_calibration()
+    scores = result.scores
+    y = scores.get_column("churned").to_numpy()
+    reliability = {
+        name: scores.get_column(name).to_numpy()
+        for name in (
+            MODEL,
+            calibrated_name(MODEL, "platt"),
+            calibrated_name(MODEL, "isotonic"),
+            SIMPLE_BASELINE,
+        )
+    }
+    figures = {
+        "backtest": backtest_figure(table, vs_simple),
+        "reliability (all cutoffs pooled)": calibration_figure(y, reliability),
+    }
+    wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
+    calibrated = table.filter(pl.col("scorer") == calibrated_name(MODEL, chosen))
+    summary = {
+        "mean_roc_auc_model": float(wide.get_column(MODEL).mean()),
+        "mean_roc_auc_simple_gbm": float(wide.get_column(SIMPLE_BASELINE).mean()),
+        "mean_roc_auc_recency_rule": float(wide.get_column(RECENCY_RULE).mean()),
+        "gap_vs_simple_gbm": vs_simple.mean,
+        "gap_vs_simple_gbm_ci_low": vs_simple.ci_low,
+        "gap_vs_simple_gbm_ci_high": vs_simple.ci_high,
+        "gap_vs_recency_rule": vs_recency.mean,
+        "mean_ece_calibrated": float(calibrated.get_column("ece").mean()),
+        "seconds": result.seconds,
+    }
+    return (
+        {
+            "cutoffs": len(result.plans),
+            **{k: summary[k] for k in list(summary)[:4]},
+            "gap_vs_simple_gbm_ci95": dg.MetadataValue.json(
+                [round(vs_simple.ci_low, 5), round(vs_simple.ci_high, 5)]
+            ),
+            "gap_summary": dg.MetadataValue.md(f"- {vs_simple.text()}\n- {vs_recency.text()}"),
+            "calibration": chosen,
+            "mean_ece_calibrated": summary["mean_ece_calibrated"],
+            "roc_auc_per_cutoff": dg.MetadataValue.md(frame_to_markdown(wide, max_rows=60)),
+            "means_over_cutoffs": dg.MetadataValue.md(frame_to_markdown(mean_table(table))),
+            "calibration_methods": dg.MetadataValue.md(frame_to_markdown(result.calibration())),
+            "per_cutoff_metrics": dg.MetadataValue.md(frame_to_markdown(table, max_rows=200)),
+            "seconds": round(result.seconds, 1),
+            "plots": dg.MetadataValue.md(png_markdown(figures)),
+        },
+        figures,
+        summary,
+    )
+
+
+@dg.asset(
+    key=BACKTEST_KEY,
+    group_name=MODEL_GROUP,
+    description="Walk-forward backtest over the last N mature monthly cutoffs: for each, "
+    "the model and a small GBM on plain seller aggregates are trained on matured cohorts "
+    "only and scored on the cutoff, beside the recency rule. Per-cutoff table, mean gap "
+    "with a 95% interval, calibration methods and plots; logged to MLflow.",
+    ins={"abt": dg.AssetIn(key=ABT_KEY)},
+    kinds={"xgboost", "mlflow", "polars"},
+    pool=WAREHOUSE_POOL,
+)
+def backtest(
+    context: dg.AssetExecutionContext,
+    config: BacktestConfig,
+    abt: pl.DataFrame,
+    mlflow: MlflowTracking,
+) -> pl.DataFrame:
+    settings = load_settings()
+    result = backtest_model(
+        abt,
+        config.model_params(),
+        n_cutoffs=config.n_cutoffs or settings.backtest_cutoffs,
+        n_valid=config.n_valid_cohorts,
+        horizon_days=settings.churn_horizon_days,
+    )
+    metadata, figures, summary = backtest_metadata(result)
+    run_id = log_backtest(
+        result.table,
+        summary,
+        figures,
+        tracking_uri=mlflow.ready_uri(),
+        experiment=mlflow.experiment,
+        run_name=f"backtest-{context.run.run_id[:8]}",
+        params={**asdict(config.model_params()), "calibration": metadata["calibration"]},
+        tags={"dagster_run_id": context.run.run_id},
+        artifact_location=mlflow.artifact_root(),
+    )
+    context.add_output_metadata({**metadata, "mlflow_run_id": run_id})
+    return result.table.with_columns(
+        model_params=pl.when(pl.col("scorer") == MODEL).then(
+            pl.lit(params_key(config.model_params()))
+        )
+    )
+
+
+@dg.asset_check(
+    asset=BACKTEST_KEY,
+    name="model_beats_simple_baseline",
+    description="The model's mean backtest ROC AUC is above the small GBM on plain "
+    "aggregates; a warning, not a failure: the gap is the model's reason to exist.",
+    pool=WAREHOUSE_POOL,
+)
+def model_beats_simple_baseline(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as conn:
+        table = conn.execute(
+            "SELECT cutoff, scorer, roc_auc FROM ml.backtest WHERE scorer IN (?, ?)",
+            [MODEL, SIMPLE_BASELINE],
+        ).pl()
+    result = gap(table)
+    return dg.AssetCheckResult(
+        passed=result.mean > 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "gap_mean": result.mean,
+            "gap_ci95": dg.MetadataValue.json([result.ci_low, result.ci_high]),
+            "cutoffs_won": f"{result.wins} of {result.n}",
+        },
+    )
