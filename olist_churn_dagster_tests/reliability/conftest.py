@@ -88,8 +88,11 @@ def run_job(
     tags = range_tags(*partition_range) if partition_range else None
     instance = dg.DagsterInstance.ephemeral()
     # A fresh instance knows no reference dates: give the run's own their partitions.
-    wanted = [*(partition_range or ()), *([partition_key] if partition_key else [])]
-    register_reference_dates(instance, [date.fromisoformat(k) for k in wanted])
+    first, last = partition_range or (partition_key, partition_key)
+    if first and last:
+        start, end = date.fromisoformat(first), date.fromisoformat(last)
+        days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+        register_reference_dates(instance, days)
     return definitions.resolve_job_def(job_name).execute_in_process(
         run_config=run_config,
         instance=instance,

@@ -25,6 +25,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.defs.warehouse import warehouse_resources
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.loader import load_dataset
@@ -364,12 +365,15 @@ def scored_range(
     champion model (trained here when the session has none yet)."""
     uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
     if champion_version(uri) is None:
-        features = definitions.resolve_job_def("build_feature_store")
-        keys = features.partitions_def.get_partition_keys()
-        built = run_job(definitions, "build_feature_store", partition_range=(keys[0], keys[-1]))
+        keys = demo_reference_keys(data_dir)
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("reference_date", keys)
+        built = definitions.resolve_job_def("build_feature_store").execute_in_process(
+            instance=instance, tags=range_tags(keys[0], keys[-1]), raise_on_error=False
+        )
         assert built.success, failure_message(built)
         trained = definitions.resolve_job_def("train_churn_model").execute_in_process(
-            instance=dg.DagsterInstance.ephemeral(),
+            instance=instance,
             run_config={"ops": {"ml__churn_model": {"config": SMALL_SPLIT}}},
             raise_on_error=False,
         )
