@@ -1,7 +1,7 @@
 """The daily loop as an operator runs it: a snapshot landing under a real `dagster dev`
 (sensor on, the instance `make run` sets up) until its scores are committed.
 
-    uv run python bench/live_loop.py [--scale 1] [--hold 20] [--root /tmp/olist-live-bench]
+    uv run python bench/live_loop.py [--scale 1] [--hold 60] [--root /tmp/olist-live-bench]
 
 Generates the demo data at the scale, runs `olist-churn prepare`, starts `dagster dev`,
 then lands two snapshots (the next two days, cut from the same data): the first freely,
@@ -77,7 +77,7 @@ def _report(gql: GraphQL, label: str, run: dict, marker: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--hold", type=float, default=20.0)
+    parser.add_argument("--hold", type=float, default=60.0)
     parser.add_argument("--root", type=Path, default=Path("/tmp/olist-live-bench"))
     args = parser.parse_args()
 
