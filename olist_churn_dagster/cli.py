@@ -77,14 +77,17 @@ def replace_section(text: str, name: str, body: str) -> str:
     return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.partition(end)[2]
 
 
+FEATURES_DOC = Path("docs") / "features.md"
+
+
 def _catalogue(args: argparse.Namespace) -> None:
     from olist_churn_dagster.lib.features import catalogue_markdown
 
-    if args.readme:
-        args.readme.write_text(
-            replace_section(args.readme.read_text(), "catalogue", catalogue_markdown())
+    if args.write:
+        args.write.write_text(
+            replace_section(args.write.read_text(), "catalogue", catalogue_markdown())
         )
-        print(f"updated the feature catalogue in {args.readme}")
+        print(f"updated the feature catalogue in {args.write}")
     else:
         print(catalogue_markdown())
 
@@ -130,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cmd.set_defaults(func=_prepare)
 
     catalogue = commands.add_parser("catalogue", help="print the feature catalogue (markdown)")
-    catalogue.add_argument("--readme", type=Path, help="rewrite the catalogue section of this file")
+    catalogue.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help=f"rewrite the catalogue section of FILE (the repository's is {FEATURES_DOC})",
+    )
     catalogue.set_defaults(func=_catalogue)
     return parser
 
