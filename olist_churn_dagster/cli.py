@@ -56,16 +56,25 @@ def _replay(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} snapshots under {out}")
 
 
-def _prepare(_args: argparse.Namespace) -> None:
+def _prepare(args: argparse.Namespace) -> None:
     import dagster as dg
 
-    from olist_churn_dagster.bootstrap import prepare
+    from olist_churn_dagster.bootstrap import JobFailed, log_path, prepare
 
+    settings = load_settings()
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        done = prepare(load_settings(), instance)
+        try:
+            done = prepare(settings, instance, log=lambda line: print(line, flush=True))
+        except JobFailed as exc:
+            print(f"olist-churn prepare: {exc}", file=sys.stderr)
+            print(f"the events of every run: {log_path(settings)}", file=sys.stderr)
+            raise SystemExit(1) from None
     seconds = time.perf_counter() - started
     print(f"prepared {', '.join(done)} in {seconds:.1f} s" if done else "already prepared")
+    print(f"  data:       {settings.data_dir}")
+    print(f"  events log: {log_path(settings)}")
+    print(f"  Dagster UI: {args.ui} (`make run` serves it)")
 
 
 def replace_section(text: str, name: str, body: str) -> str:
@@ -129,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare_cmd = commands.add_parser(
         "prepare", help="materialize what the UI should open on (skips what is done)"
+    )
+    prepare_cmd.add_argument(
+        "--ui", default="http://127.0.0.1:3000", help="the UI's address, for the summary"
     )
     prepare_cmd.set_defaults(func=_prepare)
 

@@ -11,13 +11,35 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
 REAL_DIR = REPO_ROOT.parent / "shared" / "olist-real"
 
 DEMO_SCALE = 0.08
 DEMO_SEED = 7
 DEMO_END = date.today() - timedelta(days=1)
 DEMO_START = DEMO_END - timedelta(days=520)
+
+
+# `make test-fast` runs `pytest -m "not e2e and not slow"`; `make test` runs everything.
+# e2e: a real `dagster dev` and Chromium. slow: each takes tens of seconds (processes
+# killed mid-write, lock retries waited out, a process per step, a whole `prepare`).
+E2E_DIRS = {"e2e"}
+SLOW = {
+    "reliability/test_faults.py",
+    "reliability/test_lock_retries.py",
+    "test_deploy.py::test_a_job_runs_with_the_multiprocess_executor",
+    "test_bootstrap.py::test_prepare_builds_everything_quietly_then_skips_it",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.relative_to(TESTS_DIR).as_posix()
+        if path.split("/")[0] in E2E_DIRS:
+            item.add_marker(pytest.mark.e2e)
+        if path in SLOW or f"{path}::{item.originalname}" in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
