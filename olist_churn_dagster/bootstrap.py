@@ -66,6 +66,8 @@ def log_path(settings: Settings) -> Path:
 
 
 def _event(record: logging.LogRecord) -> dg.DagsterEvent | None:
+    # Dagster hands a @logger's records their event under `dagster_meta`, the attribute its
+    # own JSON console logger reads; 1.13 has no public accessor for it.
     meta = getattr(record, "dagster_meta", None) or {}
     return meta.get("dagster_event")
 
