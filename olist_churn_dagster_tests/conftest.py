@@ -32,6 +32,8 @@ SLOW = {
     "test_deploy.py::test_a_job_runs_with_the_multiprocess_executor",
     "test_deploy.py::test_definitions_load_with_the_deployment_settings",
     "defs/test_ml_assets.py::test_snapshots_flow_through_the_sensor_to_scores",
+    "defs/test_ml_assets.py::test_champion_gate_compares_mean_backtest_auc",
+    "defs/test_feature_assets.py::test_batched_backfill_writes_the_same_rows",
 }
 
 
