@@ -106,11 +106,12 @@ class StepProgress(logging.Handler):
                 self.checks_passed += 1
             else:
                 name = f"{check.asset_key.to_user_string()} {check.check_name}"
-                self.log(f"  check failed: {name} ({self.elapsed():.1f} s)")
+                severity = check.severity.value
+                self.log(f"  check failed ({severity}): {name} ({self.elapsed():.1f} s)")
         elif event.is_step_success and key in self.materialized:
-            dates = len(self.partitions.get(key, ()))
-            what = f"{dates} dates" if dates else f"{self.materialized[key]} assets"
-            self.log(f"  {key.replace('__', '/')}: {what} ({self.elapsed():.1f} s)")
+            dates, assets = len(self.partitions.get(key, ())), self.materialized[key]
+            what = f"{dates} dates, " if dates else f"{assets} assets, " if assets > 1 else ""
+            self.log(f"  {key.replace('__', '/')} ({what}{self.elapsed():.1f} s)")
 
 
 def _prepare_logger(handlers: list[logging.Handler]) -> dg.LoggerDefinition:
@@ -190,7 +191,8 @@ def prepare(
         # registration, warnings) joins Dagster's events in the log file.
         with contextlib.redirect_stderr(file_handler.stream):
             _run(defs, instance, job_name, [file_handler, progress], **kwargs)
-        checks = f", {progress.checks_passed} checks passed" if progress.checks_passed else ""
+        passed = progress.checks_passed
+        checks = f", {passed} check{'s' * (passed != 1)} passed" if passed else ""
         log(f"{name}: done in {progress.elapsed():.1f} s{checks}")
         done.append(name)
 

@@ -45,6 +45,8 @@ def markers_for(path: str, name: str) -> list[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if not item.path.is_relative_to(TESTS_DIR):
+            continue
         path = item.path.relative_to(TESTS_DIR).as_posix()
         for mark in markers_for(path, item.originalname):
             item.add_marker(getattr(pytest.mark, mark))
