@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a helper.
-# Recipes print only what their tools report (no echo of the commands).
+# The steps of `make run` print only what their tools report (no echo of the commands).
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
