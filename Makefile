@@ -1,4 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a helper.
+# The steps of `make run` print only what their tools report (no echo of the commands).
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
@@ -16,20 +17,20 @@ SEED ?= 42
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run install data instance prepare browser test bench lint format clean-data
+.PHONY: run install data instance prepare browser test test-fast bench lint format clean-data
 
 $(UV):
-	$(PYTHON) -m venv $(TOOLS_DIR)
-	$(TOOLS_DIR)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@$(PYTHON) -m venv $(TOOLS_DIR)
+	@$(TOOLS_DIR)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 install: $(UV)  ## the locked environment in .venv
-	$(UV) sync --frozen
+	@$(UV) sync --frozen --quiet
 
 data: install  ## generate the demo dataset unless data/raw already has one
 	@if [ -n "$$(ls -A $(OLIST_CHURN_DATA_DIR)/raw 2>/dev/null)" ]; then \
 		echo "using the dataset in $(OLIST_CHURN_DATA_DIR)/raw"; \
 	else \
-		$(UV) run olist-churn generate $(OLIST_CHURN_DATA_DIR)/raw --scale $(SCALE) --seed $(SEED); \
+		$(UV) run --quiet olist-churn generate $(OLIST_CHURN_DATA_DIR)/raw --scale $(SCALE) --seed $(SEED); \
 	fi
 
 instance:  ## the Dagster instance home with the project's dagster.yaml
@@ -37,10 +38,11 @@ instance:  ## the Dagster instance home with the project's dagster.yaml
 	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 prepare: data instance  ## materialize what the UI should show ready (skipped when done)
-	$(UV) run olist-churn prepare
+	@$(UV) run --quiet olist-churn prepare --ui http://$(HOST):$(PORT)
 
 run: prepare  ## set up everything, then the Dagster UI on http://$(HOST):$(PORT)
-	$(UV) run dagster dev -h $(HOST) -p $(PORT)
+	@echo "starting the Dagster UI on http://$(HOST):$(PORT) (Ctrl-C stops it)"
+	@$(UV) run --quiet dagster dev -h $(HOST) -p $(PORT)
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
@@ -55,8 +57,11 @@ browser:  ## headless Chromium and its driver for the browser tests (Debian/Ubun
 			apt-get install -y -q chromium chromium-driver; \
 	fi
 
-test: install browser  ## the whole test suite
-	$(UV) run pytest
+test: install browser  ## the whole test suite (CI runs this)
+	$(UV) run --quiet pytest
+
+test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow
+	$(UV) run --quiet pytest -m "not e2e and not slow"
 
 BENCH_SCALES ?= 1 10 30
 

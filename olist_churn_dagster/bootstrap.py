@@ -4,11 +4,19 @@ Runs the project's own jobs in process on the configured Dagster instance, so ev
 shows in the UI's history like any other, and skips each step that is already done:
 raw tables, every feature partition (one single-run backfill), the ABT and a champion
 model, and the scores of the most recent reference dates.
+
+The terminal gets one line per stage and per finished step, with elapsed times; Dagster's
+event stream goes to `logs/prepare.log` under the data directory (and to the instance's
+event log, as for every run). A failed step's error is printed in full.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
@@ -52,30 +60,150 @@ def _missing_feature_dates(settings: Settings, keys: list[str]) -> list[str]:
     return [k for k in keys if k not in present]
 
 
-def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, **kwargs) -> None:
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, raise_on_error=False, **kwargs
+def log_path(settings: Settings) -> Path:
+    """Where `prepare` writes Dagster's event stream."""
+    return settings.data_dir / "logs" / "prepare.log"
+
+
+def _event(record: logging.LogRecord) -> dg.DagsterEvent | None:
+    # Dagster hands a @logger's records their event under `dagster_meta`, the attribute its
+    # own JSON console logger reads; 1.13 has no public accessor for it.
+    meta = getattr(record, "dagster_meta", None) or {}
+    return meta.get("dagster_event")
+
+
+class StepProgress(logging.Handler):
+    """A line when a step of a run materializes something (its asset, the partitions and
+    the time since the stage started), a line per failed check; passed checks are
+    counted for the stage's closing line."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.log = log
+        self.restart()
+
+    def restart(self) -> None:
+        self.started = time.perf_counter()
+        self.materialized: dict[str, int] = {}
+        self.partitions: dict[str, set[str]] = {}
+        self.checks_passed = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = _event(record)
+        if event is None or event.step_key is None:
+            return
+        key = event.step_key
+        if event.is_step_materialization:
+            self.materialized[key] = self.materialized.get(key, 0) + 1
+            if event.partition is not None:
+                self.partitions.setdefault(key, set()).add(event.partition)
+        elif event.event_type_value == dg.DagsterEventType.ASSET_CHECK_EVALUATION.value:
+            check = event.asset_check_evaluation_data
+            if check.passed:
+                self.checks_passed += 1
+            else:
+                name = f"{check.asset_key.to_user_string()} {check.check_name}"
+                severity = check.severity.value
+                self.log(f"  check failed ({severity}): {name} ({self.elapsed():.1f} s)")
+        elif event.is_step_success and key in self.materialized:
+            dates, assets = len(self.partitions.get(key, ())), self.materialized[key]
+            what = f"{dates} dates, " if dates else f"{assets} assets, " if assets > 1 else ""
+            self.log(f"  {key.replace('__', '/')} ({what}{self.elapsed():.1f} s)")
+
+
+def _prepare_logger(handlers: list[logging.Handler]) -> dg.LoggerDefinition:
+    @dg.logger(description="Dagster's events to the prepare log file and step progress.")
+    def prepare_logger(_context: dg.InitLoggerContext) -> logging.Logger:
+        logger = logging.Logger("olist_churn.prepare", level=logging.DEBUG)
+        for handler in handlers:
+            logger.addHandler(handler)
+        return logger
+
+    return prepare_logger
+
+
+def _failure_report(result: dg.ExecuteInProcessResult) -> str:
+    errors = [
+        f"step {event.step_key} failed:\n{event.step_failure_data.error.to_string()}"
+        for event in result.all_events
+        if event.is_step_failure and event.step_failure_data.error is not None
+    ]
+    return "\n".join(errors) or "no step failed; see the run's events"
+
+
+class JobFailed(RuntimeError):
+    """A job of `prepare` failed; the message holds every failed step's error in full."""
+
+
+def _run(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    handlers: list[logging.Handler],
+    **kwargs,
+) -> None:
+    # The job's own loggers (Dagster's DEBUG console) are swapped for one that writes the
+    # event log file and the progress lines; the run and its events in the instance are
+    # the same as those of any launch.
+    job = defs.resolve_job_def(job_name).with_logger_defs({"prepare": _prepare_logger(handlers)})
+    result = job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"prepare": {}}},
+        **kwargs,
     )
     if not result.success:
-        raise RuntimeError(f"job {job_name} failed; open its run in the UI for the error")
+        raise JobFailed(
+            f"job {job_name} failed (run {result.run_id}; its page in the UI has the events)\n"
+            + _failure_report(result)
+        )
 
 
 def prepare(
-    settings: Settings, instance: dg.DagsterInstance, log: Callable[[str], None] = print
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    log: Callable[[str], None] = print,
+    log_file: Path | None = None,
 ) -> list[str]:
     """Run whatever of the main pipeline is missing; returns the steps it ran. The raw load
-    registers the reference dates, so the later steps read them from the instance."""
+    registers the reference dates, so the later steps read them from the instance.
+    Dagster's events go to `log_file` (default `log_path(settings)`), appended."""
     defs = load_definitions()
     done: list[str] = []
+    log_file = log_file or log_path(settings)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setFormatter(
+        logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    progress = StepProgress(log)
 
     def step(name: str, is_done: Callable[[], bool], job_name: str, **kwargs) -> None:
         if is_done():
             log(f"{name}: already there")
             return
         log(f"{name}: running job {job_name}")
-        _run(defs, instance, job_name, **kwargs)
+        progress.restart()
+        # What libraries print to stderr during the run (MLflow's store setup and model
+        # registration, warnings) joins Dagster's events in the log file.
+        with contextlib.redirect_stderr(file_handler.stream):
+            _run(defs, instance, job_name, [file_handler, progress], **kwargs)
+        passed = progress.checks_passed
+        checks = f", {passed} check{'s' * (passed != 1)} passed" if passed else ""
+        log(f"{name}: done in {progress.elapsed():.1f} s{checks}")
         done.append(name)
 
+    try:
+        _steps(settings, instance, step)
+    finally:
+        file_handler.close()
+    return done
+
+
+def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[..., None]) -> None:
     step(
         "raw tables",
         lambda: (
@@ -117,4 +245,3 @@ def prepare(
         "rescore_with_champion",
         tags=range_tags(recent[0], recent[-1]),
     )
-    return done

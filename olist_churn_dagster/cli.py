@@ -56,16 +56,25 @@ def _replay(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} snapshots under {out}")
 
 
-def _prepare(_args: argparse.Namespace) -> None:
+def _prepare(args: argparse.Namespace) -> None:
     import dagster as dg
 
-    from olist_churn_dagster.bootstrap import prepare
+    from olist_churn_dagster.bootstrap import JobFailed, log_path, prepare
 
+    settings = load_settings()
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        done = prepare(load_settings(), instance)
+        try:
+            done = prepare(settings, instance, log=lambda line: print(line, flush=True))
+        except JobFailed as exc:
+            print(f"olist-churn prepare: {exc}", file=sys.stderr)
+            print(f"the events of every run: {log_path(settings)}", file=sys.stderr)
+            raise SystemExit(1) from None
     seconds = time.perf_counter() - started
     print(f"prepared {', '.join(done)} in {seconds:.1f} s" if done else "already prepared")
+    print(f"  data:       {settings.data_dir}")
+    print(f"  events log: {log_path(settings)}")
+    print(f"  Dagster UI: {args.ui} (`make run` serves it)")
 
 
 def replace_section(text: str, name: str, body: str) -> str:
@@ -77,14 +86,17 @@ def replace_section(text: str, name: str, body: str) -> str:
     return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.partition(end)[2]
 
 
+FEATURES_DOC = Path("docs") / "features.md"
+
+
 def _catalogue(args: argparse.Namespace) -> None:
     from olist_churn_dagster.lib.features import catalogue_markdown
 
-    if args.readme:
-        args.readme.write_text(
-            replace_section(args.readme.read_text(), "catalogue", catalogue_markdown())
+    if args.write:
+        args.write.write_text(
+            replace_section(args.write.read_text(), "catalogue", catalogue_markdown())
         )
-        print(f"updated the feature catalogue in {args.readme}")
+        print(f"updated the feature catalogue in {args.write}")
     else:
         print(catalogue_markdown())
 
@@ -127,10 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cmd = commands.add_parser(
         "prepare", help="materialize what the UI should open on (skips what is done)"
     )
+    prepare_cmd.add_argument(
+        "--ui", default="http://127.0.0.1:3000", help="the UI's address, for the summary"
+    )
     prepare_cmd.set_defaults(func=_prepare)
 
     catalogue = commands.add_parser("catalogue", help="print the feature catalogue (markdown)")
-    catalogue.add_argument("--readme", type=Path, help="rewrite the catalogue section of this file")
+    catalogue.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help=f"rewrite the catalogue section of FILE (the repository's is {FEATURES_DOC})",
+    )
     catalogue.set_defaults(func=_catalogue)
     return parser
 

@@ -3,16 +3,27 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from olist_churn_dagster.cli import main, replace_section
+from olist_churn_dagster.cli import FEATURES_DOC, main, replace_section
 from olist_churn_dagster.lib.features import catalogue_markdown
 from olist_churn_dagster_tests.conftest import REPO_ROOT
 
 
-def test_readme_catalogue_matches_the_code():
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert replace_section(readme, "catalogue", catalogue_markdown()) == readme, (
-        "README feature catalogue is stale: run `olist-churn catalogue --readme README.md`"
+def test_feature_catalogue_doc_matches_the_code():
+    doc = (REPO_ROOT / FEATURES_DOC).read_text()
+    assert replace_section(doc, "catalogue", catalogue_markdown()) == doc, (
+        f"the feature catalogue is stale: run `olist-churn catalogue --write {FEATURES_DOC}`"
     )
+
+
+def test_catalogue_write_rewrites_only_its_section(tmp_path: Path, capsys):
+    doc = tmp_path / "features.md"
+    doc.write_text("# Title\n\n<!-- catalogue:start -->\nstale\n<!-- catalogue:end -->\n\nafter\n")
+    assert main(["catalogue", "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert "stale" not in text
+    assert text.startswith("# Title\n\n<!-- catalogue:start -->\n")
+    assert text.endswith("<!-- catalogue:end -->\n\nafter\n")
+    assert "`sales_recency_days`" in text
 
 
 def test_replace_section_needs_both_markers():
