@@ -24,8 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from olist_churn_dagster.lib.abt import abt_from_raw, mature_cohort_dates
-from olist_churn_dagster.lib.backtest import (
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.ml.abt import abt_from_raw, mature_cohort_dates
+from olist_churn_dagster.lib.ml.backtest import (
     MODEL,
     SIMPLE_BASELINE,
     Recipe,
@@ -35,9 +36,8 @@ from olist_churn_dagster.lib.backtest import (
     simple_baseline,
     walk_forward_plans,
 )
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import ModelParams
-from olist_churn_dagster.lib.rhythm import RHYTHM_FEATURES, add_rhythm_features
+from olist_churn_dagster.lib.ml.model import ModelParams
+from olist_churn_dagster.lib.ml.rhythm import RHYTHM_FEATURES, add_rhythm_features
 
 HORIZON, WINDOW = 45, 180
 END = date(2026, 11, 27)  # fixed, so cached datasets and results do not move with the day
@@ -53,8 +53,8 @@ MONOTONE = {
 
 
 def dataset(scale: float, seed: int, dynamics: str) -> dict[str, pl.DataFrame]:
-    from olist_churn_dagster.lib.generator import generate_dataset
-    from olist_churn_dagster.lib.loader import load_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
 
     folder = Path(tempfile.gettempdir()) / f"olist_bt_s{scale}_seed{seed}_{dynamics}"
     if not (folder / "_SUCCESS_bench").exists():

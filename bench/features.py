@@ -35,7 +35,7 @@ def _peak_gb() -> float:
 
 
 def _dataset(root: Path, scale: float) -> Path:
-    from olist_churn_dagster.lib.generator import generate_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
 
     raw = root / f"scale-{scale:g}" / "raw"
     if not (raw / "olist_orders_dataset.csv").exists():

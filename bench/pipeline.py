@@ -69,7 +69,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     memory = PeakMemory()
     results: list[dict] = []
 
-    from olist_churn_dagster.lib.generator import generate_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
 
     _stage(
         results,
@@ -84,7 +84,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     from olist_churn_dagster.defs.ml.assets import ABT_KEY, BACKTEST_KEY, MODEL_KEY
     from olist_churn_dagster.defs.partitions import registered_dates
     from olist_churn_dagster.defs.tags import range_tags
-    from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
+    from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
 
     defs = load_definitions()
     instance = dg.DagsterInstance.ephemeral()
@@ -131,7 +131,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     _stage(results, memory, "score one day", score(keys[-1], keys[-1]))
     _stage(results, memory, "score 30-day backfill", score(keys[-30], keys[-1]))
 
-    from olist_churn_dagster.lib.loader import load_dataset
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
 
     day = date.fromisoformat(keys[-1])
     as_of_tables = cut_as_of(load_dataset(data / "raw"), day)

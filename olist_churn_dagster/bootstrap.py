@@ -14,8 +14,8 @@ import dagster as dg
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.ml.tracking import champion_version, sqlite_store_path
 from olist_churn_dagster.lib.settings import Settings
-from olist_churn_dagster.lib.tracking import champion_version, sqlite_store_path
 from olist_churn_dagster.lib.warehouse import open_warehouse, warehouse_exists
 
 

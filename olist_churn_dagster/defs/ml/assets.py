@@ -21,19 +21,19 @@ from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import reference_date_partitions, registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import build_abt, cohort_dates
-from olist_churn_dagster.lib.backtest import MODEL as MODEL_SCORER
-from olist_churn_dagster.lib.backtest import (
+from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.ml.abt import build_abt, cohort_dates
+from olist_churn_dagster.lib.ml.backtest import MODEL as MODEL_SCORER
+from olist_churn_dagster.lib.ml.backtest import (
     backtest_model,
     calibration_table,
     choose_calibration,
     params_key,
 )
-from olist_churn_dagster.lib.calibration import Calibrator, fit_calibrator
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES
-from olist_churn_dagster.lib.labels import churn_labels
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import (
+from olist_churn_dagster.lib.ml.calibration import Calibrator, fit_calibrator
+from olist_churn_dagster.lib.ml.labels import churn_labels
+from olist_churn_dagster.lib.ml.model import (
     ModelParams,
     SplitPlan,
     TrainResult,
@@ -42,11 +42,10 @@ from olist_churn_dagster.lib.model import (
     predict,
     train_churn_model,
 )
-from olist_churn_dagster.lib.plots import calibration_figure
-from olist_churn_dagster.lib.rhythm import add_rhythm_features, model_frame
-from olist_churn_dagster.lib.scoring import score_sellers
-from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.tracking import (
+from olist_churn_dagster.lib.ml.plots import calibration_figure
+from olist_churn_dagster.lib.ml.rhythm import add_rhythm_features, model_frame
+from olist_churn_dagster.lib.ml.scoring import score_sellers
+from olist_churn_dagster.lib.ml.tracking import (
     CHAMPION_ALIAS,
     GateDecision,
     backtest_champion_gate,
@@ -54,6 +53,7 @@ from olist_churn_dagster.lib.tracking import (
     log_and_register,
     log_calibration,
 )
+from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import read_tables
 
 MODEL_GROUP = "model"

@@ -6,8 +6,8 @@ from dagster_duckdb import DuckDBResource
 from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.ml.assets import ABT_KEY
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.ml.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, read_tables
 

@@ -9,17 +9,17 @@ from olist_churn_dagster.defs.features.assets import read_feature_tables
 from olist_churn_dagster.defs.ml.assets import ABT_KEY, SCORES_KEY, png_markdown
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import feature_columns
-from olist_churn_dagster.lib.labels import churn_labels
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.monitoring import (
+from olist_churn_dagster.lib.ml.abt import feature_columns
+from olist_churn_dagster.lib.ml.labels import churn_labels
+from olist_churn_dagster.lib.ml.monitoring import (
     PSI_WARN,
     drifted,
     performance_figure,
     population_stability,
     realized_performance,
 )
-from olist_churn_dagster.lib.rhythm import model_frame
+from olist_churn_dagster.lib.ml.rhythm import model_frame
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import read_tables
 
