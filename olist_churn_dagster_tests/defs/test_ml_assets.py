@@ -237,9 +237,9 @@ def test_drift_check_passes_on_the_same_distribution_and_warns_on_a_shift(
     """The `feature_drift_psi` check itself, on a copy of the warehouse whose ABT is made
     of the newest scored date's own features: it passes; then two features of that date
     move and it fails, as a warning, naming exactly those two."""
-    from olist_churn_dagster.defs.features.assets import read_feature_tables
     from olist_churn_dagster.defs.ml.monitoring import scores_feature_drift
     from olist_churn_dagster.defs.warehouse import WarehouseResource
+    from olist_churn_dagster.lib.features.store import read_feature_tables
     from olist_churn_dagster.lib.ml.abt import join_features
     from olist_churn_dagster.lib.warehouse import write_frame
 

@@ -15,11 +15,10 @@ from olist_churn_dagster.defs.ml.assets import (
     BACKTEST_KEY,
     MODEL_GROUP,
     TrainingConfig,
-    png_markdown,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
 from olist_churn_dagster.lib.ml.backtest import (
     MODEL,
     RECENCY_RULE,

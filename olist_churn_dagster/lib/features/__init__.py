@@ -25,6 +25,7 @@ from olist_churn_dagster.lib.features.engine import (
 )
 from olist_churn_dagster.lib.features.families import PLANS, TOP_CATEGORIES
 from olist_churn_dagster.lib.sales import sale_items
+from olist_churn_dagster.lib.tables import KEYS, feature_table
 
 __all__ = [
     "FEATURE_CATALOGUE",
@@ -111,7 +112,7 @@ def _conform(result: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.Data
     out = result.select([pl.col(c).cast(t) for c, t in schema.items()])
     if floats and out.select(pl.any_horizontal(pl.col(floats).is_nan().any())).item():
         out = out.with_columns(pl.col(floats).fill_nan(None))
-    return out if _in_key_order(out) else out.sort("reference_date", "seller_id")
+    return out if _in_key_order(out) else out.sort(KEYS)
 
 
 def active_sellers(
@@ -194,7 +195,7 @@ def catalogue_markdown() -> str:
     parts = []
     for family in FEATURE_FAMILIES:
         rows = [s for s in FEATURE_CATALOGUE if s.family == family]
-        parts.append(f"### {family} (`features.seller_{family}`)\n")
+        parts.append(f"### {family} (`{feature_table(family)}`)\n")
         parts.append("| feature | meaning | window | unit |\n|---|---|---|---|")
         parts += [f"| `{s.name}` | {s.meaning} | {s.window} | {s.unit} |" for s in rows]
         parts.append("")

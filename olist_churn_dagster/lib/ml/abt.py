@@ -12,7 +12,8 @@ from datetime import date, timedelta
 
 import polars as pl
 
-KEYS = ["reference_date", "seller_id"]
+from olist_churn_dagster.lib.tables import KEYS
+
 LABEL = "churned"
 
 
@@ -149,6 +150,6 @@ def abt_from_raw(
         )
         for family in FEATURE_FAMILIES
     }
-    spine = tables["sales"].select("reference_date", "seller_id")
+    spine = tables["sales"].select(KEYS)
     labels = churn_labels(raw["orders"], raw["order_items"], spine, horizon_days=horizon_days)
     return build_abt(tables, labels)

@@ -15,8 +15,7 @@ import polars as pl
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of
 from olist_churn_dagster.lib.ml.abt import join_features
-
-KEYS = ["reference_date", "seller_id"]
+from olist_churn_dagster.lib.tables import KEYS
 
 
 def recompute_from_snapshot(

@@ -13,8 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from olist_churn_dagster.lib.sales import seller_sale_days
-
-KEYS = ["reference_date", "seller_id"]
+from olist_churn_dagster.lib.tables import KEYS
 
 
 def _check_spine(spine: pl.DataFrame) -> None:

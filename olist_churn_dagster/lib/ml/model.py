@@ -20,7 +20,8 @@ import xgboost as xgb
 from matplotlib.figure import Figure
 
 from olist_churn_dagster.lib.ml import plots
-from olist_churn_dagster.lib.ml.abt import KEYS, LABEL, feature_columns
+from olist_churn_dagster.lib.ml.abt import LABEL, feature_columns
+from olist_churn_dagster.lib.tables import KEYS
 
 # Where the recency rule finds "days since the last sale": the feature store's name first.
 RECENCY_FEATURES = ("sales_recency_days", "recency_days")

@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 
 from olist_churn_dagster.lib.ml.model import evaluate_scores
 from olist_churn_dagster.lib.ml.plots import FIGSIZE_WIDE
+from olist_churn_dagster.lib.tables import KEYS
 
 PSI_WARN = 0.2
 PSI_EPSILON = 1e-4
-KEYS = ["reference_date", "seller_id"]
 
 PSI_SCHEMA = {
     "feature": pl.String,

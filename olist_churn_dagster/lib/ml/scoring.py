@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 import xgboost as xgb
@@ -11,8 +12,8 @@ import xgboost as xgb
 from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
 from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.model import predict, top_reasons
+from olist_churn_dagster.lib.tables import KEYS
 
-KEYS = ["reference_date", "seller_id"]
 REVENUE_FEATURE = "sales_revenue"  # trailing-window revenue: the base of sales at risk
 N_REASONS = 3
 # Risk bands on the churn probability, highest first (documented in the README).
@@ -110,3 +111,16 @@ def score_sellers(
         )
         .sort("reference_date", "risk_rank", "seller_id")
     )
+
+
+def export_scores(scores: pl.DataFrame, folder: Path) -> list[Path]:
+    """One CSV per reference date in `folder` (`<date>.csv`, replaced atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (day,), frame in scores.partition_by("reference_date", as_dict=True).items():
+        path = folder / f"{day.isoformat()}.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        frame.write_csv(tmp)
+        tmp.replace(path)
+        paths.append(path)
+    return sorted(paths)
