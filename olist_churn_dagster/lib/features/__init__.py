@@ -23,7 +23,8 @@ from olist_churn_dagster.lib.features.engine import (
     spine_ctes,
     to_date,
 )
-from olist_churn_dagster.lib.features.families import PLANS, TOP_CATEGORIES
+from olist_churn_dagster.lib.features.families import PLANS
+from olist_churn_dagster.lib.features.families.products import TOP_CATEGORIES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import KEYS, feature_table
 

@@ -1,0 +1,164 @@
+"""The products feature family: catalogue attributes of the items sold in the window."""
+
+from __future__ import annotations
+
+from olist_churn_dagster.lib.features.engine import (
+    Additive,
+    FamilyPlan,
+    Sliding,
+    day,
+    distinct_runs,
+    ratio,
+)
+
+from .common import FLOAT, INT, WINDOW, Row, outputs, sql_list
+
+# The most common product categories of the real data, fixed so that the products table has
+# the same columns whatever the data; everything else is `other`.
+TOP_CATEGORIES = (
+    "cama_mesa_banho",
+    "beleza_saude",
+    "esporte_lazer",
+    "moveis_decoracao",
+    "informatica_acessorios",
+    "utilidades_domesticas",
+    "relogios_presentes",
+    "telefonia",
+    "ferramentas_jardim",
+    "automotivo",
+    "brinquedos",
+    "cool_stuff",
+    "perfumaria",
+    "bebes",
+    "eletronicos",
+)
+
+
+def products_plan(w: int) -> FamilyPlan:
+    """What the seller sells: the catalogue attributes of the items sold in the window.
+
+    Items whose product is missing from the products table count as without category.
+    """
+    top = sql_list(TOP_CATEGORIES)
+    ctes = f"""pi AS (
+  SELECT s.seller_id, s.product_id, {day("s.order_purchase_timestamp")} AS p,
+         pr.product_category_name AS cat, pr.product_photos_qty AS photos,
+         pr.product_weight_g AS weight, pr.product_name_lenght AS name_len,
+         pr.product_description_lenght AS desc_len,
+         pr.product_length_cm * pr.product_height_cm * pr.product_width_cm AS vol
+  FROM sale_items s LEFT JOIN products pr ON pr.product_id = s.product_id
+),
+{distinct_runs("prod_runs", "pi", "product_id", "p")},
+{distinct_runs("cat_runs", "pi", "cat", "p", "cat IS NOT NULL")}"""
+    measures = {"items": "1", "no_cat": "cat IS NULL"}
+    for col in ("photos", "weight", "name_len", "desc_len", "vol"):
+        measures[f"n_{col}"] = f"{col} IS NOT NULL"
+        measures[f"sum_{col}"] = f"coalesce({col}, 0)"
+    measures.update({f"c_{c}": f"coalesce(cat = '{c}', FALSE)" for c in TOP_CATEGORIES})
+    measures["c_other"] = f"coalesce(cat NOT IN ({top}), FALSE)"
+    window_end = f"least(nd, d + {w})"
+    additive = (
+        Additive("pi", "p + 1", f"p + {w}", measures),
+        Additive("prod_runs", "d + 1", window_end, {"products": "1"}),
+        Additive("cat_runs", "d + 1", window_end, {"cats": "1"}),
+    )
+    sliding = (Sliding("pi", "p", {"vol_min": ("min", "vol"), "vol_max": ("max", "vol")}),)
+    rows: list[Row] = [
+        ("products_distinct", INT, "products", "distinct products sold", WINDOW, "products"),
+        (
+            "products_distinct_categories",
+            INT,
+            "cats",
+            "distinct categories sold",
+            WINDOW,
+            "categories",
+        ),
+        (
+            "products_photos_mean",
+            FLOAT,
+            ratio("sum_photos", "n_photos"),
+            "mean photos per item's product",
+            WINDOW,
+            "photos",
+        ),
+        (
+            "products_volume_mean",
+            FLOAT,
+            ratio("sum_vol", "n_vol"),
+            "mean product volume (length x height x width)",
+            WINDOW,
+            "cm3",
+        ),
+        (
+            "products_volume_min",
+            FLOAT,
+            "CAST(vol_min AS DOUBLE)",
+            "smallest product volume",
+            WINDOW,
+            "cm3",
+        ),
+        (
+            "products_volume_max",
+            FLOAT,
+            "CAST(vol_max AS DOUBLE)",
+            "largest product volume",
+            WINDOW,
+            "cm3",
+        ),
+        (
+            "products_weight_mean",
+            FLOAT,
+            ratio("sum_weight", "n_weight"),
+            "mean product weight",
+            WINDOW,
+            "g",
+        ),
+        (
+            "products_name_length_mean",
+            FLOAT,
+            ratio("sum_name_len", "n_name_len"),
+            "mean product name length",
+            WINDOW,
+            "characters",
+        ),
+        (
+            "products_description_length_mean",
+            FLOAT,
+            ratio("sum_desc_len", "n_desc_len"),
+            "mean product description length",
+            WINDOW,
+            "characters",
+        ),
+        (
+            "products_share_no_category",
+            FLOAT,
+            ratio("no_cat", "items"),
+            "share of items without a category",
+            WINDOW,
+            "share",
+        ),
+    ]
+    rows += [
+        (
+            f"products_share_cat_{c}",
+            FLOAT,
+            ratio(f"c_{c}", "items"),
+            f"share of items in category {c}",
+            WINDOW,
+            "share",
+        )
+        for c in TOP_CATEGORIES
+    ]
+    rows.append(
+        (
+            "products_share_cat_other",
+            FLOAT,
+            ratio("c_other", "items"),
+            "share of items in any other category",
+            WINDOW,
+            "share",
+        )
+    )
+    return FamilyPlan(
+        ("orders", "order_items", "products"), ctes, additive, sliding, outputs("products", rows)
+    )

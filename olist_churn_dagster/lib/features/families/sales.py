@@ -1,0 +1,156 @@
+"""The sales feature family: volume, value, regularity and lifetime of the seller's sales."""
+
+from __future__ import annotations
+
+from olist_churn_dagster.lib.features.engine import (
+    Additive,
+    FamilyPlan,
+    Sliding,
+    distinct_runs,
+    micro,
+    ratio,
+)
+
+from .common import AT_D, FLOAT, INT, LAST_30, LIFETIME, PURCHASE_DAY, WINDOW, Row, money, outputs
+
+
+def sales_plan(w: int) -> FamilyPlan:
+    """Volume, value, regularity and lifetime of the seller's sales."""
+    ctes = f"""si AS (
+  SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS p,
+         ({PURCHASE_DAY} + 3) // 7 AS wk, {micro("price")} AS price_u
+  FROM sale_items
+),
+so AS (
+  SELECT seller_id, order_id, min(p) AS p, count(*) AS n_items,
+         CAST(sum(price_u) AS BIGINT) AS value_u
+  FROM si GROUP BY seller_id, order_id
+),
+gaps AS (
+  SELECT seller_id, d, lag(d) OVER (PARTITION BY seller_id ORDER BY d) AS q FROM sale_days
+),
+{distinct_runs("prod_runs", "si", "product_id", "p")},
+{distinct_runs("week_runs", "si", "wk", "p")}"""
+    window_end = f"least(nd, d + {w})"
+    additive = (
+        Additive("so", "p + 1", f"p + {w}", {"n": "1", "items": "n_items", "rev": "value_u"}),
+        Additive("so", "p + 1", "p + 30", {"n30": "1", "rev30": "value_u"}),
+        Additive("so", "p + 1", None, {"n_life": "1", "rev_life": "value_u"}),
+        Additive("sale_days", "d + 1", f"d + {w}", {"days": "1"}),
+        Additive(
+            "gaps",
+            "d + 1",
+            f"q + {w}",
+            {"n_gaps": "1", "gap_sum": "d - q", "gap_sq": "(d - q) * (d - q)"},
+            where="q IS NOT NULL",
+        ),
+        Additive("prod_runs", "d + 1", window_end, {"products": "1"}),
+        Additive("week_runs", "d + 1", window_end, {"weeks": "1"}),
+    )
+    sliding = (
+        Sliding("so", "p", {"ov_min": ("min", "value_u"), "ov_max": ("max", "value_u")}),
+        Sliding("si", "p", {"ip_min": ("min", "price_u"), "ip_max": ("max", "price_u")}),
+    )
+    # n30 / ((n - n30) / ((w - 30) / 30)), written with one division of exact integers
+    trend = ratio(f"n30 * {w - 30}", "(n - n30) * 30") if w > 30 else "NULL"
+    std_gap = (
+        "CASE WHEN n_gaps >= 2 THEN sqrt("
+        f"{ratio('n_gaps * gap_sq - gap_sum * gap_sum', 'n_gaps * (n_gaps - 1)')}) END"
+    )
+    weeks_spanned = f"(D - 1 + 3) // 7 - (greatest(D - {w}, first_d) + 3) // 7 + 1"
+    rows: list[Row] = [
+        ("sales_orders", INT, "n", "orders with a sale", WINDOW, "orders"),
+        ("sales_active_days", INT, "days", "distinct days with a sale", WINDOW, "days"),
+        ("sales_items", INT, "items", "order items sold", WINDOW, "items"),
+        ("sales_distinct_products", INT, "products", "distinct products sold", WINDOW, "products"),
+        ("sales_recency_days", INT, "D - last_d", "days since the last sale day", AT_D, "days"),
+        ("sales_revenue", FLOAT, money("rev"), "sum of item prices sold", WINDOW, "BRL"),
+        (
+            "sales_avg_ticket",
+            FLOAT,
+            f"{ratio('rev', 'n')} / 1e6",
+            "revenue per order",
+            WINDOW,
+            "BRL",
+        ),
+        (
+            "sales_order_value_min",
+            FLOAT,
+            money("ov_min"),
+            "smallest seller's part of an order (sum of its item prices)",
+            WINDOW,
+            "BRL",
+        ),
+        (
+            "sales_order_value_max",
+            FLOAT,
+            money("ov_max"),
+            "largest seller's part of an order (sum of its item prices)",
+            WINDOW,
+            "BRL",
+        ),
+        (
+            "sales_item_price_mean",
+            FLOAT,
+            f"{ratio('rev', 'items')} / 1e6",
+            "mean item price",
+            WINDOW,
+            "BRL",
+        ),
+        ("sales_item_price_min", FLOAT, money("ip_min"), "lowest item price", WINDOW, "BRL"),
+        ("sales_item_price_max", FLOAT, money("ip_max"), "highest item price", WINDOW, "BRL"),
+        (
+            "sales_lifetime_revenue",
+            FLOAT,
+            money("rev_life"),
+            "revenue of all sales before D",
+            LIFETIME,
+            "BRL",
+        ),
+        ("sales_lifetime_orders", INT, "n_life", "orders with a sale before D", LIFETIME, "orders"),
+        (
+            "sales_tenure_days",
+            INT,
+            "D - first_d",
+            "days since the first sale ever",
+            LIFETIME,
+            "days",
+        ),
+        (
+            "sales_mean_gap_days",
+            FLOAT,
+            ratio("gap_sum", "n_gaps"),
+            "mean gap between consecutive sale days (null with fewer than 2 sale days)",
+            WINDOW,
+            "days",
+        ),
+        (
+            "sales_std_gap_days",
+            FLOAT,
+            std_gap,
+            "sample standard deviation of the gaps between sale days (null below 2 gaps)",
+            WINDOW,
+            "days",
+        ),
+        ("sales_orders_30d", INT, "n30", "orders with a sale", LAST_30, "orders"),
+        ("sales_revenue_30d", FLOAT, money("rev30"), "sum of item prices sold", LAST_30, "BRL"),
+        (
+            "sales_trend_30d",
+            FLOAT,
+            trend,
+            "orders of the last 30 days over the monthly (30-day) average of the rest of the "
+            "window; 1 = steady, < 1 = slowing (null when the base is 0)",
+            WINDOW,
+            "ratio",
+        ),
+        (
+            "sales_week_share",
+            FLOAT,
+            ratio("weeks", weeks_spanned),
+            "share of calendar weeks (Monday-Sunday) with a sale, among the weeks of the "
+            "window since the first sale",
+            WINDOW,
+            "share",
+        ),
+    ]
+    return FamilyPlan(("orders", "order_items"), ctes, additive, sliding, outputs("sales", rows))
