@@ -50,7 +50,7 @@ class FeatureSpec:
     unit: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Additive:
     """Integer measures of `source` rows, counted for every D in [start, end]."""
 
@@ -61,7 +61,7 @@ class Additive:
     where: str = "TRUE"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sliding:
     """Extremes of `source` rows whose `day` is in the window: name -> (min|max, expr)."""
 
@@ -79,7 +79,7 @@ class Output:
     sql: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FamilyPlan:
     """Everything one family's query needs."""
 

@@ -31,17 +31,23 @@ cust_orders AS (
     window_end = f"least(nd, d + {w})"
     additive = (
         Additive(
-            "co",
-            "p + 1",
-            f"p + {w}",
-            {"n": "1", "same": "coalesce(same_state, FALSE)", **per_state},
+            source="co",
+            start="p + 1",
+            end=f"p + {w}",
+            measures={"n": "1", "same": "coalesce(same_state, FALSE)", **per_state},
         ),
-        Additive("cust_runs", "d + 1", window_end, {"custs": "1"}),
-        Additive("state_runs", "d + 1", window_end, {"states": "1"}),
+        Additive(source="cust_runs", start="d + 1", end=window_end, measures={"custs": "1"}),
+        Additive(source="state_runs", start="d + 1", end=window_end, measures={"states": "1"}),
         # A customer is a repeat buyer at D while their two latest orders before D are both in
         # the window: from the day after their second order until the third, or until the
         # first of the two leaves the window.
-        Additive("cust_orders", "p1 + 1", f"least(p2, p + {w})", {"repeat": "1"}, "p1 IS NOT NULL"),
+        Additive(
+            source="cust_orders",
+            start="p1 + 1",
+            end=f"least(p2, p + {w})",
+            measures={"repeat": "1"},
+            where="p1 IS NOT NULL",
+        ),
     )
     rows: list[Row] = [
         (
@@ -90,9 +96,9 @@ cust_orders AS (
         for s in BRAZIL_STATES
     ]
     return FamilyPlan(
-        ("orders", "order_items", "customers", "sellers"),
-        ctes,
-        additive,
-        (),
-        outputs("customers", rows),
+        tables=("orders", "order_items", "customers", "sellers"),
+        ctes=ctes,
+        additive=additive,
+        sliding=(),
+        outputs=outputs("customers", rows),
     )

@@ -48,10 +48,10 @@ dv AS (
     delivered = "greatest(p + 1, k_d)"
     additive = (
         Additive(
-            "dv",
-            "p + 1",
-            end,
-            {
+            source="dv",
+            start="p + 1",
+            end=end,
+            measures={
                 "n": "1",
                 "canceled": "status = 'canceled'",
                 "unavailable": "status = 'unavailable'",
@@ -59,56 +59,66 @@ dv AS (
             },
         ),
         Additive(
-            "dv",
-            delivered,
-            end,
-            {
+            source="dv",
+            start=delivered,
+            end=end,
+            measures={
                 "delivered": "1",
                 "promised": "t_e IS NOT NULL",
                 "late": "coalesce(t_d > t_e, FALSE)",
                 "ahead_ms": "coalesce(t_e - t_d, 0)",
                 "p2d_ms": "t_d - t_p",
             },
-            "t_d IS NOT NULL",
+            where="t_d IS NOT NULL",
         ),
         Additive(
-            "dv",
-            f"greatest({delivered}, k_a)",
-            end,
-            {"n_a2d": "1", "a2d_ms": "t_d - t_a"},
-            "t_d IS NOT NULL AND t_a IS NOT NULL",
+            source="dv",
+            start=f"greatest({delivered}, k_a)",
+            end=end,
+            measures={"n_a2d": "1", "a2d_ms": "t_d - t_a"},
+            where="t_d IS NOT NULL AND t_a IS NOT NULL",
         ),
         Additive(
-            "dv",
-            "greatest(p + 1, k_c)",
-            end,
-            {
+            source="dv",
+            start="greatest(p + 1, k_c)",
+            end=end,
+            measures={
                 "handed": "1",
                 "handle_ms": "t_c - t_p",
                 "limited": "t_l IS NOT NULL",
                 "late_hand": "coalesce(t_c > t_l, FALSE)",
             },
-            "t_c IS NOT NULL",
+            where="t_c IS NOT NULL",
         ),
         # Still undelivered at D: from purchase until the delivery day (known(t_d) - 1).
-        Additive("dv", "p + 1", f"least({end}, k_d - 1)", {"open": "1"}, "is_sale"),
         Additive(
-            "dv",
-            "greatest(p + 1, k_e)",
-            f"least({end}, k_d - 1)",
-            {"overdue": "1"},
-            "is_sale AND t_e IS NOT NULL",
+            source="dv",
+            start="p + 1",
+            end=f"least({end}, k_d - 1)",
+            measures={"open": "1"},
+            where="is_sale",
         ),
         Additive(
-            "dv",
-            delivered,
-            f"least({end}, k_d + 29)",
-            {"delivered30": "t_e IS NOT NULL", "late30": "coalesce(t_d > t_e, FALSE)"},
-            "t_d IS NOT NULL",
+            source="dv",
+            start="greatest(p + 1, k_e)",
+            end=f"least({end}, k_d - 1)",
+            measures={"overdue": "1"},
+            where="is_sale AND t_e IS NOT NULL",
+        ),
+        Additive(
+            source="dv",
+            start=delivered,
+            end=f"least({end}, k_d + 29)",
+            measures={"delivered30": "t_e IS NOT NULL", "late30": "coalesce(t_d > t_e, FALSE)"},
+            where="t_d IS NOT NULL",
         ),
     )
     sliding = (
-        Sliding("dv", "p", {"fr_min": ("min", "freight_u"), "fr_max": ("max", "freight_u")}),
+        Sliding(
+            source="dv",
+            day="p",
+            aggregates={"fr_min": ("min", "freight_u"), "fr_max": ("max", "freight_u")},
+        ),
     )
     rows: list[Row] = [
         (
@@ -217,4 +227,10 @@ dv AS (
             "share",
         ),
     ]
-    return FamilyPlan(("orders", "order_items"), ctes, additive, sliding, outputs("delivery", rows))
+    return FamilyPlan(
+        tables=("orders", "order_items"),
+        ctes=ctes,
+        additive=additive,
+        sliding=sliding,
+        outputs=outputs("delivery", rows),
+    )

@@ -46,12 +46,12 @@ po AS (SELECT seller_id, order_id, min(p) AS p, max(k) > 1 AS inst FROM pay GROU
         per_type[f"v_{t}"] = f"CASE WHEN ty = '{t}' THEN v_u ELSE 0 END"
     end = f"p + {w}"
     additive = (
-        Additive("so", "p + 1", end, {"n": "1"}),
+        Additive(source="so", start="p + 1", end=end, measures={"n": "1"}),
         Additive(
-            "pay",
-            "p + 1",
-            end,
-            {
+            source="pay",
+            start="p + 1",
+            end=end,
+            measures={
                 "n_pay": "1",
                 "value": "coalesce(v_u, 0)",
                 "n_k": "k IS NOT NULL",
@@ -59,9 +59,11 @@ po AS (SELECT seller_id, order_id, min(p) AS p, max(k) > 1 AS inst FROM pay GROU
                 **per_type,
             },
         ),
-        Additive("po", "p + 1", end, {"inst": "coalesce(inst, FALSE)"}),
+        Additive(source="po", start="p + 1", end=end, measures={"inst": "coalesce(inst, FALSE)"}),
     )
-    sliding = (Sliding("pay", "p", {"k_min": ("min", "k"), "k_max": ("max", "k")}),)
+    sliding = (
+        Sliding(source="pay", day="p", aggregates={"k_min": ("min", "k"), "k_max": ("max", "k")}),
+    )
     rows: list[Row] = [
         ("payments_count", INT, "n_pay", "payments of the window's orders", WINDOW, "payments"),
         (
@@ -128,9 +130,9 @@ po AS (SELECT seller_id, order_id, min(p) AS p, max(k) > 1 AS inst FROM pay GROU
         ),
     ]
     return FamilyPlan(
-        ("orders", "order_items", "order_payments"),
-        ctes,
-        additive,
-        sliding,
-        outputs("payments", rows),
+        tables=("orders", "order_items", "order_payments"),
+        ctes=ctes,
+        additive=additive,
+        sliding=sliding,
+        outputs=outputs("payments", rows),
     )

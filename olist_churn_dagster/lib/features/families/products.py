@@ -58,11 +58,15 @@ def products_plan(w: int) -> FamilyPlan:
     measures["c_other"] = f"coalesce(cat NOT IN ({top}), FALSE)"
     window_end = f"least(nd, d + {w})"
     additive = (
-        Additive("pi", "p + 1", f"p + {w}", measures),
-        Additive("prod_runs", "d + 1", window_end, {"products": "1"}),
-        Additive("cat_runs", "d + 1", window_end, {"cats": "1"}),
+        Additive(source="pi", start="p + 1", end=f"p + {w}", measures=measures),
+        Additive(source="prod_runs", start="d + 1", end=window_end, measures={"products": "1"}),
+        Additive(source="cat_runs", start="d + 1", end=window_end, measures={"cats": "1"}),
     )
-    sliding = (Sliding("pi", "p", {"vol_min": ("min", "vol"), "vol_max": ("max", "vol")}),)
+    sliding = (
+        Sliding(
+            source="pi", day="p", aggregates={"vol_min": ("min", "vol"), "vol_max": ("max", "vol")}
+        ),
+    )
     rows: list[Row] = [
         ("products_distinct", INT, "products", "distinct products sold", WINDOW, "products"),
         (
@@ -160,5 +164,9 @@ def products_plan(w: int) -> FamilyPlan:
         )
     )
     return FamilyPlan(
-        ("orders", "order_items", "products"), ctes, additive, sliding, outputs("products", rows)
+        tables=("orders", "order_items", "products"),
+        ctes=ctes,
+        additive=additive,
+        sliding=sliding,
+        outputs=outputs("products", rows),
     )

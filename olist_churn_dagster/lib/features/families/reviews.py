@@ -30,15 +30,17 @@ ro AS (SELECT seller_id, order_id, min(p) AS p, min(k) AS k FROM rv GROUP BY sel
         **{f"s{s}": f"score = {s}" for s in range(1, 6)},
     }
     additive = (
-        Additive("so", "p + 1", f"p + {w}", {"n": "1"}),
-        Additive("rv", "greatest(p + 1, k)", f"p + {w}", counts),
+        Additive(source="so", start="p + 1", end=f"p + {w}", measures={"n": "1"}),
+        Additive(source="rv", start="greatest(p + 1, k)", end=f"p + {w}", measures=counts),
         Additive(
-            "rv",
-            "greatest(p + 1, k)",
-            f"least(p + {w}, k + 29)",
-            {"n_rev30": "1", "score30": "score"},
+            source="rv",
+            start="greatest(p + 1, k)",
+            end=f"least(p + {w}, k + 29)",
+            measures={"n_rev30": "1", "score30": "score"},
         ),
-        Additive("ro", "greatest(p + 1, k)", f"p + {w}", {"reviewed": "1"}),
+        Additive(
+            source="ro", start="greatest(p + 1, k)", end=f"p + {w}", measures={"reviewed": "1"}
+        ),
     )
     smin = "CASE " + " ".join(f"WHEN s{s} > 0 THEN {s}" for s in range(1, 6)) + " END"
     smax = "CASE " + " ".join(f"WHEN s{s} > 0 THEN {s}" for s in range(5, 0, -1)) + " END"
@@ -96,5 +98,9 @@ ro AS (SELECT seller_id, order_id, min(p) AS p, min(k) AS k FROM rv GROUP BY sel
         ),
     ]
     return FamilyPlan(
-        ("orders", "order_items", "order_reviews"), ctes, additive, (), outputs("reviews", rows)
+        tables=("orders", "order_items", "order_reviews"),
+        ctes=ctes,
+        additive=additive,
+        sliding=(),
+        outputs=outputs("reviews", rows),
     )

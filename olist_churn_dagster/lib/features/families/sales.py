@@ -33,23 +33,40 @@ gaps AS (
 {distinct_runs("week_runs", "si", "wk", "p")}"""
     window_end = f"least(nd, d + {w})"
     additive = (
-        Additive("so", "p + 1", f"p + {w}", {"n": "1", "items": "n_items", "rev": "value_u"}),
-        Additive("so", "p + 1", "p + 30", {"n30": "1", "rev30": "value_u"}),
-        Additive("so", "p + 1", None, {"n_life": "1", "rev_life": "value_u"}),
-        Additive("sale_days", "d + 1", f"d + {w}", {"days": "1"}),
         Additive(
-            "gaps",
-            "d + 1",
-            f"q + {w}",
-            {"n_gaps": "1", "gap_sum": "d - q", "gap_sq": "(d - q) * (d - q)"},
+            source="so",
+            start="p + 1",
+            end=f"p + {w}",
+            measures={"n": "1", "items": "n_items", "rev": "value_u"},
+        ),
+        Additive(
+            source="so", start="p + 1", end="p + 30", measures={"n30": "1", "rev30": "value_u"}
+        ),
+        Additive(
+            source="so", start="p + 1", end=None, measures={"n_life": "1", "rev_life": "value_u"}
+        ),
+        Additive(source="sale_days", start="d + 1", end=f"d + {w}", measures={"days": "1"}),
+        Additive(
+            source="gaps",
+            start="d + 1",
+            end=f"q + {w}",
+            measures={"n_gaps": "1", "gap_sum": "d - q", "gap_sq": "(d - q) * (d - q)"},
             where="q IS NOT NULL",
         ),
-        Additive("prod_runs", "d + 1", window_end, {"products": "1"}),
-        Additive("week_runs", "d + 1", window_end, {"weeks": "1"}),
+        Additive(source="prod_runs", start="d + 1", end=window_end, measures={"products": "1"}),
+        Additive(source="week_runs", start="d + 1", end=window_end, measures={"weeks": "1"}),
     )
     sliding = (
-        Sliding("so", "p", {"ov_min": ("min", "value_u"), "ov_max": ("max", "value_u")}),
-        Sliding("si", "p", {"ip_min": ("min", "price_u"), "ip_max": ("max", "price_u")}),
+        Sliding(
+            source="so",
+            day="p",
+            aggregates={"ov_min": ("min", "value_u"), "ov_max": ("max", "value_u")},
+        ),
+        Sliding(
+            source="si",
+            day="p",
+            aggregates={"ip_min": ("min", "price_u"), "ip_max": ("max", "price_u")},
+        ),
     )
     # n30 / ((n - n30) / ((w - 30) / 30)), written with one division of exact integers
     trend = ratio(f"n30 * {w - 30}", "(n - n30) * 30") if w > 30 else "NULL"
@@ -153,4 +170,10 @@ gaps AS (
             "share",
         ),
     ]
-    return FamilyPlan(("orders", "order_items"), ctes, additive, sliding, outputs("sales", rows))
+    return FamilyPlan(
+        tables=("orders", "order_items"),
+        ctes=ctes,
+        additive=additive,
+        sliding=sliding,
+        outputs=outputs("sales", rows),
+    )
