@@ -27,97 +27,113 @@ def delivery_plan(w: int) -> FamilyPlan:
     "still undelivered" orders, which are never going to arrive.
     """
     non_sale = sql_list(NON_SALE_STATUSES)
-    ctes = f"""it AS (
-  SELECT seller_id, order_id, CAST(sum({micro("freight_value")}) AS BIGINT) AS freight_u,
-         max(shipping_limit_date) AS lim
+    # One row per (seller, order): the order's timestamps in epoch ms, and for each the
+    # first reference day at which it is known (`known`: stamped strictly before D).
+    ctes = f"""order_freight AS (
+  SELECT seller_id, order_id,
+         CAST(sum({micro("freight_value")}) AS BIGINT) AS freight_micro,
+         max(shipping_limit_date) AS ship_limit
   FROM order_items GROUP BY seller_id, order_id
 ),
-dv AS (
-  SELECT it.seller_id, it.freight_u, {day("o.order_purchase_timestamp")} AS p,
+seller_orders AS (
+  SELECT f.seller_id, f.freight_micro,
+         {day("o.order_purchase_timestamp")} AS purchase_day,
          o.order_status AS status, o.order_status NOT IN ({non_sale}) AS is_sale,
-         epoch_ms(o.order_purchase_timestamp) AS t_p, epoch_ms(o.order_approved_at) AS t_a,
-         epoch_ms(o.order_delivered_carrier_date) AS t_c,
-         epoch_ms(o.order_delivered_customer_date) AS t_d,
-         epoch_ms(o.order_estimated_delivery_date) AS t_e, epoch_ms(it.lim) AS t_l,
-         {known("o.order_approved_at")} AS k_a, {known("o.order_delivered_carrier_date")} AS k_c,
-         {known("o.order_delivered_customer_date")} AS k_d,
-         {known("o.order_estimated_delivery_date")} AS k_e
-  FROM it JOIN orders o ON o.order_id = it.order_id
+         epoch_ms(o.order_purchase_timestamp) AS purchased_at_ms,
+         epoch_ms(o.order_approved_at) AS approved_at_ms,
+         epoch_ms(o.order_delivered_carrier_date) AS carrier_at_ms,
+         epoch_ms(o.order_delivered_customer_date) AS delivered_at_ms,
+         epoch_ms(o.order_estimated_delivery_date) AS estimated_at_ms,
+         epoch_ms(f.ship_limit) AS ship_limit_ms,
+         {known("o.order_approved_at")} AS known_approved_day,
+         {known("o.order_delivered_carrier_date")} AS known_carrier_day,
+         {known("o.order_delivered_customer_date")} AS known_delivered_day,
+         {known("o.order_estimated_delivery_date")} AS known_estimated_day
+  FROM order_freight f JOIN orders o ON o.order_id = f.order_id
 )"""
-    end = f"p + {w}"
-    delivered = "greatest(p + 1, k_d)"
+    end = f"purchase_day + {w}"
+    delivered = "greatest(purchase_day + 1, known_delivered_day)"
     additive = (
         Additive(
-            source="dv",
-            start="p + 1",
+            source="seller_orders",
+            start="purchase_day + 1",
             end=end,
             measures={
                 "n": "1",
                 "canceled": "status = 'canceled'",
                 "unavailable": "status = 'unavailable'",
-                "freight": "freight_u",
+                "freight": "freight_micro",
             },
         ),
         Additive(
-            source="dv",
+            source="seller_orders",
             start=delivered,
             end=end,
             measures={
                 "delivered": "1",
-                "promised": "t_e IS NOT NULL",
-                "late": "coalesce(t_d > t_e, FALSE)",
-                "ahead_ms": "coalesce(t_e - t_d, 0)",
-                "p2d_ms": "t_d - t_p",
+                "promised": "estimated_at_ms IS NOT NULL",
+                "late": "coalesce(delivered_at_ms > estimated_at_ms, FALSE)",
+                "ahead_ms": "coalesce(estimated_at_ms - delivered_at_ms, 0)",
+                "purchase_to_delivery_ms": "delivered_at_ms - purchased_at_ms",
             },
-            where="t_d IS NOT NULL",
+            where="delivered_at_ms IS NOT NULL",
         ),
         Additive(
-            source="dv",
-            start=f"greatest({delivered}, k_a)",
+            source="seller_orders",
+            start=f"greatest({delivered}, known_approved_day)",
             end=end,
-            measures={"n_a2d": "1", "a2d_ms": "t_d - t_a"},
-            where="t_d IS NOT NULL AND t_a IS NOT NULL",
+            measures={
+                "approved_delivered": "1",
+                "approval_to_delivery_ms": "delivered_at_ms - approved_at_ms",
+            },
+            where="delivered_at_ms IS NOT NULL AND approved_at_ms IS NOT NULL",
         ),
         Additive(
-            source="dv",
-            start="greatest(p + 1, k_c)",
+            source="seller_orders",
+            start="greatest(purchase_day + 1, known_carrier_day)",
             end=end,
             measures={
                 "handed": "1",
-                "handle_ms": "t_c - t_p",
-                "limited": "t_l IS NOT NULL",
-                "late_hand": "coalesce(t_c > t_l, FALSE)",
+                "handle_ms": "carrier_at_ms - purchased_at_ms",
+                "limited": "ship_limit_ms IS NOT NULL",
+                "late_hand": "coalesce(carrier_at_ms > ship_limit_ms, FALSE)",
             },
-            where="t_c IS NOT NULL",
+            where="carrier_at_ms IS NOT NULL",
         ),
-        # Still undelivered at D: from purchase until the delivery day (known(t_d) - 1).
+        # Still undelivered at D: from purchase until the day before delivery is known.
         Additive(
-            source="dv",
-            start="p + 1",
-            end=f"least({end}, k_d - 1)",
+            source="seller_orders",
+            start="purchase_day + 1",
+            end=f"least({end}, known_delivered_day - 1)",
             measures={"open": "1"},
             where="is_sale",
         ),
         Additive(
-            source="dv",
-            start="greatest(p + 1, k_e)",
-            end=f"least({end}, k_d - 1)",
+            source="seller_orders",
+            start="greatest(purchase_day + 1, known_estimated_day)",
+            end=f"least({end}, known_delivered_day - 1)",
             measures={"overdue": "1"},
-            where="is_sale AND t_e IS NOT NULL",
+            where="is_sale AND estimated_at_ms IS NOT NULL",
         ),
         Additive(
-            source="dv",
+            source="seller_orders",
             start=delivered,
-            end=f"least({end}, k_d + 29)",
-            measures={"delivered30": "t_e IS NOT NULL", "late30": "coalesce(t_d > t_e, FALSE)"},
-            where="t_d IS NOT NULL",
+            end=f"least({end}, known_delivered_day + 29)",
+            measures={
+                "delivered30": "estimated_at_ms IS NOT NULL",
+                "late30": "coalesce(delivered_at_ms > estimated_at_ms, FALSE)",
+            },
+            where="delivered_at_ms IS NOT NULL",
         ),
     )
     sliding = (
         Sliding(
-            source="dv",
-            day="p",
-            aggregates={"fr_min": ("min", "freight_u"), "fr_max": ("max", "freight_u")},
+            source="seller_orders",
+            day="purchase_day",
+            aggregates={
+                "freight_min_micro": ("min", "freight_micro"),
+                "freight_max_micro": ("max", "freight_micro"),
+            },
         ),
     )
     rows: list[Row] = [
@@ -156,7 +172,7 @@ dv AS (
         (
             "delivery_freight_min",
             FLOAT,
-            money("fr_min"),
+            money("freight_min_micro"),
             "lowest seller's freight per order",
             WINDOW,
             "BRL",
@@ -164,7 +180,7 @@ dv AS (
         (
             "delivery_freight_max",
             FLOAT,
-            money("fr_max"),
+            money("freight_max_micro"),
             "highest seller's freight per order",
             WINDOW,
             "BRL",
@@ -172,7 +188,7 @@ dv AS (
         (
             "delivery_approval_to_delivery_days",
             FLOAT,
-            mean_days("a2d_ms", "n_a2d"),
+            mean_days("approval_to_delivery_ms", "approved_delivered"),
             "mean days from payment approval to customer delivery (delivered before D)",
             WINDOW,
             "days",
@@ -180,7 +196,7 @@ dv AS (
         (
             "delivery_purchase_to_delivery_days",
             FLOAT,
-            mean_days("p2d_ms", "delivered"),
+            mean_days("purchase_to_delivery_ms", "delivered"),
             "mean days from purchase to customer delivery (delivered before D)",
             WINDOW,
             "days",
