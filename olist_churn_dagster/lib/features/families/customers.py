@@ -10,30 +10,35 @@ from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, outputs
 
 def customers_plan(w: int) -> FamilyPlan:
     """Who buys: reach, loyalty and geography of the customers of the window's sales."""
-    ctes = f"""so AS (SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS p FROM sale_items),
-co AS (
-  SELECT so.seller_id, so.order_id, so.p, c.customer_unique_id AS u, c.customer_state AS st,
+    uid_known, state_known = "customer_uid IS NOT NULL", "buyer_state IS NOT NULL"
+    ctes = f"""sold_orders AS (
+  SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items
+),
+customer_orders AS (
+  SELECT so.seller_id, so.order_id, so.purchase_day,
+         c.customer_unique_id AS customer_uid, c.customer_state AS buyer_state,
          c.customer_state = sl.seller_state AS same_state
-  FROM so
+  FROM sold_orders so
   JOIN orders o ON o.order_id = so.order_id
   LEFT JOIN customers c ON c.customer_id = o.customer_id
   LEFT JOIN sellers sl ON sl.seller_id = so.seller_id
 ),
 cust_orders AS (
-  SELECT seller_id, p,
-         lead(p, 1) OVER (PARTITION BY seller_id, u ORDER BY p, order_id) AS p1,
-         lead(p, 2) OVER (PARTITION BY seller_id, u ORDER BY p, order_id) AS p2
-  FROM co WHERE u IS NOT NULL
+  SELECT seller_id, purchase_day,
+         lead(purchase_day, 1) OVER buyer AS second_purchase_day,
+         lead(purchase_day, 2) OVER buyer AS third_purchase_day
+  FROM customer_orders WHERE customer_uid IS NOT NULL
+  WINDOW buyer AS (PARTITION BY seller_id, customer_uid ORDER BY purchase_day, order_id)
 ),
-{distinct_runs("cust_runs", "co", "u", "p", "u IS NOT NULL")},
-{distinct_runs("state_runs", "co", "st", "p", "st IS NOT NULL")}"""
-    per_state = {f"st_{s.lower()}": f"st = '{s}'" for s in BRAZIL_STATES}
+{distinct_runs("cust_runs", "customer_orders", "customer_uid", "purchase_day", uid_known)},
+{distinct_runs("state_runs", "customer_orders", "buyer_state", "purchase_day", state_known)}"""
+    per_state = {f"st_{s.lower()}": f"buyer_state = '{s}'" for s in BRAZIL_STATES}
     window_end = f"least(nd, d + {w})"
     additive = (
         Additive(
-            source="co",
-            start="p + 1",
-            end=f"p + {w}",
+            source="customer_orders",
+            start="purchase_day + 1",
+            end=f"purchase_day + {w}",
             measures={"n": "1", "same": "coalesce(same_state, FALSE)", **per_state},
         ),
         Additive(source="cust_runs", start="d + 1", end=window_end, measures={"custs": "1"}),
@@ -43,10 +48,10 @@ cust_orders AS (
         # first of the two leaves the window.
         Additive(
             source="cust_orders",
-            start="p1 + 1",
-            end=f"least(p2, p + {w})",
+            start="second_purchase_day + 1",
+            end=f"least(third_purchase_day, purchase_day + {w})",
             measures={"repeat": "1"},
-            where="p1 IS NOT NULL",
+            where="second_purchase_day IS NOT NULL",
         ),
     )
     rows: list[Row] = [

@@ -17,52 +17,69 @@ def payments_plan(w: int) -> FamilyPlan:
     Counts (payments, per type, installments) are not allocated: a payment of a shared
     order counts once for each seller.
     """
-    ctes = f"""so AS (
-  SELECT seller_id, order_id, min({PURCHASE_DAY}) AS p,
-         CAST(sum({micro("price")}) AS BIGINT) AS part_u
+    # The seller's part of a payment: its share of the order's item value (equal parts
+    # among the order's sellers when the order has no value).
+    seller_share_of_payment = (
+        "pm.payment_value * CASE WHEN ot.order_total_micro > 0 "
+        "THEN so.seller_part_micro / ot.order_total_micro ELSE 1.0 / ot.n_sellers END"
+    )
+    ctes = f"""sold_orders AS (
+  SELECT seller_id, order_id, min({PURCHASE_DAY}) AS purchase_day,
+         CAST(sum({micro("price")}) AS BIGINT) AS seller_part_micro
   FROM sale_items GROUP BY seller_id, order_id
 ),
-ot AS (
-  SELECT order_id, CAST(sum({micro("price")}) AS BIGINT) AS total_u,
+order_totals AS (
+  SELECT order_id, CAST(sum({micro("price")}) AS BIGINT) AS order_total_micro,
          count(DISTINCT seller_id) AS n_sellers
   FROM order_items GROUP BY order_id
 ),
-pay AS (
-  SELECT so.seller_id, so.order_id, so.p, y.payment_type AS ty,
-         y.payment_installments AS k,
-         {
-        micro(
-            "y.payment_value * CASE WHEN ot.total_u > 0 THEN so.part_u / ot.total_u "
-            "ELSE 1.0 / ot.n_sellers END"
-        )
-    } AS v_u
-  FROM so JOIN ot ON ot.order_id = so.order_id
-  JOIN order_payments y ON y.order_id = so.order_id
+seller_payments AS (
+  SELECT so.seller_id, so.order_id, so.purchase_day, pm.payment_type AS pay_type,
+         pm.payment_installments AS installment_count,
+         {micro(seller_share_of_payment)} AS value_micro
+  FROM sold_orders so JOIN order_totals ot ON ot.order_id = so.order_id
+  JOIN order_payments pm ON pm.order_id = so.order_id
 ),
-po AS (SELECT seller_id, order_id, min(p) AS p, max(k) > 1 AS inst FROM pay GROUP BY ALL)"""
+paid_orders AS (
+  SELECT seller_id, order_id, min(purchase_day) AS purchase_day,
+         max(installment_count) > 1 AS has_installments
+  FROM seller_payments GROUP BY ALL
+)"""
     per_type: dict[str, str] = {}
     for t in PAYMENT_TYPES:
-        per_type[f"n_{t}"] = f"ty = '{t}'"
-        per_type[f"v_{t}"] = f"CASE WHEN ty = '{t}' THEN v_u ELSE 0 END"
-    end = f"p + {w}"
+        per_type[f"n_{t}"] = f"pay_type = '{t}'"
+        per_type[f"v_{t}"] = f"CASE WHEN pay_type = '{t}' THEN value_micro ELSE 0 END"
+    end = f"purchase_day + {w}"
     additive = (
-        Additive(source="so", start="p + 1", end=end, measures={"n": "1"}),
+        Additive(source="sold_orders", start="purchase_day + 1", end=end, measures={"n": "1"}),
         Additive(
-            source="pay",
-            start="p + 1",
+            source="seller_payments",
+            start="purchase_day + 1",
             end=end,
             measures={
                 "n_pay": "1",
-                "value": "coalesce(v_u, 0)",
-                "n_k": "k IS NOT NULL",
-                "k_sum": "coalesce(k, 0)",
+                "value": "coalesce(value_micro, 0)",
+                "n_k": "installment_count IS NOT NULL",
+                "k_sum": "coalesce(installment_count, 0)",
                 **per_type,
             },
         ),
-        Additive(source="po", start="p + 1", end=end, measures={"inst": "coalesce(inst, FALSE)"}),
+        Additive(
+            source="paid_orders",
+            start="purchase_day + 1",
+            end=end,
+            measures={"has_installments": "coalesce(has_installments, FALSE)"},
+        ),
     )
     sliding = (
-        Sliding(source="pay", day="p", aggregates={"k_min": ("min", "k"), "k_max": ("max", "k")}),
+        Sliding(
+            source="seller_payments",
+            day="purchase_day",
+            aggregates={
+                "k_min": ("min", "installment_count"),
+                "k_max": ("max", "installment_count"),
+            },
+        ),
     )
     rows: list[Row] = [
         ("payments_count", INT, "n_pay", "payments of the window's orders", WINDOW, "payments"),
@@ -123,7 +140,7 @@ po AS (SELECT seller_id, order_id, min(p) AS p, max(k) > 1 AS inst FROM pay GROU
         (
             "payments_share_orders_installments",
             FLOAT,
-            ratio("inst", "n"),
+            ratio("has_installments", "n"),
             "share of orders with a payment in more than one installment",
             WINDOW,
             "share",

@@ -40,31 +40,39 @@ def products_plan(w: int) -> FamilyPlan:
     Items whose product is missing from the products table count as without category.
     """
     top = sql_list(TOP_CATEGORIES)
-    ctes = f"""pi AS (
-  SELECT s.seller_id, s.product_id, {day("s.order_purchase_timestamp")} AS p,
-         pr.product_category_name AS cat, pr.product_photos_qty AS photos,
+    has_category = "category_name IS NOT NULL"
+    ctes = f"""sold_products AS (
+  SELECT s.seller_id, s.product_id, {day("s.order_purchase_timestamp")} AS purchase_day,
+         pr.product_category_name AS category_name, pr.product_photos_qty AS photos,
          pr.product_weight_g AS weight, pr.product_name_lenght AS name_len,
          pr.product_description_lenght AS desc_len,
          pr.product_length_cm * pr.product_height_cm * pr.product_width_cm AS vol
   FROM sale_items s LEFT JOIN products pr ON pr.product_id = s.product_id
 ),
-{distinct_runs("prod_runs", "pi", "product_id", "p")},
-{distinct_runs("cat_runs", "pi", "cat", "p", "cat IS NOT NULL")}"""
-    measures = {"items": "1", "no_cat": "cat IS NULL"}
+{distinct_runs("prod_runs", "sold_products", "product_id", "purchase_day")},
+{distinct_runs("cat_runs", "sold_products", "category_name", "purchase_day", has_category)}"""
+    measures = {"items": "1", "no_cat": "category_name IS NULL"}
     for col in ("photos", "weight", "name_len", "desc_len", "vol"):
         measures[f"n_{col}"] = f"{col} IS NOT NULL"
         measures[f"sum_{col}"] = f"coalesce({col}, 0)"
-    measures.update({f"c_{c}": f"coalesce(cat = '{c}', FALSE)" for c in TOP_CATEGORIES})
-    measures["c_other"] = f"coalesce(cat NOT IN ({top}), FALSE)"
+    measures.update({f"c_{c}": f"coalesce(category_name = '{c}', FALSE)" for c in TOP_CATEGORIES})
+    measures["c_other"] = f"coalesce(category_name NOT IN ({top}), FALSE)"
     window_end = f"least(nd, d + {w})"
     additive = (
-        Additive(source="pi", start="p + 1", end=f"p + {w}", measures=measures),
+        Additive(
+            source="sold_products",
+            start="purchase_day + 1",
+            end=f"purchase_day + {w}",
+            measures=measures,
+        ),
         Additive(source="prod_runs", start="d + 1", end=window_end, measures={"products": "1"}),
         Additive(source="cat_runs", start="d + 1", end=window_end, measures={"cats": "1"}),
     )
     sliding = (
         Sliding(
-            source="pi", day="p", aggregates={"vol_min": ("min", "vol"), "vol_max": ("max", "vol")}
+            source="sold_products",
+            day="purchase_day",
+            aggregates={"vol_min": ("min", "vol"), "vol_max": ("max", "vol")},
         ),
     )
     rows: list[Row] = [

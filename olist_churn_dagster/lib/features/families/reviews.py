@@ -13,15 +13,21 @@ def reviews_plan(w: int) -> FamilyPlan:
     Every review row of an order counts (an order can have several); a review of a
     multi-seller order counts for each of its sellers.
     """
-    ctes = f"""so AS (SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS p FROM sale_items),
-rv AS (
-  SELECT so.seller_id, so.order_id, so.p, r.review_score AS score,
-         {known("r.review_creation_date")} AS k,
+    ctes = f"""sold_orders AS (
+  SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items
+),
+sale_reviews AS (
+  SELECT so.seller_id, so.order_id, so.purchase_day, r.review_score AS score,
+         {known("r.review_creation_date")} AS known_review_day,
          (r.review_comment_title IS NOT NULL OR r.review_comment_message IS NOT NULL) AS commented
-  FROM so JOIN order_reviews r ON r.order_id = so.order_id
+  FROM sold_orders so JOIN order_reviews r ON r.order_id = so.order_id
   WHERE r.review_score IS NOT NULL AND r.review_creation_date IS NOT NULL
 ),
-ro AS (SELECT seller_id, order_id, min(p) AS p, min(k) AS k FROM rv GROUP BY seller_id, order_id)"""
+reviewed_orders AS (
+  SELECT seller_id, order_id, min(purchase_day) AS purchase_day,
+         min(known_review_day) AS known_review_day
+  FROM sale_reviews GROUP BY seller_id, order_id
+)"""
     counts = {
         "n_rev": "1",
         "score_sum": "score",
@@ -30,16 +36,29 @@ ro AS (SELECT seller_id, order_id, min(p) AS p, min(k) AS k FROM rv GROUP BY sel
         **{f"s{s}": f"score = {s}" for s in range(1, 6)},
     }
     additive = (
-        Additive(source="so", start="p + 1", end=f"p + {w}", measures={"n": "1"}),
-        Additive(source="rv", start="greatest(p + 1, k)", end=f"p + {w}", measures=counts),
         Additive(
-            source="rv",
-            start="greatest(p + 1, k)",
-            end=f"least(p + {w}, k + 29)",
+            source="sold_orders",
+            start="purchase_day + 1",
+            end=f"purchase_day + {w}",
+            measures={"n": "1"},
+        ),
+        Additive(
+            source="sale_reviews",
+            start="greatest(purchase_day + 1, known_review_day)",
+            end=f"purchase_day + {w}",
+            measures=counts,
+        ),
+        Additive(
+            source="sale_reviews",
+            start="greatest(purchase_day + 1, known_review_day)",
+            end=f"least(purchase_day + {w}, known_review_day + 29)",
             measures={"n_rev30": "1", "score30": "score"},
         ),
         Additive(
-            source="ro", start="greatest(p + 1, k)", end=f"p + {w}", measures={"reviewed": "1"}
+            source="reviewed_orders",
+            start="greatest(purchase_day + 1, known_review_day)",
+            end=f"purchase_day + {w}",
+            measures={"reviewed": "1"},
         ),
     )
     smin = "CASE " + " ".join(f"WHEN s{s} > 0 THEN {s}" for s in range(1, 6)) + " END"

@@ -16,56 +16,73 @@ from .common import AT_D, FLOAT, INT, LAST_30, LIFETIME, PURCHASE_DAY, WINDOW, R
 
 def sales_plan(w: int) -> FamilyPlan:
     """Volume, value, regularity and lifetime of the seller's sales."""
-    ctes = f"""si AS (
-  SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS p,
-         ({PURCHASE_DAY} + 3) // 7 AS wk, {micro("price")} AS price_u
+    ctes = f"""sale_lines AS (
+  SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS purchase_day,
+         ({PURCHASE_DAY} + 3) // 7 AS week_number, {micro("price")} AS price_micro
   FROM sale_items
 ),
-so AS (
-  SELECT seller_id, order_id, min(p) AS p, count(*) AS n_items,
-         CAST(sum(price_u) AS BIGINT) AS value_u
-  FROM si GROUP BY seller_id, order_id
+sale_orders AS (
+  SELECT seller_id, order_id, min(purchase_day) AS purchase_day, count(*) AS n_items,
+         CAST(sum(price_micro) AS BIGINT) AS order_value_micro
+  FROM sale_lines GROUP BY seller_id, order_id
 ),
 gaps AS (
-  SELECT seller_id, d, lag(d) OVER (PARTITION BY seller_id ORDER BY d) AS q FROM sale_days
+  SELECT seller_id, d, lag(d) OVER (PARTITION BY seller_id ORDER BY d) AS previous_day
+  FROM sale_days
 ),
-{distinct_runs("prod_runs", "si", "product_id", "p")},
-{distinct_runs("week_runs", "si", "wk", "p")}"""
+{distinct_runs("prod_runs", "sale_lines", "product_id", "purchase_day")},
+{distinct_runs("week_runs", "sale_lines", "week_number", "purchase_day")}"""
     window_end = f"least(nd, d + {w})"
     additive = (
         Additive(
-            source="so",
-            start="p + 1",
-            end=f"p + {w}",
-            measures={"n": "1", "items": "n_items", "rev": "value_u"},
+            source="sale_orders",
+            start="purchase_day + 1",
+            end=f"purchase_day + {w}",
+            measures={"n": "1", "items": "n_items", "revenue_micro": "order_value_micro"},
         ),
         Additive(
-            source="so", start="p + 1", end="p + 30", measures={"n30": "1", "rev30": "value_u"}
+            source="sale_orders",
+            start="purchase_day + 1",
+            end="purchase_day + 30",
+            measures={"n30": "1", "revenue_30_micro": "order_value_micro"},
         ),
         Additive(
-            source="so", start="p + 1", end=None, measures={"n_life": "1", "rev_life": "value_u"}
+            source="sale_orders",
+            start="purchase_day + 1",
+            end=None,
+            measures={"n_life": "1", "revenue_life_micro": "order_value_micro"},
         ),
         Additive(source="sale_days", start="d + 1", end=f"d + {w}", measures={"days": "1"}),
         Additive(
             source="gaps",
             start="d + 1",
-            end=f"q + {w}",
-            measures={"n_gaps": "1", "gap_sum": "d - q", "gap_sq": "(d - q) * (d - q)"},
-            where="q IS NOT NULL",
+            end=f"previous_day + {w}",
+            measures={
+                "n_gaps": "1",
+                "gap_sum": "d - previous_day",
+                "gap_sq": "(d - previous_day) * (d - previous_day)",
+            },
+            where="previous_day IS NOT NULL",
         ),
         Additive(source="prod_runs", start="d + 1", end=window_end, measures={"products": "1"}),
         Additive(source="week_runs", start="d + 1", end=window_end, measures={"weeks": "1"}),
     )
     sliding = (
         Sliding(
-            source="so",
-            day="p",
-            aggregates={"ov_min": ("min", "value_u"), "ov_max": ("max", "value_u")},
+            source="sale_orders",
+            day="purchase_day",
+            aggregates={
+                "order_value_min": ("min", "order_value_micro"),
+                "order_value_max": ("max", "order_value_micro"),
+            },
         ),
         Sliding(
-            source="si",
-            day="p",
-            aggregates={"ip_min": ("min", "price_u"), "ip_max": ("max", "price_u")},
+            source="sale_lines",
+            day="purchase_day",
+            aggregates={
+                "item_price_min": ("min", "price_micro"),
+                "item_price_max": ("max", "price_micro"),
+            },
         ),
     )
     # n30 / ((n - n30) / ((w - 30) / 30)), written with one division of exact integers
@@ -81,11 +98,11 @@ gaps AS (
         ("sales_items", INT, "items", "order items sold", WINDOW, "items"),
         ("sales_distinct_products", INT, "products", "distinct products sold", WINDOW, "products"),
         ("sales_recency_days", INT, "D - last_d", "days since the last sale day", AT_D, "days"),
-        ("sales_revenue", FLOAT, money("rev"), "sum of item prices sold", WINDOW, "BRL"),
+        ("sales_revenue", FLOAT, money("revenue_micro"), "sum of item prices sold", WINDOW, "BRL"),
         (
             "sales_avg_ticket",
             FLOAT,
-            f"{ratio('rev', 'n')} / 1e6",
+            f"{ratio('revenue_micro', 'n')} / 1e6",
             "revenue per order",
             WINDOW,
             "BRL",
@@ -93,7 +110,7 @@ gaps AS (
         (
             "sales_order_value_min",
             FLOAT,
-            money("ov_min"),
+            money("order_value_min"),
             "smallest seller's part of an order (sum of its item prices)",
             WINDOW,
             "BRL",
@@ -101,7 +118,7 @@ gaps AS (
         (
             "sales_order_value_max",
             FLOAT,
-            money("ov_max"),
+            money("order_value_max"),
             "largest seller's part of an order (sum of its item prices)",
             WINDOW,
             "BRL",
@@ -109,17 +126,31 @@ gaps AS (
         (
             "sales_item_price_mean",
             FLOAT,
-            f"{ratio('rev', 'items')} / 1e6",
+            f"{ratio('revenue_micro', 'items')} / 1e6",
             "mean item price",
             WINDOW,
             "BRL",
         ),
-        ("sales_item_price_min", FLOAT, money("ip_min"), "lowest item price", WINDOW, "BRL"),
-        ("sales_item_price_max", FLOAT, money("ip_max"), "highest item price", WINDOW, "BRL"),
+        (
+            "sales_item_price_min",
+            FLOAT,
+            money("item_price_min"),
+            "lowest item price",
+            WINDOW,
+            "BRL",
+        ),
+        (
+            "sales_item_price_max",
+            FLOAT,
+            money("item_price_max"),
+            "highest item price",
+            WINDOW,
+            "BRL",
+        ),
         (
             "sales_lifetime_revenue",
             FLOAT,
-            money("rev_life"),
+            money("revenue_life_micro"),
             "revenue of all sales before D",
             LIFETIME,
             "BRL",
@@ -150,7 +181,14 @@ gaps AS (
             "days",
         ),
         ("sales_orders_30d", INT, "n30", "orders with a sale", LAST_30, "orders"),
-        ("sales_revenue_30d", FLOAT, money("rev30"), "sum of item prices sold", LAST_30, "BRL"),
+        (
+            "sales_revenue_30d",
+            FLOAT,
+            money("revenue_30_micro"),
+            "sum of item prices sold",
+            LAST_30,
+            "BRL",
+        ),
         (
             "sales_trend_30d",
             FLOAT,
