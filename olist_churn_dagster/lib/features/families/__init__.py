@@ -2,14 +2,17 @@
 measures, outputs.
 
 Conventions shared by every family (days are epoch day numbers, D the reference day):
-* `p` is the purchase day; an order exists at D when p < D, and is in the window when
-  p is in [D - W, D - 1], i.e. D in [p + 1, p + W] (W = `window_days`).
+* `purchase_day` is an order's purchase day; an order exists at D when purchase_day < D,
+  and is in the window when D is in [purchase_day + 1, purchase_day + W] (W =
+  `window_days`). `d`/`nd` are a seller's sale day and next sale day (see `engine`).
 * A timestamp t is known at D when t < D, i.e. D >= `known(t)`. Timestamps at or after D
   are treated as not yet happened (null in the as-of-D snapshot).
 * Order statuses are used only where they have no timestamp of their own (canceled,
   unavailable: taken as they stand at every D, as the snapshot does); delivery and carrier
   facts come from their timestamps, so the delivered/shipped roll-back needs no status.
-* Money is summed in integer micro-reais, durations in integer milliseconds.
+* Money is summed in integer micro-reais (`*_micro`), durations in integer milliseconds
+  (`*_ms`).
+* Each family states its own point-in-time rule in its plan's docstring.
 """
 
 from __future__ import annotations

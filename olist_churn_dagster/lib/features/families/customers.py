@@ -9,7 +9,12 @@ from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, outputs
 
 
 def customers_plan(w: int) -> FamilyPlan:
-    """Who buys: reach, loyalty and geography of the customers of the window's sales."""
+    """Who buys: reach, loyalty and geography of the customers of the window's sales.
+
+    Point-in-time rule: a sold order counts at D from the day after its purchase, for W
+    days; the customer's identity and state, and the seller's state, have no timestamp and
+    are taken as they stand (as in the snapshot).
+    """
     uid_known, state_known = "customer_uid IS NOT NULL", "buyer_state IS NOT NULL"
     ctes = f"""sold_orders AS (
   SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items

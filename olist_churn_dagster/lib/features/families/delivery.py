@@ -19,7 +19,7 @@ from .common import AT_D, FLOAT, INT, LAST_30, WINDOW, Row, mean_days, money, ou
 def delivery_plan(w: int) -> FamilyPlan:
     """Logistics of ALL the seller's orders of the window, canceled and unavailable included.
 
-    Point-in-time rule applied here: an order counts as delivered at D when its customer
+    Point-in-time rule: an order counts as delivered at D when its customer
     delivery timestamp is before D, whatever its current status (so a `delivered` order
     delivered on or after D is undelivered at D, as after the snapshot's roll-back);
     approval and carrier facts likewise come from their timestamps. Canceled and

@@ -16,6 +16,9 @@ def payments_plan(w: int) -> FamilyPlan:
     so a multi-seller order's payment value adds up to the payment over its sellers.
     Counts (payments, per type, installments) are not allocated: a payment of a shared
     order counts once for each seller.
+
+    Point-in-time rule: payments have no timestamp of their own and are taken as they
+    stand; they count at D with their sold order, from the day after its purchase.
     """
     # The seller's part of a payment: its share of the order's item value (equal parts
     # among the order's sellers when the order has no value).

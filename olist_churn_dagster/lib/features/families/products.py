@@ -38,6 +38,9 @@ def products_plan(w: int) -> FamilyPlan:
     """What the seller sells: the catalogue attributes of the items sold in the window.
 
     Items whose product is missing from the products table count as without category.
+
+    Point-in-time rule: a sold item counts at D from the day after its order's purchase,
+    for W days; product attributes have no timestamp and are taken as they stand.
     """
     top = sql_list(TOP_CATEGORIES)
     has_category = "category_name IS NOT NULL"

@@ -12,6 +12,10 @@ def reviews_plan(w: int) -> FamilyPlan:
 
     Every review row of an order counts (an order can have several); a review of a
     multi-seller order counts for each of its sellers.
+
+    Point-in-time rule: an order of the window counts at D from the day after its
+    purchase; its review from the first D after the review's creation date
+    (`known_review_day`), so a review written on or after D is not there yet.
     """
     ctes = f"""sold_orders AS (
   SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items

@@ -15,7 +15,12 @@ from .common import AT_D, FLOAT, INT, LAST_30, LIFETIME, PURCHASE_DAY, WINDOW, R
 
 
 def sales_plan(w: int) -> FamilyPlan:
-    """Volume, value, regularity and lifetime of the seller's sales."""
+    """Volume, value, regularity and lifetime of the seller's sales.
+
+    Point-in-time rule: a sold order (not canceled nor unavailable, as it stands) counts at D
+    from the day after its purchase, for W days (30 for the `30d` features, for ever for
+    the lifetime ones); nothing stamped after the purchase is used.
+    """
     ctes = f"""sale_lines AS (
   SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS purchase_day,
          ({PURCHASE_DAY} + 3) // 7 AS week_number, {micro("price")} AS price_micro
