@@ -112,11 +112,12 @@ def serve(root: Path, setup: Callable[[Server], None]) -> Iterator[Server]:
     assert not left, "processes of dagster dev left after teardown:\n" + "\n".join(left)
 
 
-def _generate_and_prepare(bootstrap: Server) -> None:
+def generate_demo(bootstrap: Server, out: Path) -> None:
+    """The end-to-end tests' small generated dataset, written to `out`."""
     started = time.perf_counter()
     bootstrap.cli(
         "generate",
-        str(bootstrap.data_dir / "raw"),
+        str(out),
         "--scale",
         str(E2E_SCALE),
         "--seed",
@@ -127,6 +128,10 @@ def _generate_and_prepare(bootstrap: Server) -> None:
         E2E_END.isoformat(),
     )
     _timed("generate", started)
+
+
+def _generate_and_prepare(bootstrap: Server) -> None:
+    generate_demo(bootstrap, bootstrap.data_dir / "raw")
     started = time.perf_counter()
     bootstrap.cli("prepare")
     _timed("olist-churn prepare", started)

@@ -15,14 +15,7 @@ import pytest
 from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
-from olist_churn_dagster_tests.e2e.conftest import (
-    E2E_END,
-    E2E_SCALE,
-    E2E_SEED,
-    E2E_START,
-    Server,
-    serve,
-)
+from olist_churn_dagster_tests.e2e.conftest import E2E_END, Server, generate_demo, serve
 from olist_churn_dagster_tests.e2e.server import GraphQL, query_warehouse, runs, wait_for
 from olist_churn_dagster_tests.e2e.test_dagster_dev import (
     FEATURE_ASSETS,
@@ -43,18 +36,7 @@ SENSOR_TICKS = """
 
 def _quiet_tail_export(bootstrap: Server) -> None:
     full = bootstrap.data_dir.parent / "full"
-    bootstrap.cli(
-        "generate",
-        str(full),
-        "--scale",
-        str(E2E_SCALE),
-        "--seed",
-        str(E2E_SEED),
-        "--start",
-        E2E_START.isoformat(),
-        "--end",
-        E2E_END.isoformat(),
-    )
+    generate_demo(bootstrap, full)
     tables = cut_as_of(load_dataset(full), AS_OF - timedelta(days=QUIET_DAYS))
     # Written like a snapshot: its `_SUCCESS` manifest declares the export's date.
     export = write_snapshot(tables, bootstrap.data_dir.parent / "export", AS_OF)

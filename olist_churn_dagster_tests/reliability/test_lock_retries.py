@@ -49,15 +49,23 @@ def _step_events(result: dg.ExecuteInProcessResult, kind: dg.DagsterEventType) -
     return [e for e in result.all_events if e.event_type == kind]
 
 
+def _blocked_raw_load(definitions, hold_warehouse, monkeypatch, *, hold: float, retries: int):
+    """The raw load while a reader holds the file for `hold` seconds: (reader, result,
+    seconds the run took). Waits start at 1 s and double."""
+    monkeypatch.setenv("OLIST_CHURN_LOCK_BACKOFF_SECONDS", "1")
+    monkeypatch.setenv("OLIST_CHURN_LOCK_RETRIES", str(retries))
+    reader = hold_warehouse(hold)
+    started = time.monotonic()
+    result = run_job(definitions, "load_raw_tables")
+    return reader, result, time.monotonic() - started
+
+
 def test_a_run_blocked_by_a_reader_succeeds_once_the_reader_closes(
     definitions, hold_warehouse, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv("OLIST_CHURN_LOCK_BACKOFF_SECONDS", "1")
-    monkeypatch.setenv("OLIST_CHURN_LOCK_RETRIES", "8")
-    reader = hold_warehouse(4)
-    started = time.monotonic()
-    result = run_job(definitions, "load_raw_tables")
-    elapsed = time.monotonic() - started
+    reader, result, elapsed = _blocked_raw_load(
+        definitions, hold_warehouse, monkeypatch, hold=4, retries=8
+    )
     assert result.success, failure_message(result)
     assert reader.poll() is not None  # the reader had closed before the run could finish
     retries = _step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)
@@ -70,14 +78,12 @@ def test_a_run_blocked_by_a_reader_succeeds_once_the_reader_closes(
 def test_a_reader_that_never_closes_fails_the_run_naming_it(
     definitions, hold_warehouse, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv("OLIST_CHURN_LOCK_BACKOFF_SECONDS", "1")
-    monkeypatch.setenv("OLIST_CHURN_LOCK_RETRIES", "2")
-    reader = hold_warehouse(120)
-    started = time.monotonic()
-    result = run_job(definitions, "load_raw_tables")
+    reader, result, elapsed = _blocked_raw_load(
+        definitions, hold_warehouse, monkeypatch, hold=120, retries=2
+    )
     assert not result.success
     message = failure_message(result)
     assert "Exceeded max_retries of 2" in message
     assert f"is locked by PID {reader.pid}" in message and "close it" in message
     assert len(_step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 2
-    assert time.monotonic() - started >= 3  # waited 1 s, then 2 s, before giving up
+    assert elapsed >= 3  # waited 1 s, then 2 s, before giving up
