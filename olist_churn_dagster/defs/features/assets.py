@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, FrameBatches, table_asset_key
 from olist_churn_dagster.lib.calendar import date_batches
@@ -30,7 +30,6 @@ from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
 from olist_churn_dagster.lib.warehouse import read_tables
 
 FEATURE_GROUP = "feature_store"
-PARTITION_COLUMN = "reference_date"
 
 # The raw tables each family reads (orders and items always: they define the sales).
 FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
@@ -74,7 +73,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         partitions_def=reference_date_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[raw_asset_key(t) for t in FAMILY_SOURCES[family]],
-        metadata={"partition_expr": PARTITION_COLUMN},
+        metadata=PARTITION_METADATA,
         kinds={"duckdb", "polars"},
         pool=WAREHOUSE_POOL,
     )

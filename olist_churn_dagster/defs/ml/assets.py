@@ -15,7 +15,11 @@ from olist_churn_dagster.defs.features.assets import (
     partition_dates,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
-from olist_churn_dagster.defs.partitions import reference_date_partitions, registered_dates
+from olist_churn_dagster.defs.partitions import (
+    PARTITION_METADATA,
+    reference_date_partitions,
+    registered_dates,
+)
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
@@ -302,7 +306,7 @@ def churn_model(
     partitions_def=reference_date_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[*FEATURE_KEYS, MODEL_KEY],
-    metadata={"partition_expr": "reference_date"},
+    metadata=PARTITION_METADATA,
     kinds={"duckdb", "xgboost"},
     pool=WAREHOUSE_POOL,
 )
