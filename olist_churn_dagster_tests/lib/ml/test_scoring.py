@@ -6,7 +6,11 @@ import pytest
 import xgboost as xgb
 
 from olist_churn_dagster.lib.ml.model import top_reasons
-from olist_churn_dagster.lib.ml.scoring import REASONS_FROM_PROBABILITY, score_sellers
+from olist_churn_dagster.lib.ml.scoring import (
+    REASONS_FROM_PROBABILITY,
+    export_scores,
+    score_sellers,
+)
 
 FEATURES = ["sales_revenue", "recency_days", "n_orders", "late_share"]
 
@@ -117,3 +121,18 @@ def test_calibrator_maps_probabilities_and_keeps_the_ranking(scored):
     assert (cal < raw).all()
     assert (joined["risk_rank"] == joined["risk_rank_cal"]).all()
     assert (shifted["risk_band"] == "high").sum() < (scores["risk_band"] == "high").sum()
+
+
+def test_export_scores_writes_one_csv_per_date(tmp_path):
+    scores = pl.DataFrame(
+        {
+            "reference_date": [date(2018, 2, 1), date(2018, 1, 1), date(2018, 2, 1)],
+            "seller_id": ["a", "b", "c"],
+            "churn_probability": [0.1, 0.2, 0.3],
+        }
+    )
+    folder = tmp_path / "exports" / "churn_scores"
+    paths = export_scores(scores, folder)
+    assert [p.name for p in paths] == ["2018-01-01.csv", "2018-02-01.csv"]
+    assert pl.read_csv(paths[1]).get_column("seller_id").to_list() == ["a", "c"]
+    assert not list(folder.glob("*.tmp"))
