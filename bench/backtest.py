@@ -24,8 +24,9 @@ from pathlib import Path
 
 import polars as pl
 
-from olist_churn_dagster.lib.abt import abt_from_raw, mature_cohort_dates
-from olist_churn_dagster.lib.backtest import (
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.ml.abt import LABEL, abt_from_raw, mature_cohort_dates
+from olist_churn_dagster.lib.ml.backtest import (
     MODEL,
     SIMPLE_BASELINE,
     Recipe,
@@ -35,9 +36,9 @@ from olist_churn_dagster.lib.backtest import (
     simple_baseline,
     walk_forward_plans,
 )
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import ModelParams
-from olist_churn_dagster.lib.rhythm import RHYTHM_FEATURES, add_rhythm_features
+from olist_churn_dagster.lib.ml.model import ModelParams
+from olist_churn_dagster.lib.ml.rhythm import RHYTHM_FEATURES, add_rhythm_features
+from olist_churn_dagster.lib.tables import KEYS
 
 HORIZON, WINDOW = 45, 180
 END = date(2026, 11, 27)  # fixed, so cached datasets and results do not move with the day
@@ -53,8 +54,8 @@ MONOTONE = {
 
 
 def dataset(scale: float, seed: int, dynamics: str) -> dict[str, pl.DataFrame]:
-    from olist_churn_dagster.lib.generator import generate_dataset
-    from olist_churn_dagster.lib.loader import load_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
 
     folder = Path(tempfile.gettempdir()) / f"olist_bt_s{scale}_seed{seed}_{dynamics}"
     if not (folder / "_SUCCESS_bench").exists():
@@ -123,7 +124,7 @@ def with_lags(abt: pl.DataFrame, scale: float, seed: int, dynamics: str) -> pl.D
                 "seller_id",
                 *[pl.col(c).alias(f"{c}_lag{k}") for c in cols],
             )
-            out = out.join(shifted, on=["reference_date", "seller_id"], how="left").with_columns(
+            out = out.join(shifted, on=KEYS, how="left").with_columns(
                 (pl.col(c) - pl.col(f"{c}_lag{k}")).alias(f"{c}_delta{k}") for c in cols
             )
     return out
@@ -156,17 +157,13 @@ def _with_features(recipe: Recipe, abt: pl.DataFrame) -> Recipe:
         cols = [
             c
             for c in abt.columns
-            if c not in ("reference_date", "seller_id", "churned")
+            if c not in (*KEYS, LABEL)
             and not any(p in c for p in sparse)
             and ("rhythm" in recipe.features or c not in RHYTHM_FEATURES)
         ]
         return replace(recipe, features=tuple(cols))
     if recipe.features == ():
-        cols = [
-            c
-            for c in abt.columns
-            if c not in ("reference_date", "seller_id", "churned", *RHYTHM_FEATURES)
-        ]
+        cols = [c for c in abt.columns if c not in (*KEYS, LABEL, *RHYTHM_FEATURES)]
         return replace(recipe, features=tuple(cols))
     return recipe
 

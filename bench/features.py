@@ -35,7 +35,7 @@ def _peak_gb() -> float:
 
 
 def _dataset(root: Path, scale: float) -> Path:
-    from olist_churn_dagster.lib.generator import generate_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
 
     raw = root / f"scale-{scale:g}" / "raw"
     if not (raw / "olist_orders_dataset.csv").exists():
@@ -60,6 +60,7 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
         source_tables,
     )
     from olist_churn_dagster.lib.settings import load_settings
+    from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
     from olist_churn_dagster.lib.warehouse import open_warehouse, read_tables
 
     defs = load_definitions()
@@ -80,11 +81,11 @@ def run_one(root: Path, scale: float, loop_sample: int) -> dict:
 
     conn = open_warehouse(load_settings().warehouse, read_only=True)
     rows = sum(
-        conn.execute(f"SELECT count(*) FROM features.seller_{f}").fetchone()[0]
+        conn.execute(f"SELECT count(*) FROM {feature_table(f)}").fetchone()[0]
         for f in FEATURE_FAMILIES
     )
     needed = {"orders", "order_items"}.union(*(source_tables(f) for f in FEATURE_FAMILIES))
-    raw_tables = read_tables(conn, "raw", sorted(needed))
+    raw_tables = read_tables(conn, RAW_SCHEMA, sorted(needed))
     conn.close()
 
     dates = [date.fromisoformat(k) for k in keys]

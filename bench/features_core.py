@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from olist_churn_dagster.lib import schema
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, active_sellers, compute_features
+from olist_churn_dagster.lib.ingest import schema
 
 
 def _peak_rss_mb() -> float:
@@ -166,8 +166,8 @@ def synthetic(scale: float, seed: int, end: date) -> dict[str, pl.DataFrame]:
 
 def generated(scale: float, seed: int) -> dict[str, pl.DataFrame]:
     """Data from the built-in generator, written once per (scale, seed) to a temp cache."""
-    from olist_churn_dagster.lib.generator import generate_dataset
-    from olist_churn_dagster.lib.loader import load_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
 
     folder = Path(tempfile.gettempdir()) / f"olist_bench_s{scale}_seed{seed}"
     if not (folder / "_SUCCESS_bench").exists():
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if args.data:
-        from olist_churn_dagster.lib.loader import load_dataset
+        from olist_churn_dagster.lib.ingest.loader import load_dataset
 
         raw = load_dataset(args.data)
     elif args.synthetic:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _child(scale: float, seed: int, out: Path, real: bool) -> None:
-    from olist_churn_dagster.lib.generator import default_real_dir, generate_dataset
+    from olist_churn_dagster.generator.marketplace import default_real_dir, generate_dataset
 
     began = time.perf_counter()
     counts = generate_dataset(

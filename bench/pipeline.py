@@ -69,7 +69,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     memory = PeakMemory()
     results: list[dict] = []
 
-    from olist_churn_dagster.lib.generator import generate_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
 
     _stage(
         results,
@@ -84,7 +84,8 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     from olist_churn_dagster.defs.ml.assets import ABT_KEY, BACKTEST_KEY, MODEL_KEY
     from olist_churn_dagster.defs.partitions import registered_dates
     from olist_churn_dagster.defs.tags import range_tags
-    from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
+    from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+    from olist_churn_dagster.lib.tables import ABT_TABLE, SCORES_TABLE, feature_table
 
     defs = load_definitions()
     instance = dg.DagsterInstance.ephemeral()
@@ -101,12 +102,12 @@ def run_scale(root: Path, scale: float) -> list[dict]:
 
     def features() -> int:
         run("build_feature_store", tags=range_tags(keys[0], keys[-1]))
-        return _count(warehouse, "SELECT count(*) FROM features.seller_sales") * 6
+        return _count(warehouse, f"SELECT count(*) FROM {feature_table('sales')}") * 6
 
     def train_part(asset: dg.AssetKey) -> Callable[[], int]:
         def work() -> int:
             run("train_churn_model", asset_selection=[asset])
-            return _count(warehouse, "SELECT count(*) FROM ml.abt")
+            return _count(warehouse, f"SELECT count(*) FROM {ABT_TABLE}")
 
         return work
 
@@ -115,7 +116,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
             run("rescore_with_champion", tags=range_tags(first, last))
             return _count(
                 warehouse,
-                "SELECT count(*) FROM ml.churn_scores "
+                f"SELECT count(*) FROM {SCORES_TABLE} "
                 "WHERE reference_date BETWEEN ?::DATE AND ?::DATE",
                 [first, last],
             )
@@ -131,7 +132,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
     _stage(results, memory, "score one day", score(keys[-1], keys[-1]))
     _stage(results, memory, "score 30-day backfill", score(keys[-30], keys[-1]))
 
-    from olist_churn_dagster.lib.loader import load_dataset
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
 
     day = date.fromisoformat(keys[-1])
     as_of_tables = cut_as_of(load_dataset(data / "raw"), day)
@@ -150,7 +151,7 @@ def run_scale(root: Path, scale: float) -> list[dict]:
             tags=request.tags,
         )
         return _count(
-            warehouse, "SELECT count(*) FROM ml.churn_scores WHERE reference_date = ?", [day]
+            warehouse, f"SELECT count(*) FROM {SCORES_TABLE} WHERE reference_date = ?", [day]
         )
 
     _stage(results, memory, "snapshot to scores", snapshot_to_scores)

@@ -22,8 +22,9 @@ import dagster as dg
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.ml.tracking import champion_version, sqlite_store_path
 from olist_churn_dagster.lib.settings import Settings
-from olist_churn_dagster.lib.tracking import champion_version, sqlite_store_path
+from olist_churn_dagster.lib.tables import SCORES_TABLE, feature_table
 from olist_churn_dagster.lib.warehouse import open_warehouse, warehouse_exists
 
 
@@ -51,7 +52,9 @@ def _missing_feature_dates(settings: Settings, keys: list[str]) -> list[str]:
         return keys
     conn = open_warehouse(settings.warehouse, read_only=True)
     try:
-        rows = conn.execute("SELECT DISTINCT reference_date FROM features.seller_sales").fetchall()
+        rows = conn.execute(
+            f"SELECT DISTINCT reference_date FROM {feature_table('sales')}"
+        ).fetchall()
     except Exception:  # no feature table yet
         return keys
     finally:
@@ -237,7 +240,7 @@ def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[...,
         lambda: (
             _count(
                 settings,
-                "SELECT count(*) FROM ml.churn_scores WHERE reference_date = ?::DATE",
+                f"SELECT count(*) FROM {SCORES_TABLE} WHERE reference_date = ?::DATE",
                 [recent[-1]],
             )
             > 0

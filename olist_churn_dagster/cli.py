@@ -9,7 +9,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from olist_churn_dagster.lib.generator_sellers import DYNAMICS
+from olist_churn_dagster.generator.sellers import DYNAMICS
 from olist_churn_dagster.lib.settings import load_settings
 
 
@@ -28,7 +28,7 @@ def _every(text: str) -> int:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from olist_churn_dagster.lib.generator import default_real_dir, generate_dataset
+    from olist_churn_dagster.generator.marketplace import default_real_dir, generate_dataset
 
     started = time.perf_counter()
     counts = generate_dataset(
@@ -47,7 +47,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _replay(args: argparse.Namespace) -> None:
-    from olist_churn_dagster.lib.snapshots import replay
+    from olist_churn_dagster.lib.ingest.snapshots import replay
 
     out = args.out or load_settings().snapshots_dir
     written = replay(args.src_dir, args.start, args.end, every_days=args.every, out_root=out)

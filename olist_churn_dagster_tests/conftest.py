@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def demo_raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset (the same for the whole session)."""
-    from olist_churn_dagster.lib.generator import generate_dataset
+    from olist_churn_dagster.generator.marketplace import generate_dataset
 
     out = tmp_path_factory.mktemp("demo") / "raw"
     generate_dataset(out, scale=DEMO_SCALE, seed=DEMO_SEED, start=DEMO_START, end=DEMO_END)

@@ -2,13 +2,13 @@
 
 import dagster as dg
 
+from olist_churn_dagster.defs.ml.assets import ABT_KEY, BACKTEST_KEY, MODEL_KEY, SCORES_KEY
+from olist_churn_dagster.defs.ml.monitoring import MONITORING_KEY
 from olist_churn_dagster.defs.partitions import reference_date_partitions
 
 RAW = dg.AssetSelection.groups("raw")
 FEATURES = dg.AssetSelection.groups("feature_store")
-SCORES = dg.AssetSelection.assets(
-    dg.AssetKey(["ml", "churn_scores"]), dg.AssetKey(["ml", "model_monitoring"])
-)
+SCORES = dg.AssetSelection.assets(SCORES_KEY, MONITORING_KEY)
 
 load_raw_tables_job = dg.define_asset_job(
     name="load_raw_tables",
@@ -25,11 +25,7 @@ feature_store_job = dg.define_asset_job(
 
 training_job = dg.define_asset_job(
     name="train_churn_model",
-    selection=dg.AssetSelection.assets(
-        dg.AssetKey(["ml", "abt"]),
-        dg.AssetKey(["ml", "backtest"]),
-        dg.AssetKey(["ml", "churn_model"]),
-    ),
+    selection=dg.AssetSelection.assets(ABT_KEY, BACKTEST_KEY, MODEL_KEY),
     description="Rebuild the ABT from the feature store, train, log to MLflow, gate the champion.",
 )
 

@@ -24,6 +24,9 @@ import dagster as dg
 from olist_churn_dagster.lib.calendar import registration_plan
 
 REFERENCE_DATES = "reference_date"
+# Metadata of a partitioned asset: the warehouse column its partition key is stored in (the
+# IO manager deletes and rewrites a partition by it).
+PARTITION_METADATA = {"partition_expr": "reference_date"}
 
 reference_date_partitions = dg.DynamicPartitionsDefinition(name=REFERENCE_DATES)
 

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
 from dagster_duckdb import DuckDBResource
-from dagster_duckdb.io_manager import DuckDbClient
+
+# Dagster has no public export of the DB IO manager's building blocks (`DbTypeHandler`,
+# `TableSlice`, `DbIOManager`): they live in the private `dagster._core.storage.db_io_manager`,
+# and Dagster's own type handlers (dagster-duckdb-pandas, -polars) import them from there.
+# We take them from `dagster_duckdb.io_manager`, the module of the public `DuckDBIOManager`
+# whose `type_handlers()` hook they serve; `DbIOManager` is needed because the only way to
+# give the IO manager a transactional client is to override `create_io_manager`.
+from dagster_duckdb.io_manager import DbIOManager, DbTypeHandler, DuckDbClient, TableSlice
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 
 from olist_churn_dagster.lib.settings import load_settings
@@ -25,6 +31,11 @@ from olist_churn_dagster.lib.warehouse import (
 )
 
 WAREHOUSE_POOL = "warehouse"
+
+
+def table_asset_key(table: str) -> dg.AssetKey:
+    """The asset stored in `schema.name` (the IO manager writes key `[schema, name]` there)."""
+    return dg.AssetKey(table.split("."))
 
 
 @contextmanager

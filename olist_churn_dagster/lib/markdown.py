@@ -1,8 +1,16 @@
-"""Small markdown renderings of frames for asset metadata in the Dagster UI."""
+"""Small markdown renderings of frames and figures for asset metadata in the Dagster UI."""
 
 from __future__ import annotations
 
+import base64
+import io
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import polars as pl
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _cell(value: object) -> str:
@@ -25,3 +33,14 @@ def frame_to_markdown(frame: pl.DataFrame, *, max_rows: int = 10) -> str:
     if frame.height > max_rows:
         lines.append(f"\n_{max_rows} of {frame.height:,} rows_")
     return "\n".join(lines)
+
+
+def png_markdown(figures: Mapping[str, Figure]) -> str:
+    """Figures as inline PNG images under their names, for metadata the UI renders."""
+    parts = []
+    for name, figure in figures.items():
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        parts.append(f"**{name}**\n\n![{name}](data:image/png;base64,{encoded})")
+    return "\n\n".join(parts)

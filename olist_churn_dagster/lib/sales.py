@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from olist_churn_dagster.lib.schema import NON_SALE_STATUSES
+from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES
 
 
 def sale_items(orders: pl.DataFrame, order_items: pl.DataFrame) -> pl.DataFrame:

@@ -203,3 +203,19 @@ def count_duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str, key: Itera
         f"SELECT count(*) FROM (SELECT {columns} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str) -> int:
+    """How many rows of `schema.table` hold a NaN or infinite value in a float column."""
+    schema, name = table.split(".")
+    floats = [
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+            "AND table_name = ? AND data_type IN ('DOUBLE', 'FLOAT')",
+            [schema, name],
+        ).fetchall()
+    ]
+    condition = " OR ".join(f'NOT isfinite("{c}")' for c in floats) or "FALSE"
+    row = conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}").fetchone()
+    return int(row[0]) if row else 0

@@ -16,7 +16,7 @@ from olist_churn_dagster.defs.alerts.checks import current_freshness
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import register_reference_dates, registered_dates
 from olist_churn_dagster.lib.alerts import read_alerts
-from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME
+from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME
 
 SCORES = dg.AssetKey(["ml", "churn_scores"])
 DAYS = [date(2018, 10, 1) + timedelta(days=i) for i in range(20)]

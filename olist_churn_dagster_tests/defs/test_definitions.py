@@ -7,8 +7,8 @@ import dagster as dg
 import yaml
 
 from olist_churn_dagster.defs.partitions import registered_dates
-from olist_churn_dagster.lib.loader import purchase_date_range
-from olist_churn_dagster.lib.schema import TABLES
+from olist_churn_dagster.lib.ingest.loader import purchase_date_range
+from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster_tests.conftest import DEMO_END, DEMO_START, REPO_ROOT
 
 

@@ -8,7 +8,7 @@ import pytest
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
-from olist_churn_dagster.lib.loader import load_dataset
+from olist_churn_dagster.lib.ingest.loader import load_dataset
 
 
 def _counts(warehouse: Path) -> dict[str, dict[date, int]]:

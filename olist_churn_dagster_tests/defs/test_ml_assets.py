@@ -15,8 +15,8 @@ from mlflow import MlflowClient
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
-from olist_churn_dagster.lib.monitoring import PSI_WARN
-from olist_churn_dagster.lib.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
+from olist_churn_dagster.lib.ml.monitoring import PSI_WARN
+from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
 
@@ -237,10 +237,10 @@ def test_drift_check_passes_on_the_same_distribution_and_warns_on_a_shift(
     """The `feature_drift_psi` check itself, on a copy of the warehouse whose ABT is made
     of the newest scored date's own features: it passes; then two features of that date
     move and it fails, as a warning, naming exactly those two."""
-    from olist_churn_dagster.defs.features.assets import read_feature_tables
     from olist_churn_dagster.defs.ml.monitoring import scores_feature_drift
     from olist_churn_dagster.defs.warehouse import WarehouseResource
-    from olist_churn_dagster.lib.abt import join_features
+    from olist_churn_dagster.lib.features.store import read_feature_tables
+    from olist_churn_dagster.lib.ml.abt import join_features
     from olist_churn_dagster.lib.warehouse import write_frame
 
     _, keys, _ = trained
@@ -337,7 +337,7 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
         abt_columns = conn.execute("SELECT * FROM ml.abt LIMIT 1").pl().columns
     assert "rhythm_p_no_sale_left" in abt_columns  # the model reads the rhythm features
     uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
-    from olist_churn_dagster.lib.tracking import load_champion
+    from olist_churn_dagster.lib.ml.tracking import load_champion
 
     assert "rhythm_recency_over_gap" in load_champion(uri).feature_names
     client = MlflowClient(uri)
@@ -358,7 +358,7 @@ def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir
     assert method in {"none", "platt", "isotonic"}
     assert "data:image/png;base64" in model.metadata["reliability"].value
     uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
-    from olist_churn_dagster.lib.tracking import load_champion
+    from olist_churn_dagster.lib.ml.tracking import load_champion
 
     assert load_champion(uri).calibrator.method == method  # scoring applies the same map
     crippled = {

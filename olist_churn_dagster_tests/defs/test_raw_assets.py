@@ -8,7 +8,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from olist_churn_dagster.lib.schema import TABLES
+from olist_churn_dagster.lib.ingest.schema import TABLES
 
 
 def _table_counts(warehouse: Path) -> dict[str, int]:

@@ -8,8 +8,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from olist_churn_dagster.lib.loader import load_dataset, purchase_date_range
-from olist_churn_dagster.lib.snapshots import MARKER_FILE, cut_as_of, write_snapshot
+from olist_churn_dagster.lib.ingest.loader import load_dataset, purchase_date_range
+from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE, cut_as_of, write_snapshot
 
 
 @pytest.fixture()

@@ -52,8 +52,8 @@ def write_corrected_snapshot(server: Server, as_of: date) -> str:
     """A snapshot of `as_of` whose content differs from a plain replay (one review comment
     corrected at the source), so the sensor loads it whatever ran before; returns its
     fingerprint."""
-    from olist_churn_dagster.lib.loader import load_dataset
-    from olist_churn_dagster.lib.snapshots import cut_as_of, inspect_snapshot, write_snapshot
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
+    from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, inspect_snapshot, write_snapshot
 
     tables = cut_as_of(load_dataset(server.data_dir / "raw"), as_of)
     reviews = tables["order_reviews"]

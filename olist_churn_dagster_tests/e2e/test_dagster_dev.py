@@ -143,7 +143,7 @@ def test_snapshot_sensor_scores_new_date(dagster_server: Server) -> None:
     marker_written = time.time()
     assert (dagster_server.snapshots / newest / "_SUCCESS").is_file()
 
-    from olist_churn_dagster.lib.snapshots import inspect_snapshot
+    from olist_churn_dagster.lib.ingest.snapshots import inspect_snapshot
 
     fingerprint = inspect_snapshot(dagster_server.snapshots, newest).fingerprint
     assert fingerprint

@@ -10,6 +10,7 @@ import pytest
 from olist_churn_dagster.lib.warehouse import (
     WarehouseError,
     count_duplicate_keys,
+    count_non_finite_rows,
     is_file_database,
     open_warehouse,
     read_tables,
@@ -102,6 +103,14 @@ def test_count_duplicate_keys(tmp_path):
         write_frame(conn, "features", "t", frame)
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "seller_id"]) == 1
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "value"]) == 0
+
+
+def test_count_non_finite_rows(tmp_path):
+    with transaction(tmp_path / "w.duckdb") as conn:
+        write_frame(conn, "features", "t", _frame("2024-01-01", [1.0, float("nan"), float("inf")]))
+        write_frame(conn, "features", "u", _frame("2024-01-01", [1.0]).drop("value"))
+        assert count_non_finite_rows(conn, "features.t") == 2
+        assert count_non_finite_rows(conn, "features.u") == 0  # no float column
 
 
 @pytest.mark.parametrize(

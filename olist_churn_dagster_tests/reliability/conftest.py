@@ -20,8 +20,8 @@ import pytest
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.calendar import reference_dates
-from olist_churn_dagster.lib.loader import load_dataset, purchase_date_range
-from olist_churn_dagster.lib.snapshots import cut_as_of, write_snapshot
+from olist_churn_dagster.lib.ingest.loader import load_dataset, purchase_date_range
+from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
 
 
 def _quote_identifier(name: str) -> str:

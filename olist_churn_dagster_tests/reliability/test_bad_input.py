@@ -20,9 +20,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from olist_churn_dagster.lib.loader import MAX_FIELD_BYTES
-from olist_churn_dagster.lib.schema import TABLES
-from olist_churn_dagster.lib.snapshots import MARKER_FILE, inspect_snapshot, scan_snapshots
+from olist_churn_dagster.lib.ingest.loader import MAX_FIELD_BYTES
+from olist_churn_dagster.lib.ingest.schema import TABLES
+from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE, inspect_snapshot, scan_snapshots
 from olist_churn_dagster_tests.reliability.conftest import (
     evaluate_snapshot_sensor,
     failure_message,

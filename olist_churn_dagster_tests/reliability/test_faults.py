@@ -28,11 +28,11 @@ import pytest
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.defs.warehouse import warehouse_resources
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
-from olist_churn_dagster.lib.loader import load_dataset
-from olist_churn_dagster.lib.schema import TABLES
-from olist_churn_dagster.lib.snapshot_feed import FeedCursor, decide
-from olist_churn_dagster.lib.snapshots import write_snapshot
-from olist_churn_dagster.lib.tracking import champion_version
+from olist_churn_dagster.lib.ingest.feed import FeedCursor, decide
+from olist_churn_dagster.lib.ingest.loader import load_dataset
+from olist_churn_dagster.lib.ingest.schema import TABLES
+from olist_churn_dagster.lib.ingest.snapshots import write_snapshot
+from olist_churn_dagster.lib.ml.tracking import champion_version
 from olist_churn_dagster.lib.warehouse import WarehouseError, open_warehouse
 from olist_churn_dagster_tests.conftest import REPO_ROOT
 from olist_churn_dagster_tests.reliability.conftest import (

@@ -10,13 +10,12 @@ import itertools
 from datetime import date
 
 import dagster as dg
-import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from olist_churn_dagster.defs.partitions import reference_date_partitions
+from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, FrameBatches
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, FrameBatches, table_asset_key
 from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
@@ -27,10 +26,10 @@ from olist_churn_dagster.lib.features import (
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
 from olist_churn_dagster.lib.warehouse import read_tables
 
 FEATURE_GROUP = "feature_store"
-PARTITION_COLUMN = "reference_date"
 
 # The raw tables each family reads (orders and items always: they define the sales).
 FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
@@ -49,7 +48,7 @@ FAMILY_DESCRIPTIONS: dict[str, str] = {
 
 
 def feature_asset_key(family: str) -> dg.AssetKey:
-    return dg.AssetKey(["features", f"seller_{family}"])
+    return table_asset_key(feature_table(family))
 
 
 def _active_sellers_estimate(raw: dict, dates: list, horizon_days: int) -> int:
@@ -74,7 +73,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         partitions_def=reference_date_partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[raw_asset_key(t) for t in FAMILY_SOURCES[family]],
-        metadata={"partition_expr": PARTITION_COLUMN},
+        metadata=PARTITION_METADATA,
         kinds={"duckdb", "polars"},
         pool=WAREHOUSE_POOL,
     )
@@ -82,7 +81,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         settings = load_settings()
         dates = partition_dates(context)
         with warehouse.get_connection() as conn:
-            raw = read_tables(conn, "raw", FAMILY_SOURCES[family])
+            raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family])
         batches = date_batches(
             dates,
             rows_per_date=_active_sellers_estimate(raw, dates, settings.churn_horizon_days),
@@ -117,28 +116,3 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
 
 
 feature_assets = [_feature_asset(family) for family in FEATURE_FAMILIES]
-
-
-def read_feature_tables(conn, dates: list) -> dict[str, pl.DataFrame]:
-    """The six stored tables restricted to `dates`; an error names the dates not there."""
-    try:
-        tables = {
-            family: conn.execute(
-                f"SELECT * FROM features.seller_{family} WHERE reference_date IN "
-                "(SELECT unnest(?::DATE[]))",
-                [dates],
-            ).pl()
-            for family in FEATURE_FAMILIES
-        }
-    except duckdb.CatalogException as exc:
-        raise ValueError(f"feature store not materialized yet: {exc}") from exc
-    for family, table in tables.items():
-        present = set(table.get_column("reference_date").unique().to_list())
-        absent = sorted(set(dates) - present)
-        if absent:
-            shown = ", ".join(str(d) for d in absent[:5])
-            raise ValueError(
-                f"features.seller_{family} has no rows for {len(absent)} date(s) ({shown}"
-                f"{', ...' if len(absent) > 5 else ''}): materialize those partitions first"
-            )
-    return tables

@@ -6,11 +6,12 @@ from dagster_duckdb import DuckDBResource
 from olist_churn_dagster.defs.features.assets import feature_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
-from olist_churn_dagster.lib.warehouse import count_duplicate_keys
+from olist_churn_dagster.lib.tables import KEYS, feature_table
+from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
 
 
 def _feature_table_check(family: str) -> dg.AssetChecksDefinition:
-    table = f"features.seller_{family}"
+    table = feature_table(family)
 
     @dg.asset_check(
         asset=feature_asset_key(family),
@@ -20,19 +21,8 @@ def _feature_table_check(family: str) -> dg.AssetChecksDefinition:
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
-            duplicates = count_duplicate_keys(conn, table, ["reference_date", "seller_id"])
-            floats = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-                    "'features' AND table_name = ? AND data_type IN ('DOUBLE', 'FLOAT')",
-                    [f"seller_{family}"],
-                ).fetchall()
-            ]
-            condition = " OR ".join(f'NOT isfinite("{c}")' for c in floats) or "FALSE"
-            non_finite = conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}").fetchone()[
-                0
-            ]
+            duplicates = count_duplicate_keys(conn, table, KEYS)
+            non_finite = count_non_finite_rows(conn, table)
         return dg.AssetCheckResult(
             passed=duplicates == 0 and non_finite == 0,
             metadata={"duplicate_keys": duplicates, "rows_with_nan_or_inf": non_finite},

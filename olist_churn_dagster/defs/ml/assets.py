@@ -1,8 +1,6 @@
 """The analytical base table, the churn model (MLflow-tracked, champion-gated) and the
 daily churn scores."""
 
-import base64
-import io
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -15,25 +13,29 @@ from pydantic import Field
 from olist_churn_dagster.defs.features.assets import (
     feature_asset_key,
     partition_dates,
-    read_feature_tables,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
-from olist_churn_dagster.defs.partitions import reference_date_partitions, registered_dates
+from olist_churn_dagster.defs.partitions import (
+    PARTITION_METADATA,
+    reference_date_partitions,
+    registered_dates,
+)
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import build_abt, cohort_dates
-from olist_churn_dagster.lib.backtest import MODEL as MODEL_SCORER
-from olist_churn_dagster.lib.backtest import (
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
+from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.features.store import read_feature_tables
+from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
+from olist_churn_dagster.lib.ml.abt import build_abt, cohort_dates
+from olist_churn_dagster.lib.ml.backtest import MODEL as MODEL_SCORER
+from olist_churn_dagster.lib.ml.backtest import (
     backtest_model,
     calibration_table,
     choose_calibration,
     params_key,
 )
-from olist_churn_dagster.lib.calibration import Calibrator, fit_calibrator
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES
-from olist_churn_dagster.lib.labels import churn_labels
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.model import (
+from olist_churn_dagster.lib.ml.calibration import Calibrator, fit_calibrator
+from olist_churn_dagster.lib.ml.labels import churn_labels
+from olist_churn_dagster.lib.ml.model import (
     ModelParams,
     SplitPlan,
     TrainResult,
@@ -42,11 +44,10 @@ from olist_churn_dagster.lib.model import (
     predict,
     train_churn_model,
 )
-from olist_churn_dagster.lib.plots import calibration_figure
-from olist_churn_dagster.lib.rhythm import add_rhythm_features, model_frame
-from olist_churn_dagster.lib.scoring import score_sellers
-from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.tracking import (
+from olist_churn_dagster.lib.ml.plots import calibration_figure
+from olist_churn_dagster.lib.ml.rhythm import add_rhythm_features, model_frame
+from olist_churn_dagster.lib.ml.scoring import export_scores, score_sellers
+from olist_churn_dagster.lib.ml.tracking import (
     CHAMPION_ALIAS,
     GateDecision,
     backtest_champion_gate,
@@ -54,13 +55,15 @@ from olist_churn_dagster.lib.tracking import (
     log_and_register,
     log_calibration,
 )
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
 from olist_churn_dagster.lib.warehouse import read_tables
 
 MODEL_GROUP = "model"
 SCORING_GROUP = "scoring"
-ABT_KEY = dg.AssetKey(["ml", "abt"])
+ABT_KEY = table_asset_key(ABT_TABLE)
 MODEL_KEY = dg.AssetKey(["ml", "churn_model"])
-SCORES_KEY = dg.AssetKey(["ml", "churn_scores"])
+SCORES_KEY = table_asset_key(SCORES_TABLE)
 BACKTEST_KEY = dg.AssetKey(["ml", "backtest"])
 FEATURE_KEYS = [feature_asset_key(f) for f in FEATURE_FAMILIES]
 _DEFAULTS = ModelParams()
@@ -93,11 +96,11 @@ def mature_cohorts(keys: list[str], last_purchase: date) -> list[date]:
 def abt(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
     settings = load_settings()
     with warehouse.get_connection() as conn:
-        raw = read_tables(conn, "raw", ["orders", "order_items"])
+        raw = read_tables(conn, RAW_SCHEMA, ["orders", "order_items"])
         last_purchase = raw["orders"].get_column("order_purchase_timestamp").max().date()
         cohorts = mature_cohorts(registered_dates(context.instance), last_purchase)
         tables = read_feature_tables(conn, cohorts)
-    spine = tables["sales"].select("reference_date", "seller_id")
+    spine = tables["sales"].select(KEYS)
     labels = churn_labels(
         raw["orders"], raw["order_items"], spine, horizon_days=settings.churn_horizon_days
     )
@@ -146,16 +149,6 @@ class TrainingConfig(dg.Config):
         return ModelParams(
             **{k: getattr(self, k) for k in ModelParams.__dataclass_fields__ if hasattr(self, k)}
         )
-
-
-def png_markdown(figures: dict) -> str:
-    parts = []
-    for name, figure in figures.items():
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-        encoded = base64.b64encode(buffer.getvalue()).decode()
-        parts.append(f"**{name}**\n\n![{name}](data:image/png;base64,{encoded})")
-    return "\n\n".join(parts)
 
 
 def calibrate(
@@ -313,7 +306,7 @@ def churn_model(
     partitions_def=reference_date_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[*FEATURE_KEYS, MODEL_KEY],
-    metadata={"partition_expr": "reference_date"},
+    metadata=PARTITION_METADATA,
     kinds={"duckdb", "xgboost"},
     pool=WAREHOUSE_POOL,
 )
@@ -338,7 +331,7 @@ def churn_scores(
         scored_at=datetime.now(UTC).replace(tzinfo=None),
         calibrator=model.calibrator,
     )
-    exports = export_scores(scores)
+    exports = export_scores(scores, settings.exports_dir / "churn_scores")
     bands = scores.group_by("risk_band").agg(pl.len().alias("sellers")).sort("risk_band")
     context.add_output_metadata(
         {
@@ -365,17 +358,3 @@ def churn_scores(
         }
     )
     return scores
-
-
-def export_scores(scores: pl.DataFrame) -> list:
-    """One CSV per reference date under $OLIST_CHURN_DATA_DIR/exports/churn_scores/."""
-    folder = load_settings().exports_dir / "churn_scores"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for (day,), frame in scores.partition_by("reference_date", as_dict=True).items():
-        path = folder / f"{day.isoformat()}.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        frame.write_csv(tmp)
-        tmp.replace(path)
-        paths.append(path)
-    return sorted(paths)

@@ -15,11 +15,11 @@ from olist_churn_dagster.defs.ml.assets import (
     BACKTEST_KEY,
     MODEL_GROUP,
     TrainingConfig,
-    png_markdown,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.backtest import (
+from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
+from olist_churn_dagster.lib.ml.backtest import (
     MODEL,
     RECENCY_RULE,
     SIMPLE_BASELINE,
@@ -31,10 +31,9 @@ from olist_churn_dagster.lib.backtest import (
     mean_table,
     params_key,
 )
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.plots import calibration_figure
+from olist_churn_dagster.lib.ml.plots import calibration_figure
+from olist_churn_dagster.lib.ml.tracking import log_backtest
 from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.tracking import log_backtest
 
 
 class BacktestConfig(TrainingConfig):

@@ -6,9 +6,10 @@ from dagster_duckdb import DuckDBResource
 from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.ml.assets import ABT_KEY
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.ml.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, read_tables
 
 AUDIT_SELLERS = 200
@@ -22,7 +23,7 @@ AUDIT_SELLERS = 200
 )
 def abt_unique_rows(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as conn:
-        duplicates = count_duplicate_keys(conn, "ml.abt", ["reference_date", "seller_id"])
+        duplicates = count_duplicate_keys(conn, ABT_TABLE, KEYS)
     return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicate_keys": duplicates})
 
 
@@ -36,7 +37,7 @@ def abt_labels_mature(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     horizon = load_settings().churn_horizon_days
     with warehouse.get_connection() as conn:
         immature = conn.execute(
-            "SELECT count(*) FROM ml.abt WHERE (reference_date + ?::INTEGER - 1)::TIMESTAMP "
+            f"SELECT count(*) FROM {ABT_TABLE} WHERE (reference_date + ?::INTEGER - 1)::TIMESTAMP "
             ">= (SELECT max(order_purchase_timestamp) FROM raw.orders)",
             [horizon],
         ).fetchone()[0]
@@ -54,13 +55,13 @@ def abt_matches_snapshot(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     settings = load_settings()
     tables = sorted({t for sources in FAMILY_SOURCES.values() for t in sources})
     with warehouse.get_connection() as conn:
-        day = conn.execute("SELECT max(reference_date) FROM ml.abt").fetchone()[0]
+        day = conn.execute(f"SELECT max(reference_date) FROM {ABT_TABLE}").fetchone()[0]
         stored = conn.execute(
-            "SELECT * EXCLUDE (churned) FROM ml.abt WHERE reference_date = ? "
+            f"SELECT * EXCLUDE (churned) FROM {ABT_TABLE} WHERE reference_date = ? "
             "ORDER BY hash(seller_id) LIMIT ?",
             [day, AUDIT_SELLERS],
         ).pl()
-        raw = read_tables(conn, "raw", tables)
+        raw = read_tables(conn, RAW_SCHEMA, tables)
     recomputed = recompute_from_snapshot(
         raw,
         day,

@@ -5,22 +5,23 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from olist_churn_dagster.defs.features.assets import read_feature_tables
-from olist_churn_dagster.defs.ml.assets import ABT_KEY, SCORES_KEY, png_markdown
+from olist_churn_dagster.defs.ml.assets import ABT_KEY, SCORES_KEY
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.abt import feature_columns
-from olist_churn_dagster.lib.labels import churn_labels
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.monitoring import (
+from olist_churn_dagster.lib.features.store import read_feature_tables
+from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
+from olist_churn_dagster.lib.ml.abt import feature_columns
+from olist_churn_dagster.lib.ml.labels import churn_labels
+from olist_churn_dagster.lib.ml.monitoring import (
     PSI_WARN,
     drifted,
     performance_figure,
     population_stability,
     realized_performance,
 )
-from olist_churn_dagster.lib.rhythm import model_frame
+from olist_churn_dagster.lib.ml.rhythm import model_frame
 from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
 from olist_churn_dagster.lib.warehouse import read_tables
 
 MONITORING_KEY = dg.AssetKey(["ml", "model_monitoring"])
@@ -36,8 +37,8 @@ MONITORING_KEY = dg.AssetKey(["ml", "model_monitoring"])
 )
 def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as conn:
-        day = conn.execute("SELECT max(reference_date) FROM ml.churn_scores").fetchone()[0]
-        reference = conn.execute("SELECT * FROM ml.abt").pl()
+        day = conn.execute(f"SELECT max(reference_date) FROM {SCORES_TABLE}").fetchone()[0]
+        reference = conn.execute(f"SELECT * FROM {ABT_TABLE}").pl()
         settings = load_settings()
         current = model_frame(
             read_feature_tables(conn, [day]),
@@ -75,13 +76,13 @@ def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
 def model_monitoring(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
     with warehouse.get_connection() as conn:
         scores = conn.execute(
-            "SELECT reference_date, seller_id, churn_probability FROM ml.churn_scores"
+            f"SELECT reference_date, seller_id, churn_probability FROM {SCORES_TABLE}"
         ).pl()
-        raw = read_tables(conn, "raw", ["orders", "order_items"])
+        raw = read_tables(conn, RAW_SCHEMA, ["orders", "order_items"])
     labels = churn_labels(
         raw["orders"],
         raw["order_items"],
-        scores.select("reference_date", "seller_id"),
+        scores.select(KEYS),
         horizon_days=load_settings().churn_horizon_days,
     )
     table = realized_performance(scores, labels)

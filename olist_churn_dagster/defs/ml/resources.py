@@ -4,7 +4,7 @@ data directory by default, or a tracking server)."""
 import dagster as dg
 from pydantic import Field
 
-from olist_churn_dagster.lib.tracking import default_artifact_location, sqlite_store_path
+from olist_churn_dagster.lib.ml.tracking import default_artifact_location, sqlite_store_path
 
 EXPERIMENT = "olist-seller-churn"
 

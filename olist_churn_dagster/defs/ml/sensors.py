@@ -6,8 +6,8 @@ from olist_churn_dagster.defs.jobs import rescore_job
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.ml.tracking import champion_version
 from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.tracking import champion_version
 
 
 @dg.sensor(

@@ -10,15 +10,15 @@ from pydantic import Field
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
-from olist_churn_dagster.lib.loader import load_dataset
+from olist_churn_dagster.lib.ingest.loader import load_dataset
+from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
+from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.settings import Settings, load_settings
-from olist_churn_dagster.lib.snapshots import declared_as_of
+from olist_churn_dagster.lib.tables import RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import write_frame
 
 RAW_GROUP = "raw"
-RAW_SCHEMA = "raw"
 
 
 class RawSourceConfig(dg.Config):
@@ -32,7 +32,7 @@ class RawSourceConfig(dg.Config):
 
 
 def raw_asset_key(table: str) -> dg.AssetKey:
-    return dg.AssetKey(["raw", table])
+    return dg.AssetKey([RAW_SCHEMA, table])
 
 
 def _table_metadata(frame: pl.DataFrame, spec: TableSpec) -> dict[str, dg.MetadataValue]:

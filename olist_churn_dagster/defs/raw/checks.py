@@ -5,7 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.schema import REFERENCES, TABLES
+from olist_churn_dagster.lib.ingest.schema import REFERENCES, TABLES
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys
 
 

@@ -5,8 +5,8 @@ import dagster as dg
 
 from olist_churn_dagster.defs.jobs import snapshot_job
 from olist_churn_dagster.defs.partitions import REFERENCE_DATES
+from olist_churn_dagster.lib.ingest.feed import FeedCursor, decide
 from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.snapshot_feed import FeedCursor, decide
 
 SNAPSHOT_TAG = "olist/snapshot"
 _IN_FLIGHT = [

@@ -1,0 +1,203 @@
+"""Point-in-time-correct seller feature tables, all reference dates in one pass.
+
+For a reference date D a table has one row per seller active at D (a sale in the
+`horizon_days` before D) and only uses facts stamped strictly before D 00:00, so the rows
+for D equal those computed from the as-of-D snapshot of the source. Each family is one
+columnar pass over every requested date at once (DuckDB SQL plus a polars timeline; see
+`engine`), and its columns and dtypes never depend on the data, so warehouse
+partitions always line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+import duckdb
+import polars as pl
+
+from olist_churn_dagster.lib.features.engine import (
+    FeatureSpec,
+    output_schema,
+    run_plan,
+    spine_ctes,
+    to_date,
+)
+from olist_churn_dagster.lib.features.families import PLANS
+from olist_churn_dagster.lib.features.families.products import TOP_CATEGORIES
+from olist_churn_dagster.lib.sales import sale_items
+from olist_churn_dagster.lib.tables import KEYS, feature_table
+
+__all__ = [
+    "FEATURE_CATALOGUE",
+    "FEATURE_FAMILIES",
+    "TOP_CATEGORIES",
+    "FeatureSpec",
+    "active_sellers",
+    "catalogue_markdown",
+    "compute_features",
+    "feature_columns",
+    "feature_schema",
+    "source_tables",
+]
+
+FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
+_DEFAULT_WINDOW = 180
+_EPOCH = date(1970, 1, 1)
+_SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
+FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
+    o.spec for f in FEATURE_FAMILIES for o in PLANS[f](_DEFAULT_WINDOW).outputs
+)
+_ACTIVE_SCHEMA = {
+    "reference_date": pl.Date(),
+    "seller_id": pl.String(),
+    "last_sale_date": pl.Date(),
+    "recency_days": pl.Int64(),
+}
+
+
+def _check_family(family: str) -> None:
+    if family not in PLANS:
+        raise ValueError(f"unknown feature family {family!r}; expected one of {FEATURE_FAMILIES}")
+
+
+def feature_columns(family: str) -> list[str]:
+    """The family's feature columns in output order, without the keys."""
+    _check_family(family)
+    return list(_SCHEMAS[family])[2:]
+
+
+def feature_schema(family: str) -> dict[str, pl.DataType]:
+    """The family's full output schema: reference_date, seller_id, then the features."""
+    _check_family(family)
+    return dict(_SCHEMAS[family])
+
+
+def _epoch_day(day: date) -> int:
+    return (day - _EPOCH).days
+
+
+def _day_range(dates: Sequence[date]) -> tuple[int, int]:
+    """First and last reference day as epoch day numbers."""
+    return _epoch_day(min(dates)), _epoch_day(max(dates))
+
+
+def _connect(
+    frames: Mapping[str, pl.DataFrame], dates: Sequence[date]
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
+    con = duckdb.connect(":memory:")
+    days = sorted({_epoch_day(d) for d in dates})
+    con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
+    for name, frame in frames.items():
+        con.register(name, frame)
+    return con
+
+
+def _in_key_order(df: pl.DataFrame) -> bool:
+    """Whether rows are strictly increasing in (reference_date, seller_id)."""
+    date_, seller = pl.col("reference_date"), pl.col("seller_id")
+    after_previous = (date_ > date_.shift(1)) | (
+        (date_ == date_.shift(1)) & (seller > seller.shift(1))
+    )
+    return bool(df.select(after_previous.fill_null(True).all()).item())
+
+
+def _conform(result: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Cast to the fixed schema, map any NaN to null, and make sure of the row order.
+
+    The SQL already guards every division and emits rows by date and seller; the checks
+    cost far less than the fixes, which only run if that ever stops being true.
+    """
+    floats = [c for c, t in schema.items() if t == pl.Float64]
+    out = result.select([pl.col(c).cast(t) for c, t in schema.items()])
+    if floats and out.select(pl.any_horizontal(pl.col(floats).is_nan().any())).item():
+        out = out.with_columns(pl.col(floats).fill_nan(None))
+    return out if _in_key_order(out) else out.sort(KEYS)
+
+
+def active_sellers(
+    orders: pl.DataFrame,
+    order_items: pl.DataFrame,
+    dates: Sequence[date],
+    *,
+    horizon_days: int = 45,
+) -> pl.DataFrame:
+    """Sellers with a sale in the `horizon_days` days before each date (the feature spine).
+
+    Returns reference_date, seller_id, last_sale_date (the last sale day before D) and
+    recency_days (D - last_sale_date, 1..horizon_days), sorted by date and seller.
+    """
+    if not dates:
+        return pl.DataFrame(schema=_ACTIVE_SCHEMA)
+    lo, hi = _day_range(dates)
+    con = _connect({"sale_items": sale_items(orders, order_items)}, dates)
+    try:
+        sql = f"""WITH {spine_ctes(horizon_days, lo, hi)}
+SELECT {to_date("D")} AS reference_date, seller_id, {to_date("last_d")} AS last_sale_date,
+       D - last_d AS recency_days
+FROM spine ORDER BY D, seller_id"""
+        return _conform(con.sql(sql).pl(), _ACTIVE_SCHEMA)
+    finally:
+        con.close()
+
+
+def compute_features(
+    family: str,
+    raw: Mapping[str, pl.DataFrame],
+    dates: Sequence[date],
+    *,
+    window_days: int = 180,
+    horizon_days: int = 45,
+    sales: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """One feature family for every active seller at every date in `dates`.
+
+    `raw` maps table names (as in `schema.TABLES`) to typed frames holding the newest
+    state; only the tables the family needs are read. `sales` is `sale_items` of raw's
+    orders and items, for a caller that computes several batches from the same raw
+    tables (computed here when not given). The result has reference_date,
+    seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
+    a zero denominator are null (never NaN or inf).
+    """
+    _check_family(family)
+    if window_days < 1 or horizon_days < 1:
+        raise ValueError("window_days and horizon_days must be at least 1")
+    schema = _SCHEMAS[family]
+    if not dates:
+        return pl.DataFrame(schema=schema)
+    plan = PLANS[family](window_days)
+    missing = [t for t in plan.tables if t not in raw]
+    if missing:
+        raise ValueError(f"feature family {family!r} needs table(s) {missing}")
+    frames = {t: raw[t] for t in plan.tables}
+    frames["sale_items"] = (
+        sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
+    )
+    lo, hi = _day_range(dates)
+    con = _connect(frames, dates)
+    try:
+        result = run_plan(
+            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+        )
+        return _conform(result, schema)
+    finally:
+        con.close()
+
+
+def source_tables(family: str) -> tuple[str, ...]:
+    """The raw tables (schema names) a family reads."""
+    _check_family(family)
+    return tuple(PLANS[family](_DEFAULT_WINDOW).tables)
+
+
+def catalogue_markdown() -> str:
+    """The feature catalogue as the README shows it: one table per family."""
+    parts = []
+    for family in FEATURE_FAMILIES:
+        rows = [s for s in FEATURE_CATALOGUE if s.family == family]
+        parts.append(f"### {family} (`{feature_table(family)}`)\n")
+        parts.append("| feature | meaning | window | unit |\n|---|---|---|---|")
+        parts += [f"| `{s.name}` | {s.meaning} | {s.window} | {s.unit} |" for s in rows]
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"

@@ -1,0 +1,1 @@
+"""Machine learning: labels, ABT, model, calibration, tracking, scoring, monitoring, backtest."""

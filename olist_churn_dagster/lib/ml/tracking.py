@@ -1,0 +1,577 @@
+"""MLflow tracking and registry for the churn model, with a champion gate.
+
+Every function takes the tracking URI explicitly: MLflow 3 otherwise writes a `mlflow.db`
+(and `mlruns/` artifacts) into whatever directory the process happens to run in. The
+model registry lives in the same store as the runs.
+
+The gate: a newly registered version becomes `champion` only when it is not worse than the
+current champion *on the same out-of-time rows*, both scored now, so the comparison never
+mixes windows or data versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import mlflow
+import mlflow.xgboost
+import numpy as np
+import polars as pl
+import xgboost as xgb
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from olist_churn_dagster.lib.markdown import frame_to_markdown
+from olist_churn_dagster.lib.ml.abt import LABEL
+from olist_churn_dagster.lib.ml.calibration import Calibrator
+from olist_churn_dagster.lib.ml.model import (
+    LOWER_IS_BETTER,
+    ModelParams,
+    TrainResult,
+    evaluate_scores,
+    predict,
+)
+
+MODEL_NAME = "olist-seller-churn"
+CHAMPION_ALIAS = "champion"
+MODEL_ARTIFACT = "model"
+CALIBRATION_ARTIFACT = "calibration.json"
+_URI_LOCK = threading.RLock()
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@dataclass(frozen=True)
+class RegisteredModelInfo:
+    """Where one training run landed: its run, experiment and registered version."""
+
+    run_id: str
+    experiment_id: str
+    model_version: str
+    model_uri: str  # models:/olist-seller-churn/<version>
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The champion gate's verdict and the two scores it compared."""
+
+    promoted: bool
+    candidate_version: str
+    candidate_score: float
+    champion_version: str | None
+    champion_score: float | None
+    metric: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered model version ready to score: booster plus its feature order."""
+
+    booster: xgb.Booster
+    version: str
+    feature_names: list[str]
+    run_id: str | None
+    calibrator: Calibrator = field(default_factory=Calibrator)
+
+
+class NoChampionError(LookupError):
+    """No model version carries the champion alias yet."""
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@contextmanager
+def mlflow_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `tracking_uri` for the block only, then restore.
+
+    The fluent API (start_run, log_model, load_model) reads a process-wide URI; the lock
+    keeps two threads from swapping it under each other.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with _URI_LOCK:
+        env_before = {k: os.environ.get(k) for k in _URI_ENV}
+        tracking_before = tracking_utils._tracking_uri
+        registry_before = registry_utils._registry_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(tracking_before)
+            registry_utils._registry_uri = registry_before
+            for key, value in env_before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def sqlite_store_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(tracking_uri[len("sqlite:///") :])).expanduser().resolve()
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts beside a SQLite store (`<db dir>/artifacts`), never `./mlruns` in the cwd.
+
+    Other stores (a tracking server, a file store) pick their own location: None.
+    """
+    store = sqlite_store_path(tracking_uri)
+    return None if store is None else (store.parent / "artifacts").as_uri()
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def _params(result: TrainResult, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    plan = result.plan
+    return {
+        **asdict(result.params),
+        "best_iteration": result.best_iteration,
+        "n_features": len(result.feature_names),
+        **{f"n_rows_{block}": n for block, n in result.n_rows.items()},
+        "train_cohorts": f"{plan.train[0]}..{plan.train[-1]} ({len(plan.train)})",
+        "valid_cohorts": ",".join(d.isoformat() for d in plan.valid),
+        "test_cohorts": ",".join(d.isoformat() for d in plan.test),
+        **(extra or {}),
+    }
+
+
+def _metrics(result: TrainResult) -> dict[str, float]:
+    metrics = {f"test_{k}": v for k, v in result.metrics.items()}
+    metrics |= {f"valid_{k}": v for k, v in result.valid_metrics.items()}
+    for name, values in result.baselines.items():
+        metrics |= {f"baseline_{name}_{k}": v for k, v in values.items()}
+    if "recency_rule" in result.baselines:
+        recency_auc = result.baselines["recency_rule"]["roc_auc"]
+        metrics["test_roc_auc_gain_over_recency"] = result.metrics["roc_auc"] - recency_auc
+    metrics["fit_seconds"] = result.fit_seconds
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _write_artifacts(result: TrainResult, folder: Path) -> None:
+    plots_dir, eval_dir = folder / "plots", folder / "evaluation"
+    plots_dir.mkdir()
+    eval_dir.mkdir()
+    for name, figure in result.figures.items():
+        figure.savefig(plots_dir / f"{name}.png", dpi=110)
+    table = result.comparison_table()
+    table.write_csv(eval_dir / "metrics_vs_baselines.csv")
+    (eval_dir / "metrics_vs_baselines.md").write_text(
+        frame_to_markdown(table, max_rows=table.height)
+    )
+    result.importance.write_csv(eval_dir / "feature_importance.csv")
+    (eval_dir / "feature_importance.md").write_text(
+        frame_to_markdown(result.importance, max_rows=result.importance.height)
+    )
+    (eval_dir / "split_plan.json").write_text(json.dumps(result.plan.as_dict(), indent=2))
+    result.test_frame.write_parquet(eval_dir / "oot_scores.parquet")
+
+
+def _pip_requirements() -> list[str]:
+    # Given explicitly: MLflow would otherwise infer them by re-loading the model in a
+    # subprocess, which is slow and brings nothing here.
+    return [f"xgboost=={xgb.__version__}", f"mlflow=={mlflow.__version__}"]
+
+
+def log_and_register(
+    result: TrainResult,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    extra_params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
+) -> RegisteredModelInfo:
+    """Log one training result as a run (params, OOT and baseline metrics, plots, tables,
+    the model with signature and example) and register the model under MODEL_NAME."""
+    client = _client(tracking_uri)
+    location = artifact_location or default_artifact_location(tracking_uri)
+    experiment_id = _experiment_id(client, experiment, location)
+    example = result.input_example.to_pandas()
+    signature = infer_signature(
+        example, predict(result.booster, result.input_example, result.feature_names)
+    )
+    with mlflow_uri(tracking_uri):
+        nested = mlflow.active_run() is not None
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}), nested=nested
+        ) as run:
+            mlflow.log_params(_params(result, extra_params))
+            mlflow.log_metrics(_metrics(result))
+            with tempfile.TemporaryDirectory() as tmp:
+                _write_artifacts(result, Path(tmp))
+                mlflow.log_artifacts(tmp)
+            info = mlflow.xgboost.log_model(
+                result.booster,
+                name=MODEL_ARTIFACT,
+                signature=signature,
+                input_example=example,
+                registered_model_name=MODEL_NAME,
+                pip_requirements=_pip_requirements(),
+                model_format="json",
+            )
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(
+        MODEL_NAME, version, "test_roc_auc", str(result.metrics["roc_auc"])
+    )
+    client.set_model_version_tag(
+        MODEL_NAME, version, "test_cohorts", ",".join(map(str, result.plan.test))
+    )
+    return RegisteredModelInfo(
+        run_id=run.info.run_id,
+        experiment_id=experiment_id,
+        model_version=version,
+        model_uri=f"models:/{MODEL_NAME}/{version}",
+    )
+
+
+def log_backtest(
+    table: pl.DataFrame,
+    summary: Mapping[str, float],
+    figures: Mapping[str, Any],
+    *,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
+) -> str:
+    """Log a walk-forward backtest as its own run: the summary as metrics, each scorer's
+    per-cutoff metrics as metric history (step = cutoff index, oldest first), the
+    per-cutoff table and the figures as artifacts. Returns the run id."""
+    client = _client(tracking_uri)
+    location = artifact_location or default_artifact_location(tracking_uri)
+    experiment_id = _experiment_id(client, experiment, location)
+    cutoffs = sorted(table.get_column("cutoff").unique().to_list())
+    step_of = {d: i for i, d in enumerate(cutoffs)}
+    metric_cols = [c for c in table.columns if c not in ("cutoff", "scorer", "rows")]
+    with mlflow_uri(tracking_uri):
+        nested = mlflow.active_run() is not None
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags={"kind": "backtest", **dict(tags or {})},
+            nested=nested,
+        ) as run:
+            mlflow.log_params(
+                {
+                    "cutoffs": ",".join(map(str, cutoffs)),
+                    "n_cutoffs": len(cutoffs),
+                    **(params or {}),
+                }
+            )
+            mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+            for row in table.iter_rows(named=True):  # cutoffs x scorers: a few dozen rows
+                mlflow.log_metrics(
+                    {f"backtest_{row['scorer']}_{m}": float(row[m]) for m in metric_cols},
+                    step=step_of[row["cutoff"]],
+                )
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                table.write_csv(folder / "backtest_per_cutoff.csv")
+                (folder / "backtest_per_cutoff.md").write_text(
+                    frame_to_markdown(table, max_rows=table.height)
+                )
+                for name, figure in figures.items():
+                    figure.savefig(folder / f"{name}.png", dpi=110)
+                mlflow.log_artifacts(tmp, artifact_path="backtest")
+    return run.info.run_id
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model_version(tracking_uri: str, version: str) -> LoadedModel:
+    """Load one registered version of the churn model as an XGBoost booster."""
+    client = _client(tracking_uri)
+    model_version = client.get_model_version(MODEL_NAME, str(version))
+    with mlflow_uri(tracking_uri):
+        booster = mlflow.xgboost.load_model(f"models:/{MODEL_NAME}/{model_version.version}")
+    if not booster.feature_names:
+        raise ValueError(f"model version {version} was saved without feature names")
+    return LoadedModel(
+        booster=booster,
+        version=str(model_version.version),
+        feature_names=list(booster.feature_names),
+        run_id=model_version.run_id,
+        calibrator=load_calibrator(tracking_uri, model_version.run_id),
+    )
+
+
+def log_calibration(tracking_uri: str, run_id: str, version: str, calibrator: Calibrator) -> None:
+    """Store the calibration map beside the model (run artifact) and name it on the
+    version, so scoring applies exactly the map chosen at training time."""
+    client = _client(tracking_uri)
+    client.log_dict(run_id, calibrator.as_dict(), CALIBRATION_ARTIFACT)
+    client.set_model_version_tag(MODEL_NAME, version, "calibration", calibrator.method)
+
+
+def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:
+    """The run's calibration map; the identity for a run logged without one (older
+    versions keep scoring as they did)."""
+    if not run_id:
+        return Calibrator()
+    try:
+        with mlflow_uri(tracking_uri):
+            data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CALIBRATION_ARTIFACT}")
+    except (MlflowException, OSError):
+        return Calibrator()
+    return Calibrator.from_dict(data)
+
+
+def champion_version(tracking_uri: str) -> str | None:
+    """The version carrying the champion alias, or None when there is none yet."""
+    try:
+        return str(
+            _client(tracking_uri).get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version
+        )
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def load_champion(tracking_uri: str) -> LoadedModel:
+    """Load models:/olist-seller-churn@champion; NoChampionError when none is promoted."""
+    version = champion_version(tracking_uri)
+    if version is None:
+        raise NoChampionError(
+            f"no version of {MODEL_NAME!r} carries the {CHAMPION_ALIAS!r} alias yet; "
+            "train a model and pass the champion gate first"
+        )
+    return load_model_version(tracking_uri, version)
+
+
+# --------------------------------------------------------------------------- gate
+
+
+def _score(model: LoadedModel, rows: pl.DataFrame, metric: str) -> float:
+    y = rows.get_column(LABEL).to_numpy()
+    return evaluate_scores(y, predict(model.booster, rows, model.feature_names))[metric]
+
+
+def _not_worse(candidate: float, champion: float, metric: str, tolerance: float) -> bool:
+    if metric in LOWER_IS_BETTER:
+        return candidate <= champion + tolerance
+    return candidate >= champion - tolerance
+
+
+def _decide(
+    candidate: LoadedModel,
+    champion: LoadedModel | None,
+    rows: pl.DataFrame,
+    metric: str,
+    tolerance: float,
+) -> GateDecision:
+    score = _score(candidate, rows, metric)
+    common = {"candidate_version": candidate.version, "candidate_score": score, "metric": metric}
+    if champion is None:
+        return GateDecision(
+            promoted=True,
+            champion_version=None,
+            champion_score=None,
+            reason="no champion yet: the first model is promoted",
+            **common,
+        )
+    if champion.version == candidate.version:
+        return GateDecision(
+            promoted=True,
+            champion_version=champion.version,
+            champion_score=score,
+            reason="candidate already is the champion",
+            **common,
+        )
+    missing = sorted(set(champion.feature_names) - set(rows.columns))
+    if missing:
+        # The feature set changed, so the champion cannot be scored on today's rows: the
+        # candidate is the only model that fits the current data, hence it is promoted.
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        return GateDecision(
+            promoted=True,
+            champion_version=champion.version,
+            champion_score=None,
+            reason=f"champion v{champion.version} cannot score these rows (feature set "
+            f"changed; missing {shown}): candidate promoted",
+            **common,
+        )
+    champion_score = _score(champion, rows, metric)
+    promoted = _not_worse(score, champion_score, metric, tolerance)
+    verdict = "not worse than" if promoted else "worse than"
+    return GateDecision(
+        promoted=promoted,
+        champion_version=champion.version,
+        champion_score=champion_score,
+        reason=f"candidate {metric}={score:.4f} is {verdict} champion v{champion.version} "
+        f"{metric}={champion_score:.4f} (tolerance {tolerance}) on {rows.height} OOT rows",
+        **common,
+    )
+
+
+def _record(client: MlflowClient, decision: GateDecision, run_id: str | None, window: str) -> None:
+    tags = {
+        "gate.promoted": str(decision.promoted).lower(),
+        "gate.metric": decision.metric,
+        "gate.candidate_score": repr(decision.candidate_score),
+        "gate.champion_version": decision.champion_version or "",
+        "gate.champion_score": ""
+        if decision.champion_score is None
+        else repr(decision.champion_score),
+        "gate.oot_window": window,
+        "gate.reason": decision.reason,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, decision.candidate_version, key, value)
+        if run_id:
+            client.set_tag(run_id, key, value)
+
+
+def champion_gate(
+    *,
+    tracking_uri: str,
+    candidate_version: str,
+    test_frame_features: pl.DataFrame,
+    metric: str = "roc_auc",
+    tolerance: float = 0.0,
+) -> GateDecision:
+    """Promote `candidate_version` to champion unless the champion scores better on the same
+    OOT rows (features and `churned`) by more than `tolerance`; record the decision as tags
+    on the candidate's model version and run."""
+    rows = test_frame_features
+    if rows.height == 0 or rows.get_column(LABEL).n_unique() < 2:
+        raise ValueError("champion_gate needs OOT rows with both churned and retained sellers")
+    if metric not in evaluate_scores(np.array([0, 1]), np.array([0.2, 0.8])):
+        raise ValueError(f"champion_gate: unknown metric {metric!r}")
+    candidate = load_model_version(tracking_uri, candidate_version)
+    current = champion_version(tracking_uri)
+    champion = None if current is None else load_model_version(tracking_uri, current)
+    decision = _decide(candidate, champion, rows, metric, tolerance)
+    client = _client(tracking_uri)
+    if decision.promoted:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, candidate.version)
+    dates = rows.get_column("reference_date") if "reference_date" in rows.columns else None
+    window = "" if dates is None else f"{dates.min()}..{dates.max()}"
+    _record(client, decision, candidate.run_id, window)
+    return decision
+
+
+# --------------------------------------------------------------------------- backtest gate
+
+
+def run_model_params(tracking_uri: str, run_id: str | None) -> ModelParams | None:
+    """The ModelParams a training run logged (None when the run or a field is missing)."""
+    if not run_id:
+        return None
+    try:
+        logged = _client(tracking_uri).get_run(run_id).data.params
+    except MlflowException:
+        return None
+    defaults = ModelParams()
+    values: dict[str, Any] = {}
+    for f in fields(ModelParams):
+        if f.name not in logged:
+            return None
+        values[f.name] = type(getattr(defaults, f.name))(float(logged[f.name]))
+    return ModelParams(**values)
+
+
+def backtest_champion_gate(
+    *,
+    tracking_uri: str,
+    candidate_version: str,
+    candidate_params: ModelParams,
+    candidate_table: pl.DataFrame,
+    rerun: Callable[[ModelParams, Sequence[str]], pl.DataFrame],
+    abt_columns: Sequence[str],
+    metric: str = "roc_auc",
+    tolerance: float = 0.0,
+) -> tuple[GateDecision, pl.DataFrame | None]:
+    """Promote the candidate unless the champion's recipe backtests better on the same
+    cutoffs by more than `tolerance` (mean of `metric` over the cutoffs).
+
+    `candidate_table` holds the candidate's per-cutoff metrics (`cutoff`, `metric`);
+    `rerun(params, features)` backtests another recipe on the same cutoffs and data. The
+    champion's recipe (its logged params and its feature list) is rerun, not its fitted
+    booster: that booster was trained on the very cohorts being tested. When both recipes
+    are the same the candidate's table stands for both. Returns the decision (recorded as
+    tags, alias moved when promoted) and the champion's per-cutoff table.
+    """
+    if candidate_table.height == 0:
+        raise ValueError("backtest_champion_gate needs the candidate's per-cutoff metrics")
+    candidate = load_model_version(tracking_uri, candidate_version)
+    score = float(candidate_table.get_column(metric).mean())
+    cutoffs = sorted(candidate_table.get_column("cutoff").to_list())
+    window = f"backtest {cutoffs[0]}..{cutoffs[-1]} ({len(cutoffs)} cutoffs)"
+    common = {"candidate_version": candidate.version, "candidate_score": score, "metric": metric}
+    current = champion_version(tracking_uri)
+    champion_table: pl.DataFrame | None = None
+    if current is None or current == candidate.version:
+        reason = (
+            "no champion yet: the first model is promoted"
+            if current is None
+            else "candidate already is the champion"
+        )
+        decision = GateDecision(
+            promoted=True, champion_version=current, champion_score=None, reason=reason, **common
+        )
+    else:
+        champion = load_model_version(tracking_uri, current)
+        params = run_model_params(tracking_uri, champion.run_id)
+        missing = sorted(set(champion.feature_names) - set(abt_columns))
+        if params is None or missing:
+            why = "its parameters were not logged" if params is None else "the feature set changed"
+            decision = GateDecision(
+                promoted=True,
+                champion_version=current,
+                champion_score=None,
+                reason=f"champion v{current} cannot be backtested ({why}): candidate promoted",
+                **common,
+            )
+        else:
+            same = params == candidate_params and champion.feature_names == candidate.feature_names
+            champion_table = candidate_table if same else rerun(params, champion.feature_names)
+            champion_score = float(champion_table.get_column(metric).mean())
+            promoted = _not_worse(score, champion_score, metric, tolerance)
+            verdict = "not worse than" if promoted else "worse than"
+            decision = GateDecision(
+                promoted=promoted,
+                champion_version=current,
+                champion_score=champion_score,
+                reason=f"candidate mean backtest {metric}={score:.4f} is {verdict} champion "
+                f"v{current} {champion_score:.4f} (tolerance {tolerance}) over {window}"
+                + (" (same recipe)" if same else ""),
+                **common,
+            )
+    client = _client(tracking_uri)
+    if decision.promoted:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, candidate.version)
+    _record(client, decision, candidate.run_id, window)
+    return decision, champion_table

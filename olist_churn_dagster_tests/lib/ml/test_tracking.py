@@ -1,0 +1,254 @@
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+from olist_churn_dagster.lib.ml.model import (
+    ModelParams,
+    oot_rows,
+    plan_time_split,
+    predict,
+    train_churn_model,
+)
+from olist_churn_dagster.lib.ml.tracking import (
+    CHAMPION_ALIAS,
+    MODEL_NAME,
+    NoChampionError,
+    champion_gate,
+    champion_version,
+    load_champion,
+    log_and_register,
+)
+from olist_churn_dagster_tests.lib.ml.test_model import synthetic_abt
+
+FAST = ModelParams(n_estimators=200, learning_rate=0.1, early_stopping_rounds=15)
+WEAK = ModelParams(n_estimators=2, max_depth=1, learning_rate=0.1, early_stopping_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    abt = synthetic_abt(n_cohorts=12, sellers=250, n_noise=3, seed=5)
+    plan = plan_time_split(abt["reference_date"].unique().to_list())
+    return abt, plan
+
+
+@pytest.fixture(scope="module")
+def results(data):
+    abt, plan = data
+    rng = np.random.default_rng(0)
+    shuffled = abt.with_columns(pl.Series("churned", rng.permutation(abt["churned"].to_numpy())))
+    return {
+        "weak": train_churn_model(abt, plan, WEAK),
+        "good": train_churn_model(abt, plan, FAST),
+        "shuffled": train_churn_model(shuffled, plan, FAST),
+    }
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with its tables created once (that alone takes seconds)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> str:
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    # Run from an empty directory to prove nothing lands in the working directory.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_log_and_register_records_run_artifacts_and_version(store, results, tmp_path):
+    result = results["good"]
+    info = log_and_register(
+        result,
+        tracking_uri=store,
+        experiment="churn",
+        run_name="first",
+        extra_params={"abt_rows": 123},
+        tags={"trigger": "test"},
+    )
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    run = client.get_run(info.run_id)
+    assert run.info.run_name == "first"
+    assert run.data.tags["trigger"] == "test"
+    assert run.data.params["max_depth"] == str(FAST.max_depth)
+    assert run.data.params["abt_rows"] == "123"
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(result.metrics["roc_auc"])
+    assert run.data.metrics["baseline_recency_rule_roc_auc"] == pytest.approx(
+        result.baselines["recency_rule"]["roc_auc"]
+    )
+    assert "baseline_base_rate_brier" in run.data.metrics
+    listed = {a.path for a in client.list_artifacts(info.run_id, "plots")}
+    assert listed == {f"plots/{n}.png" for n in ("roc_pr", "calibration", "lift", "importance")}
+    evaluation = {a.path for a in client.list_artifacts(info.run_id, "evaluation")}
+    assert {"evaluation/metrics_vs_baselines.md", "evaluation/feature_importance.csv"} <= evaluation
+    table = Path(client.download_artifacts(info.run_id, "evaluation/metrics_vs_baselines.md"))
+    assert table.read_text().startswith("| scorer | roc_auc |")
+    # Artifacts live beside the database, and the working directory stays empty.
+    assert (tmp_path / "artifacts").is_dir()
+    assert os.listdir(tmp_path / "cwd") == []
+    version = client.get_model_version(MODEL_NAME, info.model_version)
+    assert version.run_id == info.run_id
+    assert info.model_uri == f"models:/{MODEL_NAME}/{info.model_version}"
+    # The fluent API was only borrowed: no URI is left set in the process.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert not mlflow.tracking._tracking_service.utils._tracking_uri
+
+
+def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, results, data):
+    abt, plan = data
+    rows = oot_rows(abt, plan)
+    with pytest.raises(NoChampionError):
+        load_champion(store)
+    versions = {
+        name: log_and_register(results[name], tracking_uri=store, experiment="churn").model_version
+        for name in ("weak", "good", "shuffled")
+    }
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+
+    first = champion_gate(
+        tracking_uri=store, candidate_version=versions["weak"], test_frame_features=rows
+    )
+    assert first.promoted and first.champion_version is None
+    assert champion_version(store) == versions["weak"]
+
+    better = champion_gate(
+        tracking_uri=store, candidate_version=versions["good"], test_frame_features=rows
+    )
+    assert better.promoted, better.reason
+    assert better.champion_version == versions["weak"]
+    assert better.candidate_score > better.champion_score
+    assert champion_version(store) == versions["good"]
+
+    worse = champion_gate(
+        tracking_uri=store, candidate_version=versions["shuffled"], test_frame_features=rows
+    )
+    assert not worse.promoted, worse.reason
+    assert worse.champion_version == versions["good"]
+    assert worse.candidate_score < worse.champion_score
+    assert champion_version(store) == versions["good"]
+    # A generous tolerance lets a slightly worse model through, on the same rows.
+    margin = worse.champion_score - worse.candidate_score
+    assert champion_gate(
+        tracking_uri=store,
+        candidate_version=versions["shuffled"],
+        test_frame_features=rows,
+        tolerance=margin + 0.01,
+    ).promoted
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, versions["good"])
+
+    # The decision and both scores are recorded on the model version and on the run.
+    tags = client.get_model_version(MODEL_NAME, versions["good"]).tags
+    assert tags["gate.promoted"] == "true"
+    assert float(tags["gate.champion_score"]) == pytest.approx(better.champion_score)
+    run_tags = client.get_run(
+        client.get_model_version(MODEL_NAME, versions["good"]).run_id
+    ).data.tags
+    assert float(run_tags["gate.candidate_score"]) == pytest.approx(better.candidate_score)
+
+    # A lower-is-better metric is compared the other way round.
+    by_brier = champion_gate(
+        tracking_uri=store,
+        candidate_version=versions["weak"],
+        test_frame_features=rows,
+        metric="brier",
+    )
+    assert not by_brier.promoted
+    assert by_brier.candidate_score > by_brier.champion_score
+
+    # The champion is loaded by alias and scores exactly like the in-memory booster.
+    champion = load_champion(store)
+    assert champion.version == versions["good"]
+    assert champion.feature_names == results["good"].feature_names
+    np.testing.assert_array_equal(
+        predict(champion.booster, rows, champion.feature_names),
+        predict(results["good"].booster, rows, results["good"].feature_names),
+    )
+
+    # When the champion's features are gone from the rows, the candidate wins by default.
+    reduced = train_churn_model(abt.drop("noise_0"), plan, WEAK)
+    reduced_version = log_and_register(
+        reduced, tracking_uri=store, experiment="churn"
+    ).model_version
+    changed = champion_gate(
+        tracking_uri=store,
+        candidate_version=reduced_version,
+        test_frame_features=rows.drop("noise_0"),
+    )
+    assert changed.promoted and changed.champion_score is None
+    assert "feature set changed" in changed.reason
+    assert os.listdir(Path(store.removeprefix("sqlite:///")).parent / "cwd") == []
+
+
+def test_backtest_gate_reruns_the_champion_recipe_on_the_same_cutoffs(store, results, data):
+    from datetime import date
+
+    from olist_churn_dagster.lib.ml.calibration import Calibrator
+    from olist_churn_dagster.lib.ml.tracking import (
+        backtest_champion_gate,
+        load_model_version,
+        log_calibration,
+        run_model_params,
+    )
+
+    abt, _ = data
+    cutoffs = [date(2020, m, 1) for m in (1, 2, 3)]
+
+    def table(aucs: list[float]) -> pl.DataFrame:
+        return pl.DataFrame({"cutoff": cutoffs, "roc_auc": aucs})
+
+    versions = {
+        name: log_and_register(results[name], tracking_uri=store, experiment="churn")
+        for name in ("good", "weak")
+    }
+    assert run_model_params(store, versions["good"].run_id) == FAST
+    calls: list[tuple[ModelParams, list[str]]] = []
+
+    def rerun(params: ModelParams, features) -> pl.DataFrame:
+        calls.append((params, list(features)))
+        return table([0.80, 0.82, 0.81])  # the champion recipe's backtest
+
+    common = {"tracking_uri": store, "rerun": rerun, "abt_columns": abt.columns}
+    first, none = backtest_champion_gate(
+        candidate_version=versions["good"].model_version,
+        candidate_params=FAST,
+        candidate_table=table([0.80, 0.82, 0.81]),
+        **common,
+    )
+    assert first.promoted and none is None and not calls
+    worse, champion_rows = backtest_champion_gate(
+        candidate_version=versions["weak"].model_version,
+        candidate_params=WEAK,
+        candidate_table=table([0.79, 0.80, 0.80]),
+        **common,
+    )
+    assert calls == [(FAST, results["good"].feature_names)]
+    assert not worse.promoted and "backtest" in worse.reason, worse.reason
+    assert worse.champion_score == pytest.approx(0.81) and champion_rows.height == 3
+    assert champion_version(store) == versions["good"].model_version
+    within, _ = backtest_champion_gate(
+        candidate_version=versions["weak"].model_version,
+        candidate_params=WEAK,
+        candidate_table=table([0.79, 0.80, 0.80]),
+        tolerance=0.02,
+        **common,
+    )
+    assert within.promoted  # 0.7967 >= 0.81 - 0.02
+    log_calibration(
+        store, versions["weak"].run_id, versions["weak"].model_version, Calibrator("platt", (2, 1))
+    )
+    loaded = load_model_version(store, versions["weak"].model_version)
+    assert loaded.calibrator == Calibrator("platt", (2, 1))
+    assert load_model_version(store, versions["good"].model_version).calibrator.method == "none"
