@@ -3,7 +3,7 @@ every write (delete the partition, insert the new rows) in one DuckDB transactio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,15 @@ from olist_churn_dagster.lib.warehouse import (
 )
 
 WAREHOUSE_POOL = "warehouse"
+
+
+def warehouse_check(
+    asset: dg.AssetKey, *, name: str, description: str, **kwargs: object
+) -> Callable[[Callable[..., dg.AssetCheckResult]], dg.AssetChecksDefinition]:
+    """`dg.asset_check` for a check that queries the warehouse: it runs in the warehouse's pool."""
+    return dg.asset_check(
+        asset=asset, name=name, description=description, pool=WAREHOUSE_POOL, **kwargs
+    )
 
 
 def table_asset_key(table: str) -> dg.AssetKey:

@@ -4,7 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.features.assets import feature_asset_key
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.defs.warehouse import warehouse_check
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.tables import KEYS, feature_table
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
@@ -13,11 +13,10 @@ from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_fi
 def _feature_table_check(family: str) -> dg.AssetChecksDefinition:
     table = feature_table(family)
 
-    @dg.asset_check(
+    @warehouse_check(
         asset=feature_asset_key(family),
         name="one_finite_row_per_seller_and_date",
         description="No duplicate (reference_date, seller_id); no NaN or infinite value.",
-        pool=WAREHOUSE_POOL,
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:

@@ -5,7 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.ml.assets import ABT_KEY
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.defs.warehouse import warehouse_check
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.ml.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.settings import load_settings
@@ -15,11 +15,10 @@ from olist_churn_dagster.lib.warehouse import count_duplicate_keys, read_tables
 AUDIT_SELLERS = 200
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=ABT_KEY,
     name="one_row_per_seller_and_cohort",
     description="No duplicate (reference_date, seller_id) in the ABT.",
-    pool=WAREHOUSE_POOL,
 )
 def abt_unique_rows(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     with warehouse.get_connection() as conn:
@@ -27,11 +26,10 @@ def abt_unique_rows(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicate_keys": duplicates})
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=ABT_KEY,
     name="labels_mature",
     description="Every label's 45-day mark lies before the last purchase in the data.",
-    pool=WAREHOUSE_POOL,
 )
 def abt_labels_mature(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     horizon = load_settings().churn_horizon_days
@@ -44,12 +42,11 @@ def abt_labels_mature(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=immature == 0, metadata={"immature_rows": immature})
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=ABT_KEY,
     name="features_match_as_of_snapshot",
     description=f"For up to {AUDIT_SELLERS} sellers of the latest cohort, every feature "
     "equals its recomputation from an as-of snapshot cut of the raw tables.",
-    pool=WAREHOUSE_POOL,
 )
 def abt_matches_snapshot(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     settings = load_settings()

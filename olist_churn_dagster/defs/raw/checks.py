@@ -4,7 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
-from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
+from olist_churn_dagster.defs.warehouse import warehouse_check
 from olist_churn_dagster.lib.ingest.schema import REFERENCES, TABLES
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys
 
@@ -18,11 +18,10 @@ def _scalar(warehouse: DuckDBResource, sql: str) -> int:
 def _unique_key_check(table: str, key: tuple[str, ...]) -> dg.AssetChecksDefinition:
     key_sql = ", ".join(key)
 
-    @dg.asset_check(
+    @warehouse_check(
         asset=raw_asset_key(table),
         name="unique_primary_key",
         description=f"No two rows share ({key_sql}).",
-        pool=WAREHOUSE_POOL,
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
@@ -42,14 +41,13 @@ unique_key_checks = [
 def _reference_check(table: str) -> dg.AssetChecksDefinition:
     links = [r for r in REFERENCES if r[0] == table]
 
-    @dg.asset_check(
+    @warehouse_check(
         asset=raw_asset_key(table),
         name="references_known_rows",
         description="Every "
         + ", ".join(f"{col} points at a row of raw.{parent}" for _, col, parent, _ in links)
         + ".",
         additional_deps=[raw_asset_key(parent) for _, _, parent, _ in links],
-        pool=WAREHOUSE_POOL,
     )
     def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         orphans = {
@@ -68,14 +66,13 @@ def _reference_check(table: str) -> dg.AssetChecksDefinition:
 reference_checks = [_reference_check(t) for t in sorted({r[0] for r in REFERENCES})]
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=raw_asset_key("orders"),
     name="timestamps_in_order",
     description=(
         "Delivery to the customer never precedes purchase (error); approval and hand-over to "
         "the carrier before purchase are counted as a warning (the real data has a few)."
     ),
-    pool=WAREHOUSE_POOL,
 )
 def orders_timestamps_in_order(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     delivered_before_purchase = _scalar(
