@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from olist_churn_dagster.lib.features.engine import MS_PER_DAY, FeatureSpec, Output, day, ratio
+from olist_churn_dagster.lib.features.engine import (
+    MS_PER_DAY,
+    Additive,
+    FamilyPlan,
+    FeatureSpec,
+    Output,
+    Sliding,
+    day,
+    ratio,
+)
 
 WINDOW = "window"  # the `window_days` (default 180) days before D
 LAST_30 = "30d"
@@ -19,6 +28,35 @@ def outputs(family: str, rows: list[Row]) -> tuple[Output, ...]:
     return tuple(
         Output(FeatureSpec(family, name, meaning, window, unit), dtype, sql)
         for name, dtype, sql, meaning, window, unit in rows
+    )
+
+
+def family_plan(
+    family: str,
+    tables: tuple[str, ...],
+    ctes: str,
+    additive: tuple[Additive, ...],
+    rows: list[Row],
+    *,
+    sliding: tuple[Sliding, ...] = (),
+) -> FamilyPlan:
+    """The family's plan: its source tables, CTEs, measures and output rows (see `outputs`)."""
+    return FamilyPlan(
+        tables=tables,
+        ctes=ctes,
+        additive=additive,
+        sliding=sliding,
+        outputs=outputs(family, rows),
+    )
+
+
+def extremes(source: str, column: str, *, measure: str) -> Sliding:
+    """The smallest and largest `column` of the `source` rows purchased in the window, as
+    the measures `<measure>_min` and `<measure>_max`."""
+    return Sliding(
+        source=source,
+        day="purchase_day",
+        aggregates={f"{measure}_min": ("min", column), f"{measure}_max": ("max", column)},
     )
 
 

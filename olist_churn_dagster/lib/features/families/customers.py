@@ -5,7 +5,7 @@ from __future__ import annotations
 from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, distinct_runs, ratio
 from olist_churn_dagster.lib.ingest.schema import BRAZIL_STATES
 
-from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, outputs
+from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, family_plan
 
 
 def customers_plan(w: int) -> FamilyPlan:
@@ -15,6 +15,8 @@ def customers_plan(w: int) -> FamilyPlan:
     days; the customer's identity and state, and the seller's state, have no timestamp and
     are taken as they stand (as in the snapshot).
     """
+    # The raw tables read by the CTEs below.
+    tables = ("orders", "order_items", "customers", "sellers")
     uid_known, state_known = "customer_uid IS NOT NULL", "buyer_state IS NOT NULL"
     ctes = f"""sold_orders AS (
   SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items
@@ -105,10 +107,4 @@ cust_orders AS (
         )
         for s in BRAZIL_STATES
     ]
-    return FamilyPlan(
-        tables=("orders", "order_items", "customers", "sellers"),
-        ctes=ctes,
-        additive=additive,
-        sliding=(),
-        outputs=outputs("customers", rows),
-    )
+    return family_plan("customers", tables, ctes, additive, rows)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import (
-    Additive,
-    FamilyPlan,
-    Sliding,
-    day,
-    known,
-    micro,
-    ratio,
-)
+from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, day, known, micro, ratio
 from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES
 
-from .common import AT_D, FLOAT, INT, LAST_30, WINDOW, Row, mean_days, money, outputs, sql_list
+from .common import (
+    AT_D,
+    FLOAT,
+    INT,
+    LAST_30,
+    WINDOW,
+    Row,
+    extremes,
+    family_plan,
+    mean_days,
+    money,
+    sql_list,
+)
 
 
 def delivery_plan(w: int) -> FamilyPlan:
@@ -26,6 +30,8 @@ def delivery_plan(w: int) -> FamilyPlan:
     unavailable have no timestamp and are taken as they stand; they are left out of the
     "still undelivered" orders, which are never going to arrive.
     """
+    # The raw tables read by the CTEs below.
+    tables = ("orders", "order_items")
     non_sale = sql_list(NON_SALE_STATUSES)
     # One row per (seller, order): the order's timestamps in epoch ms, and for each the
     # first reference day at which it is known (`known`: stamped strictly before D).
@@ -126,16 +132,7 @@ seller_orders AS (
             where="delivered_at_ms IS NOT NULL",
         ),
     )
-    sliding = (
-        Sliding(
-            source="seller_orders",
-            day="purchase_day",
-            aggregates={
-                "freight_min_micro": ("min", "freight_micro"),
-                "freight_max_micro": ("max", "freight_micro"),
-            },
-        ),
-    )
+    sliding = (extremes("seller_orders", "freight_micro", measure="freight"),)
     rows: list[Row] = [
         (
             "delivery_late_share",
@@ -172,7 +169,7 @@ seller_orders AS (
         (
             "delivery_freight_min",
             FLOAT,
-            money("freight_min_micro"),
+            money("freight_min"),
             "lowest seller's freight per order",
             WINDOW,
             "BRL",
@@ -180,7 +177,7 @@ seller_orders AS (
         (
             "delivery_freight_max",
             FLOAT,
-            money("freight_max_micro"),
+            money("freight_max"),
             "highest seller's freight per order",
             WINDOW,
             "BRL",
@@ -243,10 +240,4 @@ seller_orders AS (
             "share",
         ),
     ]
-    return FamilyPlan(
-        tables=("orders", "order_items"),
-        ctes=ctes,
-        additive=additive,
-        sliding=sliding,
-        outputs=outputs("delivery", rows),
-    )
+    return family_plan("delivery", tables, ctes, additive, rows, sliding=sliding)

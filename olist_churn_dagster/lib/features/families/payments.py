@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, Sliding, micro, ratio
+from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, micro, ratio
 from olist_churn_dagster.lib.ingest.schema import PAYMENT_TYPES
 
-from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, money, outputs
+from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, extremes, family_plan, money
 
 
 def payments_plan(w: int) -> FamilyPlan:
@@ -20,6 +20,8 @@ def payments_plan(w: int) -> FamilyPlan:
     Point-in-time rule: payments have no timestamp of their own and are taken as they
     stand; they count at D with their sold order, from the day after its purchase.
     """
+    # The raw tables read by the CTEs below.
+    tables = ("orders", "order_items", "order_payments")
     # The seller's part of a payment: its share of the order's item value (equal parts
     # among the order's sellers when the order has no value).
     seller_share_of_payment = (
@@ -74,16 +76,7 @@ paid_orders AS (
             measures={"has_installments": "coalesce(has_installments, FALSE)"},
         ),
     )
-    sliding = (
-        Sliding(
-            source="seller_payments",
-            day="purchase_day",
-            aggregates={
-                "k_min": ("min", "installment_count"),
-                "k_max": ("max", "installment_count"),
-            },
-        ),
-    )
+    sliding = (extremes("seller_payments", "installment_count", measure="k"),)
     rows: list[Row] = [
         ("payments_count", INT, "n_pay", "payments of the window's orders", WINDOW, "payments"),
         (
@@ -149,10 +142,4 @@ paid_orders AS (
             "share",
         ),
     ]
-    return FamilyPlan(
-        tables=("orders", "order_items", "order_payments"),
-        ctes=ctes,
-        additive=additive,
-        sliding=sliding,
-        outputs=outputs("payments", rows),
-    )
+    return family_plan("payments", tables, ctes, additive, rows, sliding=sliding)

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import (
-    Additive,
-    FamilyPlan,
-    Sliding,
-    day,
-    distinct_runs,
-    ratio,
-)
+from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, day, distinct_runs, ratio
 
-from .common import FLOAT, INT, WINDOW, Row, outputs, sql_list
+from .common import FLOAT, INT, WINDOW, Row, extremes, family_plan, sql_list
 
 # The most common product categories of the real data, fixed so that the products table has
 # the same columns whatever the data; everything else is `other`.
@@ -42,6 +35,8 @@ def products_plan(w: int) -> FamilyPlan:
     Point-in-time rule: a sold item counts at D from the day after its order's purchase,
     for W days; product attributes have no timestamp and are taken as they stand.
     """
+    # The raw tables read by the CTEs below.
+    tables = ("orders", "order_items", "products")
     top = sql_list(TOP_CATEGORIES)
     has_category = "category_name IS NOT NULL"
     ctes = f"""sold_products AS (
@@ -71,13 +66,7 @@ def products_plan(w: int) -> FamilyPlan:
         Additive(source="prod_runs", start="d + 1", end=window_end, measures={"products": "1"}),
         Additive(source="cat_runs", start="d + 1", end=window_end, measures={"cats": "1"}),
     )
-    sliding = (
-        Sliding(
-            source="sold_products",
-            day="purchase_day",
-            aggregates={"vol_min": ("min", "vol"), "vol_max": ("max", "vol")},
-        ),
-    )
+    sliding = (extremes("sold_products", "vol", measure="vol"),)
     rows: list[Row] = [
         ("products_distinct", INT, "products", "distinct products sold", WINDOW, "products"),
         (
@@ -174,10 +163,4 @@ def products_plan(w: int) -> FamilyPlan:
             "share",
         )
     )
-    return FamilyPlan(
-        tables=("orders", "order_items", "products"),
-        ctes=ctes,
-        additive=additive,
-        sliding=sliding,
-        outputs=outputs("products", rows),
-    )
+    return family_plan("products", tables, ctes, additive, rows, sliding=sliding)

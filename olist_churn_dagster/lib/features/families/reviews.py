@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, known, ratio
 
-from .common import FLOAT, INT, LAST_30, PURCHASE_DAY, WINDOW, Row, outputs
+from .common import FLOAT, INT, LAST_30, PURCHASE_DAY, WINDOW, Row, family_plan
 
 
 def reviews_plan(w: int) -> FamilyPlan:
@@ -17,6 +17,8 @@ def reviews_plan(w: int) -> FamilyPlan:
     purchase; its review from the first D after the review's creation date
     (`known_review_day`), so a review written on or after D is not there yet.
     """
+    # The raw tables read by the CTEs below.
+    tables = ("orders", "order_items", "order_reviews")
     ctes = f"""sold_orders AS (
   SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items
 ),
@@ -120,10 +122,4 @@ reviewed_orders AS (
             "share",
         ),
     ]
-    return FamilyPlan(
-        tables=("orders", "order_items", "order_reviews"),
-        ctes=ctes,
-        additive=additive,
-        sliding=(),
-        outputs=outputs("reviews", rows),
-    )
+    return family_plan("reviews", tables, ctes, additive, rows)

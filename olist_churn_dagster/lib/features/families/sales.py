@@ -5,13 +5,24 @@ from __future__ import annotations
 from olist_churn_dagster.lib.features.engine import (
     Additive,
     FamilyPlan,
-    Sliding,
     distinct_runs,
     micro,
     ratio,
 )
 
-from .common import AT_D, FLOAT, INT, LAST_30, LIFETIME, PURCHASE_DAY, WINDOW, Row, money, outputs
+from .common import (
+    AT_D,
+    FLOAT,
+    INT,
+    LAST_30,
+    LIFETIME,
+    PURCHASE_DAY,
+    WINDOW,
+    Row,
+    extremes,
+    family_plan,
+    money,
+)
 
 
 def sales_plan(w: int) -> FamilyPlan:
@@ -21,6 +32,8 @@ def sales_plan(w: int) -> FamilyPlan:
     from the day after its purchase, for W days (30 for the `30d` features, for ever for
     the lifetime ones); nothing stamped after the purchase is used.
     """
+    # The raw tables read by the CTEs below.
+    tables = ("orders", "order_items")
     ctes = f"""sale_lines AS (
   SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS purchase_day,
          ({PURCHASE_DAY} + 3) // 7 AS week_number, {micro("price")} AS price_micro
@@ -73,22 +86,8 @@ gaps AS (
         Additive(source="week_runs", start="d + 1", end=window_end, measures={"weeks": "1"}),
     )
     sliding = (
-        Sliding(
-            source="sale_orders",
-            day="purchase_day",
-            aggregates={
-                "order_value_min": ("min", "order_value_micro"),
-                "order_value_max": ("max", "order_value_micro"),
-            },
-        ),
-        Sliding(
-            source="sale_lines",
-            day="purchase_day",
-            aggregates={
-                "item_price_min": ("min", "price_micro"),
-                "item_price_max": ("max", "price_micro"),
-            },
-        ),
+        extremes("sale_orders", "order_value_micro", measure="order_value"),
+        extremes("sale_lines", "price_micro", measure="item_price"),
     )
     # n30 / ((n - n30) / ((w - 30) / 30)), written with one division of exact integers
     trend = ratio(f"n30 * {w - 30}", "(n - n30) * 30") if w > 30 else "NULL"
@@ -213,10 +212,4 @@ gaps AS (
             "share",
         ),
     ]
-    return FamilyPlan(
-        tables=("orders", "order_items"),
-        ctes=ctes,
-        additive=additive,
-        sliding=sliding,
-        outputs=outputs("sales", rows),
-    )
+    return family_plan("sales", tables, ctes, additive, rows, sliding=sliding)
