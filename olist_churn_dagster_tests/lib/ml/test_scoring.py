@@ -15,6 +15,19 @@ from olist_churn_dagster.lib.ml.scoring import (
 FEATURES = ["sales_revenue", "recency_days", "n_orders", "late_share"]
 
 
+def _score(booster, frame: pl.DataFrame, **options) -> pl.DataFrame:
+    """The scores of version 7 (champion) at one fixed time."""
+    return score_sellers(
+        booster,
+        FEATURES,
+        frame,
+        model_version="7",
+        model_alias="champion",
+        scored_at=datetime(2026, 3, 4, 3, 0),
+        **options,
+    )
+
+
 @pytest.fixture(scope="module")
 def scored() -> tuple[xgb.Booster, pl.DataFrame, pl.DataFrame]:
     rng = np.random.default_rng(3)
@@ -33,15 +46,7 @@ def scored() -> tuple[xgb.Booster, pl.DataFrame, pl.DataFrame]:
     label = (rng.random(n) < 1 / (1 + np.exp(-(logit + 1.0)))).astype(int)
     matrix = xgb.DMatrix(frame.select(FEATURES).to_numpy(), label=label, feature_names=FEATURES)
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, matrix, 30)
-    scores = score_sellers(
-        booster,
-        FEATURES,
-        frame,
-        model_version="7",
-        model_alias="champion",
-        scored_at=datetime(2026, 3, 4, 3, 0),
-    )
-    return booster, frame, scores
+    return booster, frame, _score(booster, frame)
 
 
 def test_one_row_per_seller_and_date_ranked_densely(scored):
@@ -103,15 +108,7 @@ def test_calibrator_maps_probabilities_and_keeps_the_ranking(scored):
     from olist_churn_dagster.lib.ml.calibration import Calibrator
 
     booster, frame, scores = scored
-    shifted = score_sellers(
-        booster,
-        FEATURES,
-        frame,
-        model_version="7",
-        model_alias="champion",
-        scored_at=datetime(2026, 3, 4, 3, 0),
-        calibrator=Calibrator(method="platt", platt=(1.0, -1.0)),
-    )
+    shifted = _score(booster, frame, calibrator=Calibrator(method="platt", platt=(1.0, -1.0)))
     keys = ["reference_date", "seller_id"]
     joined = scores.join(shifted, on=keys, suffix="_cal")
     raw = joined.get_column("churn_probability").to_numpy()
