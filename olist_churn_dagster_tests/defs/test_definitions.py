@@ -18,6 +18,10 @@ def test_workspace_and_pyproject_point_at_the_same_module():
     module = workspace["load_from"][0]["python_module"]["module_name"]
     assert module == pyproject["tool"]["dagster"]["module_name"]
     assert module == pyproject["tool"]["dg"]["project"]["code_location_target_module"]
+    # One location name everywhere, or Dagster warns on every load in every process.
+    name = workspace["load_from"][0]["python_module"]["location_name"]
+    assert name == pyproject["tool"]["dagster"]["code_location_name"]
+    assert name == pyproject["tool"]["dg"]["project"]["code_location_name"]
 
 
 def test_definitions_load_with_every_raw_table(definitions: dg.Definitions):

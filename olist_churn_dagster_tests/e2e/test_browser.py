@@ -137,7 +137,7 @@ def test_asset_catalog_and_lineage_render(browser: webdriver.Chrome, dagster_ser
     )
     assert "Join the Dagster community" not in text
 
-    location = "olist_churn_dagster.definitions"
+    location = "olist_churn_dagster"
     open_and_wait(
         browser,
         f"{dagster_server.url}/locations/{location}/asset-groups/feature_store",
