@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from olist_churn_dagster_tests.e2e.conftest import _environment  # noqa: E402
+from olist_churn_dagster_tests.e2e.conftest import environment  # noqa: E402  (the e2e servers' settings)
 from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
     DagsterDev,
     GraphQL,
@@ -86,7 +86,7 @@ def main() -> None:
     home = data / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # as `make run` does
-    env = _environment(data, home)
+    env = environment(data, home)
     seconds = _cli(env, "generate", str(data / "raw"), "--scale", str(args.scale))
     print(f"generate scale {args.scale}: {seconds:.1f} s")
     print(f"olist-churn prepare: {_cli(env, 'prepare'):.1f} s", flush=True)

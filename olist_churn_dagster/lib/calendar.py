@@ -33,7 +33,12 @@ def reference_dates(
     first = start or min(first_purchase + timedelta(days=window_days), as_of)
     if first > as_of:
         raise AsOfError(f"the first reference date {first} is after the as-of date {as_of}")
-    return [first + timedelta(days=i) for i in range((as_of - first).days + 1)]
+    return day_range(first, as_of)
+
+
+def day_range(first: date, last: date) -> list[date]:
+    """Every day from `first` to `last`, both included."""
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 def registration_plan(

@@ -69,7 +69,9 @@ class Server:
         return done
 
 
-def _environment(data_dir: Path, dagster_home: Path) -> dict[str, str]:
+def environment(data_dir: Path, dagster_home: Path) -> dict[str, str]:
+    """The environment `make run` gives its processes, on these folders (no other
+    OLIST_CHURN_ setting leaks in)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLIST_CHURN_")}
     env.update(
         OLIST_CHURN_DATA_DIR=str(data_dir),
@@ -93,7 +95,7 @@ def serve(root: Path, setup: Callable[[Server], None]) -> Iterator[Server]:
     dagster_home = data_dir / "dagster_home"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = _environment(data_dir, dagster_home)
+    env = environment(data_dir, dagster_home)
     setup(Server("", data_dir, dagster_home, env, GraphQL("")))
 
     server = DagsterDev(REPO_ROOT, env, log_path=root / "dagster-dev.log")

@@ -19,7 +19,7 @@ import pytest
 
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.tags import range_tags
-from olist_churn_dagster.lib.calendar import reference_dates
+from olist_churn_dagster.lib.calendar import day_range, reference_dates
 from olist_churn_dagster.lib.ingest.loader import load_dataset, purchase_date_range
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
 
@@ -90,8 +90,7 @@ def run_job(
     # A fresh instance knows no reference dates: give the run's own their partitions.
     first, last = partition_range or (partition_key, partition_key)
     if first and last:
-        start, end = date.fromisoformat(first), date.fromisoformat(last)
-        days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+        days = day_range(date.fromisoformat(first), date.fromisoformat(last))
         register_reference_dates(instance, days)
     return definitions.resolve_job_def(job_name).execute_in_process(
         run_config=run_config,
