@@ -17,7 +17,7 @@ SEED ?= 42
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run install data instance prepare browser test test-fast bench lint format clean-data
+.PHONY: run install data instance prepare browser postgres test test-fast bench lint format clean-data
 
 $(UV):
 	@$(PYTHON) -m venv $(TOOLS_DIR)
@@ -57,7 +57,18 @@ browser:  ## headless Chromium and its driver for the browser tests (Debian/Ubun
 			apt-get install -y -q chromium chromium-driver; \
 	fi
 
-test: install browser  ## the whole test suite (CI runs this)
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl) $(shell command -v pg_ctl))
+
+postgres:  ## PostgreSQL server binaries for the stack and its tests (Debian/Ubuntu, as root)
+	@if [ -n "$(PG_CTL)" ]; then \
+		echo "postgresql is installed"; \
+	else \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	fi
+
+test: install browser postgres  ## the whole test suite (CI runs this)
 	$(UV) run --quiet pytest
 
 test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow

@@ -78,3 +78,32 @@ def definitions(data_dir: Path):
     from olist_churn_dagster.bootstrap import load_definitions
 
     return load_definitions()
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real Postgres server for the session, in a folder of its own (stopped at the end).
+
+    The folder is under the system temp dir, world-traversable, because as root Postgres
+    runs as the `postgres` user, who cannot enter pytest's private temp folders."""
+    import tempfile
+
+    from olist_churn_dagster.stack import postgres
+
+    root = Path(tempfile.mkdtemp(prefix="olist-churn-pg-"))
+    root.chmod(0o711)
+    server = postgres.start(root / "data", free_port())
+    try:
+        yield server
+    finally:
+        postgres.stop(server.data_dir)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,173 @@
+"""A PostgreSQL server in a folder of its own, started from the machine's binaries.
+
+The deployed stack keeps Dagster's instance, MLflow's backend store and the DuckLake
+catalog in Postgres. Locally (`make stack`, the stack tests) the server runs from a data
+folder the caller names, on a loopback port, with trust authentication: nothing system
+wide is touched. Postgres refuses to run as root, so as root its commands run as the
+`postgres` user that Debian's package creates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPERUSER = "postgres"
+HOST = "127.0.0.1"
+
+
+class PostgresError(RuntimeError):
+    """The local Postgres server cannot be found, started or reached."""
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A running server: where its files are and how to reach it."""
+
+    data_dir: Path
+    port: int
+
+    def url(self, database: str) -> str:
+        """SQLAlchemy URL (Dagster's instance, MLflow's backend store)."""
+        return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{database}"
+
+    def libpq(self, database: str) -> str:
+        """libpq keyword string (DuckDB's postgres and ducklake extensions)."""
+        return f"dbname={database} host={HOST} port={self.port} user={SUPERUSER}"
+
+
+def bin_dir() -> Path:
+    """Folder of `pg_ctl`: on PATH, else the newest `/usr/lib/postgresql/<version>/bin`."""
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda found: (
+            int(found.parent.parent.name) if found.parent.parent.name.isdigit() else 0
+        ),
+    )
+    if not versions:
+        raise PostgresError(
+            "PostgreSQL server binaries not found (pg_ctl): install Debian's `postgresql` "
+            "package (`make postgres` does, as root)"
+        )
+    return versions[-1].parent
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    """Postgres will not run as root: run its commands as the `postgres` user then."""
+    if os.geteuid() != 0:
+        return command
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        raise PostgresError("running as root needs `runuser` to start Postgres as `postgres`")
+    return [runuser, "-u", SUPERUSER, "--", *command]
+
+
+def _run(command: list[str], what: str) -> str:
+    done = subprocess.run(
+        _as_server_user(command), capture_output=True, text=True, check=False, cwd="/"
+    )
+    if done.returncode != 0:
+        raise PostgresError(
+            f"{what} failed ({done.returncode}): {done.stderr.strip() or done.stdout}"
+        )
+    return done.stdout
+
+
+def _prepare_folder(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        closed = [p for p in data_dir.parents if not p.stat().st_mode & 0o001]
+        if closed:
+            raise PostgresError(
+                f"{closed[0]} is closed to other users, so the `postgres` user cannot reach "
+                f"{data_dir}: choose a folder under a world-traversable path"
+            )
+        shutil.chown(data_dir, user=SUPERUSER, group=SUPERUSER)
+    data_dir.chmod(0o700)
+
+
+def is_running(data_dir: Path) -> bool:
+    """Whether a server runs from `data_dir` (its postmaster.pid names a live process)."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
+def start(data_dir: Path, port: int) -> PostgresServer:
+    """Initialise `data_dir` if empty and start a server on 127.0.0.1:`port` (idempotent)."""
+    data_dir = data_dir.resolve()
+    binaries = bin_dir()
+    server = PostgresServer(data_dir=data_dir, port=port)
+    if not (data_dir / "PG_VERSION").exists():
+        _prepare_folder(data_dir)
+        _run(
+            [
+                str(binaries / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            f"initdb in {data_dir}",
+        )
+    if is_running(data_dir):
+        return server
+    options = f"-p {port} -k {data_dir} -c listen_addresses={HOST} -c max_connections=200"
+    _run(
+        [
+            str(binaries / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(data_dir),
+            "-l",
+            str(data_dir / "server.log"),
+            "-o",
+            options,
+        ],
+        f"starting Postgres on port {port} (log: {data_dir / 'server.log'})",
+    )
+    return server
+
+
+def stop(data_dir: Path) -> None:
+    """Stop the server of `data_dir` if it runs (fast shutdown: open sessions are ended)."""
+    data_dir = data_dir.resolve()
+    if is_running(data_dir):
+        _run(
+            [str(bin_dir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(data_dir)],
+            f"stopping Postgres in {data_dir}",
+        )
+
+
+def create_database(server: PostgresServer, name: str) -> None:
+    """Create database `name` unless it exists."""
+    binaries = bin_dir()
+    connect = ["-h", HOST, "-p", str(server.port), "-U", SUPERUSER]
+    exists = _run(
+        [
+            str(binaries / "psql"),
+            *connect,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+        ],
+        f"looking up database {name}",
+    )
+    if exists.strip() != "1":
+        _run([str(binaries / "createdb"), *connect, name], f"creating database {name}")
