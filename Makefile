@@ -17,7 +17,7 @@ SEED ?= 42
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run install data instance prepare browser postgres test test-fast bench lint format clean-data
+.PHONY: run install data instance prepare browser postgres stack stack-stop stack-status test test-fast bench lint format clean-data
 
 $(UV):
 	@$(PYTHON) -m venv $(TOOLS_DIR)
@@ -67,6 +67,26 @@ postgres:  ## PostgreSQL server binaries for the stack and its tests (Debian/Ubu
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	fi
+
+# The deployed stack on this machine (docs/deploy.md): Postgres, MLflow's server, the code
+# server, the Dagster webserver and daemon, each its own process; state, pids and logs in
+# $(STACK_DIR). Its input files are $(STACK_DIR)/raw (generated at SCALE unless present).
+STACK_DIR ?= $(OLIST_CHURN_DATA_DIR)/stack
+STACK_WAREHOUSE ?= duckdb
+MLFLOW_PORT ?= 5000
+
+stack: install postgres  ## start the deployed stack (UI on http://127.0.0.1:$(PORT))
+	@if [ -z "$$(ls -A $(STACK_DIR)/raw 2>/dev/null)" ]; then \
+		$(UV) run --quiet olist-churn generate $(STACK_DIR)/raw --scale $(SCALE) --seed $(SEED); \
+	fi
+	@$(UV) run --quiet olist-churn stack up --root $(STACK_DIR) --warehouse $(STACK_WAREHOUSE) \
+		--webserver-port $(PORT) --mlflow-port $(MLFLOW_PORT)
+
+stack-stop: install  ## stop every server of the stack
+	@$(UV) run --quiet olist-churn stack down --root $(STACK_DIR)
+
+stack-status: install  ## which servers of the stack run, and where
+	@$(UV) run --quiet olist-churn stack status --root $(STACK_DIR)
 
 test: install browser postgres  ## the whole test suite (CI runs this)
 	$(UV) run --quiet pytest

@@ -101,6 +101,41 @@ def _catalogue(args: argparse.Namespace) -> None:
         print(catalogue_markdown())
 
 
+def _stack(args: argparse.Namespace) -> None:
+    from olist_churn_dagster.stack import servers
+    from olist_churn_dagster.stack.postgres import PostgresError
+
+    root = args.root or load_settings().data_dir / "stack"
+    try:
+        if args.action == "up":
+            config = servers.StackConfig(
+                root=root,
+                ports=servers.Ports(
+                    postgres=args.postgres_port,
+                    grpc=args.grpc_port,
+                    webserver=args.webserver_port,
+                    mlflow=args.mlflow_port,
+                ),
+                warehouse=args.warehouse,
+            )
+            servers.up(config, log=lambda line: print(line, flush=True))
+            print(f"the stack runs from {config.root}; logs in {config.logs_dir}")
+            print(f"  Dagster UI: {config.webserver_url}   MLflow UI: {config.mlflow_url}")
+            print(f"  input files: {config.root / 'raw'} (`make stack` generates them)")
+            print("  stop it with `make stack-stop` (olist-churn stack down)")
+        elif args.action == "down":
+            servers.down(root, log=lambda line: print(line, flush=True))
+        else:
+            states = servers.status(root)
+            for state in states:
+                print(f"{state.name:<12} {'up' if state.running else 'DOWN':<5} {state.detail}")
+            if not all(state.running for state in states):
+                raise SystemExit(1)
+    except (servers.StackError, PostgresError) as exc:
+        print(f"olist-churn stack {args.action}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="olist-churn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,7 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rewrite the catalogue section of FILE (the repository's is {FEATURES_DOC})",
     )
     catalogue.set_defaults(func=_catalogue)
+
+    stack = commands.add_parser(
+        "stack", help="the deployed stack on this machine: Postgres, Dagster servers, MLflow"
+    )
+    stack.add_argument("action", choices=("up", "down", "status"))
+    stack.add_argument(
+        "--root", type=Path, help="the stack's folder (default $OLIST_CHURN_DATA_DIR/stack)"
+    )
+    defaults = _stack_defaults()
+    stack.add_argument("--warehouse", choices=defaults["warehouses"], default="duckdb")
+    for name in ("postgres", "grpc", "webserver", "mlflow"):
+        stack.add_argument(f"--{name}-port", type=int, default=defaults[name], metavar="PORT")
+    stack.set_defaults(func=_stack)
     return parser
+
+
+def _stack_defaults() -> dict:
+    from dataclasses import asdict
+
+    from olist_churn_dagster.stack.servers import WAREHOUSES, Ports
+
+    return {**asdict(Ports()), "warehouses": WAREHOUSES}
 
 
 def main(argv: list[str] | None = None) -> int:
