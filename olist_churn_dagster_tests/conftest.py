@@ -26,6 +26,7 @@ DEMO_START = DEMO_END - timedelta(days=520)
 # mid-write, lock retries waited out, subprocesses that import Dagster, whole pipelines).
 E2E_DIRS = {"e2e"}
 SLOW = {
+    "e2e/test_stack.py::test_the_deployed_stack_end_to_end",
     "reliability/test_faults.py",
     "reliability/test_lock_retries.py",
     "test_bootstrap.py",

@@ -51,6 +51,10 @@ MLFLOW_DB = "mlflow"
 CATALOG_DB = "ducklake"
 DATABASES = (DAGSTER_DB, MLFLOW_DB, CATALOG_DB)
 
+# MLflow's server would start seven job-queue consumers (~1.4 GB) for its GenAI jobs
+# (LLM judges, trace rollups); the churn model logs runs and models only.
+MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 # The processes besides Postgres, in start order (stopped in reverse).
 SERVICES = ("mlflow", "code_server", "webserver", "daemon")
 WAREHOUSES = ("duckdb",)
@@ -541,7 +545,7 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
     plain_env = _environment(config, {})
 
     # MLflow migrates its database while the code server loads the definitions.
-    _spawn(config, "mlflow", cmd["mlflow"], plain_env)
+    _spawn(config, "mlflow", cmd["mlflow"], _environment(config, MLFLOW_ENV))
     _spawn(config, "code_server", cmd["code_server"], location_env)
     _wait_service(config, "mlflow", lambda: _http_probe(f"{config.mlflow_url}/health"), timeout)
     done(f"mlflow        {config.mlflow_url}")

@@ -168,6 +168,32 @@ def runs(gql: GraphQL, **run_filter: Any) -> list[dict[str, Any]]:
     return answer["results"]
 
 
+LAUNCH_RUN = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+
+def launch_job(gql: GraphQL, job_name: str, location: str = "olist_churn_dagster") -> str:
+    """Submit a run of a job of the code location (it goes through the run queue)."""
+    selector = {
+        "repositoryLocationName": location,
+        "repositoryName": "__repository__",
+        "jobName": job_name,
+    }
+    answer = gql(LAUNCH_RUN, {"params": {"selector": selector, "runConfigData": {}}})
+    launched = answer["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
 def launch_asset_backfill(
     gql: GraphQL, asset_paths: list[list[str]], partition_keys: list[str], title: str
 ) -> str:

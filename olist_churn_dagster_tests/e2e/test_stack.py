@@ -1,0 +1,218 @@
+"""The deployed stack started for real (`make stack`'s code) and driven like production:
+Postgres, MLflow's tracking server, the code location as a gRPC code server, and the
+Dagster webserver and daemon, each its own process on free loopback ports.
+
+Everything goes through the servers: runs are submitted to the webserver's GraphQL API and
+started by the daemon, the model is logged to and read back from MLflow's server, a
+snapshot is picked up by the sensor in the daemon. The assertions read what the servers
+hold: Dagster's runs and events in Postgres, the registry of MLflow's server, the rows in
+the warehouse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from olist_churn_dagster.stack import servers
+from olist_churn_dagster_tests.e2e.conftest import E2E_END, E2E_SCALE, E2E_SEED, E2E_START
+from olist_churn_dagster_tests.e2e.server import (
+    GraphQL,
+    free_port,
+    launch_asset_backfills,
+    launch_job,
+    query_warehouse,
+    runs,
+    wait_backfill,
+    wait_runs_finished,
+)
+from olist_churn_dagster_tests.e2e.test_concurrency import overlaps, step_intervals
+from olist_churn_dagster_tests.e2e.test_dagster_dev import (
+    FEATURE_ASSETS,
+    assert_succeeded,
+    partition_keys,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OUTPUT_DIR = REPO_ROOT / "test-output"
+MODEL_NAME = "olist-seller-churn"
+
+
+def _timed(label: str, started: float) -> None:
+    print(f"\n[stack] {label}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[servers.StackConfig]:
+    """A stack on free ports in a folder of its own, with a small generated dataset in its
+    raw/. The folder is under the system temp dir and world-traversable: as root, Postgres
+    runs as the `postgres` user, who cannot enter pytest's private temp folders."""
+    from olist_churn_dagster.generator.marketplace import generate_dataset
+
+    parent = Path(tempfile.mkdtemp(prefix="olist-churn-stack-"))
+    parent.chmod(0o711)
+    ports = servers.Ports(
+        postgres=free_port(), grpc=free_port(), webserver=free_port(), mlflow=free_port()
+    )
+    config = servers.StackConfig(root=parent / "stack", ports=ports)
+    generate_dataset(
+        config.root / "raw", scale=E2E_SCALE, seed=E2E_SEED, start=E2E_START, end=E2E_END
+    )
+    started = time.perf_counter()
+    servers.up(config, timeout=300, log=lambda line: print(f"[stack] {line}", file=sys.stderr))
+    _timed("stack up", started)
+    try:
+        yield config
+    finally:
+        started = time.perf_counter()
+        servers.down(config.root, log=lambda line: print(f"[stack] {line}", file=sys.stderr))
+        _timed("stack down", started)
+        left = [s.name for s in servers.status(config.root) if s.running]
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        for log in config.logs_dir.glob("*.log"):
+            shutil.copy(log, OUTPUT_DIR / f"stack-{log.name}")
+        shutil.rmtree(parent, ignore_errors=True)
+        assert not left, f"servers still running after `down`: {left}"
+
+
+def _dagster_db(config: servers.StackConfig, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of a query on the Dagster instance's own Postgres database."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(config.postgres.libpq(servers.DAGSTER_DB))) as conn:
+        cursor = conn.cursor()
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _wait_run(gql: GraphQL, run_id: str, timeout: float) -> dict:
+    (run,) = wait_runs_finished(gql, f"run {run_id}", timeout=timeout, runIds=[run_id])
+    assert_succeeded(gql, run)
+    return run
+
+
+def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Path) -> None:
+    gql = GraphQL(stack.webserver_url, timeout=60)
+
+    # Load: a run of load_raw_tables submitted to the webserver, started by the daemon
+    # through the run queue, executed as a subprocess of the code server.
+    started = time.perf_counter()
+    load_run = _wait_run(gql, launch_job(gql, "load_raw_tables"), timeout=300)
+    _timed("load_raw_tables", started)
+
+    # Features for every reference date the load registered, as two backfills over
+    # disjoint ranges submitted at once.
+    keys = partition_keys(gql, FEATURE_ASSETS[0])
+    assert len(keys) > 100, f"expected a year of reference dates, got {len(keys)}"
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    started = time.perf_counter()
+    backfill_ids = launch_asset_backfills(gql, FEATURE_ASSETS, halves, title="stack features")
+    states = [wait_backfill(gql, backfill_id, timeout=600) for backfill_id in backfill_ids]
+    _timed(f"2 feature backfills of {len(halves[0])} and {len(halves[1])} dates", started)
+    backfill_runs = []
+    for backfill_id, state in zip(backfill_ids, states, strict=True):
+        found = runs(gql, tags={"dagster/backfill": backfill_id})
+        assert len(found) == 1, f"backfill {backfill_id}: one run expected, got {found}"
+        assert_succeeded(gql, found[0])
+        assert state["status"] == "COMPLETED_SUCCESS", state
+        backfill_runs.append(found[0])
+    _assert_pool_respected(stack, backfill_runs)
+
+    # Training, logged to MLflow's server: the first version becomes the champion.
+    started = time.perf_counter()
+    train_run = _wait_run(gql, launch_job(gql, "train_churn_model"), timeout=600)
+    _timed("train_churn_model", started)
+    champion = _assert_model_in_the_registry(stack, tmp_path)
+
+    # A snapshot of the newest date: the sensor in the daemon loads and scores it.
+    newest = keys[-1]
+    from olist_churn_dagster.lib.ingest.snapshots import inspect_snapshot, replay
+
+    started = time.perf_counter()
+    replay(stack.root / "raw", *[date.fromisoformat(newest)] * 2, out_root=stack.root / "snapshots")
+    fingerprint = inspect_snapshot(stack.root / "snapshots", newest).fingerprint
+    tags = {"olist/snapshot": newest, "olist/snapshot_fingerprint": fingerprint}
+    (snapshot_run,) = wait_runs_finished(gql, "the snapshot sensor's run", timeout=600, tags=tags)
+    assert_succeeded(gql, snapshot_run)
+    assert snapshot_run["jobName"] == "load_snapshot"
+    _timed(f"snapshot {newest} loaded and scored by the sensor's run", started)
+
+    # What Postgres holds: every run above, finished, and their materializations.
+    ours = {r["runId"]: r["jobName"] for r in [load_run, *backfill_runs, train_run, snapshot_run]}
+    stored = dict(
+        _dagster_db(stack, "SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (list(ours),))
+    )
+    assert stored == dict.fromkeys(ours, "SUCCESS"), (stored, ours)
+    materialized = _dagster_db(
+        stack,
+        "SELECT asset_key, partition FROM event_logs "
+        "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND run_id = ANY(%s)",
+        ([r["runId"] for r in backfill_runs],),
+    )
+    pairs = {(tuple(json.loads(key)), partition) for key, partition in materialized}
+    expected = {(tuple(path), key) for path in FEATURE_ASSETS for key in keys}
+    assert pairs == expected, (
+        f"{len(expected - pairs)} feature partitions missing from the event log, "
+        f"{len(pairs - expected)} unexpected"
+    )
+    registered = _dagster_db(
+        stack,
+        "SELECT count(*) FROM dynamic_partitions WHERE partitions_def_name = 'reference_date'",
+    )
+    assert registered[0][0] == len(keys)
+
+    # What the warehouse holds.
+    dates, sellers = query_warehouse(
+        stack.root / "warehouse.duckdb",
+        "SELECT count(DISTINCT reference_date), count(DISTINCT seller_id) "
+        "FROM features.seller_sales",
+        [],
+    )
+    assert dates == len(keys), f"feature dates in the warehouse: {dates}, expected {len(keys)}"
+    assert sellers > 0
+    scored, versions = query_warehouse(
+        stack.root / "warehouse.duckdb",
+        "SELECT count(*), list(DISTINCT model_version) FROM ml.churn_scores "
+        "WHERE reference_date = ?",
+        [date.fromisoformat(newest)],
+    )
+    assert scored > 0, f"no scores for the snapshot's date {newest}"
+    assert versions == [champion], f"scores of {newest} by {versions}, champion is {champion}"
+
+
+def _assert_model_in_the_registry(stack: servers.StackConfig, tmp_path: Path) -> str:
+    """The champion is in the registry of MLflow's server, and its artifacts come back
+    through the server (stored in its artifacts folder, not on the client's side)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    run = client.get_run(champion.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+    downloaded = Path(client.download_artifacts(champion.run_id, "calibration.json", str(tmp_path)))
+    assert json.loads(downloaded.read_text()), "empty calibration artifact"
+    stored = list(stack.artifacts_dir.rglob("calibration.json"))
+    assert stored, f"no artifact under the server's folder {stack.artifacts_dir}"
+    model_files = [p.name for p in stack.artifacts_dir.rglob("MLmodel")]
+    assert model_files, "the logged model is not in the server's artifact store"
+    return champion.version
+
+
+def _assert_pool_respected(stack: servers.StackConfig, backfill_runs: list[dict]) -> None:
+    """With one `warehouse` slot (a DuckDB file) no two warehouse steps ever overlap."""
+    assert stack.pool_limit == 1
+    intervals = [step_intervals(run) for run in backfill_runs]
+    assert all(intervals), "backfill runs without timed steps"
+    for first, second in itertools.combinations(intervals, 2):
+        for (step_a, *span_a), (step_b, *span_b) in itertools.product(first, second):
+            assert not overlaps(tuple(span_a), tuple(span_b)), (step_a, step_b)

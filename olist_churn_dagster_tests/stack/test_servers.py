@@ -1,0 +1,135 @@
+"""The stack's configuration and process handling, without starting its servers (the whole
+stack runs in e2e/test_stack.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from olist_churn_dagster.stack import servers
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> servers.StackConfig:
+    return servers.StackConfig(
+        root=tmp_path / "stack", ports=servers.Ports(15432, 14000, 13000, 15000)
+    )
+
+
+def test_instance_is_the_deployments_on_the_local_postgres(config: servers.StackConfig):
+    deployed = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    local = servers.instance_config(config)
+    assert local["storage"] == {
+        "postgres": {"postgres_url": "postgresql://postgres@127.0.0.1:15432/dagster"}
+    }
+    assert "run_launcher" not in local, "the default launcher: runs are code-server subprocesses"
+    assert local["compute_logs"]["config"]["base_dir"].startswith(str(config.root))
+    for same in ("run_monitoring", "run_retries", "telemetry"):
+        assert local[same] == deployed[same], same
+    assert local["concurrency"]["runs"] == deployed["concurrency"]["runs"]
+    assert local["concurrency"]["pools"]["default_limit"] == 1  # one DuckDB file, one writer
+
+
+def test_webserver_and_daemon_reach_the_code_server_over_grpc(config: servers.StackConfig):
+    (entry,) = servers.workspace_config(config)["load_from"]
+    server = entry["grpc_server"]
+    commands = servers.commands(config)
+    code_server = commands["code_server"]
+    assert code_server[code_server.index("--port") + 1] == str(server["port"]) == "14000"
+    assert code_server[code_server.index("--location-name") + 1] == server["location_name"]
+    assert server["location_name"] == "olist_churn_dagster"
+    workspace = str(config.dagster_home / "workspace.yaml")
+    assert workspace in commands["webserver"] and workspace in commands["daemon"]
+
+
+def test_mlflow_server_on_postgres_serving_its_artifacts(config: servers.StackConfig):
+    mlflow = servers.commands(config)["mlflow"]
+    assert mlflow[mlflow.index("--backend-store-uri") + 1].endswith("@127.0.0.1:15432/mlflow")
+    assert "--serve-artifacts" in mlflow
+    assert mlflow[mlflow.index("--artifacts-destination") + 1] == str(config.artifacts_dir)
+    settings = servers.code_location_settings(config)
+    assert settings["OLIST_CHURN_MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15000"
+    assert settings["OLIST_CHURN_DATA_DIR"] == str(config.root)
+
+
+def test_settings_the_stack_owns_are_refused(tmp_path: Path):
+    with pytest.raises(servers.StackError, match="OLIST_CHURN_WAREHOUSE"):
+        servers.StackConfig(root=tmp_path, settings={"OLIST_CHURN_WAREHOUSE": "x.duckdb"})
+    with pytest.raises(servers.StackError, match="warehouse 'sqlite'"):
+        servers.StackConfig(root=tmp_path, warehouse="sqlite")
+
+
+def test_state_round_trips_and_a_missing_stack_is_named(config: servers.StackConfig):
+    with pytest.raises(servers.StackError, match="no stack in"):
+        servers.load_state(config.root)
+    servers.write_configuration(config)
+    assert servers.load_state(config.root) == config
+    instance = yaml.safe_load((config.dagster_home / "dagster.yaml").read_text())
+    assert instance == servers.instance_config(config)
+
+
+def test_a_taken_port_is_named_before_anything_starts(config: servers.StackConfig):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = servers.StackConfig(root=config.root, ports=servers.Ports(grpc=port))
+        with pytest.raises(servers.StackError, match=f"grpc {port}"):
+            servers.up(busy)
+    assert not (config.root / servers.STATE_FILE).exists()
+
+
+SERVER = """
+import subprocess, sys, time
+if sys.argv[1:] == ["with-child"]:
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+time.sleep(600)
+"""
+
+
+def test_down_stops_live_servers_and_the_orphans_of_a_dead_one(config: servers.StackConfig):
+    servers.write_configuration(config)
+    env = dict(os.environ)
+    servers._spawn(config, "daemon", [sys.executable, "-c", SERVER], env)
+    servers._spawn(config, "code_server", [sys.executable, "-c", SERVER, "with-child"], env)
+    died = servers.read_record(config, "code_server")
+    deadline = time.monotonic() + 30
+    while len(servers._group_members(died)) < 2:  # its child (a run worker, say) started
+        assert time.monotonic() < deadline, "the code server's child did not start"
+        time.sleep(0.1)
+    os.kill(died.pid, signal.SIGKILL)  # the code server dies, its run worker lives on
+    os.waitpid(died.pid, 0)
+    assert not died.alive()
+
+    states = {s.name: s.running for s in servers.status(config.root)}
+    assert states["daemon"] and not states["code_server"]
+
+    lines: list[str] = []
+    servers.down(config.root, grace=5, log=lines.append)
+    assert any(line.startswith("daemon") and "stopped" in line for line in lines), lines
+    assert any(line.startswith("code_server") and "had exited" in line for line in lines), lines
+    assert not servers._group_members(died), "the dead server's child must be stopped too"
+    assert not any(s.running for s in servers.status(config.root))
+    assert not list(config.pids_dir.iterdir())
+
+
+def test_a_recycled_pid_is_not_taken_for_a_server(config: servers.StackConfig):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        live = servers.ProcessRecord(sleeper.pid, servers._proc_stat(sleeper.pid)[2])
+        assert live.alive()
+        assert not servers.ProcessRecord(sleeper.pid, live.started - 1).alive()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not live.alive()
