@@ -57,12 +57,17 @@ MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 # The processes besides Postgres, in start order (stopped in reverse).
 SERVICES = ("mlflow", "code_server", "webserver", "daemon")
-WAREHOUSES = ("duckdb",)
+# `duckdb`: one file, one writer process at a time; `ducklake`: catalog in Postgres,
+# Parquet files under lake/, several writer processes.
+WAREHOUSES = ("duckdb", "ducklake")
+# Steps of the `warehouse` pool at once: deploy/dagster.yaml's limit on DuckLake.
+POOL_LIMITS = {"duckdb": 1, "ducklake": 6}
 # The code location's settings the stack decides; any other OLIST_CHURN_ variable of the
 # caller's environment reaches the code location unchanged.
 OWNED_SETTINGS = (
     "OLIST_CHURN_DATA_DIR",
     "OLIST_CHURN_WAREHOUSE",
+    "OLIST_CHURN_WAREHOUSE_DATA_PATH",
     "OLIST_CHURN_MLFLOW_TRACKING_URI",
     "OLIST_CHURN_EXECUTOR",
 )
@@ -84,7 +89,7 @@ class Ports:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """What to start and where. `warehouse`: `duckdb` (one file, one writer at a time)."""
+    """What to start and where, and which warehouse (see WAREHOUSES)."""
 
     root: Path
     ports: Ports = field(default_factory=Ports)
@@ -135,14 +140,21 @@ class StackConfig:
         return f"http://{HOST}:{self.ports.mlflow}"
 
     @property
+    def lake_dir(self) -> Path:
+        """A DuckLake's Parquet files (object storage in production)."""
+        return self.root / "lake"
+
+    @property
     def warehouse_setting(self) -> str:
         """`OLIST_CHURN_WAREHOUSE` of the code location."""
+        if self.warehouse == "ducklake":
+            return f"ducklake:postgres:{self.postgres.libpq(CATALOG_DB)}"
         return str(self.root / "warehouse.duckdb")
 
     @property
     def pool_limit(self) -> int:
         """Slots of the `warehouse` pool: a DuckDB file takes one writer process."""
-        return 1
+        return POOL_LIMITS[self.warehouse]
 
 
 STATE_FILE = "stack.json"
@@ -206,6 +218,7 @@ def code_location_settings(config: StackConfig) -> dict[str, str]:
         **config.settings,
         "OLIST_CHURN_DATA_DIR": str(config.root),
         "OLIST_CHURN_WAREHOUSE": config.warehouse_setting,
+        "OLIST_CHURN_WAREHOUSE_DATA_PATH": str(config.lake_dir),
         "OLIST_CHURN_MLFLOW_TRACKING_URI": config.mlflow_url,
         "OLIST_CHURN_EXECUTOR": "in_process",
     }

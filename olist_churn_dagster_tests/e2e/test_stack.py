@@ -46,6 +46,8 @@ from olist_churn_dagster_tests.e2e.test_dagster_dev import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = REPO_ROOT / "test-output"
 MODEL_NAME = "olist-seller-churn"
+# The deployed warehouse: DuckLake, whose `warehouse` pool lets both backfills write at once.
+WAREHOUSE = "duckdb"
 
 
 def _timed(label: str, started: float) -> None:
@@ -64,7 +66,7 @@ def stack() -> Iterator[servers.StackConfig]:
     ports = servers.Ports(
         postgres=free_port(), grpc=free_port(), webserver=free_port(), mlflow=free_port()
     )
-    config = servers.StackConfig(root=parent / "stack", ports=ports)
+    config = servers.StackConfig(root=parent / "stack", ports=ports, warehouse=WAREHOUSE)
     generate_dataset(
         config.root / "raw", scale=E2E_SCALE, seed=E2E_SEED, start=E2E_START, end=E2E_END
     )
@@ -85,11 +87,13 @@ def stack() -> Iterator[servers.StackConfig]:
         assert not left, f"servers still running after `down`: {left}"
 
 
-def _dagster_db(config: servers.StackConfig, sql: str, params: tuple = ()) -> list[tuple]:
-    """Rows of a query on the Dagster instance's own Postgres database."""
+def _postgres(
+    config: servers.StackConfig, sql: str, params: tuple = (), database: str = servers.DAGSTER_DB
+) -> list[tuple]:
+    """Rows of a query on one of the stack's Postgres databases (Dagster's by default)."""
     import psycopg2
 
-    with contextlib.closing(psycopg2.connect(config.postgres.libpq(servers.DAGSTER_DB))) as conn:
+    with contextlib.closing(psycopg2.connect(config.postgres.libpq(database))) as conn:
         cursor = conn.cursor()
         cursor.execute(sql, params)
         return cursor.fetchall()
@@ -150,10 +154,10 @@ def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Pat
     # What Postgres holds: every run above, finished, and their materializations.
     ours = {r["runId"]: r["jobName"] for r in [load_run, *backfill_runs, train_run, snapshot_run]}
     stored = dict(
-        _dagster_db(stack, "SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (list(ours),))
+        _postgres(stack, "SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (list(ours),))
     )
     assert stored == dict.fromkeys(ours, "SUCCESS"), (stored, ours)
-    materialized = _dagster_db(
+    materialized = _postgres(
         stack,
         "SELECT asset_key, partition FROM event_logs "
         "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND run_id = ANY(%s)",
@@ -165,29 +169,48 @@ def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Pat
         f"{len(expected - pairs)} feature partitions missing from the event log, "
         f"{len(pairs - expected)} unexpected"
     )
-    registered = _dagster_db(
+    registered = _postgres(
         stack,
         "SELECT count(*) FROM dynamic_partitions WHERE partitions_def_name = 'reference_date'",
     )
     assert registered[0][0] == len(keys)
 
     # What the warehouse holds.
-    dates, sellers = query_warehouse(
-        stack.root / "warehouse.duckdb",
+    dates, sellers = _warehouse_row(
+        stack,
         "SELECT count(DISTINCT reference_date), count(DISTINCT seller_id) "
         "FROM features.seller_sales",
-        [],
     )
     assert dates == len(keys), f"feature dates in the warehouse: {dates}, expected {len(keys)}"
     assert sellers > 0
-    scored, versions = query_warehouse(
-        stack.root / "warehouse.duckdb",
+    scored, versions = _warehouse_row(
+        stack,
         "SELECT count(*), list(DISTINCT model_version) FROM ml.churn_scores "
         "WHERE reference_date = ?",
         [date.fromisoformat(newest)],
     )
     assert scored > 0, f"no scores for the snapshot's date {newest}"
     assert versions == [champion], f"scores of {newest} by {versions}, champion is {champion}"
+    if stack.warehouse == "ducklake":
+        (commits,) = _postgres(
+            stack, "SELECT count(*) FROM ducklake_snapshot", database=servers.CATALOG_DB
+        )[0]
+        assert commits > len(FEATURE_ASSETS), "DuckLake's catalog lacks the commits"
+        assert list(stack.lake_dir.rglob("*.parquet")), f"no Parquet files in {stack.lake_dir}"
+
+
+def _warehouse_row(stack: servers.StackConfig, sql: str, params: list | None = None) -> tuple:
+    """One row from the stack's warehouse, read as its runs write it."""
+    if stack.warehouse == "duckdb":
+        return query_warehouse(stack.root / "warehouse.duckdb", sql, params or [])
+    from olist_churn_dagster.lib.warehouse import close_ducklakes, open_warehouse
+
+    conn = open_warehouse(stack.warehouse_setting, read_only=True, data_path=stack.lake_dir)
+    try:
+        return conn.execute(sql, params or []).fetchone()
+    finally:
+        conn.close()
+        close_ducklakes()
 
 
 def _assert_model_in_the_registry(stack: servers.StackConfig, tmp_path: Path) -> str:
@@ -209,10 +232,16 @@ def _assert_model_in_the_registry(stack: servers.StackConfig, tmp_path: Path) ->
 
 
 def _assert_pool_respected(stack: servers.StackConfig, backfill_runs: list[dict]) -> None:
-    """With one `warehouse` slot (a DuckDB file) no two warehouse steps ever overlap."""
-    assert stack.pool_limit == 1
+    """One `warehouse` slot (a DuckDB file): no two warehouse steps of the runs overlap.
+    Several (DuckLake): the two runs wrote at the same time."""
     intervals = [step_intervals(run) for run in backfill_runs]
     assert all(intervals), "backfill runs without timed steps"
-    for first, second in itertools.combinations(intervals, 2):
-        for (step_a, *span_a), (step_b, *span_b) in itertools.product(first, second):
-            assert not overlaps(tuple(span_a), tuple(span_b)), (step_a, step_b)
+    at_once = [
+        (step_a, step_b)
+        for (step_a, *span_a), (step_b, *span_b) in itertools.product(*intervals)
+        if overlaps(tuple(span_a), tuple(span_b))
+    ]
+    if stack.pool_limit == 1:
+        assert not at_once, f"steps of the one-slot pool ran at once: {at_once}"
+    else:
+        assert at_once, f"the two backfills never wrote at the same time: {intervals}"

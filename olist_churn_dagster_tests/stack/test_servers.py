@@ -133,3 +133,17 @@ def test_a_recycled_pid_is_not_taken_for_a_server(config: servers.StackConfig):
         sleeper.kill()
         sleeper.wait()
     assert not live.alive()
+
+
+def test_a_ducklake_stack_keeps_its_catalog_in_postgres_and_several_writers(tmp_path: Path):
+    lake = servers.StackConfig(
+        root=tmp_path, ports=servers.Ports(postgres=15432), warehouse="ducklake"
+    )
+    settings = servers.code_location_settings(lake)
+    assert settings["OLIST_CHURN_WAREHOUSE"] == (
+        "ducklake:postgres:dbname=ducklake host=127.0.0.1 port=15432 user=postgres"
+    )
+    assert settings["OLIST_CHURN_WAREHOUSE_DATA_PATH"] == str(tmp_path / "lake")
+    deployed = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    limit = servers.instance_config(lake)["concurrency"]["pools"]["default_limit"]
+    assert limit == deployed["concurrency"]["pools"]["default_limit"] > 1
