@@ -107,6 +107,8 @@ def _wait_run(gql: GraphQL, run_id: str, timeout: float) -> dict:
 
 def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Path) -> None:
     gql = GraphQL(stack.webserver_url, timeout=60)
+    down = [state.name for state in servers.status(stack.root) if not state.running]
+    assert not down, f"servers not running after `up`: {down}"
 
     # Load: a run of load_raw_tables submitted to the webserver, started by the daemon
     # through the run queue, executed as a subprocess of the code server.

@@ -147,3 +147,18 @@ def test_a_ducklake_stack_keeps_its_catalog_in_postgres_and_several_writers(tmp_
     deployed = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     limit = servers.instance_config(lake)["concurrency"]["pools"]["default_limit"]
     assert limit == deployed["concurrency"]["pools"]["default_limit"] > 1
+
+
+def test_cli_names_a_missing_stack_and_reports_a_stopped_one(config: servers.StackConfig, capsys):
+    from olist_churn_dagster.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["stack", "status", "--root", str(config.root)])
+    assert exited.value.code == 1
+    assert "no stack in" in capsys.readouterr().err
+    servers.write_configuration(config)
+    with pytest.raises(SystemExit):
+        main(["stack", "status", "--root", str(config.root)])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["postgres", "DOWN"]
+    assert "http://127.0.0.1:13000" in out
