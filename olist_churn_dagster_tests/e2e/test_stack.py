@@ -243,6 +243,13 @@ def _assert_pool_respected(stack: servers.StackConfig, backfill_runs: list[dict]
         for (step_a, *span_a), (step_b, *span_b) in itertools.product(*intervals)
         if overlaps(tuple(span_a), tuple(span_b))
     ]
+    spans = [(run["startTime"], run["endTime"]) for run in backfill_runs]
+    shared = max(0.0, min(end for _, end in spans) - max(start for start, _ in spans))
+    print(
+        f"\n[stack] backfill runs {[round(end - start, 1) for start, end in spans]} s, "
+        f"both running for {shared:.1f} s; {len(at_once)} pairs of steps at once",
+        file=sys.stderr,
+    )
     if stack.pool_limit == 1:
         assert not at_once, f"steps of the one-slot pool ran at once: {at_once}"
     else:
