@@ -15,7 +15,9 @@ location's data directory (`OLIST_CHURN_DATA_DIR`):
     postgres/       the Postgres data folder (its own log: postgres/server.log)
     dagster_home/   dagster.yaml (derived from deploy/dagster.yaml), workspace.yaml
     mlartifacts/    MLflow's artifacts, read and written through its server
-    raw/, snapshots/, exports/, alerts/, warehouse.duckdb   the code location's data
+    lake/           a DuckLake warehouse's Parquet files (its catalog is in Postgres)
+    warehouse.duckdb                    the warehouse as one DuckDB file, when so chosen
+    raw/, snapshots/, exports/, alerts/ the code location's data
 """
 
 from __future__ import annotations
