@@ -165,6 +165,15 @@ def _open_ducklake(
     return conn
 
 
+def close_ducklakes() -> None:
+    """Detach every DuckLake this process attached, ending its catalog sessions (a test's
+    own Postgres database, a long-lived process); the next `open_warehouse` attaches again."""
+    while _LAKES:
+        _, base = _LAKES.popitem()
+        with suppress(duckdb.Error):
+            base.close()
+
+
 def _lake_data_path(data_path: str | Path | None, *, read_only: bool) -> str | None:
     """The data path as DuckLake stores it: a local folder absolute with a trailing
     separator (created when writing), an object-store URL as given."""
