@@ -27,6 +27,8 @@ DEMO_START = DEMO_END - timedelta(days=520)
 E2E_DIRS = {"e2e"}
 SLOW = {
     "reliability/test_faults.py",
+    "reliability/test_ducklake_faults.py",
+    "defs/test_ducklake_warehouse.py",
     "reliability/test_lock_retries.py",
     "test_bootstrap.py",
     "test_deploy.py::test_a_job_runs_with_the_multiprocess_executor",
