@@ -5,12 +5,17 @@ processes, against the same two one after the other; the single DuckDB file for 
 
 Each backfill is one process, as a run worker is: it loads the code location and runs
 `build_feature_store` over its range as one run (in process, an ephemeral instance with the
-range's partitions). The dates with a full feature window are split into two halves, A and
-B. Every measurement starts from a warehouse holding the raw tables only (a fresh DuckLake
-database, or a fresh file), so the backfills insert new partitions. A last line rewrites
-both halves at once on the DuckLake that already holds them: DuckLake checks conflicts per
-table, so there one of two steps writing the same table is refused at commit and retried
-by Dagster (the retries are counted).
+range's partitions). Every warehouse starts with the raw tables and the features of the
+first reference date (so its tables exist, as in a running deployment); the other dates are
+split into two halves, A and B, which the backfills insert. Lines:
+
+- DuckLake, A then B, and A and B at once (`--rounds` pairs, each on fresh lakes);
+- DuckLake, A and B rewritten at once: both halves again over their own rows. DuckLake
+  checks conflicts per table, so one of two steps replacing rows of the same table is
+  refused at commit and retried by Dagster (the retries are counted);
+- the single DuckDB file, A then B (it takes one writer);
+- two separate DuckDB files, A and B at once: nothing shared, the machine's own limit for
+  two processes, which DuckLake's concurrent line can only approach.
 
 Postgres is started from the machine's binaries in a folder under `--root` (as the tests
 do) unless `--postgres` gives a libpq string of a running server's maintenance database.
@@ -86,32 +91,34 @@ def _child(first: str, last: str) -> None:
     )
 
 
+def _start_child(env: dict[str, str], span: tuple[str, str], log: Path) -> subprocess.Popen:
+    with log.open("a") as out:
+        return subprocess.Popen(
+            [sys.executable, __file__, CHILD_FLAG, *span],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+        )
+
+
+def _finish_child(proc: subprocess.Popen, log: Path) -> dict:
+    text, _ = proc.communicate()
+    line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
+    if line is None or proc.returncode != 0:
+        raise SystemExit(f"a backfill failed ({proc.returncode}); see {log}")
+    report = json.loads(line.removeprefix("RESULT "))
+    if not report["success"]:
+        raise SystemExit(f"a backfill run failed; see {log}")
+    return report
+
+
 def _backfills(env: dict[str, str], spans: list[tuple[str, str]], log: Path) -> tuple[float, list]:
     """Start one process per span at once; wall seconds until all ended, and their reports."""
     started = time.perf_counter()
-    procs = []
-    for first, last in spans:
-        out = log.open("a")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, __file__, CHILD_FLAG, first, last],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=out,
-                text=True,
-            )
-        )
-    reports = []
-    for proc in procs:
-        text, _ = proc.communicate()
-        line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
-        if line is None or proc.returncode != 0:
-            raise SystemExit(f"a backfill failed ({proc.returncode}); see {log}")
-        report = json.loads(line.removeprefix("RESULT "))
-        if not report["success"]:
-            raise SystemExit(f"a backfill run failed; see {log}")
-        reports.append(report)
+    procs = [_start_child(env, span, log) for span in spans]
+    reports = [_finish_child(proc, log) for proc in procs]
     return time.perf_counter() - started, reports
 
 
@@ -159,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--root", type=Path, default=Path("/tmp/olist-ducklake-bench"))
+    parser.add_argument("--rounds", type=int, default=1, help="DuckLake pairs to measure")
     parser.add_argument("--postgres", help="libpq string of a running server (else one is started)")
     args = parser.parse_args()
 
@@ -188,55 +196,67 @@ def main() -> None:
         server = postgres.start(args.root / "pg", port)
     try:
 
-        def new_lake() -> tuple[str, Path]:
+        def warehouse(kind: str) -> tuple[dict[str, str], list[str]]:
+            """A new warehouse holding the raw tables and the features of the first date
+            (so its tables exist, as in a running deployment): its settings, the dates."""
             name = f"bench_{uuid.uuid4().hex[:8]}"
-            if server is not None:
-                postgres.create_database(server, name)
-                libpq = server.libpq(name)
+            if kind == "file":
+                database, files = str(args.root / f"{name}.duckdb"), None
             else:
-                libpq = _create_on(args.postgres, name)
-            return f"ducklake:postgres:{libpq}", args.root / "lake-files" / name
+                if server is not None:
+                    postgres.create_database(server, name)
+                    libpq = server.libpq(name)
+                else:
+                    libpq = _create_on(args.postgres, name)
+                database, files = f"ducklake:postgres:{libpq}", args.root / "lake-files" / name
+            keys = _load_raw(data, database, files)
+            env = _settings_env(data, database, files)
+            _backfills(env, [(keys[0], keys[0])], log)
+            return env, keys
 
         print(f"DuckLake backfills, {date.today()}, {_machine()}, scale {args.scale:g}")
-        lake, files = new_lake()
-        keys = _load_raw(data, lake, files)
+        lake, keys = warehouse("lake")
         half = len(keys) // 2
-        spans = [(keys[0], keys[half - 1]), (keys[half], keys[-1])]
-        print(f"{len(keys)} reference dates: A {spans[0][0]}..{spans[0][1]}, "
-              f"B {spans[1][0]}..{spans[1][1]}")  # fmt: skip
+        spans = [(keys[1], keys[half]), (keys[half + 1], keys[-1])]
+        print(f"{len(keys) - 1} new reference dates per warehouse (the first is there): "
+              f"A {spans[0][0]}..{spans[0][1]}, B {spans[1][0]}..{spans[1][1]}")  # fmt: skip
 
-        env = _settings_env(data, lake, files)
-        load = _load()
-        sequential = [_backfills(env, [span], log) for span in spans]
-        seq_seconds = sum(s for s, _ in sequential)
-        _row("DuckLake, A then B", seq_seconds, [r for _, rs in sequential for r in rs], load)
-
-        lake, files = new_lake()
-        _load_raw(data, lake, files)
-        env = _settings_env(data, lake, files)
-        load = _load()
-        conc_seconds, reports = _backfills(env, spans, log)
-        _row(
-            "DuckLake, A and B at once (two processes)",
-            conc_seconds,
-            reports,
-            load,
-            f"  -> {conc_seconds / seq_seconds:.2f}x of A then B",
-        )
+        for round_number in range(args.rounds):
+            if round_number:
+                lake, _ = warehouse("lake")
+            load = _load()
+            sequential = [_backfills(lake, [span], log) for span in spans]
+            seq_seconds = sum(s for s, _ in sequential)
+            _row("DuckLake, A then B", seq_seconds, [r for _, rs in sequential for r in rs], load)
+            lake, _ = warehouse("lake")
+            load = _load()
+            conc_seconds, reports = _backfills(lake, spans, log)
+            ratio = f"  -> {conc_seconds / seq_seconds:.2f}x of A then B"
+            _row("DuckLake, A and B at once (two processes)", conc_seconds, reports, load, ratio)
 
         load = _load()
-        rewrite_seconds, reports = _backfills(env, spans, log)
+        rewrite_seconds, reports = _backfills(lake, spans, log)
         _row("DuckLake, A and B rewritten at once", rewrite_seconds, reports, load,
              f"  -> {rewrite_seconds / seq_seconds:.2f}x")  # fmt: skip
 
-        path = args.root / "warehouse.duckdb"
-        _load_raw(data, str(path), None)
-        env = _settings_env(data, str(path))
+        single, _ = warehouse("file")
         load = _load()
-        file_runs = [_backfills(env, [span], log) for span in spans]
+        file_runs = [_backfills(single, [span], log) for span in spans]
         file_seconds = sum(s for s, _ in file_runs)
         _row("single DuckDB file, A then B (one writer)", file_seconds,
              [r for _, rs in file_runs for r in rs], load)  # fmt: skip
+
+        # The machine's own limit: the same two processes on two separate files, nothing
+        # shared. DuckLake's concurrent line can only approach this.
+        (first, _), (second, _) = warehouse("file"), warehouse("file")
+        load = _load()
+        started = time.perf_counter()
+        envs = [first, second]
+        procs = [_start_child(env, span, log) for env, span in zip(envs, spans, strict=True)]
+        reports = [_finish_child(proc, log) for proc in procs]
+        separate = time.perf_counter() - started
+        _row("two separate DuckDB files, A and B at once", separate, reports, load,
+             f"  -> {separate / file_seconds:.2f}x of the file's A then B")  # fmt: skip
         close_ducklakes()
     finally:
         if server is not None:

@@ -15,6 +15,7 @@ import functools
 import os
 import re
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -142,6 +143,7 @@ def _sql_text(value: str) -> str:
 # connection of its own, with its own transactions). Keyed by process id too, so a forked
 # child never shares its parent's Postgres sessions.
 _LAKES: dict[tuple[int, str, bool, str | None], duckdb.DuckDBPyConnection] = {}
+_LAKES_LOCK = threading.Lock()
 
 
 def _open_ducklake(
@@ -150,28 +152,30 @@ def _open_ducklake(
     """A connection on which `schema.table` resolves in the DuckLake (attached, in `USE`)."""
     path = _lake_data_path(data_path, read_only=read_only)
     key = (os.getpid(), database, read_only, path)
-    base = _LAKES.get(key)
-    if base is None:
-        base = _LAKES[key] = _attach_ducklake(database, read_only=read_only, data_path=path)
-    try:
-        conn = base.cursor()
-        conn.execute(f"USE {DUCKLAKE_ALIAS}")
-    except duckdb.Error:
-        # A base whose catalog session broke (Postgres restarted): attach afresh, once.
-        _LAKES.pop(key, None)
-        base = _LAKES[key] = _attach_ducklake(database, read_only=read_only, data_path=path)
-        conn = base.cursor()
-        conn.execute(f"USE {DUCKLAKE_ALIAS}")
+    with _LAKES_LOCK:
+        base = _LAKES.get(key)
+        if base is None:
+            base = _LAKES[key] = _attach_ducklake(database, read_only=read_only, data_path=path)
+        try:
+            conn = base.cursor()
+            conn.execute(f"USE {DUCKLAKE_ALIAS}")
+        except duckdb.Error:
+            # A base whose catalog session broke (Postgres restarted): attach afresh, once.
+            _LAKES.pop(key, None)
+            base = _LAKES[key] = _attach_ducklake(database, read_only=read_only, data_path=path)
+            conn = base.cursor()
+            conn.execute(f"USE {DUCKLAKE_ALIAS}")
     return conn
 
 
 def close_ducklakes() -> None:
     """Detach every DuckLake this process attached, ending its catalog sessions (a test's
     own Postgres database, a long-lived process); the next `open_warehouse` attaches again."""
-    while _LAKES:
-        _, base = _LAKES.popitem()
-        with suppress(duckdb.Error):
-            base.close()
+    with _LAKES_LOCK:
+        while _LAKES:
+            _, base = _LAKES.popitem()
+            with suppress(duckdb.Error):
+                base.close()
 
 
 def _lake_data_path(data_path: str | Path | None, *, read_only: bool) -> str | None:

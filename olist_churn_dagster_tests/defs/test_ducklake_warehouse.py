@@ -112,6 +112,7 @@ def test_a_commit_lost_to_a_concurrent_writer_is_retried_and_lands(
     ]
     assert len(retried) == 1 and interfered
     assert "concurrent writer" in str(retried[0].event_specific_data)
+    assert retried[0].event_specific_data.seconds_to_wait == 1  # not a file lock's 5 s
     assert_same_tables(single_file, warehouse_tables(lake.database))
 
 
