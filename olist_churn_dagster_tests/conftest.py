@@ -28,6 +28,8 @@ E2E_DIRS = {"e2e"}
 SLOW = {
     "e2e/test_stack.py::test_the_deployed_stack_end_to_end",
     "reliability/test_faults.py",
+    "reliability/test_ducklake_faults.py",
+    "defs/test_ducklake_warehouse.py",
     "reliability/test_lock_retries.py",
     "test_bootstrap.py",
     "test_deploy.py::test_a_job_runs_with_the_multiprocess_executor",

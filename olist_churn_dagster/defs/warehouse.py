@@ -1,5 +1,9 @@
 """The warehouse IO manager: dagster-duckdb-pandas with a polars handler beside it, and
-every write (delete the partition, insert the new rows) in one DuckDB transaction."""
+every write (delete the partition, insert the new rows) in one DuckDB transaction.
+
+Every connection, the IO manager's and the resource's, is opened by
+`lib.warehouse.open_warehouse` (dagster-duckdb's own `duckdb.connect` is never called), so
+the same two resources work on the local DuckDB file and on a DuckLake."""
 
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ from dagster_duckdb import DuckDBResource
 # give the IO manager a transactional client is to override `create_io_manager`.
 from dagster_duckdb.io_manager import DbIOManager, DbTypeHandler, DuckDbClient, TableSlice
 from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
+from pydantic import Field
 
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import (
+    WarehouseConflictError,
     WarehouseLockedError,
     in_transaction,
+    is_ducklake,
     lock_backoff_seconds,
     open_warehouse,
     write_frame,
@@ -48,32 +55,40 @@ def table_asset_key(table: str) -> dg.AssetKey:
 
 
 @contextmanager
-def retry_when_locked() -> Iterator[None]:
-    """A warehouse file locked by another process (a reader such as a notebook blocks
-    writers too) fails the step with Dagster's own retry: the step runs again after a
-    doubling wait, up to OLIST_CHURN_LOCK_RETRIES times, with no operator action. Every
-    other warehouse error (a damaged file, a missing folder) still fails at once."""
+def retry_when_contended() -> Iterator[None]:
+    """A step that meets another process in the warehouse fails with Dagster's own retry
+    (`RetryRequested`), up to OLIST_CHURN_LOCK_RETRIES times, with no operator action:
+
+    - a local file locked by another process (a reader such as a notebook blocks writers
+      too): the step runs again after a doubling wait from OLIST_CHURN_LOCK_BACKOFF_SECONDS;
+    - a DuckLake commit refused for a concurrent writer of the same table: nothing was
+      committed and the other writer is done, so the step runs again after a short doubling
+      wait (1 s, 2 s, ...) on the new snapshot.
+
+    Every other warehouse error (a damaged file, a missing folder, an unreachable catalog)
+    still fails at once."""
     try:
         yield
-    except WarehouseLockedError as exc:
+    except (WarehouseLockedError, WarehouseConflictError) as exc:
         settings = load_settings()
         try:
             attempt = dg.OpExecutionContext.get().retry_number
         except dg.DagsterInvariantViolationError:  # outside a step: nothing to retry
             raise exc from None
-        wait = lock_backoff_seconds(attempt, settings.lock_backoff_seconds)
+        base = settings.lock_backoff_seconds if isinstance(exc, WarehouseLockedError) else 1
+        wait = lock_backoff_seconds(attempt, base, cap_seconds=120)
         dg.OpExecutionContext.get().log.warning(f"{exc} Retrying in {wait} s.")
         raise dg.RetryRequested(max_retries=settings.lock_retries, seconds_to_wait=wait) from exc
 
 
 @contextmanager
-def warehouse_transaction(database: str) -> Iterator:
-    """A connection inside one transaction (`lib.warehouse.in_transaction`), opened with
-    the lock retry."""
-    with retry_when_locked():
-        conn = open_warehouse(database)
-    with in_transaction(conn):
-        yield conn
+def warehouse_transaction(database: str, data_path: str | None = None) -> Iterator:
+    """A connection inside one transaction (`lib.warehouse.in_transaction`), opened and
+    committed with the retry of `retry_when_contended`."""
+    with retry_when_contended():
+        conn = open_warehouse(database, data_path=data_path)
+        with in_transaction(conn):
+            yield conn
 
 
 class TransactionalDuckDbClient(DuckDbClient):
@@ -83,7 +98,8 @@ class TransactionalDuckDbClient(DuckDbClient):
     @staticmethod
     @contextmanager
     def connect(context, _table_slice) -> Iterator:
-        with warehouse_transaction(context.resource_config["database"]) as conn:
+        config = context.resource_config
+        with warehouse_transaction(config["database"], config.get("data_path")) as conn:
             yield conn
 
 
@@ -149,8 +165,16 @@ class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
         return [pl.DataFrame, FrameBatches]
 
 
+_DATA_PATH_FIELD = Field(
+    default=None,
+    description="Where a DuckLake warehouse keeps its Parquet files (ignored for a file).",
+)
+
+
 class WarehouseIOManager(DuckDBPandasIOManager):
     """The DuckDB pandas IO manager with a polars handler and transactional writes."""
+
+    data_path: str | None = _DATA_PATH_FIELD
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
@@ -175,25 +199,33 @@ class WarehouseResource(DuckDBResource):
     """SQL access to the warehouse for checks and assets, opened like every other path in
     (clear errors at once for a damaged or locked file, not minutes of blind retries)."""
 
+    data_path: str | None = _DATA_PATH_FIELD
+
     @contextmanager
     def transaction(self) -> Iterator:
-        with warehouse_transaction(self.database) as conn:
+        with warehouse_transaction(self.database, self.data_path) as conn:
             yield conn
 
     @contextmanager
     def get_connection(self) -> Iterator:
-        with retry_when_locked():
-            conn = open_warehouse(self.database)
+        with retry_when_contended():
+            conn = open_warehouse(self.database, data_path=self.data_path)
         try:
             yield conn
         finally:
             conn.close()
 
 
-def warehouse_resources(database: str | Path) -> dict[str, dg.ConfigurableResource | object]:
-    """The IO manager and the query resource, both on the same DuckDB database: a local
-    file, or a server database (MotherDuck `md:<name>`) when deployed."""
+def warehouse_resources(
+    database: str | Path, data_path: str | Path | None = None
+) -> dict[str, dg.ConfigurableResource | object]:
+    """The IO manager and the query resource, both on the same warehouse: a local DuckDB
+    file, or when deployed a DuckLake (whose files go under `data_path`, by default the
+    OLIST_CHURN_WAREHOUSE_DATA_PATH setting) or a server database (`md:<name>`)."""
+    if data_path is None and is_ducklake(database):
+        data_path = load_settings().warehouse_data_path
+    path = str(data_path) if data_path is not None else None
     return {
-        "io_manager": WarehouseIOManager(database=str(database)),
-        "warehouse": WarehouseResource(database=str(database)),
+        "io_manager": WarehouseIOManager(database=str(database), data_path=path),
+        "warehouse": WarehouseResource(database=str(database), data_path=path),
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dotenv import find_dotenv, load_dotenv
 
-from olist_churn_dagster.lib.warehouse import is_file_database
+from olist_churn_dagster.lib.warehouse import DUCKLAKE_PREFIX, is_ducklake, is_file_database
 
 ENV_PREFIX = "OLIST_CHURN_"
 # How each run executes its steps: one process (the default; a local DuckDB file has one
@@ -67,7 +67,8 @@ class Settings:
     cohort_day: int
     rescore_days: int
     feature_batch_rows: int
-    warehouse: str  # a DuckDB file path, or a server database such as "md:olist_churn"
+    warehouse: str  # a DuckDB file path, a DuckLake "ducklake:postgres:<libpq>", or "md:<name>"
+    warehouse_data_path: str  # a DuckLake's Parquet files: a folder, or an object-store URL
     mlflow_tracking_uri: str
     executor: str
     lock_retries: int  # retries of a step that found the warehouse file locked
@@ -104,6 +105,13 @@ def _warehouse(raw: str | None, data_dir: Path) -> str:
     return raw if not is_file_database(raw) else str(Path(raw).expanduser().resolve())
 
 
+def _warehouse_data_path(raw: str | None, data_dir: Path) -> str:
+    """Where a DuckLake keeps its files: a local folder made absolute, a URL kept as is."""
+    if raw is None:
+        return str(data_dir / "lake")
+    return raw if "://" in raw else str(Path(raw).expanduser().resolve())
+
+
 def load_settings() -> Settings:
     """Read the settings now (not at import), so tests can point them elsewhere."""
     load_dotenv(find_dotenv(usecwd=True), override=False)
@@ -118,6 +126,7 @@ def load_settings() -> Settings:
         rescore_days=_env_int("RESCORE_DAYS", 7),
         feature_batch_rows=_env_int("FEATURE_BATCH_ROWS", 1_500_000),
         warehouse=_warehouse(_env("WAREHOUSE"), data_dir),
+        warehouse_data_path=_warehouse_data_path(_env("WAREHOUSE_DATA_PATH"), data_dir),
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI")
         or f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}",
         executor=_env("EXECUTOR", "in_process") or "in_process",
@@ -130,6 +139,11 @@ def load_settings() -> Settings:
     if settings.executor not in EXECUTORS:
         raise SettingsError(
             f"{ENV_PREFIX}EXECUTOR={settings.executor!r}: expected one of {', '.join(EXECUTORS)}"
+        )
+    if is_ducklake(settings.warehouse) and not settings.warehouse[len(DUCKLAKE_PREFIX) :].strip():
+        raise SettingsError(
+            f"{ENV_PREFIX}WAREHOUSE={settings.warehouse!r}: a DuckLake names its catalog, "
+            "e.g. 'ducklake:postgres:dbname=lake host=127.0.0.1 port=5432 user=postgres'"
         )
     if settings.churn_horizon_days < 1:
         raise SettingsError(f"{ENV_PREFIX}HORIZON_DAYS must be at least 1")

@@ -1,16 +1,24 @@
 """Opening the DuckDB warehouse with errors an operator can act on.
 
-The warehouse is a local DuckDB file by default, or a server database such as MotherDuck
-(`md:<name>`). DuckDB's own messages for a locked, damaged or unwritable file are terse;
-every path into the warehouse goes through `open_warehouse` so they are said once, clearly.
+The warehouse is a local DuckDB file by default (one writer process at a time), a
+DuckLake (`ducklake:postgres:<libpq string>`: its catalog in Postgres, its data as Parquet
+files under a data path; several writer processes at once), or a server database such as
+MotherDuck (`md:<name>`). Every path into the warehouse goes through `open_warehouse`, so a
+DuckLake is attached and made the default catalog in one place, and the SQL of the project
+(`features.seller_sales`, ...) runs unchanged on all of them. DuckDB's own messages for a
+locked, damaged or unwritable file are terse; they are said once here, clearly.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import tempfile
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -21,7 +29,10 @@ _DAMAGE_SIGNS = ("not a valid duckdb", "could not read enough bytes", "corrupt",
 
 
 # Database strings DuckDB resolves to a server rather than a local file.
-_SERVER_PREFIXES = ("md:", "motherduck:")
+DUCKLAKE_PREFIX = "ducklake:"
+_SERVER_PREFIXES = ("md:", "motherduck:", DUCKLAKE_PREFIX)
+# The name a DuckLake is attached under; `USE` makes it the default catalog.
+DUCKLAKE_ALIAS = "lake"
 
 
 class WarehouseError(RuntimeError):
@@ -31,6 +42,13 @@ class WarehouseError(RuntimeError):
 class WarehouseLockedError(WarehouseError):
     """Another process holds the file (a writer, or a reader such as a notebook or the
     DuckDB CLI): transient, so worth retrying once that process lets go."""
+
+
+class WarehouseConflictError(WarehouseError):
+    """A DuckLake commit lost to a concurrent writer of the same table (DuckLake refuses a
+    commit that inserts into a table another transaction deleted from since it began, or
+    creates what another one created): nothing of it was committed, and the same write
+    started again on the new snapshot succeeds, so it is worth retrying."""
 
 
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
@@ -61,13 +79,34 @@ def is_file_database(database: str | Path) -> bool:
     return text != ":memory:" and not text.lower().startswith(_SERVER_PREFIXES)
 
 
+def is_ducklake(database: str | Path) -> bool:
+    """Whether `database` is a DuckLake (`ducklake:<catalog>`), which takes several writers."""
+    return str(database).lower().startswith(DUCKLAKE_PREFIX)
+
+
 def warehouse_exists(database: str | Path) -> bool:
-    """A local file exists; a server database is taken to (opening it says otherwise)."""
+    """A local file exists; a DuckLake exists once its catalog was created (an unreachable
+    catalog is an error, not a no); another server database is taken to exist."""
+    if is_ducklake(database):
+        try:
+            open_warehouse(database, read_only=True).close()
+        except WarehouseError as exc:
+            if "does not exist yet" in str(exc):
+                return False
+            raise
+        return True
     return not is_file_database(database) or Path(database).exists()
 
 
-def open_warehouse(database: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Connect to the warehouse, creating a local file's folder when writing."""
+def open_warehouse(
+    database: str | Path, *, read_only: bool = False, data_path: str | Path | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Connect to the warehouse, creating a local file's folder when writing.
+
+    `data_path` is where a DuckLake keeps its Parquet files: needed to create one, checked
+    against the catalog's own afterwards (ignored for other databases)."""
+    if is_ducklake(database):
+        return _open_ducklake(str(database), read_only=read_only, data_path=data_path)
     if is_file_database(database):
         path = Path(database)
         if read_only and not path.exists():
@@ -82,6 +121,120 @@ def open_warehouse(database: str | Path, *, read_only: bool = False) -> duckdb.D
         if "lock" in str(exc).lower():
             raise WarehouseLockedError(_explain_lock(Path(database), str(exc))) from exc
         raise WarehouseError(_explain(Path(database), exc)) from exc
+
+
+@functools.cache
+def _install_ducklake_extensions() -> None:
+    """Install the DuckLake and Postgres extensions from their Python wheels (pinned with
+    duckdb, so no download), once per process; each DuckDB instance then `LOAD`s them."""
+    from duckdb_extensions import import_extension
+
+    with duckdb.connect() as conn:
+        for name in ("ducklake", "postgres"):
+            import_extension(name, con=conn)
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# One in-memory DuckDB per process and DuckLake, the lake attached: loading the extensions
+# and attaching cost about a second, so every `open_warehouse` hands out a cursor of it (a
+# connection of its own, with its own transactions). Keyed by process id too, so a forked
+# child never shares its parent's Postgres sessions.
+_LAKES: dict[tuple[int, str, bool, str | None], duckdb.DuckDBPyConnection] = {}
+_LAKES_LOCK = threading.Lock()
+
+
+def _open_ducklake(
+    database: str, *, read_only: bool, data_path: str | Path | None
+) -> duckdb.DuckDBPyConnection:
+    """A connection on which `schema.table` resolves in the DuckLake (attached, in `USE`)."""
+    path = _lake_data_path(data_path, read_only=read_only)
+    key = (os.getpid(), database, read_only, path)
+    with _LAKES_LOCK:
+        base = _LAKES.get(key)
+        if base is None:
+            base = _LAKES[key] = _attach_ducklake(database, read_only=read_only, data_path=path)
+        try:
+            conn = base.cursor()
+            conn.execute(f"USE {DUCKLAKE_ALIAS}")
+        except duckdb.Error:
+            # A base whose catalog session broke (Postgres restarted): attach afresh, once.
+            _LAKES.pop(key, None)
+            base = _LAKES[key] = _attach_ducklake(database, read_only=read_only, data_path=path)
+            conn = base.cursor()
+            conn.execute(f"USE {DUCKLAKE_ALIAS}")
+    return conn
+
+
+def close_ducklakes() -> None:
+    """Detach every DuckLake this process attached, ending its catalog sessions (a test's
+    own Postgres database, a long-lived process); the next `open_warehouse` attaches again."""
+    with _LAKES_LOCK:
+        while _LAKES:
+            _, base = _LAKES.popitem()
+            with suppress(duckdb.Error):
+                base.close()
+
+
+def _lake_data_path(data_path: str | Path | None, *, read_only: bool) -> str | None:
+    """The data path as DuckLake stores it: a local folder absolute with a trailing
+    separator (created when writing), an object-store URL as given."""
+    if data_path is None:
+        return None
+    text = str(data_path)
+    if "://" in text:
+        return text
+    folder = Path(text).expanduser().resolve()
+    if not read_only:
+        _ensure_writable_dir(folder)
+    return str(folder) + os.sep
+
+
+def _attach_ducklake(
+    database: str, *, read_only: bool, data_path: str | None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake attached. Its spill folder is a fresh one under
+    the system temp dir (DuckDB removes it at close), never the working directory."""
+    options = ["READ_ONLY"] if read_only else []
+    if data_path is not None:
+        options.append(f"DATA_PATH {_sql_text(data_path)}")
+    spill = Path(tempfile.gettempdir()) / f"olist-churn-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        _install_ducklake_extensions()
+        conn = duckdb.connect(":memory:", config={"temp_directory": str(spill)})
+    except duckdb.Error as exc:
+        raise WarehouseError(f"DuckLake extensions cannot be loaded: {exc}") from exc
+    try:
+        conn.execute("LOAD ducklake")
+        conn.execute("LOAD postgres")
+        attach = f"ATTACH {_sql_text(database)} AS {DUCKLAKE_ALIAS}"
+        conn.execute(attach + (f" ({', '.join(options)})" if options else ""))
+    except duckdb.Error as exc:
+        conn.close()
+        raise WarehouseError(_explain_ducklake(database, data_path, str(exc))) from exc
+    return conn
+
+
+def _explain_ducklake(database: str, data_path: str | Path | None, text: str) -> str:
+    lowered = text.lower()
+    if "does not exist" in lowered and "creating a new ducklake" in lowered:
+        return f"warehouse {database} does not exist yet: materialize the raw assets"
+    if "data_path" in lowered and "does not match" in lowered:
+        return (
+            f"warehouse {database} keeps its data files elsewhere than {data_path}: set "
+            f"OLIST_CHURN_WAREHOUSE_DATA_PATH to the catalog's path. DuckDB said: {text}"
+        )
+    if "data_path is not set" in lowered:
+        return (
+            f"warehouse {database} is new and needs a data path for its files: set "
+            "OLIST_CHURN_WAREHOUSE_DATA_PATH"
+        )
+    return (
+        f"warehouse {database} cannot be opened (is its Postgres catalog reachable, the "
+        f"database created, the data path {data_path} reachable?): {text}"
+    )
 
 
 def _explain_lock(path: Path, text: str) -> str:
@@ -126,16 +279,35 @@ def transaction(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 @contextmanager
 def in_transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """`transaction` on a connection already open; closes it at the end."""
+    """`transaction` on a connection already open; closes it at the end. A commit that a
+    DuckLake refuses for a concurrent writer raises `WarehouseConflictError` (DuckDB has
+    already rolled it back)."""
     try:
         conn.execute("BEGIN TRANSACTION")
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        try:
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        try:
+            conn.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback(conn)
+            if not isinstance(exc, duckdb.TransactionException) or "conflict" not in str(exc):
+                raise
+            raise WarehouseConflictError(
+                f"the warehouse refused this commit for a concurrent writer; nothing of it "
+                f"was written. DuckDB said: {exc}"
+            ) from exc
     finally:
         conn.close()
+
+
+def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, keeping the error that got us here: a transaction DuckDB already ended
+    has nothing to roll back, and closing the connection discards it anyway."""
+    with suppress(duckdb.Error):
+        conn.execute("ROLLBACK")
 
 
 def write_frame(
@@ -164,7 +336,8 @@ def write_frame(
 
 def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
         [schema, table],
     ).fetchone()
     return bool(row and row[0])
@@ -175,7 +348,7 @@ def _add_missing_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: st
         r[0]
         for r in conn.execute(
             "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?",
+            "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
             [schema, table],
         ).fetchall()
     }
@@ -211,8 +384,9 @@ def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str) -> int:
     floats = [
         r[0]
         for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
-            "AND table_name = ? AND data_type IN ('DOUBLE', 'FLOAT')",
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = "
+            "current_database() AND table_schema = ? AND table_name = ? "
+            "AND data_type IN ('DOUBLE', 'FLOAT')",
             [schema, name],
         ).fetchall()
     ]

@@ -14,6 +14,7 @@ VARIABLES = (
     "RESCORE_DAYS",
     "FEATURE_BATCH_ROWS",
     "WAREHOUSE",
+    "WAREHOUSE_DATA_PATH",
     "MLFLOW_TRACKING_URI",
     "EXECUTOR",
     "LOCK_RETRIES",
@@ -57,6 +58,27 @@ def test_deployment_settings_point_at_servers(env):
     assert settings.warehouse == "md:olist_churn"
     assert settings.mlflow_tracking_uri == "http://mlflow:5000"
     assert settings.executor == "multiprocess"
+
+
+def test_a_ducklake_warehouse_keeps_its_catalog_string_and_files_under_the_data_dir(
+    env, tmp_path: Path
+):
+    lake = "ducklake:postgres:dbname=lake host=127.0.0.1 port=5432 user=postgres"
+    env.setenv("OLIST_CHURN_DATA_DIR", str(tmp_path / "state"))
+    env.setenv("OLIST_CHURN_WAREHOUSE", lake)
+    settings = load_settings()
+    assert settings.warehouse == lake
+    assert settings.warehouse_data_path == str(tmp_path / "state" / "lake")
+    env.setenv("OLIST_CHURN_WAREHOUSE_DATA_PATH", "shared/lake")
+    assert load_settings().warehouse_data_path == str(tmp_path / "shared" / "lake")
+    env.setenv("OLIST_CHURN_WAREHOUSE_DATA_PATH", "s3://bucket/lake/")
+    assert load_settings().warehouse_data_path == "s3://bucket/lake/"
+
+
+def test_a_ducklake_without_its_catalog_is_refused(env):
+    env.setenv("OLIST_CHURN_WAREHOUSE", "ducklake:")
+    with pytest.raises(SettingsError, match="a DuckLake names its catalog"):
+        load_settings()
 
 
 def test_a_relative_warehouse_file_is_made_absolute(env, tmp_path: Path):
