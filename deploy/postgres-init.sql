@@ -1,2 +1,3 @@
--- The MLflow tracking server's own database, beside Dagster's on the same server.
+-- MLflow's tracking server and the DuckLake catalog each get a database beside Dagster's.
 CREATE DATABASE mlflow OWNER dagster;
+CREATE DATABASE ducklake OWNER dagster;

@@ -1,6 +1,7 @@
 """The deployment of docs/deploy.md, checked without a cluster: its instance file is a valid
-Postgres + Docker-launcher instance, the code location loads with its settings (server
-warehouse, MLflow server, multiprocess executor), and a job runs with that executor."""
+Postgres + Docker-launcher instance, the code location loads with its settings (DuckLake
+warehouse, MLflow server, multiprocess executor), and a job runs with that executor. The
+same instance, less the launcher, runs for real in e2e/test_stack.py."""
 
 import json
 import os
@@ -140,7 +141,7 @@ def test_definitions_load_with_the_deployment_settings(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded["io_manager"] == loaded["warehouse"] == settings["OLIST_CHURN_WAREHOUSE"]
-    assert loaded["warehouse"].startswith("md:")
+    assert loaded["warehouse"].startswith("ducklake:postgres:dbname=ducklake host=postgres")
     assert loaded["mlflow"] == settings["OLIST_CHURN_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert loaded["executors"] == ["multiprocess"]
     assert {"load_raw_tables", "build_feature_store", "rescore_with_champion"} <= set(
