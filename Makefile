@@ -72,7 +72,7 @@ postgres:  ## PostgreSQL server binaries for the stack and its tests (Debian/Ubu
 # server, the Dagster webserver and daemon, each its own process; state, pids and logs in
 # $(STACK_DIR). Its input files are $(STACK_DIR)/raw (generated at SCALE unless present).
 STACK_DIR ?= $(OLIST_CHURN_DATA_DIR)/stack
-STACK_WAREHOUSE ?= duckdb
+STACK_WAREHOUSE ?= ducklake
 MLFLOW_PORT ?= 5000
 
 stack: install postgres  ## start the deployed stack (UI on http://127.0.0.1:$(PORT))

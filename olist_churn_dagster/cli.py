@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", type=Path, help="the stack's folder (default $OLIST_CHURN_DATA_DIR/stack)"
     )
     defaults = _stack_defaults()
-    stack.add_argument("--warehouse", choices=defaults["warehouses"], default="duckdb")
+    stack.add_argument("--warehouse", choices=defaults["warehouses"], default="ducklake")
     for name in ("postgres", "grpc", "webserver", "mlflow"):
         stack.add_argument(f"--{name}-port", type=int, default=defaults[name], metavar="PORT")
     stack.set_defaults(func=_stack)

@@ -95,7 +95,7 @@ class StackConfig:
 
     root: Path
     ports: Ports = field(default_factory=Ports)
-    warehouse: str = "duckdb"
+    warehouse: str = "ducklake"
     mlflow_workers: int = 1
     settings: Mapping[str, str] = field(default_factory=dict)  # more OLIST_CHURN_ settings
 

@@ -47,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = REPO_ROOT / "test-output"
 MODEL_NAME = "olist-seller-churn"
 # The deployed warehouse: DuckLake, whose `warehouse` pool lets both backfills write at once.
-WAREHOUSE = "duckdb"
+WAREHOUSE = "ducklake"
 
 
 def _timed(label: str, started: float) -> None:

@@ -22,7 +22,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 @pytest.fixture
 def config(tmp_path: Path) -> servers.StackConfig:
     return servers.StackConfig(
-        root=tmp_path / "stack", ports=servers.Ports(15432, 14000, 13000, 15000)
+        root=tmp_path / "stack", ports=servers.Ports(15432, 14000, 13000, 15000), warehouse="duckdb"
     )
 
 
