@@ -43,9 +43,24 @@ def test_backfill_is_one_run_over_the_whole_range(backfilled, data_dir):
     for family in FEATURE_FAMILIES:
         assert set(counts[family]) == expected_dates, family
         assert counts[family] == counts["sales"]  # same spine: active sellers per date
-    metadata = materializations[0].metadata
+    metadata = materializations[-1].metadata  # the one the UI shows as the latest
     assert metadata["rows_written_for_range"].value == sum(counts["sales"].values())
     assert metadata["partitions_in_range"].value == len(window)
+    assert metadata["reference_dates"].value == len(window)
+    assert "| seller_id |" in metadata["preview"].value
+    assert "dagster/column_schema" in metadata
+
+
+def test_range_metadata_is_written_once_not_per_partition(backfilled):
+    """Dagster copies an output's metadata onto each partition's materialization; the
+    range's schema, preview and counts go on the last one recorded only, so the event log
+    does not hold one copy per date."""
+    _, window, result = backfilled
+    for family in FEATURE_FAMILIES:
+        events = result.asset_materializations_for_node(f"features__seller_{family}")
+        assert sorted(e.partition for e in events) == window
+        assert all(not e.metadata for e in events[:-1]), family
+        assert "dagster/table_name" in events[-1].metadata
 
 
 def test_stored_rows_equal_the_core_computation(backfilled, data_dir):
@@ -101,6 +116,6 @@ def test_batched_backfill_writes_the_same_rows(
     monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")
     result = job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1]))
     assert result.success
-    (materialization, *_) = result.asset_materializations_for_node("features__seller_sales")
+    *_, materialization = result.asset_materializations_for_node("features__seller_sales")
     assert materialization.metadata["batches"].value == 3  # 15 dates, 7 per batch at least
     assert _counts(data_dir / "warehouse.duckdb") == one_pass
