@@ -68,33 +68,35 @@ def _split(env: dict, wall: float, launched: float) -> dict[str, float]:
     with dg.DagsterInstance.get() as instance:
         (run,) = instance.get_runs(limit=1)
         records = instance.get_records_for_run(run.run_id, limit=1_000_000).records
-    starts: dict[str, float] = {}
-    outputs: dict[str, float] = {}
-    written: dict[str, float] = {}
-    compute = write = events = 0.0
-    first_step = None
+    first: dict[tuple[str, str], float] = {}  # (step, event type) -> first time seen
+    last: dict[tuple[str, str], float] = {}
     materializations = 0
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None or event.step_key is None:
             continue
         stamp = record.event_log_entry.timestamp
-        step = event.step_key
-        if event.event_type == kind.STEP_START:
-            starts[step] = stamp
-            first_step = first_step or stamp
-        elif event.event_type == kind.STEP_OUTPUT and step not in outputs:
-            outputs[step] = stamp
-            compute += stamp - starts[step]
-        elif event.event_type == kind.ASSET_MATERIALIZATION:
-            materializations += 1
-            if step not in written:
-                written[step] = stamp
-                write += stamp - outputs.get(step, stamp)
-        elif event.event_type == kind.HANDLED_OUTPUT:
-            events += stamp - written.get(step, stamp)
-        elif event.event_type == kind.ASSET_CHECK_EVALUATION:
-            compute += stamp - starts[step]
+        first.setdefault((event.step_key, event.event_type_value), stamp)
+        last[(event.step_key, event.event_type_value)] = stamp
+        materializations += event.event_type == kind.ASSET_MATERIALIZATION
+    compute = write = events = 0.0
+    steps = {step for step, kind_ in first if kind_ == kind.STEP_START.value}
+    for step in steps:
+        start = first[(step, kind.STEP_START.value)]
+        materialized = first.get((step, kind.ASSET_MATERIALIZATION.value))
+        if materialized is not None:
+            output = first[(step, kind.STEP_OUTPUT.value)]
+            compute += output - start
+            write += materialized - output
+            # An output without an IO manager (the floor's) has no HANDLED_OUTPUT.
+            end = (
+                first.get((step, kind.HANDLED_OUTPUT.value))
+                or last[(step, kind.STEP_SUCCESS.value)]
+            )
+            events += end - materialized
+        elif (step, kind.ASSET_CHECK_EVALUATION.value) in last:
+            compute += last[(step, kind.ASSET_CHECK_EVALUATION.value)] - start
+    first_step = min((first[(s, kind.STEP_START.value)] for s in steps), default=None)
     return {
         "wall": wall,
         "compute": compute,

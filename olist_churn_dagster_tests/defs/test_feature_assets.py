@@ -119,3 +119,22 @@ def test_batched_backfill_writes_the_same_rows(
     *_, materialization = result.asset_materializations_for_node("features__seller_sales")
     assert materialization.metadata["batches"].value == 3  # 15 dates, 7 per batch at least
     assert _counts(data_dir / "warehouse.duckdb") == one_pass
+
+
+def test_feature_checks_are_one_step_that_evaluates_what_the_run_built(
+    definitions, instance_with_raw
+):
+    """The six checks run as one step; a run that builds one table evaluates its check
+    only, and it reports on that table."""
+    job = definitions.resolve_job_def("build_feature_store")
+    assert [n for n in job.graph.node_dict if "check" in n] == ["feature_table_checks"]
+    sales = dg.AssetKey(["features", "seller_sales"])
+    result = job.execute_in_process(
+        instance=instance_with_raw,
+        partition_key=registered_dates(instance_with_raw)[-3],
+        asset_selection=[sales],
+    )
+    assert result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.asset_key == sales and evaluation.passed
+    assert evaluation.metadata["duplicate_keys"].value == 0
