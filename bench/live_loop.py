@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE  # noqa: E402
 from olist_churn_dagster_tests.e2e.conftest import environment  # noqa: E402  (the e2e servers' settings)
 from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
     DagsterDev,
@@ -52,9 +53,10 @@ def _cli(env: dict, *args: str) -> float:
 
 
 def _land(env: dict, data: Path, day: date) -> float:
-    """Cut and write the snapshot of `day`; returns the wall-clock time of its marker."""
+    """Cut and write the snapshot of `day`; returns the wall-clock time its marker was
+    written (the file's own time: the replay process may take a while to exit)."""
     _cli(env, "replay", str(data / "raw"), "--start", str(day), "--end", str(day))
-    return time.time()
+    return (data / "snapshots" / day.isoformat() / MARKER_FILE).stat().st_mtime
 
 
 def _wait_run(gql: GraphQL, day: date) -> dict:
