@@ -45,4 +45,3 @@ def feature_table_checks(context: dg.AssetCheckExecutionContext, warehouse: Duck
                 passed=duplicates == 0 and non_finite == 0,
                 metadata={"duplicate_keys": duplicates, "rows_with_nan_or_inf": non_finite},
             )
-
