@@ -17,7 +17,8 @@ SEED ?= 42
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: run install data instance prepare browser postgres stack stack-stop stack-status test test-fast bench lint format clean-data
+.PHONY: run install data instance prepare browser postgres stack stack-stop stack-status test test-fast \
+	bench bench-pipeline bench-user bench-live lint format clean-data
 
 $(UV):
 	@$(PYTHON) -m venv $(TOOLS_DIR)
@@ -94,10 +95,31 @@ test: install browser postgres  ## the whole test suite (CI runs this)
 test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow
 	$(UV) run --quiet pytest -m "not e2e and not slow"
 
+# `make bench` runs three benchmarks, each skipped when its scales are empty
+# (e.g. `make bench BENCH_SCALES= BENCH_LIVE_SCALES=` runs only the user's backfill):
+# - every pipeline stage, in process on an ephemeral instance (bench/pipeline.py);
+# - the feature backfill as a user launches it, through the CLI on the instance `make run`
+#   sets up, beside Dagster's floor (bench/user_backfill.py);
+# - snapshot marker to committed scores under a real `dagster dev` (bench/live_loop.py):
+#   BENCH_LIVE_SNAPSHOTS free snapshots, then one while a reader holds the warehouse
+#   file for BENCH_LIVE_HOLD seconds (0 leaves that one out).
 BENCH_SCALES ?= 1 10 30
+BENCH_USER_SCALES ?= 1
+BENCH_LIVE_SCALES ?= 1
+BENCH_LIVE_SNAPSHOTS ?= 3
+BENCH_LIVE_HOLD ?= 60
 
-bench: install  ## every pipeline stage at scale 1, 10 and 30 if it fits (prints a table)
-	$(UV) run python bench/pipeline.py --scales $(BENCH_SCALES)
+bench: bench-pipeline bench-user bench-live  ## all three benchmarks (each prints its table)
+
+bench-pipeline: install  ## every pipeline stage at scale 1, 10 and 30 if it fits
+	$(if $(strip $(BENCH_SCALES)),$(UV) run python bench/pipeline.py --scales $(BENCH_SCALES))
+
+bench-user: install  ## the feature backfill through the CLI, beside Dagster's floor
+	$(foreach scale,$(BENCH_USER_SCALES),$(UV) run python bench/user_backfill.py --scale $(scale) &&) true
+
+bench-live: install  ## snapshot marker to committed scores under `dagster dev`
+	$(foreach scale,$(BENCH_LIVE_SCALES),$(UV) run python bench/live_loop.py --scale $(scale) \
+		--snapshots $(BENCH_LIVE_SNAPSHOTS) --hold $(BENCH_LIVE_HOLD) &&) true
 
 lint: install
 	$(UV) run ruff check . && $(UV) run ruff format --check .

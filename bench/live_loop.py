@@ -1,19 +1,23 @@
 """The daily loop as an operator runs it: a snapshot landing under a real `dagster dev`
 (sensor on, the instance `make run` sets up) until its scores are committed.
 
-    uv run python bench/live_loop.py [--scale 1] [--hold 60] [--root /tmp/olist-live-bench]
+    uv run python bench/live_loop.py [--scale 1] [--snapshots 1] [--hold 60]
+        [--root /tmp/olist-live-bench]
 
 Generates the demo data at the scale, runs `olist-churn prepare`, starts `dagster dev`,
-then lands two snapshots (the next two days, cut from the same data): the first freely,
-the second while a reader holds the warehouse file open for `--hold` seconds (as a
-notebook would). Prints, for each, the seconds from the marker written to the run's
-sensor launch and to its end (scores committed), the step retries, and the run's status.
+then lands snapshots of the next days, cut from the same data: `--snapshots` of them
+freely, one after the other, then one while a reader holds the warehouse file open for
+`--hold` seconds (as a notebook would; `--hold 0` leaves it out). Prints, for each, the
+seconds from the marker written to the run's sensor launch and to its end (scores
+committed), the run's own time, the step retries, the run's status and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE  # noqa: E402
 from olist_churn_dagster_tests.e2e.conftest import environment  # noqa: E402  (the e2e servers' settings)
 from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
     DagsterDev,
@@ -48,9 +53,10 @@ def _cli(env: dict, *args: str) -> float:
 
 
 def _land(env: dict, data: Path, day: date) -> float:
-    """Cut and write the snapshot of `day`; returns the wall-clock time of its marker."""
+    """Cut and write the snapshot of `day`; returns the wall-clock time its marker was
+    written (the file's own time: the replay process may take a while to exit)."""
     _cli(env, "replay", str(data / "raw"), "--start", str(day), "--end", str(day))
-    return time.time()
+    return (data / "snapshots" / day.isoformat() / MARKER_FILE).stat().st_mtime
 
 
 def _wait_run(gql: GraphQL, day: date) -> dict:
@@ -62,22 +68,25 @@ def _wait_run(gql: GraphQL, day: date) -> dict:
     return wait_for(f"the run of snapshot {day}", finished, timeout=900, interval=0.5)
 
 
-def _report(gql: GraphQL, label: str, run: dict, marker: float) -> None:
+def _report(gql: GraphQL, label: str, run: dict, marker: float) -> float:
     events = gql(RETRIES, {"runId": run["runId"]})["logsForRun"]["events"]
     retries = sum(e["__typename"] == "ExecutionStepUpForRetryEvent" for e in events)
     print(
         f"{label:34s} {run['status']:8s} to launch {run['creationTime'] - marker:6.1f} s  "
         f"to scores committed {run['endTime'] - marker:6.1f} s  "
-        f"run {run['endTime'] - run['startTime']:6.1f} s  step retries {retries}",
+        f"run {run['endTime'] - run['startTime']:6.1f} s  step retries {retries}  "
+        f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     assert tags_of(run)["dagster/partition"]
+    return run["endTime"] - marker
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--hold", type=float, default=60.0)
+    parser.add_argument("--snapshots", type=int, default=1, help="free snapshots to time")
+    parser.add_argument("--hold", type=float, default=60.0, help="0: no snapshot under a reader")
     parser.add_argument("--root", type=Path, default=Path("/tmp/olist-live-bench"))
     args = parser.parse_args()
 
@@ -97,11 +106,21 @@ def main() -> None:
         server.wait_ready(timeout=180)
         gql = GraphQL(server.url)
         today = date.today()
-        free = today + timedelta(days=1)
-        marker = _land(env, data, free)
-        _report(gql, f"snapshot {free}", _wait_run(gql, free), marker)
-
-        held = today + timedelta(days=2)
+        latencies = []
+        for offset in range(1, args.snapshots + 1):
+            free = today + timedelta(days=offset)
+            time.sleep(2.0)  # the previous run's end is settled before the next marker
+            marker = _land(env, data, free)
+            latencies.append(_report(gql, f"snapshot {free}", _wait_run(gql, free), marker))
+        if latencies:
+            print(
+                f"marker to scores committed, {len(latencies)} free snapshots: median "
+                f"{statistics.median(latencies):.1f} s, best {min(latencies):.1f} s",
+                flush=True,
+            )
+        if args.hold <= 0:
+            return
+        held = today + timedelta(days=args.snapshots + 1)
         reader = subprocess.Popen(
             [sys.executable, "-c", READER, str(data / "warehouse.duckdb"), str(args.hold)],
             stdout=subprocess.PIPE,

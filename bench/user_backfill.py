@@ -2,20 +2,25 @@
 reference date, on the instance `make run` sets up (the repository's dagster.yaml), next to
 Dagster's own floor (six assets that do nothing, same partitions, same instance and CLI).
 
-    uv run python bench/user_backfill.py [--scale 1] [--root /tmp/olist-user-backfill]
+    uv run python bench/user_backfill.py [--scale 1] [--repeat 1] [--root /tmp/olist-user-backfill]
 
-Splits each run's wall time, from its event log, into compute (step start to its output),
-warehouse writes (output to handled output: the IO manager's transaction) and the rest,
-which is Dagster's bookkeeping (process start, loading the code location, one event and
-one commit per partition materialized, run start and end). A feature asset's later
-batches are computed while they are written (they stream into one transaction), so part
-of its compute counts as writes.
+Splits each run's wall time, from its event log, into compute (asset steps from start to
+output, check steps whole), warehouse writes (the IO manager's transaction) and the rest,
+which is Dagster's bookkeeping (process start, loading the code location, creating the run
+with its planned events, one event and one commit per partition materialized, run start
+and end). A feature asset's later batches are computed while they are written (they stream
+into one transaction), so part of its compute counts as writes. The floor runs with the
+project's executor (in process by default), so the two differ only by what the project
+does. `--repeat N` times N project/floor pairs back to back and prints the median ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -27,15 +32,21 @@ FLOOR = ",".join(f"floor/seller_{family}" for family in FAMILIES)
 
 
 def _env(data: Path) -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLIST_CHURN_")}
     env.update(OLIST_CHURN_DATA_DIR=str(data), DAGSTER_HOME=str(data / "dagster_home"))
     return env
 
 
-def _dagster(env: dict, *args: str) -> float:
-    started = time.perf_counter()
+def _cpu_seconds() -> float:
+    """User and system CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _dagster(env: dict, *args: str) -> tuple[float, float, float]:
+    """Runs the dagster CLI; returns its wall seconds, its CPU seconds (less sensitive than
+    wall time to other work on a shared machine) and the clock time it started."""
+    launched, started, cpu = time.time(), time.perf_counter(), _cpu_seconds()
     subprocess.run(
         [str(REPO / ".venv/bin/dagster"), *args],
         env=env,
@@ -44,46 +55,75 @@ def _dagster(env: dict, *args: str) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu_seconds() - cpu, launched
 
 
-def _split(env: dict, wall: float) -> dict[str, float]:
-    """Compute, write and bookkeeping seconds of the newest run, from its events."""
-    import os
+def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, float]:
+    """Where the newest run's wall time went, from its events.
+
+    compute: each asset step from its start to its output, and each check step whole;
+    writes: the IO manager's handling of an output up to the first materialization event
+    it is followed by (Dagster logs an output's partition materializations after the
+    write, before HANDLED_OUTPUT); bookkeeping: the rest, of which `events` is the time
+    spent logging those partition materializations and `start` the time before the first
+    step (process start, loading the code location, creating the run and its planned
+    events)."""
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     import dagster as dg
 
+    kind = dg.DagsterEventType
     with dg.DagsterInstance.get() as instance:
         (run,) = instance.get_runs(limit=1)
         records = instance.get_records_for_run(run.run_id, limit=1_000_000).records
-    starts: dict[str, float] = {}
-    outputs: dict[str, float] = {}
-    compute = write = 0.0
+    first: dict[tuple[str, str], float] = {}  # (step, event type) -> first time seen
+    last: dict[tuple[str, str], float] = {}
+    materializations = 0
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None or event.step_key is None:
             continue
         stamp = record.event_log_entry.timestamp
-        if event.event_type == dg.DagsterEventType.STEP_START:
-            starts[event.step_key] = stamp
-        elif event.event_type == dg.DagsterEventType.STEP_OUTPUT:
-            outputs[event.step_key] = stamp
-            compute += stamp - starts.pop(event.step_key, stamp)
-        elif event.event_type == dg.DagsterEventType.HANDLED_OUTPUT:
-            write += stamp - outputs.pop(event.step_key, stamp)
+        first.setdefault((event.step_key, event.event_type_value), stamp)
+        last[(event.step_key, event.event_type_value)] = stamp
+        materializations += event.event_type == kind.ASSET_MATERIALIZATION
+    compute = write = events = 0.0
+    steps = {step for step, kind_ in first if kind_ == kind.STEP_START.value}
+    for step in steps:
+        start = first[(step, kind.STEP_START.value)]
+        materialized = first.get((step, kind.ASSET_MATERIALIZATION.value))
+        if materialized is not None:
+            output = first[(step, kind.STEP_OUTPUT.value)]
+            compute += output - start
+            write += materialized - output
+            # An output without an IO manager (the floor's) has no HANDLED_OUTPUT.
+            end = (
+                first.get((step, kind.HANDLED_OUTPUT.value))
+                or last[(step, kind.STEP_SUCCESS.value)]
+            )
+            events += end - materialized
+        elif (step, kind.ASSET_CHECK_EVALUATION.value) in last:
+            compute += last[(step, kind.ASSET_CHECK_EVALUATION.value)] - start
+    first_step = min((first[(s, kind.STEP_START.value)] for s in steps), default=None)
     return {
         "wall": wall,
         "compute": compute,
         "writes": write,
         "bookkeeping": wall - compute - write,
+        "events": events,
+        "start": first_step - launched if first_step else 0.0,
+        "materializations": materializations,
+        "cpu": cpu,
     }
 
 
 def _row(label: str, split: dict[str, float]) -> None:
     print(
-        f"{label:44s} wall {split['wall']:7.1f} s  compute {split['compute']:6.1f} s  "
-        f"writes {split['writes']:6.1f} s  bookkeeping {split['bookkeeping']:6.1f} s",
+        f"{label:44s} wall {split['wall']:6.1f} s  CPU {split['cpu']:6.1f} s  "
+        f"compute {split['compute']:5.1f} s  "
+        f"writes {split['writes']:5.1f} s  bookkeeping {split['bookkeeping']:5.1f} s "
+        f"(of which {split['materializations']:,} partition materializations "
+        f"{split['events']:.1f} s, before the first step {split['start']:.1f} s)",
         flush=True,
     )
 
@@ -92,6 +132,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--root", type=Path, default=Path("/tmp/olist-user-backfill"))
+    parser.add_argument("--repeat", type=int, default=1, help="project/floor pairs to time")
+    parser.add_argument(
+        "--planned-subset",
+        action="store_true",
+        help="Dagster's DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS for both runs: one "
+        "planned event per asset instead of per partition (the UI then shows no partition of "
+        "a run as in progress or failed)",
+    )
     args = parser.parse_args()
 
     shutil.rmtree(args.root, ignore_errors=True)
@@ -99,6 +147,8 @@ def main() -> None:
     (data / "dagster_home").mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", data / "dagster_home" / "dagster.yaml")
     env = _env(data)
+    if args.planned_subset:
+        env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "1"
     subprocess.run(
         [str(REPO / ".venv/bin/olist-churn"), "generate", str(data / "raw"), "--scale",
          str(args.scale)],
@@ -106,8 +156,6 @@ def main() -> None:
     )  # fmt: skip
     module = ["-m", "olist_churn_dagster.definitions"]
     _dagster(env, "asset", "materialize", *module, "--select", "group:raw")
-
-    import os
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     import dagster as dg
@@ -119,19 +167,31 @@ def main() -> None:
     span = f"{keys[0]}...{keys[-1]}"
     print(f"scale {args.scale}: {len(keys)} reference dates, one run each, CLI on dagster.yaml")
 
-    wall = _dagster(env, "asset", "materialize", *module, "--select", FEATURES,
-                    "--partition-range", span)  # fmt: skip
-    project = _split(env, wall)
-    _row("feature backfill (6 assets)", project)
     floor_module = ["-f", str(REPO / "bench" / "trivial_location.py")]
-    wall = _dagster(env, "asset", "materialize", *floor_module, "--select", FLOOR,
-                    "--partition-range", span)  # fmt: skip
-    floor = _split(env, wall)
-    _row("Dagster's floor (6 assets that do nothing)", floor)
-    print(
-        f"project over the floor: {project['wall'] / floor['wall']:.2f}x "
-        f"({project['wall'] - floor['wall']:+.1f} s: the project's own cost)\n"
-    )
+    ratios, cpu_ratios = [], []
+    for _ in range(args.repeat):  # back to back, so both see the same load
+        load = os.getloadavg()[0]
+        wall, cpu, launched = _dagster(env, "asset", "materialize", *module,
+                                       "--select", FEATURES, "--partition-range", span)  # fmt: skip
+        project = _split(env, wall, cpu, launched)
+        _row("feature backfill (6 assets)", project)
+        wall, cpu, launched = _dagster(env, "asset", "materialize", *floor_module,
+                                       "--select", FLOOR, "--partition-range", span)  # fmt: skip
+        floor = _split(env, wall, cpu, launched)
+        _row("Dagster's floor (6 assets that do nothing)", floor)
+        ratios.append(project["wall"] / floor["wall"])
+        cpu_ratios.append(project["cpu"] / floor["cpu"])
+        print(
+            f"project over the floor: {ratios[-1]:.2f}x wall, {cpu_ratios[-1]:.2f}x CPU "
+            f"({project['wall'] - floor['wall']:+.1f} s: the project's own cost); "
+            f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after",
+            flush=True,
+        )
+    if len(ratios) > 1:
+        print(
+            f"median over {len(ratios)} pairs: {statistics.median(ratios):.2f}x wall, "
+            f"{statistics.median(cpu_ratios):.2f}x CPU"
+        )
 
 
 if __name__ == "__main__":

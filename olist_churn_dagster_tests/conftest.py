@@ -37,6 +37,7 @@ SLOW = {
     "defs/test_ml_assets.py::test_snapshots_flow_through_the_sensor_to_scores",
     "defs/test_ml_assets.py::test_champion_gate_compares_mean_backtest_auc",
     "defs/test_feature_assets.py::test_batched_backfill_writes_the_same_rows",
+    "defs/test_run_latency.py::test_the_code_location_loads_without_the_ml_libraries",
 }
 
 

@@ -43,9 +43,27 @@ def test_backfill_is_one_run_over_the_whole_range(backfilled, data_dir):
     for family in FEATURE_FAMILIES:
         assert set(counts[family]) == expected_dates, family
         assert counts[family] == counts["sales"]  # same spine: active sellers per date
-    metadata = materializations[0].metadata
+    metadata = materializations[-1].metadata  # the one the UI shows as the latest
     assert metadata["rows_written_for_range"].value == sum(counts["sales"].values())
     assert metadata["partitions_in_range"].value == len(window)
+    assert metadata["reference_dates"].value == len(window)
+    assert "| seller_id |" in metadata["preview"].value
+    assert "dagster/column_schema" in metadata
+
+
+def test_range_metadata_is_written_once_not_per_partition(backfilled, instance_with_raw):
+    """Dagster copies an output's metadata onto each partition's materialization; the
+    range's schema, preview and counts go on the last one recorded only, so the event log
+    does not hold one copy per date."""
+    _, window, result = backfilled
+    for family in FEATURE_FAMILIES:
+        events = result.asset_materializations_for_node(f"features__seller_{family}")
+        assert sorted(e.partition for e in events) == window
+        assert all(not e.metadata for e in events[:-1]), family
+        assert "dagster/table_name" in events[-1].metadata
+        # Each partition still has its own materialization: the UI shows all of them green.
+        stored = instance_with_raw.get_materialized_partitions(events[0].asset_key)
+        assert set(window) <= stored
 
 
 def test_stored_rows_equal_the_core_computation(backfilled, data_dir):
@@ -101,6 +119,25 @@ def test_batched_backfill_writes_the_same_rows(
     monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")
     result = job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1]))
     assert result.success
-    (materialization, *_) = result.asset_materializations_for_node("features__seller_sales")
+    *_, materialization = result.asset_materializations_for_node("features__seller_sales")
     assert materialization.metadata["batches"].value == 3  # 15 dates, 7 per batch at least
     assert _counts(data_dir / "warehouse.duckdb") == one_pass
+
+
+def test_feature_checks_are_one_step_that_evaluates_what_the_run_built(
+    definitions, instance_with_raw
+):
+    """The six checks run as one step; a run that builds one table evaluates its check
+    only, and it reports on that table."""
+    job = definitions.resolve_job_def("build_feature_store")
+    assert [n for n in job.graph.node_dict if "check" in n] == ["feature_table_checks"]
+    sales = dg.AssetKey(["features", "seller_sales"])
+    result = job.execute_in_process(
+        instance=instance_with_raw,
+        partition_key=registered_dates(instance_with_raw)[-3],
+        asset_selection=[sales],
+    )
+    assert result.success
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.asset_key == sales and evaluation.passed
+    assert evaluation.metadata["duplicate_keys"].value == 0

@@ -101,16 +101,14 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
             )
 
         first = compute(batches[0])
-        context.add_output_metadata(
-            {
-                "reference_dates": len(dates),
-                "first_date": str(dates[0]),
-                "last_date": str(dates[-1]),
-                "batches": len(batches),
-                "preview": dg.MetadataValue.md(frame_to_markdown(first)),
-            }
-        )
-        return FrameBatches(itertools.chain([first], map(compute, batches[1:])))
+        summary = {  # recorded once per run by the IO manager, not once per partition
+            "reference_dates": len(dates),
+            "first_date": str(dates[0]),
+            "last_date": str(dates[-1]),
+            "batches": len(batches),
+            "preview": dg.MetadataValue.md(frame_to_markdown(first)),
+        }
+        return FrameBatches(itertools.chain([first], map(compute, batches[1:])), summary)
 
     return _asset
 

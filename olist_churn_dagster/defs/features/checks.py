@@ -1,33 +1,47 @@
-"""Checks on the stored feature tables (SQL over the warehouse, all partitions)."""
+"""Checks on the stored feature tables (SQL over the warehouse, all partitions).
+
+The six checks are one step (a multi-asset check) rather than six: a run that builds the
+feature store, a backfill or a snapshot's daily run, evaluates them on one connection and
+records one step's events and one pool slot, not six. Each check still reports on its own
+table, and a run that builds some of the tables evaluates only their checks."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.features.assets import feature_asset_key
-from olist_churn_dagster.defs.warehouse import warehouse_check
+from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.tables import KEYS, feature_table
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
 
+CHECK_NAME = "one_finite_row_per_seller_and_date"
+FAMILY_OF_CHECK = {
+    dg.AssetCheckKey(feature_asset_key(family), CHECK_NAME): family for family in FEATURE_FAMILIES
+}
 
-def _feature_table_check(family: str) -> dg.AssetChecksDefinition:
-    table = feature_table(family)
 
-    @warehouse_check(
-        asset=feature_asset_key(family),
-        name="one_finite_row_per_seller_and_date",
-        description="No duplicate (reference_date, seller_id); no NaN or infinite value.",
-    )
-    def _check(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+@dg.multi_asset_check(
+    name="feature_table_checks",
+    specs=[
+        dg.AssetCheckSpec(
+            CHECK_NAME,
+            asset=feature_asset_key(family),
+            description="No duplicate (reference_date, seller_id); no NaN or infinite value.",
+        )
+        for family in FEATURE_FAMILIES
+    ],
+    can_subset=True,
+    pool=WAREHOUSE_POOL,
+)
+def feature_table_checks(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource):
+    with warehouse.get_connection() as conn:
+        for key in sorted(context.selected_asset_check_keys, key=lambda k: k.to_user_string()):
+            table = feature_table(FAMILY_OF_CHECK[key])
             duplicates = count_duplicate_keys(conn, table, KEYS)
             non_finite = count_non_finite_rows(conn, table)
-        return dg.AssetCheckResult(
-            passed=duplicates == 0 and non_finite == 0,
-            metadata={"duplicate_keys": duplicates, "rows_with_nan_or_inf": non_finite},
-        )
-
-    return _check
-
-
-feature_checks = [_feature_table_check(family) for family in FEATURE_FAMILIES]
+            yield dg.AssetCheckResult(
+                asset_key=key.asset_key,
+                check_name=key.name,
+                passed=duplicates == 0 and non_finite == 0,
+                metadata={"duplicate_keys": duplicates, "rows_with_nan_or_inf": non_finite},
+            )

@@ -2,12 +2,11 @@
 next to the recency rule and a small GBM on plain seller aggregates."""
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
-from matplotlib.figure import Figure
 from pydantic import Field
 
 from olist_churn_dagster.defs.ml.assets import (
@@ -35,6 +34,9 @@ from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.tracking import log_backtest
 from olist_churn_dagster.lib.settings import load_settings
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 class BacktestConfig(TrainingConfig):
     """The model's hyperparameters (as for ml/churn_model) plus the walk-forward settings;
@@ -47,7 +49,7 @@ class BacktestConfig(TrainingConfig):
 
 def backtest_metadata(
     result: BacktestResult,
-) -> tuple[dict[str, Any], dict[str, Figure], dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, "Figure"], dict[str, float]]:
     """Per-cutoff tables, means, the gaps with their intervals and the two plots for the
     UI; the figures and a summary for MLflow."""
     table = result.table

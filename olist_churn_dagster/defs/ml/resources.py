@@ -4,7 +4,11 @@ data directory by default, or a tracking server)."""
 import dagster as dg
 from pydantic import Field
 
-from olist_churn_dagster.lib.ml.tracking import default_artifact_location, sqlite_store_path
+from olist_churn_dagster.lib.ml.tracking import (
+    default_artifact_location,
+    preload_libraries,
+    sqlite_store_path,
+)
 
 EXPERIMENT = "olist-seller-churn"
 
@@ -17,6 +21,11 @@ class MlflowTracking(dg.ConfigurableResource):
     artifact_location: str = Field(
         default="", description="Artifact root for new experiments; empty: beside the store."
     )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Resources start with the run (in process): the scoring step finds MLflow and
+        # XGBoost loaded by the time the raw tables and features are done.
+        preload_libraries()
 
     def ready_uri(self) -> str:
         """The tracking URI, with the folder of a local SQLite store created first."""

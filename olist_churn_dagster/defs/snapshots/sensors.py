@@ -41,7 +41,7 @@ def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[
 
 @dg.sensor(
     job=snapshot_job,
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=5,  # the sensor daemon's own loop: a snapshot waits 5 s at most
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Watches $OLIST_CHURN_DATA_DIR/snapshots for complete as-of dumps (marker _SUCCESS), "

@@ -18,12 +18,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from matplotlib.figure import Figure
-from scipy import stats
 
 from olist_churn_dagster.lib.ml.abt import LABEL, feature_columns
 from olist_churn_dagster.lib.ml.calibration import METHODS, fit_calibrator
@@ -36,6 +34,10 @@ from olist_churn_dagster.lib.ml.model import (
     fit_booster,
     predict,
 )
+from olist_churn_dagster.lib.ml.plots import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MODEL = "model"
 SIMPLE_BASELINE = "simple_gbm"
@@ -317,6 +319,8 @@ def gap(
     n = diff.size
     mean = float(diff.mean())
     if n > 1:
+        from scipy import stats
+
         half = float(stats.t.ppf(0.5 + level / 2, n - 1) * diff.std(ddof=1) / np.sqrt(n))
     else:
         half = float("nan")
@@ -335,7 +339,7 @@ def gap(
 
 def backtest_figure(table: pl.DataFrame, model_gap: Gap) -> Figure:
     """ROC AUC of every scorer at every cutoff, and the model's gap over the baseline."""
-    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    fig = new_figure((10.0, 4.2))
     auc_ax, gap_ax = fig.subplots(1, 2)
     wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
     labels = [d.isoformat() for d in wide.get_column("cutoff").to_list()]

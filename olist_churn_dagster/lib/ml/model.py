@@ -12,16 +12,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import xgboost as xgb
-from matplotlib.figure import Figure
 
 from olist_churn_dagster.lib.ml import plots
 from olist_churn_dagster.lib.ml.abt import LABEL, feature_columns
 from olist_churn_dagster.lib.tables import KEYS
+
+if TYPE_CHECKING:  # imported where used: run workers that never train start faster
+    import xgboost as xgb
+    from matplotlib.figure import Figure
 
 # Where the recency rule finds "days since the last sale": the feature store's name first.
 RECENCY_FEATURES = ("sales_recency_days", "recency_days")
@@ -164,6 +166,8 @@ def feature_matrix(frame: pl.DataFrame, feature_names: Sequence[str]) -> np.ndar
 
 def _dmatrix(frame: pl.DataFrame, feature_names: Sequence[str], *, labelled: bool) -> xgb.DMatrix:
     label = frame.get_column(LABEL).to_numpy() if labelled else None
+    import xgboost as xgb
+
     return xgb.DMatrix(
         feature_matrix(frame, feature_names),
         label=label,
@@ -186,6 +190,8 @@ def _fit(
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[xgb.Booster, int]:
     """Train with early stopping on valid; return the booster cut at its best round."""
+    import xgboost as xgb
+
     booster = xgb.train(
         {**params.xgb_params(), **(extra or {})},
         dtrain,

@@ -9,14 +9,17 @@ shows up as falling ROC AUC / top-decile precision over reference dates.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from matplotlib.figure import Figure
 
 from olist_churn_dagster.lib.ml.model import evaluate_scores
-from olist_churn_dagster.lib.ml.plots import FIGSIZE_WIDE
+from olist_churn_dagster.lib.ml.plots import FIGSIZE_WIDE, new_figure
 from olist_churn_dagster.lib.tables import KEYS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PSI_WARN = 0.2
 PSI_EPSILON = 1e-4
@@ -177,7 +180,7 @@ def realized_performance(scores: pl.DataFrame, labels: pl.DataFrame) -> pl.DataF
 
 def performance_figure(table: pl.DataFrame) -> Figure:
     """ROC AUC and top-decile precision (against the churn rate) over reference dates."""
-    fig = Figure(figsize=FIGSIZE_WIDE, layout="constrained")
+    fig = new_figure(FIGSIZE_WIDE)
     auc, precision = fig.subplots(1, 2, sharex=True)
     table = table.sort("reference_date")
     dates = table.get_column("reference_date").to_list()

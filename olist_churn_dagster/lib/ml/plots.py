@@ -7,11 +7,22 @@ no pyplot global state is touched and nothing leaks between runs or threads.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FIGSIZE_WIDE = (10.0, 4.2)
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """An empty figure; matplotlib is imported on the first one, not when the code
+    location loads (a run worker that draws nothing never pays for it)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
 
 
 def roc_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +48,7 @@ def pr_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def roc_pr_figure(y: np.ndarray, scores_by_model: Mapping[str, np.ndarray]) -> Figure:
     """ROC and precision-recall curves of every scorer on the same rows."""
     y = np.asarray(y, dtype=np.float64)
-    fig = Figure(figsize=FIGSIZE_WIDE, layout="constrained")
+    fig = new_figure(FIGSIZE_WIDE)
     roc, pr = fig.subplots(1, 2)
     for name, scores in scores_by_model.items():
         scores = np.asarray(scores, dtype=np.float64)
@@ -56,7 +67,7 @@ def calibration_figure(
 ) -> Figure:
     """Mean predicted vs observed churn rate per probability bin (reliability diagram)."""
     y = np.asarray(y, dtype=np.float64)
-    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    fig = new_figure((5.5, 4.5))
     ax = fig.subplots()
     for name, scores in scores_by_model.items():
         p = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
@@ -83,7 +94,7 @@ def lift_figure(
 ) -> Figure:
     """Cumulative share of churners caught vs share of sellers contacted, and decile lift."""
     y = np.asarray(y, dtype=np.float64)
-    fig = Figure(figsize=FIGSIZE_WIDE, layout="constrained")
+    fig = new_figure(FIGSIZE_WIDE)
     gains, lift = fig.subplots(1, 2)
     width = 0.8 / max(len(scores_by_model), 1)
     deciles = np.arange(1, n_bins + 1)
@@ -115,7 +126,7 @@ def importance_figure(
     gain: Mapping[str, float], mean_abs_contrib: Mapping[str, float], *, top: int = 15
 ) -> Figure:
     """The top features by share of total gain and by mean |contribution| on OOT rows."""
-    fig = Figure(figsize=(11.0, 0.3 * top + 1.5), layout="constrained")
+    fig = new_figure((11.0, 0.3 * top + 1.5))
     axes = fig.subplots(1, 2)
     panels = (
         (axes[0], gain, "share of total gain"),

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-import xgboost as xgb
 
 from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
 from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.model import predict, top_reasons
 from olist_churn_dagster.lib.tables import KEYS
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 REVENUE_FEATURE = "sales_revenue"  # trailing-window revenue: the base of sales at risk
 N_REASONS = 3

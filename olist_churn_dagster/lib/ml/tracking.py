@@ -19,17 +19,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import mlflow
-import mlflow.xgboost
 import numpy as np
 import polars as pl
-import xgboost as xgb
-from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
-from mlflow.tracking import MlflowClient
 
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.ml.abt import LABEL
@@ -48,6 +42,34 @@ MODEL_ARTIFACT = "model"
 CALIBRATION_ARTIFACT = "calibration.json"
 _URI_LOCK = threading.RLock()
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+    from mlflow.tracking import MlflowClient
+
+# MLflow and XGBoost are imported inside the functions that use them: the code location
+# imports this module, and every run worker (a sensor's run too) would otherwise spend
+# seconds loading them before its first step.
+_PRELOAD: list[threading.Thread] = []
+
+
+def _import_libraries() -> None:
+    try:
+        import mlflow.tracking
+        import mlflow.xgboost  # noqa: F401
+        import xgboost  # noqa: F401
+    except Exception:  # the step that needs them imports them again, and fails there
+        pass
+
+
+def preload_libraries() -> None:
+    """Import MLflow and XGBoost in a background thread, once per process: a run that
+    scores loads them (seconds) while its first steps (raw tables, features) run, mostly
+    in native code, instead of after them."""
+    with _URI_LOCK:
+        if not _PRELOAD:
+            _PRELOAD.append(threading.Thread(target=_import_libraries, daemon=True))
+            _PRELOAD[0].start()
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,7 @@ def mlflow_uri(tracking_uri: str) -> Iterator[None]:
     The fluent API (start_run, log_model, load_model) reads a process-wide URI; the lock
     keeps two threads from swapping it under each other.
     """
+    import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
@@ -120,6 +143,8 @@ def mlflow_uri(tracking_uri: str) -> Iterator[None]:
 
 
 def _client(tracking_uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -197,6 +222,9 @@ def _write_artifacts(result: TrainResult, folder: Path) -> None:
 def _pip_requirements() -> list[str]:
     # Given explicitly: MLflow would otherwise infer them by re-loading the model in a
     # subprocess, which is slow and brings nothing here.
+    import mlflow
+    import xgboost as xgb
+
     return [f"xgboost=={xgb.__version__}", f"mlflow=={mlflow.__version__}"]
 
 
@@ -212,6 +240,10 @@ def log_and_register(
 ) -> RegisteredModelInfo:
     """Log one training result as a run (params, OOT and baseline metrics, plots, tables,
     the model with signature and example) and register the model under MODEL_NAME."""
+    import mlflow
+    import mlflow.xgboost
+    from mlflow.models import infer_signature
+
     client = _client(tracking_uri)
     location = artifact_location or default_artifact_location(tracking_uri)
     experiment_id = _experiment_id(client, experiment, location)
@@ -268,6 +300,8 @@ def log_backtest(
     """Log a walk-forward backtest as its own run: the summary as metrics, each scorer's
     per-cutoff metrics as metric history (step = cutoff index, oldest first), the
     per-cutoff table and the figures as artifacts. Returns the run id."""
+    import mlflow
+
     client = _client(tracking_uri)
     location = artifact_location or default_artifact_location(tracking_uri)
     experiment_id = _experiment_id(client, experiment, location)
@@ -312,6 +346,8 @@ def log_backtest(
 
 def load_model_version(tracking_uri: str, version: str) -> LoadedModel:
     """Load one registered version of the churn model as an XGBoost booster."""
+    import mlflow.xgboost
+
     client = _client(tracking_uri)
     model_version = client.get_model_version(MODEL_NAME, str(version))
     with mlflow_uri(tracking_uri):
@@ -338,6 +374,9 @@ def log_calibration(tracking_uri: str, run_id: str, version: str, calibrator: Ca
 def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:
     """The run's calibration map; the identity for a run logged without one (older
     versions keep scoring as they did)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     if not run_id:
         return Calibrator()
     try:
@@ -350,6 +389,8 @@ def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:
 
 def champion_version(tracking_uri: str) -> str | None:
     """The version carrying the champion alias, or None when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return str(
             _client(tracking_uri).get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version
@@ -488,6 +529,8 @@ def champion_gate(
 
 def run_model_params(tracking_uri: str, run_id: str | None) -> ModelParams | None:
     """The ModelParams a training run logged (None when the run or a field is missing)."""
+    from mlflow.exceptions import MlflowException
+
     if not run_id:
         return None
     try:
