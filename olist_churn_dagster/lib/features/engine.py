@@ -212,13 +212,24 @@ def _in_reach(block: Sliding, window_days: int, lo: int, hi: int) -> str:
 def _source_queries(
     plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int
 ) -> dict[str, str]:
-    """The family's SQL: the spine, the delta rows, and the per-day extremes rows."""
+    """The family's SQL: the sale runs, the per-day deltas and the per-day extremes rows.
+
+    The deltas are summed per seller and day in DuckDB (its hash aggregate spills to disk
+    under a memory limit), so polars receives one row per seller and day, not one per
+    source row and block.
+    """
     ctes, rows = _delta_rows(plan, window_days, lo, hi)
     with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days, lo, hi), plan.ctes, *ctes])
+    names = _measure_names(plan)
+    sums = ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in names)
     queries = {
-        "spine": f"{with_sql}\nSELECT * FROM spine JOIN seller_keys USING (seller_id) "
-        "ORDER BY D, sk",
-        "deltas": with_sql + "\n" + "\nUNION ALL BY NAME ".join(rows),
+        "runs": f"""{with_sql}
+SELECT sk, seller_id, d, nd, first_d FROM runs JOIN seller_keys USING (seller_id)
+WHERE d + 1 <= {hi} AND d + {horizon_days} >= {lo}
+ORDER BY d, sk""",
+        "deltas": f"{with_sql}\nSELECT sk, day, {sums} FROM (\n"
+        + "\nUNION ALL BY NAME ".join(rows)
+        + "\n) GROUP BY sk, day",
     }
     if plan.sliding:
         parts = []
@@ -233,15 +244,15 @@ def _source_queries(
     return queries
 
 
+def read_sources(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
+    """Run one query over the family's source tables (every scan of the raw history goes
+    through here, so a test can count them)."""
+    return con.sql(sql).pl()
+
+
 def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.LazyFrame:
     """Per seller, one row per day on which a measure changes, with its running total."""
-    return (
-        deltas.lazy()
-        .group_by("sk", "day")
-        .agg(pl.col(names).sum())
-        .sort("sk", "day")
-        .with_columns(pl.col(names).cum_sum().over("sk"))
-    )
+    return deltas.lazy().sort("sk", "day").with_columns(pl.col(names).cum_sum().over("sk"))
 
 
 def _with_extremes(
@@ -271,52 +282,113 @@ def _with_extremes(
         .filter("is_q")
         .select("sk", "day", *names)
     )
-    return timeline.join(at_queries, on=["sk", "day"], how="left")
+    return timeline.join(at_queries, on=["sk", "day"], how="left", maintain_order="left")
 
 
-def run_plan(
-    con: duckdb.DuckDBPyConnection,
-    plan: FamilyPlan,
-    *,
-    window_days: int,
-    horizon_days: int,
-    lo: int,
-    hi: int,
-) -> pl.DataFrame:
-    """All dates of one family: sources in DuckDB, the timeline in polars, outputs in SQL.
+class Timeline:
+    """One family's per-seller timeline over a whole backfill, read one batch at a time.
 
-    `lo` and `hi` are the first and last reference day (epoch days) in the registered
-    `dates` table; rows that cannot touch a date in [lo, hi] are pruned early. The ASOF
-    join keeps the spine's order (date, then seller), so the output comes out sorted.
+    Built once from the source tables (the only scans of the raw history), it holds, per
+    seller, a row for every day on which a measure changes, with the running totals and
+    the window's extremes on that day. `values` then reads consecutive batches of
+    reference dates from it: the batch's active-seller spine, joined as of each date to
+    the rows up to that date. Only the rows of the batch's own days are touched, plus one
+    row per seller carried from the batches before, so a backfill's cost follows its data
+    and its output, whatever the number of batches.
     """
-    queries = _source_queries(
-        plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
-    )
-    names = _measure_names(plan)
-    spine = con.sql(queries["spine"]).pl()
-    timeline = _running_sums(con.sql(queries["deltas"]).pl(), names)
-    if plan.sliding:
-        extremes = con.sql(queries["extremes"]).pl()
-        timeline = _with_extremes(timeline, extremes, plan, window_days)
-    values = (
-        spine.lazy()
-        .join_asof(
-            timeline.sort("day"),
-            left_on="D",
-            right_on="day",
-            by="sk",
-            strategy="backward",
-            check_sortedness=False,
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        plan: FamilyPlan,
+        *,
+        window_days: int,
+        horizon_days: int,
+        lo: int,
+        hi: int,
+    ) -> None:
+        queries = _source_queries(
+            plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
         )
-        .with_columns(pl.col(names).fill_null(0.0))
-        .collect()
-    )
-    con.register("f", values)
+        self.names = _measure_names(plan)
+        self.horizon_days = horizon_days
+        self.lo, self.hi = lo, hi
+        self.runs = read_sources(con, queries["runs"])
+        timeline = _running_sums(read_sources(con, queries["deltas"]), self.names)
+        if plan.sliding:
+            extremes = read_sources(con, queries["extremes"])
+            timeline = _with_extremes(timeline, extremes, plan, window_days)
+        self.rows = timeline.collect()  # sorted by seller, then day
+        self._carry = self.rows.clear()  # last row per seller up to the previous batch
+        self._read_to: int | None = None  # last day read into the carry
+
+    def _spine(self, days: Sequence[int]) -> pl.DataFrame:
+        """Active sellers at each of `days`: a sale day d with next sale day nd makes the
+        seller active with last sale d for D in [d + 1, least(nd, d + horizon)]."""
+        lo, hi, h = min(days), max(days), self.horizon_days
+        d = self.runs.get_column("d")
+        first = d.search_sorted(lo - h, side="left")
+        last = d.search_sorted(hi - 1, side="right")
+        start = pl.max_horizontal(pl.col("d") + 1, pl.lit(lo))
+        end = pl.min_horizontal(pl.col("nd"), pl.col("d") + h, pl.lit(hi))
+        return (
+            self.runs.slice(first, last - first)
+            .select(
+                "sk", "seller_id", last_d="d", first_d="first_d", D=pl.int_ranges(start, end + 1)
+            )
+            .explode("D")
+            .filter(pl.col("D").is_in(list(days)))
+            .sort("D", "sk")
+            .select("D", "sk", "seller_id", "last_d", "first_d")
+        )
+
+    def values(self, days: Sequence[int]) -> pl.DataFrame:
+        """The measures of every active seller at each of `days` (epoch days in [lo, hi],
+        all after the days of the previous call), sorted by date and seller."""
+        hi = max(days)
+        if self._read_to is not None and min(days) <= self._read_to:
+            raise ValueError("batches of reference dates must come in increasing order")
+        day = pl.col("day")
+        new = self.rows.filter(
+            day <= hi if self._read_to is None else day.is_between(self._read_to + 1, hi)
+        )
+        known = pl.concat([self._carry, new])
+        self._carry = known.unique("sk", keep="last", maintain_order=True)
+        self._read_to = hi
+        return (
+            self._spine(days)
+            .lazy()
+            .join_asof(
+                known.lazy().sort("day"),
+                left_on="D",
+                right_on="day",
+                by="sk",
+                strategy="backward",
+                check_sortedness=False,
+            )
+            .with_columns(pl.col(self.names).fill_null(0.0))
+            .collect()
+        )
+
+
+def outputs_sql(plan: FamilyPlan) -> str:
+    """SQL over the measures frame `f`: the keys and the family's output columns."""
     outputs = ",\n  ".join(
         f"CAST({o.sql} AS {'BIGINT' if o.dtype is pl.Int64 else 'DOUBLE'}) AS {o.spec.name}"
         for o in plan.outputs
     )
-    return con.sql(f"SELECT {to_date('D')} AS reference_date, seller_id,\n  {outputs}\nFROM f").pl()
+    return f"SELECT {to_date('D')} AS reference_date, seller_id,\n  {outputs}\nFROM f"
+
+
+def evaluate_outputs(
+    con: duckdb.DuckDBPyConnection, plan: FamilyPlan, values: pl.DataFrame
+) -> pl.DataFrame:
+    """The family's output columns for a frame of measures (keeps its row order)."""
+    con.register("f", values)
+    try:
+        return con.sql(outputs_sql(plan)).pl()
+    finally:
+        con.unregister("f")
 
 
 def output_schema(outputs: Sequence[Output]) -> dict[str, pl.DataType]:
