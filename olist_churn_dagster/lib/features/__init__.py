@@ -11,6 +11,9 @@ partitions always line up.
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 
@@ -48,6 +51,8 @@ __all__ = [
 
 FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
 _DEFAULT_WINDOW = 180
+# DuckDB's memory for one family's computation (see `_connect`).
+COMPUTE_MEMORY_LIMIT = "1GB"
 _EPOCH = date(1970, 1, 1)
 _SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
 FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
@@ -90,8 +95,19 @@ def _day_range(dates: Sequence[date]) -> tuple[int, int]:
 def _connect(
     frames: Mapping[str, pl.DataFrame], dates: Sequence[date]
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
-    con = duckdb.connect(":memory:")
+    """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered.
+
+    Its memory is capped (`COMPUTE_MEMORY_LIMIT`): left to its default (80% of the
+    machine), DuckDB keeps the intermediate results of a family's history query in memory,
+    about 3.5 GB per million orders; capped, it streams them and spills what does not fit
+    to a temporary folder of its own, removed with the connection.
+    """
+    spill = tempfile.mkdtemp(prefix="olist-features-")
+    con = duckdb.connect(
+        ":memory:",
+        config={"memory_limit": COMPUTE_MEMORY_LIMIT, "temp_directory": spill},
+    )
+    weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     days = sorted({_epoch_day(d) for d in dates})
     con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
     for name, frame in frames.items():
