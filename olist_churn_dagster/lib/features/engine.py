@@ -18,12 +18,13 @@ number of reference dates at a cost that grows with the data, not with dates x d
   only change on a day a row enters or leaves the window, so they are computed on those
   days only (rolling windows) and read like the sums.
 
-Both land in one per-seller `timeline` (a row per day on which anything changes), read at
-each reference date with one ASOF join against the active-seller spine. DuckDB builds the
-spine and the delta rows (one SQL text per family, over all dates) and evaluates the
-output expressions; polars does the group-by, running sums, rolling extremes and the ASOF
-join, which on this many columns is an order of magnitude faster than DuckDB's window
-operator.
+Both land in one per-seller `Timeline` (a row per day on which anything changes), built
+once per backfill and read at each reference date with one ASOF join against the
+active-seller spine, batch after batch. DuckDB builds the sale runs and the delta rows
+summed per seller and day (one SQL text per family, over all dates) and evaluates the
+output expressions; polars does the running sums, rolling extremes, the spine and the
+ASOF join, which on this many columns is an order of magnitude faster than DuckDB's
+window operator.
 """
 
 from __future__ import annotations
