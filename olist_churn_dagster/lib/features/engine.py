@@ -183,26 +183,25 @@ def _delta_rows(
     WHERE {block.where}
   ) WHERE s <= {hi} AND (e IS NULL OR (e >= s AND e >= {lo}))
 )""")
-        plus = ", ".join(block.measures)
-        minus = ", ".join(f"-{n} AS {n}" for n in block.measures)
-        before = ", ".join(f"sum({n}) AS {n}" for n in block.measures)
-        # No date before `lo` is read, so rows that started earlier collapse into one row
-        # per seller on day `lo`: a batch's cost then follows its own days, not the
-        # history before them (lifetime measures would otherwise carry all of it).
-        rows.append(f"SELECT sk, s AS day, {plus} FROM blk{i} WHERE s >= {lo}")
-        rows.append(f"SELECT sk, {lo} AS day, {before} FROM blk{i} WHERE s < {lo} GROUP BY sk")
-        rows.append(
-            f"SELECT sk, e + 1 AS day, {minus} FROM blk{i} WHERE e IS NOT NULL AND e + 1 <= {hi}"
-        )
+        signed = ", ".join(f"{n} * sign AS {n}" for n in block.measures)
+        # Each row is read once and emits two: +value on its first day and -value on the
+        # day after its last (when that is a reference day at all). No date before `lo` is
+        # read, so rows that started earlier land on day `lo`, where the sum per seller
+        # and day collapses them into one: the timeline starts at the backfill's first
+        # date, not at the start of the history (lifetime measures would carry all of it).
+        last = f"CASE WHEN e IS NOT NULL AND e + 1 <= {hi} THEN e + 1 END"
+        rows.append(f"""SELECT sk, day, {signed} FROM (
+  SELECT *, unnest([greatest(s, {lo}), {last}]) AS day, unnest([1.0, -1.0]) AS sign
+  FROM blk{i}
+) WHERE day IS NOT NULL""")
     # A sliding extreme can only change on a day a row enters (p + 1) or leaves
     # (p + window + 1) the window, so those days must be rows of the timeline.
     for block in plan.sliding:
-        for shift in (1, window_days + 1):
-            rows.append(
-                f"SELECT sk, {block.day} + {shift} AS day "
-                f"FROM {block.source} JOIN seller_keys USING (seller_id) "
-                f"WHERE {_in_reach(block, window_days, lo, hi)} AND {block.day} + {shift} <= {hi}"
-            )
+        rows.append(f"""SELECT sk, day FROM (
+  SELECT sk, unnest([{block.day} + 1, {block.day} + {window_days + 1}]) AS day
+  FROM {block.source} JOIN seller_keys USING (seller_id)
+  WHERE {_in_reach(block, window_days, lo, hi)}
+) WHERE day <= {hi}""")
     return ctes, rows
 
 
