@@ -86,6 +86,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
             horizon_days=settings.churn_horizon_days,
             sales=sales,
         )
+        del raw, sales  # the frames hold what they need (see `feature_batches`)
         first = next(frames)  # builds the family's timeline, for every batch
         context.add_output_metadata(
             {

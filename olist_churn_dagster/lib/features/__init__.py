@@ -236,7 +236,8 @@ def feature_batches(
     together (on the first frame asked for); each batch then only reads its own days from
     it, so the batches bound the rows held at once and not the cost. Each batch's
     dates must all come after the previous batch's; the frames equal what
-    `compute_features` returns for each batch on its own.
+    `compute_features` returns for each batch on its own. Once the timeline is built,
+    the generator holds no reference to `raw` or `sales`.
     """
     _check_family(family)
     if window_days < 1 or horizon_days < 1:
@@ -269,16 +270,13 @@ def _frames(
     if not dates:
         yield from (pl.DataFrame(schema=schema) for _ in batches)
         return
-    frames = {t: raw[t] for t in plan.tables}
-    frames["sale_items"] = (
-        sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
-    )
-    lo, hi = _day_range(dates)
-    con = _connect(frames, dates)
+    timeline = _timeline(plan, raw, sales, dates, window_days, horizon_days)
+    # The timeline holds all the batches need: this generator lets go of the raw tables
+    # (and the history query's DuckDB closed with its buffers), so a caller that drops
+    # its own references gets that memory back while the batches are written.
+    del raw, sales
+    con = duckdb.connect(":memory:")
     try:
-        timeline = Timeline(
-            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
-        )
         for batch in batches:
             if not batch:
                 yield pl.DataFrame(schema=schema)
@@ -286,6 +284,27 @@ def _frames(
             values = timeline.values([_epoch_day(d) for d in batch])
             yield _conform(evaluate_outputs(con, plan, values), schema)
             del values
+    finally:
+        con.close()
+
+
+def _timeline(
+    plan: FamilyPlan,
+    raw: Mapping[str, pl.DataFrame],
+    sales: pl.DataFrame | None,
+    dates: list[date],
+    window_days: int,
+    horizon_days: int,
+) -> Timeline:
+    """The family's timeline over all `dates`, from the raw history (see `engine`)."""
+    frames = {t: raw[t] for t in plan.tables}
+    frames["sale_items"] = (
+        sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
+    )
+    lo, hi = _day_range(dates)
+    con = _connect(frames, dates)
+    try:
+        return Timeline(con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi)
     finally:
         con.close()
 
