@@ -26,6 +26,7 @@ from olist_churn_dagster.lib.features.engine import (
     Timeline,
     evaluate_outputs,
     output_schema,
+    read_timeline_sources,
     spine_ctes,
     to_date,
 )
@@ -270,11 +271,12 @@ def _frames(
     if not dates:
         yield from (pl.DataFrame(schema=schema) for _ in batches)
         return
-    timeline = _timeline(plan, raw, sales, dates, window_days, horizon_days)
+    sources = _timeline_sources(plan, raw, sales, dates, window_days, horizon_days)
     # The timeline holds all the batches need: this generator lets go of the raw tables
-    # (and the history query's DuckDB closed with its buffers), so a caller that drops
-    # its own references gets that memory back while the batches are written.
+    # (the history query's DuckDB is closed with its buffers), so a caller that drops its
+    # own references gets that memory back while the timeline is built and written.
     del raw, sales
+    timeline = Timeline(plan, sources, window_days=window_days, horizon_days=horizon_days)
     con = duckdb.connect(":memory:")
     try:
         for batch in batches:
@@ -288,15 +290,15 @@ def _frames(
         con.close()
 
 
-def _timeline(
+def _timeline_sources(
     plan: FamilyPlan,
     raw: Mapping[str, pl.DataFrame],
     sales: pl.DataFrame | None,
     dates: list[date],
     window_days: int,
     horizon_days: int,
-) -> Timeline:
-    """The family's timeline over all `dates`, from the raw history (see `engine`)."""
+) -> list[pl.DataFrame | None]:
+    """What the family's timeline over all `dates` reads from the raw history."""
     frames = {t: raw[t] for t in plan.tables}
     frames["sale_items"] = (
         sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
@@ -304,7 +306,11 @@ def _timeline(
     lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:
-        return Timeline(con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi)
+        return list(
+            read_timeline_sources(
+                con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+            )
+        )
     finally:
         con.close()
 

@@ -244,32 +244,50 @@ ORDER BY d, sk""",
     return queries
 
 
+def read_timeline_sources(
+    con: duckdb.DuckDBPyConnection,
+    plan: FamilyPlan,
+    *,
+    window_days: int,
+    horizon_days: int,
+    lo: int,
+    hi: int,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """The sale runs, the deltas per seller and day and the extremes rows of `Timeline`,
+    for reference days in [lo, hi]: every read of the raw history a backfill makes."""
+    queries = _source_queries(
+        plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+    )
+    runs = read_sources(con, queries["runs"])
+    deltas = read_sources(con, queries["deltas"])
+    extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
+    return runs, deltas, extremes
+
+
 def read_sources(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
     """Run one query over the family's source tables (every scan of the raw history goes
     through here, so a test can count them)."""
     return con.sql(sql).pl()
 
 
-def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.LazyFrame:
+def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """Per seller, one row per day on which a measure changes, with its running total.
 
-    Rows sorted by seller and day: a seller's running total is the running total over all
-    rows minus its value just before the seller's first row. In exact integers (the
+    `deltas` sorted by seller and day: a seller's running total is the running total over
+    all rows minus its value just before the seller's first row. In exact integers (the
     measures are integers, far from overflow in Int64) that costs one pass per column with
-    no grouping, and the totals are read as DOUBLE afterwards, exactly.
+    no grouping, and the totals are read as DOUBLE afterwards, exactly. One column at a
+    time, so the working memory is a column's, not the table's.
     """
-    starts = pl.col("sk") != pl.col("sk").shift(1, fill_value=-1)
-    totals = [pl.col(n).cast(pl.Int64).cum_sum() for n in names]
-    return (
-        deltas.lazy()
-        .sort("sk", "day")
-        .with_columns(
-            (t - pl.when(starts).then(t - pl.col(n).cast(pl.Int64)).forward_fill())
-            .cast(pl.Float64)
-            .alias(n)
-            for n, t in zip(names, totals, strict=True)
-        )
-    )
+    first = pl.col("sk") != pl.col("sk").shift(1, fill_value=-1)
+    out = deltas.with_columns(_first=first)
+    del deltas
+    for n in names:
+        value = pl.col(n).cast(pl.Int64)
+        total = value.cum_sum()
+        before = pl.when("_first").then(total - value).forward_fill()
+        out = out.with_columns((total - before).cast(pl.Float64).alias(n))
+    return out.drop("_first")
 
 
 def _with_extremes(
@@ -316,26 +334,23 @@ class Timeline:
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
         plan: FamilyPlan,
+        sources: list[pl.DataFrame | None],
         *,
         window_days: int,
         horizon_days: int,
-        lo: int,
-        hi: int,
     ) -> None:
-        queries = _source_queries(
-            plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
-        )
+        """From the list of `read_timeline_sources`' frames, which it empties: each frame
+        is freed as soon as it is used (the deltas are the largest)."""
         self.names = _measure_names(plan)
         self.horizon_days = horizon_days
-        self.lo, self.hi = lo, hi
-        self.runs = read_sources(con, queries["runs"])
-        timeline = _running_sums(read_sources(con, queries["deltas"]), self.names)
-        if plan.sliding:
-            extremes = read_sources(con, queries["extremes"])
-            timeline = _with_extremes(timeline, extremes, plan, window_days)
-        self.rows = timeline.collect()  # sorted by seller, then day
+        self.runs, deltas, extremes = sources
+        sources.clear()
+        rows = _running_sums(deltas.sort("sk", "day"), self.names)
+        del deltas
+        if extremes is not None:
+            rows = _with_extremes(rows.lazy(), extremes, plan, window_days).collect()
+        self.rows = rows  # sorted by seller, then day
         self._carry = self.rows.clear()  # last row per seller up to the previous batch
         self._read_to: int | None = None  # last day read into the carry
 
