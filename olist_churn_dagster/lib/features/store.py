@@ -15,23 +15,13 @@ from olist_churn_dagster.lib.tables import feature_table
 def read_feature_tables(
     conn: duckdb.DuckDBPyConnection, dates: Sequence[date]
 ) -> dict[str, pl.DataFrame]:
-    """The six stored tables restricted to `dates`; an error names the dates not there.
-
-    The dates go in as a range and a list of constants, which DuckDB applies inside the
-    scan (row groups outside the range are skipped by their min/max): a subquery of dates
-    would be a join after reading every row and column of the table, a cost that grows
-    with the whole store rather than with the dates asked for.
-    """
-    wanted = sorted(set(dates))
-    if not wanted:
-        return {family: _empty(conn, family) for family in FEATURE_FAMILIES}
-    marks = ", ".join("?" for _ in wanted)
-    where = f"reference_date BETWEEN ? AND ? AND reference_date IN ({marks})"
+    """The six stored tables restricted to `dates`; an error names the dates not there."""
     try:
         tables = {
             family: conn.execute(
-                f"SELECT * FROM {feature_table(family)} WHERE {where}",
-                [wanted[0], wanted[-1], *wanted],
+                f"SELECT * FROM {feature_table(family)} WHERE reference_date IN "
+                "(SELECT unnest(?::DATE[]))",
+                [list(dates)],
             ).pl()
             for family in FEATURE_FAMILIES
         }
@@ -47,10 +37,3 @@ def read_feature_tables(
                 f"{', ...' if len(absent) > 5 else ''}): materialize those partitions first"
             )
     return tables
-
-
-def _empty(conn: duckdb.DuckDBPyConnection, family: str) -> pl.DataFrame:
-    try:
-        return conn.execute(f"SELECT * FROM {feature_table(family)} LIMIT 0").pl()
-    except duckdb.CatalogException as exc:
-        raise ValueError(f"feature store not materialized yet: {exc}") from exc
