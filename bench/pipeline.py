@@ -1,18 +1,22 @@
 """Pipeline benchmark: every stage from generated files to scores, at several scales.
 
     uv run python bench/pipeline.py [--scales 1 10 30] [--root /tmp/olist-pipeline-bench]
+        [--stages features abt ...]
 
 Each scale runs in a child process on a fresh data directory and an ephemeral Dagster
 instance, through the project's own jobs (in process, real DuckDB and MLflow stores).
 Prints one row per stage: seconds, rows, rows per second, the peak memory (RSS of the
 process, sampled every 50 ms) during that stage, and its time against the first scale.
 A scale whose memory, extrapolated linearly from the last one run, would exceed 90% of
-this machine's is skipped with a line saying so.
+this machine's is skipped with a line saying so. `--stages` prints only the stages named
+(see STAGES) and stops after the last of them; the stages before it still run, since
+each needs what the previous ones built.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -24,6 +28,19 @@ from datetime import date
 from pathlib import Path
 
 import psutil
+
+# Short names of the stages, in the order they run (each needs the ones before it).
+STAGES = (
+    "generate",
+    "raw",
+    "features",
+    "abt",
+    "backtest",
+    "train",
+    "score1",
+    "score30",
+    "snapshot",
+)
 
 
 class PeakMemory:
@@ -44,12 +61,31 @@ class PeakMemory:
         return peak / 1024**3
 
 
+class StopRun(Exception):
+    """Raised after the last stage asked for: the rest of the pipeline is skipped."""
+
+
+def _cpu_seconds() -> float:
+    """User plus system CPU time of this process, all its threads (DuckDB's, polars')."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
 def _stage(results: list, memory: PeakMemory, name: str, work: Callable[[], int]) -> None:
     memory.take()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     rows = work()
     seconds = time.perf_counter() - started
-    results.append({"stage": name, "seconds": seconds, "rows": rows, "peak_gb": memory.take()})
+    results.append(
+        {
+            "stage": name,
+            "seconds": seconds,
+            "cpu_seconds": _cpu_seconds() - cpu,
+            "rows": rows,
+            "peak_gb": memory.take(),
+            "load": os.getloadavg()[0],
+        }
+    )
 
 
 def _count(path: Path, sql: str, params: list | None = None) -> int:
@@ -59,21 +95,37 @@ def _count(path: Path, sql: str, params: list | None = None) -> int:
         return int(conn.execute(sql, params or []).fetchone()[0])
 
 
-def run_scale(root: Path, scale: float) -> list[dict]:
+def run_scale(root: Path, scale: float, stages: tuple[str, ...] = STAGES) -> list[dict]:
+    """Every stage up to the last of `stages`; only `stages` are reported."""
+    results: list[dict] = []
+    memory = PeakMemory()
+    last = max(STAGES.index(s) for s in stages)
+
+    def stage(key: str, name: str, work: Callable[[], int]) -> None:
+        if STAGES.index(key) > last:
+            raise StopRun
+        if key in stages:
+            _stage(results, memory, name, work)
+        else:
+            work()
+
+    with contextlib.suppress(StopRun):
+        _run_stages(root, scale, stage)
+    return results
+
+
+def _run_stages(root: Path, scale: float, stage: Callable[[str, str, Callable[[], int]], None]):
     data = root / f"scale-{scale:g}"
     if data.exists():
         import shutil
 
         shutil.rmtree(data)
     os.environ["OLIST_CHURN_DATA_DIR"] = str(data)
-    memory = PeakMemory()
-    results: list[dict] = []
 
     from olist_churn_dagster.generator.marketplace import generate_dataset
 
-    _stage(
-        results,
-        memory,
+    stage(
+        "generate",
         "generate",
         lambda: generate_dataset(data / "raw", scale=scale)["order_items"],
     )
@@ -123,14 +175,14 @@ def run_scale(root: Path, scale: float) -> list[dict]:
 
         return work
 
-    _stage(results, memory, "raw load", load_raw)
+    stage("raw", "raw load", load_raw)
     keys = registered_dates(instance)  # the raw load registered them
-    _stage(results, memory, f"feature backfill ({len(keys)} dates)", features)
-    _stage(results, memory, "ABT", train_part(ABT_KEY))
-    _stage(results, memory, "walk-forward backtest + MLflow", train_part(BACKTEST_KEY))
-    _stage(results, memory, "training + calibration + MLflow + gate", train_part(MODEL_KEY))
-    _stage(results, memory, "score one day", score(keys[-1], keys[-1]))
-    _stage(results, memory, "score 30-day backfill", score(keys[-30], keys[-1]))
+    stage("features", f"feature backfill ({len(keys)} dates)", features)
+    stage("abt", "ABT", train_part(ABT_KEY))
+    stage("backtest", "walk-forward backtest + MLflow", train_part(BACKTEST_KEY))
+    stage("train", "training + calibration + MLflow + gate", train_part(MODEL_KEY))
+    stage("score1", "score one day", score(keys[-1], keys[-1]))
+    stage("score30", "score 30-day backfill", score(keys[-30], keys[-1]))
 
     from olist_churn_dagster.lib.ingest.loader import load_dataset
 
@@ -154,20 +206,21 @@ def run_scale(root: Path, scale: float) -> list[dict]:
             warehouse, f"SELECT count(*) FROM {SCORES_TABLE} WHERE reference_date = ?", [day]
         )
 
-    _stage(results, memory, "snapshot to scores", snapshot_to_scores)
-    return results
+    stage("snapshot", "snapshot to scores", snapshot_to_scores)
 
 
 def _print(scale: float, rows: list[dict], base: dict[str, float]) -> None:
     """One line per stage; `base` holds the first scale's seconds per stage, and each line
-    says how many times that this stage took (the linear-scaling check)."""
+    says how many times that this stage took (the linear-scaling check). CPU seconds and
+    the load average at the stage's end tell a slow stage from a busy machine."""
     for r in rows:
         rate = f"{r['rows'] / r['seconds']:>12,.0f}" if r["rows"] and r["seconds"] else " " * 12
         rows_text = f"{r['rows']:>12,}" if r["rows"] else " " * 12
         peak = f"{r['peak_gb']:>8.2f}" if r["peak_gb"] else " " * 8
         growth = f"{r['seconds'] / base[r['stage']]:>7.1f}x" if r["stage"] in base else ""
         print(
-            f"{scale:>5g}  {r['stage']:<32} {r['seconds']:>8.1f} {rows_text} {rate} {peak}{growth}",
+            f"{scale:>5g}  {r['stage']:<32} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} "
+            f"{rows_text} {rate} {peak}{growth:>9} {r['load']:>6.1f}",
             flush=True,
         )
 
@@ -191,15 +244,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0, 30.0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/olist-pipeline-bench"))
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to report"
+    )
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(run_scale(args.root, args.child)))
+        print(json.dumps(run_scale(args.root, args.child, tuple(args.stages))))
         return
     print(f"pipeline benchmark, {date.today()}, {_machine()}")
     print(
-        f"{'scale':>5}  {'stage':<32} {'seconds':>8} {'rows':>12} {'rows/s':>12} "
-        f"{'peak_GB':>8} {'vs first':>8}",
+        f"{'scale':>5}  {'stage':<32} {'seconds':>8} {'cpu_s':>8} {'rows':>12} {'rows/s':>12} "
+        f"{'peak_GB':>8} {'vs first':>9} {'load':>6}",
         flush=True,
     )
     base: dict[str, float] = {}
@@ -210,7 +266,16 @@ def main() -> None:
             print(f"{scale:>5g}  skipped: would need about {need:.0f} GB of memory", flush=True)
             continue
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(scale), "--root", str(args.root)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(scale),
+                "--root",
+                str(args.root),
+                "--stages",
+                *args.stages,
+            ],
             capture_output=True,
             text=True,
         )

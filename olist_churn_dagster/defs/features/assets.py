@@ -1,16 +1,15 @@
 """The six seller feature tables, partitioned by reference date.
 
-A backfill of any number of dates is one run: all dates are computed in vectorised passes
-(one pass, or a few batches of about OLIST_CHURN_FEATURE_BATCH_ROWS rows when the range is
-large, so memory stays bounded), and exactly those partitions are replaced in one
-transaction.
+A backfill of any number of dates is one run: each family's timeline is built once from
+the raw history, then read in batches of about OLIST_CHURN_FEATURE_BATCH_ROWS output rows
+(so memory stays bounded and the cost follows the data), and exactly those partitions are
+replaced in one transaction.
 """
 
 import itertools
 from datetime import date
 
 import dagster as dg
-import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
@@ -19,8 +18,8 @@ from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, FrameBatches, tab
 from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
-    active_sellers,
-    compute_features,
+    active_seller_counts,
+    feature_batches,
     source_tables,
 )
 from olist_churn_dagster.lib.markdown import frame_to_markdown
@@ -51,14 +50,6 @@ def feature_asset_key(family: str) -> dg.AssetKey:
     return table_asset_key(feature_table(family))
 
 
-def _active_sellers_estimate(raw: dict, dates: list, horizon_days: int) -> int:
-    """Active sellers on a few spread dates (max): sizes the backfill's batches."""
-    sample = sorted({*dates[:: max(1, len(dates) // 4)], dates[-1]})
-    active = active_sellers(raw["orders"], raw["order_items"], sample, horizon_days=horizon_days)
-    counts = active.group_by("reference_date").len().get_column("len")
-    return int(counts.max() or 1)
-
-
 def partition_dates(context: dg.AssetExecutionContext) -> list[date]:
     """The run's reference dates: one partition, or every key of a single-run range."""
     return sorted(date.fromisoformat(key) for key in context.partition_keys)
@@ -82,25 +73,21 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         dates = partition_dates(context)
         with warehouse.get_connection() as conn:
             raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family])
-        batches = date_batches(
-            dates,
-            rows_per_date=_active_sellers_estimate(raw, dates, settings.churn_horizon_days),
-            max_rows=settings.feature_batch_rows,
-        )
-
         sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
-
-        def compute(batch: list) -> pl.DataFrame:
-            return compute_features(
-                family,
-                raw,
-                batch,
-                window_days=settings.feature_window_days,
-                horizon_days=settings.churn_horizon_days,
-                sales=sales,
-            )
-
-        first = compute(batches[0])
+        counts = active_seller_counts(sales, dates, horizon_days=settings.churn_horizon_days)
+        batches = date_batches(
+            dates, rows_per_date=max(counts), max_rows=settings.feature_batch_rows
+        )
+        frames = feature_batches(
+            family,
+            raw,
+            batches,
+            window_days=settings.feature_window_days,
+            horizon_days=settings.churn_horizon_days,
+            sales=sales,
+        )
+        del raw, sales  # the frames hold what they need (see `feature_batches`)
+        first = next(frames)  # builds the family's timeline, for every batch
         summary = {  # recorded once per run by the IO manager, not once per partition
             "reference_dates": len(dates),
             "first_date": str(dates[0]),
@@ -108,7 +95,7 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
             "batches": len(batches),
             "preview": dg.MetadataValue.md(frame_to_markdown(first)),
         }
-        return FrameBatches(itertools.chain([first], map(compute, batches[1:])), summary)
+        return FrameBatches(itertools.chain([first], frames), summary)
 
     return _asset
 

@@ -10,16 +10,23 @@ partitions always line up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 
 import duckdb
 import polars as pl
 
 from olist_churn_dagster.lib.features.engine import (
+    FamilyPlan,
     FeatureSpec,
+    Timeline,
+    evaluate_outputs,
     output_schema,
-    run_plan,
+    read_timeline_sources,
     spine_ctes,
     to_date,
 )
@@ -33,9 +40,11 @@ __all__ = [
     "FEATURE_FAMILIES",
     "TOP_CATEGORIES",
     "FeatureSpec",
+    "active_seller_counts",
     "active_sellers",
     "catalogue_markdown",
     "compute_features",
+    "feature_batches",
     "feature_columns",
     "feature_schema",
     "source_tables",
@@ -43,6 +52,8 @@ __all__ = [
 
 FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
 _DEFAULT_WINDOW = 180
+# DuckDB's memory for one family's computation (see `_connect`).
+COMPUTE_MEMORY_LIMIT = "1GB"
 _EPOCH = date(1970, 1, 1)
 _SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
 FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
@@ -85,8 +96,19 @@ def _day_range(dates: Sequence[date]) -> tuple[int, int]:
 def _connect(
     frames: Mapping[str, pl.DataFrame], dates: Sequence[date]
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered."""
-    con = duckdb.connect(":memory:")
+    """An in-memory DuckDB with the frames and the `dates` table (epoch days) registered.
+
+    Its memory is capped (`COMPUTE_MEMORY_LIMIT`): left to its default (80% of the
+    machine), DuckDB keeps the intermediate results of a family's history query in memory,
+    about 3.5 GB per million orders; capped, it streams them and spills what does not fit
+    to a temporary folder of its own, removed with the connection.
+    """
+    spill = tempfile.mkdtemp(prefix="olist-features-")
+    con = duckdb.connect(
+        ":memory:",
+        config={"memory_limit": COMPUTE_MEMORY_LIMIT, "temp_directory": spill},
+    )
+    weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     days = sorted({_epoch_day(d) for d in dates})
     con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
     for name, frame in frames.items():
@@ -142,6 +164,34 @@ FROM spine ORDER BY D, seller_id"""
         con.close()
 
 
+def active_seller_counts(
+    sales: pl.DataFrame, dates: Sequence[date], *, horizon_days: int = 45
+) -> list[int]:
+    """How many sellers are active at each of `dates` (the rows each feature table gets),
+    from `sale_items`, without building the spine: sizes a backfill's batches.
+
+    A sale day d with next sale day nd counts for D in [d + 1, least(nd, d + horizon)],
+    as in the spine; the counts are the starts minus the ends up to each D.
+    """
+    runs = (
+        sales.select("seller_id", "sale_date")
+        .unique()
+        .sort("seller_id", "sale_date")
+        .select(
+            start=pl.col("sale_date") + pl.duration(days=1),
+            stop=pl.min_horizontal(
+                pl.col("sale_date").shift(-1).over("seller_id"),
+                pl.col("sale_date") + pl.duration(days=horizon_days),
+            )
+            + pl.duration(days=1),
+        )
+    )
+    query = pl.Series(list(dates), dtype=pl.Date)
+    started = runs.get_column("start").sort().search_sorted(query, side="right")
+    stopped = runs.get_column("stop").sort().search_sorted(query, side="right")
+    return (started - stopped).to_list()
+
+
 def compute_features(
     family: str,
     raw: Mapping[str, pl.DataFrame],
@@ -155,21 +205,100 @@ def compute_features(
 
     `raw` maps table names (as in `schema.TABLES`) to typed frames holding the newest
     state; only the tables the family needs are read. `sales` is `sale_items` of raw's
-    orders and items, for a caller that computes several batches from the same raw
+    orders and items, for a caller that computes several families from the same raw
     tables (computed here when not given). The result has reference_date,
     seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
     a zero denominator are null (never NaN or inf).
     """
+    batch = sorted(set(dates))
+    (frame,) = feature_batches(
+        family,
+        raw,
+        [batch],
+        window_days=window_days,
+        horizon_days=horizon_days,
+        sales=sales,
+    )
+    return frame
+
+
+def feature_batches(
+    family: str,
+    raw: Mapping[str, pl.DataFrame],
+    batches: Sequence[Sequence[date]],
+    *,
+    window_days: int = 180,
+    horizon_days: int = 45,
+    sales: pl.DataFrame | None = None,
+) -> Iterator[pl.DataFrame]:
+    """`compute_features` over consecutive batches of dates, one frame per batch, lazily.
+
+    The family's timeline is built once, from the raw history, for all the batches
+    together (on the first frame asked for); each batch then only reads its own days from
+    it, so the batches bound the rows held at once and not the cost. Each batch's
+    dates must all come after the previous batch's; the frames equal what
+    `compute_features` returns for each batch on its own. Once the timeline is built,
+    the generator holds no reference to `raw` or `sales`.
+    """
     _check_family(family)
     if window_days < 1 or horizon_days < 1:
         raise ValueError("window_days and horizon_days must be at least 1")
-    schema = _SCHEMAS[family]
-    if not dates:
-        return pl.DataFrame(schema=schema)
+    batches = [sorted(set(b)) for b in batches]
+    for previous, batch in itertools.pairwise([b for b in batches if b]):
+        if batch[0] <= previous[-1]:
+            raise ValueError(
+                f"batches of reference dates must be in increasing order: {batch[0]} "
+                f"comes after a batch ending {previous[-1]}"
+            )
     plan = PLANS[family](window_days)
     missing = [t for t in plan.tables if t not in raw]
     if missing:
         raise ValueError(f"feature family {family!r} needs table(s) {missing}")
+    return _frames(family, plan, raw, batches, window_days, horizon_days, sales)
+
+
+def _frames(
+    family: str,
+    plan: FamilyPlan,
+    raw: Mapping[str, pl.DataFrame],
+    batches: list[list[date]],
+    window_days: int,
+    horizon_days: int,
+    sales: pl.DataFrame | None,
+) -> Iterator[pl.DataFrame]:
+    schema = _SCHEMAS[family]
+    dates = [d for b in batches for d in b]
+    if not dates:
+        yield from (pl.DataFrame(schema=schema) for _ in batches)
+        return
+    sources = _timeline_sources(plan, raw, sales, dates, window_days, horizon_days)
+    # The timeline holds all the batches need: this generator lets go of the raw tables
+    # (the history query's DuckDB is closed with its buffers), so a caller that drops its
+    # own references gets that memory back while the timeline is built and written.
+    del raw, sales
+    timeline = Timeline(plan, sources, window_days=window_days, horizon_days=horizon_days)
+    con = duckdb.connect(":memory:")
+    try:
+        for batch in batches:
+            if not batch:
+                yield pl.DataFrame(schema=schema)
+                continue
+            values = timeline.values([_epoch_day(d) for d in batch])
+            yield _conform(evaluate_outputs(con, plan, values), schema)
+            del values
+    finally:
+        con.close()
+
+
+def _timeline_sources(
+    plan: FamilyPlan,
+    raw: Mapping[str, pl.DataFrame],
+    sales: pl.DataFrame | None,
+    dates: list[date],
+    window_days: int,
+    horizon_days: int,
+) -> list[pl.DataFrame | None]:
+    """What the family's timeline over all `dates` reads from the raw history."""
     frames = {t: raw[t] for t in plan.tables}
     frames["sale_items"] = (
         sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
@@ -177,10 +306,11 @@ def compute_features(
     lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:
-        result = run_plan(
-            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+        return list(
+            read_timeline_sources(
+                con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+            )
         )
-        return _conform(result, schema)
     finally:
         con.close()
 

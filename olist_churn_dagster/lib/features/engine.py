@@ -18,12 +18,13 @@ number of reference dates at a cost that grows with the data, not with dates x d
   only change on a day a row enters or leaves the window, so they are computed on those
   days only (rolling windows) and read like the sums.
 
-Both land in one per-seller `timeline` (a row per day on which anything changes), read at
-each reference date with one ASOF join against the active-seller spine. DuckDB builds the
-spine and the delta rows (one SQL text per family, over all dates) and evaluates the
-output expressions; polars does the group-by, running sums, rolling extremes and the ASOF
-join, which on this many columns is an order of magnitude faster than DuckDB's window
-operator.
+Both land in one per-seller `Timeline` (a row per day on which anything changes), built
+once per backfill and read at each reference date with one ASOF join against the
+active-seller spine, batch after batch. DuckDB builds the sale runs and the delta rows
+summed per seller and day (one SQL text per family, over all dates) and evaluates the
+output expressions; polars does the running sums, rolling extremes, the spine and the
+ASOF join, which on this many columns is an order of magnitude faster than DuckDB's
+window operator.
 """
 
 from __future__ import annotations
@@ -182,26 +183,25 @@ def _delta_rows(
     WHERE {block.where}
   ) WHERE s <= {hi} AND (e IS NULL OR (e >= s AND e >= {lo}))
 )""")
-        plus = ", ".join(block.measures)
-        minus = ", ".join(f"-{n} AS {n}" for n in block.measures)
-        before = ", ".join(f"sum({n}) AS {n}" for n in block.measures)
-        # No date before `lo` is read, so rows that started earlier collapse into one row
-        # per seller on day `lo`: a batch's cost then follows its own days, not the
-        # history before them (lifetime measures would otherwise carry all of it).
-        rows.append(f"SELECT sk, s AS day, {plus} FROM blk{i} WHERE s >= {lo}")
-        rows.append(f"SELECT sk, {lo} AS day, {before} FROM blk{i} WHERE s < {lo} GROUP BY sk")
-        rows.append(
-            f"SELECT sk, e + 1 AS day, {minus} FROM blk{i} WHERE e IS NOT NULL AND e + 1 <= {hi}"
-        )
+        signed = ", ".join(f"{n} * sign AS {n}" for n in block.measures)
+        # Each row is read once and emits two: +value on its first day and -value on the
+        # day after its last (when that is a reference day at all). No date before `lo` is
+        # read, so rows that started earlier land on day `lo`, where the sum per seller
+        # and day collapses them into one: the timeline starts at the backfill's first
+        # date, not at the start of the history (lifetime measures would carry all of it).
+        last = f"CASE WHEN e IS NOT NULL AND e + 1 <= {hi} THEN e + 1 END"
+        rows.append(f"""SELECT sk, day, {signed} FROM (
+  SELECT *, unnest([greatest(s, {lo}), {last}]) AS day, unnest([1.0, -1.0]) AS sign
+  FROM blk{i}
+) WHERE day IS NOT NULL""")
     # A sliding extreme can only change on a day a row enters (p + 1) or leaves
     # (p + window + 1) the window, so those days must be rows of the timeline.
     for block in plan.sliding:
-        for shift in (1, window_days + 1):
-            rows.append(
-                f"SELECT sk, {block.day} + {shift} AS day "
-                f"FROM {block.source} JOIN seller_keys USING (seller_id) "
-                f"WHERE {_in_reach(block, window_days, lo, hi)} AND {block.day} + {shift} <= {hi}"
-            )
+        rows.append(f"""SELECT sk, day FROM (
+  SELECT sk, unnest([{block.day} + 1, {block.day} + {window_days + 1}]) AS day
+  FROM {block.source} JOIN seller_keys USING (seller_id)
+  WHERE {_in_reach(block, window_days, lo, hi)}
+) WHERE day <= {hi}""")
     return ctes, rows
 
 
@@ -212,13 +212,24 @@ def _in_reach(block: Sliding, window_days: int, lo: int, hi: int) -> str:
 def _source_queries(
     plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int
 ) -> dict[str, str]:
-    """The family's SQL: the spine, the delta rows, and the per-day extremes rows."""
+    """The family's SQL: the sale runs, the per-day deltas and the per-day extremes rows.
+
+    The deltas are summed per seller and day in DuckDB (its hash aggregate spills to disk
+    under a memory limit), so polars receives one row per seller and day, not one per
+    source row and block.
+    """
     ctes, rows = _delta_rows(plan, window_days, lo, hi)
     with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days, lo, hi), plan.ctes, *ctes])
+    names = _measure_names(plan)
+    sums = ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in names)
     queries = {
-        "spine": f"{with_sql}\nSELECT * FROM spine JOIN seller_keys USING (seller_id) "
-        "ORDER BY D, sk",
-        "deltas": with_sql + "\n" + "\nUNION ALL BY NAME ".join(rows),
+        "runs": f"""{with_sql}
+SELECT sk, seller_id, d, nd, first_d FROM runs JOIN seller_keys USING (seller_id)
+WHERE d + 1 <= {hi} AND d + {horizon_days} >= {lo}
+ORDER BY d, sk""",
+        "deltas": f"{with_sql}\nSELECT sk, day, {sums} FROM (\n"
+        + "\nUNION ALL BY NAME ".join(rows)
+        + "\n) GROUP BY sk, day",
     }
     if plan.sliding:
         parts = []
@@ -233,15 +244,50 @@ def _source_queries(
     return queries
 
 
-def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.LazyFrame:
-    """Per seller, one row per day on which a measure changes, with its running total."""
-    return (
-        deltas.lazy()
-        .group_by("sk", "day")
-        .agg(pl.col(names).sum())
-        .sort("sk", "day")
-        .with_columns(pl.col(names).cum_sum().over("sk"))
+def read_timeline_sources(
+    con: duckdb.DuckDBPyConnection,
+    plan: FamilyPlan,
+    *,
+    window_days: int,
+    horizon_days: int,
+    lo: int,
+    hi: int,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """The sale runs, the deltas per seller and day and the extremes rows of `Timeline`,
+    for reference days in [lo, hi]: every read of the raw history a backfill makes."""
+    queries = _source_queries(
+        plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
     )
+    runs = read_sources(con, queries["runs"])
+    deltas = read_sources(con, queries["deltas"])
+    extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
+    return runs, deltas, extremes
+
+
+def read_sources(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
+    """Run one query over the family's source tables (every scan of the raw history goes
+    through here, so a test can count them)."""
+    return con.sql(sql).pl()
+
+
+def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """Per seller, one row per day on which a measure changes, with its running total.
+
+    `deltas` sorted by seller and day: a seller's running total is the running total over
+    all rows minus its value just before the seller's first row. In exact integers (the
+    measures are integers, far from overflow in Int64) that costs one pass per column with
+    no grouping, and the totals are read as DOUBLE afterwards, exactly. One column at a
+    time, so the working memory is a column's, not the table's.
+    """
+    first = pl.col("sk") != pl.col("sk").shift(1, fill_value=-1)
+    out = deltas.with_columns(_first=first)
+    del deltas
+    for n in names:
+        value = pl.col(n).cast(pl.Int64)
+        total = value.cum_sum()
+        before = pl.when("_first").then(total - value).forward_fill()
+        out = out.with_columns((total - before).cast(pl.Float64).alias(n))
+    return out.drop("_first")
 
 
 def _with_extremes(
@@ -271,52 +317,110 @@ def _with_extremes(
         .filter("is_q")
         .select("sk", "day", *names)
     )
-    return timeline.join(at_queries, on=["sk", "day"], how="left")
+    return timeline.join(at_queries, on=["sk", "day"], how="left", maintain_order="left")
 
 
-def run_plan(
-    con: duckdb.DuckDBPyConnection,
-    plan: FamilyPlan,
-    *,
-    window_days: int,
-    horizon_days: int,
-    lo: int,
-    hi: int,
-) -> pl.DataFrame:
-    """All dates of one family: sources in DuckDB, the timeline in polars, outputs in SQL.
+class Timeline:
+    """One family's per-seller timeline over a whole backfill, read one batch at a time.
 
-    `lo` and `hi` are the first and last reference day (epoch days) in the registered
-    `dates` table; rows that cannot touch a date in [lo, hi] are pruned early. The ASOF
-    join keeps the spine's order (date, then seller), so the output comes out sorted.
+    Built once from the source tables (the only scans of the raw history), it holds, per
+    seller, a row for every day on which a measure changes, with the running totals and
+    the window's extremes on that day. `values` then reads consecutive batches of
+    reference dates from it: the batch's active-seller spine, joined as of each date to
+    the rows up to that date. Only the rows of the batch's own days are touched, plus one
+    row per seller carried from the batches before, so a backfill's cost follows its data
+    and its output, whatever the number of batches.
     """
-    queries = _source_queries(
-        plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
-    )
-    names = _measure_names(plan)
-    spine = con.sql(queries["spine"]).pl()
-    timeline = _running_sums(con.sql(queries["deltas"]).pl(), names)
-    if plan.sliding:
-        extremes = con.sql(queries["extremes"]).pl()
-        timeline = _with_extremes(timeline, extremes, plan, window_days)
-    values = (
-        spine.lazy()
-        .join_asof(
-            timeline.sort("day"),
-            left_on="D",
-            right_on="day",
-            by="sk",
-            strategy="backward",
-            check_sortedness=False,
+
+    def __init__(
+        self,
+        plan: FamilyPlan,
+        sources: list[pl.DataFrame | None],
+        *,
+        window_days: int,
+        horizon_days: int,
+    ) -> None:
+        """From the list of `read_timeline_sources`' frames, which it empties: each frame
+        is freed as soon as it is used (the deltas are the largest)."""
+        self.names = _measure_names(plan)
+        self.horizon_days = horizon_days
+        self.runs, deltas, extremes = sources
+        sources.clear()
+        rows = _running_sums(deltas.sort("sk", "day"), self.names)
+        del deltas
+        if extremes is not None:
+            rows = _with_extremes(rows.lazy(), extremes, plan, window_days).collect()
+        self.rows = rows  # sorted by seller, then day
+        self._carry = self.rows.clear()  # last row per seller up to the previous batch
+        self._read_to: int | None = None  # last day read into the carry
+
+    def _spine(self, days: Sequence[int]) -> pl.DataFrame:
+        """Active sellers at each of `days`: a sale day d with next sale day nd makes the
+        seller active with last sale d for D in [d + 1, least(nd, d + horizon)]."""
+        lo, hi, h = min(days), max(days), self.horizon_days
+        d = self.runs.get_column("d")
+        first = d.search_sorted(lo - h, side="left")
+        last = d.search_sorted(hi - 1, side="right")
+        start = pl.max_horizontal(pl.col("d") + 1, pl.lit(lo))
+        end = pl.min_horizontal(pl.col("nd"), pl.col("d") + h, pl.lit(hi))
+        return (
+            self.runs.slice(first, last - first)
+            .select(
+                "sk", "seller_id", last_d="d", first_d="first_d", D=pl.int_ranges(start, end + 1)
+            )
+            .explode("D")
+            .filter(pl.col("D").is_in(list(days)))
+            .sort("D", "sk")
+            .select("D", "sk", "seller_id", "last_d", "first_d")
         )
-        .with_columns(pl.col(names).fill_null(0.0))
-        .collect()
-    )
-    con.register("f", values)
+
+    def values(self, days: Sequence[int]) -> pl.DataFrame:
+        """The measures of every active seller at each of `days` (epoch days in [lo, hi],
+        all after the days of the previous call), sorted by date and seller."""
+        hi = max(days)
+        if self._read_to is not None and min(days) <= self._read_to:
+            raise ValueError("batches of reference dates must come in increasing order")
+        day = pl.col("day")
+        new = self.rows.filter(
+            day <= hi if self._read_to is None else day.is_between(self._read_to + 1, hi)
+        )
+        known = pl.concat([self._carry, new])
+        self._carry = known.unique("sk", keep="last", maintain_order=True)
+        self._read_to = hi
+        return (
+            self._spine(days)
+            .lazy()
+            .join_asof(
+                known.lazy().sort("day"),
+                left_on="D",
+                right_on="day",
+                by="sk",
+                strategy="backward",
+                check_sortedness=False,
+            )
+            .with_columns(pl.col(self.names).fill_null(0.0))
+            .collect()
+        )
+
+
+def outputs_sql(plan: FamilyPlan) -> str:
+    """SQL over the measures frame `f`: the keys and the family's output columns."""
     outputs = ",\n  ".join(
         f"CAST({o.sql} AS {'BIGINT' if o.dtype is pl.Int64 else 'DOUBLE'}) AS {o.spec.name}"
         for o in plan.outputs
     )
-    return con.sql(f"SELECT {to_date('D')} AS reference_date, seller_id,\n  {outputs}\nFROM f").pl()
+    return f"SELECT {to_date('D')} AS reference_date, seller_id,\n  {outputs}\nFROM f"
+
+
+def evaluate_outputs(
+    con: duckdb.DuckDBPyConnection, plan: FamilyPlan, values: pl.DataFrame
+) -> pl.DataFrame:
+    """The family's output columns for a frame of measures (keeps its row order)."""
+    con.register("f", values)
+    try:
+        return con.sql(outputs_sql(plan)).pl()
+    finally:
+        con.unregister("f")
 
 
 def output_schema(outputs: Sequence[Output]) -> dict[str, pl.DataType]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,10 @@ RISK_BANDS: tuple[tuple[float, str], ...] = ((0.5, "high"), (0.25, "medium"), (0
 # low-risk seller its "what raises the risk most" has nothing to act on.
 REASONS_FROM_PROBABILITY = RISK_BANDS[1][0]
 READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
+# Scoring runs every core: predictions and TreeSHAP are independent per row, so the result
+# is the same to the bit with any number of threads, while a model trains on one thread
+# (see `ModelParams.nthread`), which the loaded booster would otherwise keep.
+SCORING_THREADS = os.cpu_count() or 1
 
 
 def _risk_band(probability: pl.Expr) -> pl.Expr:
@@ -65,6 +70,8 @@ def score_sellers(
             f"the model version {model_version} needs feature column(s) {missing[:5]} that "
             "the feature tables do not have; retrain the model on the current feature store"
         )
+    booster = booster.copy()
+    booster.set_param({"nthread": SCORING_THREADS})
     raw = predict(booster, features, feature_names)
     calibrated = raw if calibrator is None else calibrator.apply(raw)
     probability = pl.Series("churn_probability", calibrated, dtype=pl.Float64)

@@ -39,3 +39,11 @@ def test_names_the_dates_not_materialized():
 def test_an_empty_store_says_so():
     with pytest.raises(ValueError, match="feature store not materialized yet"):
         read_feature_tables(duckdb.connect(), [date(2018, 1, 1)])
+
+
+def test_dates_apart_leave_out_the_dates_between():
+    days = [date(2018, 1, d) for d in range(1, 6)]
+    conn = _store(days)
+    tables = read_feature_tables(conn, [days[3], days[0], days[3]])
+    assert tables["payments"].get_column("reference_date").sort().to_list() == [days[0], days[3]]
+    assert all(t.height == 0 for t in read_feature_tables(conn, []).values())

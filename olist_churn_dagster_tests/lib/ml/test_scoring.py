@@ -133,3 +133,15 @@ def test_export_scores_writes_one_csv_per_date(tmp_path):
     assert [p.name for p in paths] == ["2018-01-01.csv", "2018-02-01.csv"]
     assert pl.read_csv(paths[1]).get_column("seller_id").to_list() == ["a", "c"]
     assert not list(folder.glob("*.tmp"))
+
+
+def test_scores_are_the_same_on_one_thread_or_several(scored, monkeypatch):
+    """Scoring runs on every core; rows are independent, so nothing may change."""
+    booster, frame, scores = scored
+    config = booster.save_config()
+    monkeypatch.setattr("olist_churn_dagster.lib.ml.scoring.SCORING_THREADS", 1)
+    one = _score(booster, frame)
+    monkeypatch.setattr("olist_churn_dagster.lib.ml.scoring.SCORING_THREADS", 4)
+    assert _score(booster, frame).equals(one)
+    assert one.equals(scores)
+    assert booster.save_config() == config  # the caller's booster keeps its settings
