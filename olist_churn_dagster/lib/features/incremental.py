@@ -34,6 +34,7 @@ import polars as pl
 from olist_churn_dagster.lib.features import compute_features
 from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, day, spine_ctes
 from olist_churn_dagster.lib.features.families import PLANS
+from olist_churn_dagster.lib.ingest.delta import LoadPlan, TableChange, apply_load
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import FEATURE_SCHEMA, RAW_SCHEMA
 
@@ -283,6 +284,25 @@ def repair(
     kept = state.join(sellers, on="seller_id", how="anti")
     _write_state(conn, pl.concat([kept, fresh]).sort("seller_id"), cutoff)
     return sellers.height
+
+
+def apply_keeping_state(
+    conn: duckdb.DuckDBPyConnection, plan: LoadPlan, *, window_days: int, horizon_days: int
+) -> dict[str, TableChange]:
+    """Write a raw load's planned changes (`lib.ingest.delta`) and keep the state true to
+    them: the sellers of every order or item row changed before the state's cutoff are
+    recomputed (looked up before and after the write: an item can change seller); sale
+    tables replaced whole drop the state. Same transaction as the load."""
+    if plan.full:
+        changes = apply_load(conn, plan)
+        reset(conn)
+        return changes
+    touched = plan.touched_orders()
+    before = sellers_of_orders(conn, touched)
+    changes = apply_load(conn, plan)
+    after = sellers_of_orders(conn, touched)
+    repair(conn, pl.concat([before, after]), window_days=window_days, horizon_days=horizon_days)
+    return changes
 
 
 def window_tables(
