@@ -110,13 +110,11 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         kinds={"duckdb", "polars"},
         pool=WAREHOUSE_POOL,
     )
-    def _asset(
-        context: dg.AssetExecutionContext, warehouse: DuckDBResource
-    ) -> FrameBatches | pl.DataFrame:
+    def _asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> FrameBatches:
         settings = load_settings()
         dates = partition_dates(context)
         if len(dates) == 1:
-            return _one_date(context, family, dates[0], warehouse)
+            return FrameBatches([_one_date(context, family, dates[0], warehouse)])
         with warehouse.get_connection() as conn:
             raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family])
         batches = date_batches(
