@@ -10,7 +10,7 @@ partitions always line up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 
 import duckdb
@@ -150,7 +150,6 @@ def compute_features(
     window_days: int = 180,
     horizon_days: int = 45,
     sales: pl.DataFrame | None = None,
-    adjust: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """One feature family for every active seller at every date in `dates`.
 
@@ -159,8 +158,7 @@ def compute_features(
     orders and items, for a caller that computes several batches from the same raw
     tables (computed here when not given). The result has reference_date,
     seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
-    a zero denominator are null (never NaN or inf). `adjust` is passed to `engine.run_plan`
-    (the incremental path's hook; see `incremental`).
+    a zero denominator are null (never NaN or inf).
     """
     _check_family(family)
     if window_days < 1 or horizon_days < 1:
@@ -180,13 +178,7 @@ def compute_features(
     con = _connect(frames, dates)
     try:
         result = run_plan(
-            con,
-            plan,
-            window_days=window_days,
-            horizon_days=horizon_days,
-            lo=lo,
-            hi=hi,
-            adjust=adjust,
+            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
         )
         return _conform(result, schema)
     finally:

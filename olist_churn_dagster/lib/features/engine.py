@@ -28,7 +28,7 @@ operator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -282,15 +282,12 @@ def run_plan(
     horizon_days: int,
     lo: int,
     hi: int,
-    adjust: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """All dates of one family: sources in DuckDB, the timeline in polars, outputs in SQL.
 
     `lo` and `hi` are the first and last reference day (epoch days) in the registered
     `dates` table; rows that cannot touch a date in [lo, hi] are pruned early. The ASOF
     join keeps the spine's order (date, then seller), so the output comes out sorted.
-    `adjust` maps the measures (a row per date and seller) before the outputs are computed:
-    the incremental path adds what rows before its input's cutoff carry (`incremental`).
     """
     queries = _source_queries(
         plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
@@ -314,8 +311,6 @@ def run_plan(
         .with_columns(pl.col(names).fill_null(0.0))
         .collect()
     )
-    if adjust is not None:
-        values = adjust(values)
     con.register("f", values)
     outputs = ",\n  ".join(
         f"CAST({o.sql} AS {'BIGINT' if o.dtype is pl.Int64 else 'DOUBLE'}) AS {o.spec.name}"

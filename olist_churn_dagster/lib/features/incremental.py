@@ -26,13 +26,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
-from functools import partial
 
 import duckdb
 import polars as pl
 
-from olist_churn_dagster.lib.features import compute_features
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, day, spine_ctes
+from olist_churn_dagster.lib.features import feature_schema
+from olist_churn_dagster.lib.features.engine import (
+    Additive,
+    FamilyPlan,
+    day,
+    spine_ctes,
+    to_date,
+)
 from olist_churn_dagster.lib.features.families import PLANS
 from olist_churn_dagster.lib.ingest.delta import LoadPlan, TableChange, apply_load
 from olist_churn_dagster.lib.sales import sale_items
@@ -332,22 +337,100 @@ def window_tables(
     return {t: conn.execute(queries[t], params if "$1" in queries[t] else []).pl() for t in tables}
 
 
-def _carry(state: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
-    """The engine's measures plus what the rows before the cutoff carry (see `run_plan`)."""
-    measures = [
-        c for c in state.columns if c in values.columns and c not in ("seller_id", FIRST_DAY)
-    ]
-    carried = state.select(
-        "seller_id", *[pl.col(c).alias(f"{c}__carried") for c in state.columns[1:]]
+def point_sql(
+    plan: FamilyPlan, reference_day: int, *, window_days: int, horizon_days: int, carried: bool
+) -> str:
+    """SQL of one family's rows at one reference day D, from the same plan the engine runs
+    over many dates (`engine.run_plan`), evaluated at D directly: an additive measure is the
+    sum over the rows whose interval [start, end] holds D (the engine's running sum read
+    at D), an extreme the min or max over the rows of days [D - W, D - 1] (its rolling
+    window at D). With `carried`, the table `_state` adds the lifetime measures of the rows
+    before the input's cutoff and the earlier first sale day. Every measure is an integer
+    carried as DOUBLE, so the sums are exact in any order: the rows equal the engine's."""
+    d = reference_day
+    ctes = [spine_ctes(horizon_days, d, d), plan.ctes]
+    measures: dict[str, list[str]] = {}
+    for i, block in enumerate(plan.additive):
+        cols = ", ".join(f"CAST({e} AS DOUBLE) AS {n}" for n, e in block.measures.items())
+        sums = ", ".join(f"sum({n}) AS {n}" for n in block.measures)
+        ctes.append(f"""pt{i} AS (
+  SELECT seller_id, {sums} FROM (
+    SELECT seller_id, {block.start} AS s, {block.end or "NULL"} AS e, {cols}
+    FROM {block.source} WHERE {block.where}
+  ) WHERE s <= {d} AND (e IS NULL OR e >= {d}) GROUP BY seller_id
+)""")
+        for name in block.measures:
+            measures.setdefault(name, []).append(f"pt{i}.{name}")
+    extremes: list[str] = []
+    for i, block in enumerate(plan.sliding):
+        cols = ", ".join(f"{fn}({e}) AS {n}" for n, (fn, e) in block.aggregates.items())
+        ctes.append(f"""px{i} AS (
+  SELECT seller_id, {cols} FROM {block.source}
+  WHERE {block.day} BETWEEN {d - window_days} AND {d - 1} GROUP BY seller_id
+)""")
+        extremes += [f"px{i}.{n}" for n in block.aggregates]
+    joins = [f"LEFT JOIN pt{i} USING (seller_id)" for i in range(len(plan.additive))]
+    joins += [f"LEFT JOIN px{i} USING (seller_id)" for i in range(len(plan.sliding))]
+    first = "sp.first_d"
+    if carried:
+        joins.append("LEFT JOIN _state st USING (seller_id)")
+        first = "CASE WHEN st.first_d < sp.first_d THEN st.first_d ELSE sp.first_d END"
+    values = []
+    for name, parts in measures.items():
+        terms = [f"coalesce({p}, 0)" for p in parts]
+        if carried and name in _measure_names(window_days):
+            terms.append(f"coalesce(st.{name}, 0)")
+        values.append(f"CAST({' + '.join(terms)} AS DOUBLE) AS {name}")
+    outputs = ",\n  ".join(
+        f"CAST({o.sql} AS {'BIGINT' if o.dtype is pl.Int64 else 'DOUBLE'}) AS {o.spec.name}"
+        for o in plan.outputs
     )
-    joined = values.join(carried, on="seller_id", how="left", maintain_order="left")
-    first_dtype = values.schema[FIRST_DAY]
-    return joined.with_columns(
-        *[(pl.col(n) + pl.col(f"{n}__carried").fill_null(0.0)).alias(n) for n in measures],
-        pl.min_horizontal(FIRST_DAY, pl.col(f"{FIRST_DAY}__carried").cast(first_dtype)).alias(
-            FIRST_DAY
-        ),
-    ).select(values.columns)
+    with_sql = ",\n".join(ctes)
+    columns = ", ".join(values + extremes)
+    return f"""WITH {with_sql},
+f AS (
+  SELECT sp.D, sp.seller_id, sp.last_d, {first} AS first_d, {columns}
+  FROM spine sp {" ".join(joins)}
+)
+SELECT {to_date("D")} AS reference_date, seller_id,
+  {outputs}
+FROM f ORDER BY seller_id"""
+
+
+def features_from(
+    family: str,
+    raw: dict[str, pl.DataFrame],
+    reference_date: date,
+    state: pl.DataFrame | None,
+    *,
+    window_days: int,
+    horizon_days: int,
+) -> pl.DataFrame:
+    """One family's rows for one date from raw rows covering its reach (`window_tables`)
+    and, for a family that reads before it, the state at the rows' cutoff."""
+    plan = PLANS[family](window_days)
+    con = duckdb.connect(":memory:")
+    try:
+        for table in plan.tables:
+            con.register(table, raw[table])
+        con.register("sale_items", sale_items(raw["orders"], raw["order_items"]))
+        con.register("dates", pl.DataFrame({"D": [epoch_day(reference_date)]}))
+        if state is not None:
+            con.register("_state", state)
+        sql = point_sql(
+            plan,
+            epoch_day(reference_date),
+            window_days=window_days,
+            horizon_days=horizon_days,
+            carried=state is not None,
+        )
+        result = con.sql(sql).pl()
+    finally:
+        con.close()
+    schema = feature_schema(family)
+    out = result.select(pl.col(c).cast(t) for c, t in schema.items())
+    floats = [c for c, t in schema.items() if t == pl.Float64]
+    return out.with_columns(pl.col(floats).fill_nan(None))
 
 
 def features_at(
@@ -365,15 +448,9 @@ def features_at(
     end = epoch_day(reference_date)
     start = end - reach_days(window_days, horizon_days)
     raw = window_tables(conn, tables, start, end)
-    adjust = None
+    state = None
     if needs_state(family, window_days):
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
-        adjust = partial(_carry, state)
-    return compute_features(
-        family,
-        raw,
-        [reference_date],
-        window_days=window_days,
-        horizon_days=horizon_days,
-        adjust=adjust,
+    return features_from(
+        family, raw, reference_date, state, window_days=window_days, horizon_days=horizon_days
     )
