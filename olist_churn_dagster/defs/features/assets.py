@@ -81,7 +81,6 @@ def _one_date(
             conn,
             family,
             day,
-            FAMILY_SOURCES[family],
             window_days=settings.feature_window_days,
             horizon_days=settings.churn_horizon_days,
         )

@@ -40,6 +40,7 @@ from olist_churn_dagster.lib.features.engine import (
 )
 from olist_churn_dagster.lib.features.families import PLANS
 from olist_churn_dagster.lib.ingest.delta import LoadPlan, TableChange, apply_load
+from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import FEATURE_SCHEMA, RAW_SCHEMA
 
@@ -310,17 +311,16 @@ def apply_keeping_state(
     return changes
 
 
-def window_tables(
-    conn: duckdb.DuckDBPyConnection, tables: Iterable[str], start: int, end: int
-) -> dict[str, pl.DataFrame]:
-    """The raw rows the features of a date read: orders purchased in [start, end) (epoch
-    days), the rows hanging off them, their customers and products, and all sellers."""
+def _window_queries(start: int, end: int) -> dict[str, str]:
+    """SQL of the raw rows the features of a date read: orders purchased in [start, end)
+    (epoch days), the rows hanging off them, their customers and products, all sellers."""
+    first, stop = _midnight(start), _midnight(end)
     window = (
-        f"SELECT * FROM {RAW_SCHEMA}.orders "
-        "WHERE order_purchase_timestamp >= $1 AND order_purchase_timestamp < $2"
+        f"SELECT * FROM {RAW_SCHEMA}.orders WHERE order_purchase_timestamp "
+        f">= TIMESTAMP '{first}' AND order_purchase_timestamp < TIMESTAMP '{stop}'"
     )
     items = f"SELECT * FROM {RAW_SCHEMA}.order_items SEMI JOIN ({window}) USING (order_id)"
-    queries = {
+    return {
         "orders": window,
         "order_items": items,
         "order_payments": f"SELECT * FROM {RAW_SCHEMA}.order_payments "
@@ -333,8 +333,23 @@ def window_tables(
         f"SEMI JOIN (SELECT product_id FROM ({items})) USING (product_id)",
         "sellers": f"SELECT * FROM {RAW_SCHEMA}.sellers",
     }
-    params = [_midnight(start), _midnight(end)]
-    return {t: conn.execute(queries[t], params if "$1" in queries[t] else []).pl() for t in tables}
+
+
+def window_tables(
+    conn: duckdb.DuckDBPyConnection, tables: Iterable[str], start: int, end: int
+) -> dict[str, pl.DataFrame]:
+    """The raw rows the features of a date read (see `_window_queries`), as frames."""
+    queries = _window_queries(start, end)
+    return {t: conn.execute(queries[t]).pl() for t in tables}
+
+
+# `lib.sales.sale_items` in SQL, for the views over the warehouse (a test holds them equal).
+SALE_ITEMS_SQL = f"""SELECT i.*, o.order_purchase_timestamp,
+       CAST(o.order_purchase_timestamp AS DATE) AS sale_date
+FROM order_items i JOIN (
+  SELECT order_id, order_purchase_timestamp FROM orders
+  WHERE order_status NOT IN ({", ".join(f"'{s}'" for s in NON_SALE_STATUSES)})
+) o USING (order_id)"""
 
 
 def point_sql(
@@ -397,6 +412,14 @@ SELECT {to_date("D")} AS reference_date, seller_id,
 FROM f ORDER BY seller_id"""
 
 
+def _conform(family: str, result: pl.DataFrame) -> pl.DataFrame:
+    """The family's fixed schema and dtypes, NaN as null (as `compute_features` returns)."""
+    schema = feature_schema(family)
+    out = result.select(pl.col(c).cast(t) for c, t in schema.items())
+    floats = [c for c, t in schema.items() if t == pl.Float64]
+    return out.with_columns(pl.col(floats).fill_nan(None))
+
+
 def features_from(
     family: str,
     raw: dict[str, pl.DataFrame],
@@ -406,7 +429,7 @@ def features_from(
     window_days: int,
     horizon_days: int,
 ) -> pl.DataFrame:
-    """One family's rows for one date from raw rows covering its reach (`window_tables`)
+    """One family's rows for one date from raw frames covering its reach (`window_tables`)
     and, for a family that reads before it, the state at the rows' cutoff."""
     plan = PLANS[family](window_days)
     con = duckdb.connect(":memory:")
@@ -414,43 +437,65 @@ def features_from(
         for table in plan.tables:
             con.register(table, raw[table])
         con.register("sale_items", sale_items(raw["orders"], raw["order_items"]))
-        con.register("dates", pl.DataFrame({"D": [epoch_day(reference_date)]}))
-        if state is not None:
-            con.register("_state", state)
+        return _point(con, family, plan, reference_date, state, window_days, horizon_days)
+    finally:
+        con.close()
+
+
+def _point(
+    con: duckdb.DuckDBPyConnection,
+    family: str,
+    plan: FamilyPlan,
+    reference_date: date,
+    state: pl.DataFrame | None,
+    window_days: int,
+    horizon_days: int,
+) -> pl.DataFrame:
+    """Run `point_sql` where the plan's tables and `sale_items` are already visible."""
+    day_number = epoch_day(reference_date)
+    con.register("dates", pl.DataFrame({"D": [day_number]}))
+    if state is not None:
+        con.register("_state", state)
+    try:
         sql = point_sql(
             plan,
-            epoch_day(reference_date),
+            day_number,
             window_days=window_days,
             horizon_days=horizon_days,
             carried=state is not None,
         )
-        result = con.sql(sql).pl()
+        return _conform(family, con.execute(sql).pl())
     finally:
-        con.close()
-    schema = feature_schema(family)
-    out = result.select(pl.col(c).cast(t) for c, t in schema.items())
-    floats = [c for c, t in schema.items() if t == pl.Float64]
-    return out.with_columns(pl.col(floats).fill_nan(None))
+        con.unregister("dates")
+        if state is not None:
+            con.unregister("_state")
 
 
 def features_at(
     conn: duckdb.DuckDBPyConnection,
     family: str,
     reference_date: date,
-    tables: Iterable[str],
     *,
     window_days: int,
     horizon_days: int,
 ) -> pl.DataFrame:
-    """One family's rows for one date, from the window's raw rows and (for a family that
-    reads before its window) the state, moved to this date's cutoff. Run it in a
-    transaction: the state it moves is written there."""
+    """One family's rows for one date, computed inside the warehouse over views of the
+    rows of its reach (nothing else is read), plus, for a family that reads before it, the
+    state moved to this date's cutoff. Run it in a transaction: the state it moves is
+    written there."""
+    plan = PLANS[family](window_days)
     end = epoch_day(reference_date)
     start = end - reach_days(window_days, horizon_days)
-    raw = window_tables(conn, tables, start, end)
     state = None
     if needs_state(family, window_days):
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
-    return features_from(
-        family, raw, reference_date, state, window_days=window_days, horizon_days=horizon_days
-    )
+    views = _window_queries(start, end)
+    names = [*plan.tables, "sale_items"]
+    try:
+        for table in plan.tables:
+            conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {views[table]}")
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW sale_items AS {SALE_ITEMS_SQL}")
+        return _point(conn, family, plan, reference_date, state, window_days, horizon_days)
+    finally:
+        for name in names:
+            conn.execute(f"DROP VIEW IF EXISTS temp.main.{name}")
