@@ -6,7 +6,8 @@
 `setup` prepares `ROOT/template`: the generated data (or `--raw`, linked and only read),
 the raw tables, the feature partitions of the ABT's monthly cohorts, the ABT, backtest and
 champion model: what a daily run needs, without the whole feature backfill that
-`bench/pipeline.py` times too. `measure` copies the template and runs the stage of
+`bench/pipeline.py` times too (or, with `--model-from`, another setup's champion instead
+of training one here). `measure` copies the template and runs the stage of
 `bench/pipeline.py` (`daily_snapshot_to_scores`): yesterday's snapshot untimed, today's
 timed, in process. Put another checkout first on PYTHONPATH to time its code on the same
 data, back to back. Prints one line: seconds, scores written, peak RSS, load average.
@@ -25,7 +26,7 @@ from pathlib import Path
 from pipeline import PeakMemory, daily_snapshot_to_scores
 
 
-def setup(root: Path, scale: float, raw: Path | None) -> None:
+def setup(root: Path, scale: float, raw: Path | None, model_from: Path | None) -> None:
     template = root / "template"
     shutil.rmtree(template, ignore_errors=True)
     template.mkdir(parents=True)
@@ -55,9 +56,12 @@ def setup(root: Path, scale: float, raw: Path | None) -> None:
 
     run("load_raw_tables")
     keys = registered_dates(instance)
-    for cohort in mature_cohorts(keys, purchase_date_range(template / "raw")[1]):
-        run("build_feature_store", partition_key=cohort.isoformat())
-    run("train_churn_model")
+    if model_from:  # the MLflow store of another template: its champion scores this data
+        shutil.copytree(model_from / "template" / "mlflow", template / "mlflow")
+    else:
+        for cohort in mature_cohorts(keys, purchase_date_range(template / "raw")[1]):
+            run("build_feature_store", partition_key=cohort.isoformat())
+        run("train_churn_model")
     (template / "bench.json").write_text(json.dumps({"day": keys[-1], "scale": scale}))
 
 
@@ -97,9 +101,14 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--raw", type=Path, help="use these files instead of generating")
     parser.add_argument("--label", default="this-checkout")
+    parser.add_argument(
+        "--model-from",
+        type=Path,
+        help="root of another setup whose champion model to use (no training here)",
+    )
     args = parser.parse_args()
     if args.step == "setup":
-        setup(args.root, args.scale, args.raw)
+        setup(args.root, args.scale, args.raw, args.model_from)
     else:
         measure(args.root, args.label)
 
