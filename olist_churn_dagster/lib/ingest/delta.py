@@ -260,15 +260,19 @@ def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> L
     """Read and check `source` and compare it with the warehouse's raw tables, table by
     table (`full`: every table loaded whole). Raises `InputDataError` for bad input."""
     texts = read_text_tables(source)
+    present: dict[str, pl.DataFrame] = {}
     plans: dict[str, _TablePlan] = {}
     for name, spec in TABLES.items():
-        text = texts.pop(name, None)
-        if text is None:  # an optional file that is absent: an empty table
-            text = pl.DataFrame(
-                schema={**{c: pl.String for c in spec.columns}, ROW: pl.Int64, LINE: pl.Int64}
-            )
+        # tables come in TABLES order; an optional file that is absent is an empty table
+        while name not in present and (item := next(texts, None)) is not None:
+            present[item[0]] = item[1]
+        text = present.pop(name, None)
+        if text is None:
+            columns = {c: pl.String for c in spec.columns}
+            text = pl.DataFrame(schema={**columns, ROW: pl.Int64, LINE: pl.Int64})
         delta = not full and spec.primary_key and _store_matches(conn, spec)
         plans[name] = (_plan_delta if delta else _plan_full)(conn, spec, text)
+        del text
     # Links between two tables loaded whole are checked on the frames, as `load_dataset`
     # does; the others once the changes are written (`apply_load`).
     check_references({n: p.typed for n, p in plans.items() if p.mode == "full"})

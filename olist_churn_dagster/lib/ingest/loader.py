@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -634,12 +634,14 @@ def load_dataset(
     return {name: df.drop(_ROW, _LINE) for name, df in frames.items()}
 
 
-def read_text_tables(source: Path) -> dict[str, pl.DataFrame]:
+def read_text_tables(source: Path) -> Iterator[tuple[str, pl.DataFrame]]:
     """Every table of the source (as `load_dataset` picks them) as text rows with `ROW` and
-    `LINE`, whole-file checks done: the first half of `load_dataset`, for a caller that
-    types only the rows it has not seen before (`type_rows`)."""
+    `LINE`, whole-file checks done, one table at a time (the caller keeps what it needs):
+    the first half of `load_dataset`, for a caller that types only the rows it has not
+    seen before (`type_rows`). Every file is checked to be there before the first is read."""
     src = _Source.open(source)
-    return {spec.name: _read_text(src, spec) for spec in _table_specs(src, None)}
+    for spec in _table_specs(src, None):
+        yield spec.name, _read_text(src, spec)
 
 
 def check_references(frames: dict[str, pl.DataFrame]) -> None:
