@@ -1,5 +1,5 @@
 """One reference date's features from its window's rows and a per-seller state kept in the
-warehouse, instead of from all history.
+warehouse, instead of from all history: the daily run's path.
 
 A feature of date D reads only the orders purchased in the `reach` days before D (reach =
 the larger of the feature window and the activity horizon), except the lifetime ones
@@ -7,10 +7,15 @@ the larger of the feature window and the activity horizon), except the lifetime 
 share). Those are sums over sale rows and a minimum, so the rows purchased before the
 cutoff c = D - reach collapse into one row per seller: `features._seller_lifetime` holds
 each seller's first sale day and lifetime measures over the sales purchased before c
-(c itself is in `features._seller_lifetime_cutoff`). The features of D are the engine's own
-computation over the window's rows, with the state added to the lifetime measures (and
-the earlier first sale day taken) before the outputs are evaluated: the same SQL and the
-same integer sums, so the rows equal a full computation cell for cell.
+(c itself is in `features._seller_lifetime_cutoff`).
+
+The rows of D come from the families' own plans, evaluated at D alone (`point_sql`): an
+additive measure is the sum over the rows whose interval holds D, an extreme the min or
+max over the window, the state's measures are added and its first sale day taken when
+earlier. That is what the engine's timeline reads at D; the measures are integers, so
+the sums are exact whatever their order and the rows equal a full computation cell for
+cell (the tests compare them on several dates and after corrections). It runs inside the
+warehouse over views of the window's rows, so nothing else is read.
 
 Keeping the state right:
 - a later date moves the cutoff forward by adding the sales purchased in between; an
