@@ -142,6 +142,14 @@ def test_a_delta_refuses_bad_input_and_writes_nothing(
     assert f"on rows 1, {sellers.height + 1};" in message
     assert_same_rows(stored(conn), before)
 
+    # An unchanged row written twice, word for word: both copies match the stored row.
+    cut = cut_as_of(tables, day)
+    cut["sellers"] = pl.concat([sellers, sellers.slice(2, 1)])
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    with pytest.raises(InputDataError, match=f"on rows 3, {sellers.height + 1};"):
+        load(conn, snapshot)
+    assert_same_rows(stored(conn), before)
+
 
 def test_a_changed_schema_or_full_reload_loads_whole(
     loaded, tables: Tables, tmp_path: Path
