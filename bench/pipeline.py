@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import psutil
@@ -136,7 +136,6 @@ def _run_stages(root: Path, scale: float, stage: Callable[[str, str, Callable[[]
     from olist_churn_dagster.defs.ml.assets import ABT_KEY, BACKTEST_KEY, MODEL_KEY
     from olist_churn_dagster.defs.partitions import registered_dates
     from olist_churn_dagster.defs.tags import range_tags
-    from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
     from olist_churn_dagster.lib.tables import ABT_TABLE, SCORES_TABLE, feature_table
 
     defs = load_definitions()
@@ -186,27 +185,56 @@ def _run_stages(root: Path, scale: float, stage: Callable[[str, str, Callable[[]
 
     from olist_churn_dagster.lib.ingest.loader import load_dataset
 
-    day = date.fromisoformat(keys[-1])
-    as_of_tables = cut_as_of(load_dataset(data / "raw"), day)
+    day = date.fromisoformat(keys[-1])  # yesterday's snapshot is landed untimed first
+    daily = daily_snapshot_to_scores(defs, data, load_dataset(data / "raw"), day)
+    stage("snapshot", "snapshot to scores", daily)
 
-    def snapshot_to_scores() -> int:
-        """From writing the snapshot (marker last) to its scores committed: the sensor's
-        evaluation and its run, in process (a running daemon adds its tick interval)."""
-        write_snapshot(as_of_tables, data / "snapshots", day)
-        sensor = defs.resolve_sensor_def("snapshot_sensor")
-        with dg.instance_for_test() as sensor_instance:
-            (request,) = sensor(dg.build_sensor_context(instance=sensor_instance)).run_requests
-        run(
-            sensor.job_name,
+
+def daily_snapshot_to_scores(defs, data: Path, tables: dict, day: date) -> Callable[[], int]:
+    """The daily loop's stage: from writing the snapshot of `day` (marker last) to its
+    scores committed, through the sensor's evaluation and its run, in process (a running
+    daemon adds its tick interval). Untimed before it, the snapshot of the day before goes
+    the same way on the same instance, so the timed run starts from yesterday's raw
+    tables and per-seller state and applies one day of changes, as the feed's run does."""
+    import dagster as dg
+
+    from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+    from olist_churn_dagster.lib.tables import SCORES_TABLE
+
+    sensor = defs.resolve_sensor_def("snapshot_sensor")
+    job = defs.resolve_job_def(sensor.job_name)
+    instance = dg.DagsterInstance.ephemeral()
+    cuts = {as_of: cut_as_of(tables, as_of) for as_of in (day - timedelta(days=1), day)}
+    cursor: list[str | None] = [None]
+
+    def land(as_of: date) -> None:
+        write_snapshot(cuts[as_of], data / "snapshots", as_of)
+        evaluation = sensor(dg.build_sensor_context(instance=instance, cursor=cursor[0]))
+        (request,) = evaluation.run_requests
+        for partitions in evaluation.dynamic_partitions_requests:  # as the daemon does
+            instance.add_dynamic_partitions(
+                partitions.partitions_def_name, list(partitions.partition_keys)
+            )
+        result = job.execute_in_process(
+            instance=instance,
             partition_key=request.partition_key,
             run_config=request.run_config,
             tags=request.tags,
         )
+        assert result.success, as_of
+        cursor[0] = evaluation.cursor
+
+    land(day - timedelta(days=1))
+
+    def work() -> int:
+        land(day)
         return _count(
-            warehouse, f"SELECT count(*) FROM {SCORES_TABLE} WHERE reference_date = ?", [day]
+            data / "warehouse.duckdb",
+            f"SELECT count(*) FROM {SCORES_TABLE} WHERE reference_date = ?",
+            [day],
         )
 
-    stage("snapshot", "snapshot to scores", snapshot_to_scores)
+    return work
 
 
 def _print(scale: float, rows: list[dict], base: dict[str, float]) -> None:

@@ -38,6 +38,10 @@ SLOW = {
     "defs/test_ml_assets.py::test_champion_gate_compares_mean_backtest_auc",
     "defs/test_feature_assets.py::test_batched_backfill_writes_the_same_rows",
     "defs/test_run_latency.py::test_the_code_location_loads_without_the_ml_libraries",
+    "defs/test_snapshot_sensor.py::"
+    "test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computation",
+    "lib/features/test_incremental.py::"
+    "test_daily_snapshots_with_corrections_equal_a_full_recomputation",
 }
 
 

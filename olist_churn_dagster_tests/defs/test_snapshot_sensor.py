@@ -5,6 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import polars as pl
 import pytest
 
@@ -127,3 +128,81 @@ def test_a_failed_snapshot_run_is_named_until_a_rerun_succeeds(
         assert run(path).success  # the re-execution, with the snapshot back in place
         tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
         assert "failed" not in tick.skip_reason.skip_message
+
+
+def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computation(
+    definitions, snapshots, full_tables, data_dir, tmp_path
+):
+    """Three snapshots through the sensor and its run's raw and feature assets (on a
+    warehouse of their own, so the job's scores are left out): the first loads whole, the
+    next as changes, the last with corrections of old rows; each date's features, computed
+    from the window and the per-seller state, equal those computed from the whole
+    snapshot."""
+    from polars.testing import assert_frame_equal
+
+    from olist_churn_dagster.defs.features.assets import feature_assets
+    from olist_churn_dagster.defs.raw.assets import raw_tables
+    from olist_churn_dagster.defs.warehouse import warehouse_resources
+    from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
+    from olist_churn_dagster.lib.settings import load_settings
+    from olist_churn_dagster.lib.tables import feature_table
+    from olist_churn_dagster_tests.lib.features.test_incremental import (
+        cancel_and_reprice,
+        move_and_delete,
+    )
+
+    settings = load_settings()
+    path = tmp_path / "warehouse.duckdb"
+    sensor = definitions.resolve_sensor_def("snapshot_sensor")
+    # The run's raw and feature assets as defined (the job's own binds the session's
+    # warehouse), with the sensor's run request.
+    assets = [raw_tables, *feature_assets]
+    last = _last_day(data_dir)
+    source, cursor = dict(full_tables), None
+    steps = [(last - timedelta(days=3), None), (last - timedelta(days=2), None), (last, "fix")]
+    with dg.instance_for_test() as instance:
+        for day, fix in steps:
+            if fix:
+                old = day - timedelta(days=settings.feature_window_days + 30)
+                source = move_and_delete(cancel_and_reprice(source, old), old)
+            write_snapshot(cut_as_of(source, day), snapshots, day)
+            evaluation = sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+            (request,) = evaluation.run_requests
+            instance.add_dynamic_partitions("reference_date", [request.partition_key])
+            result = dg.materialize(
+                assets,
+                instance=instance,
+                partition_key=request.partition_key,
+                run_config=request.run_config,
+                tags=request.tags,
+                resources=warehouse_resources(path),
+            )
+            assert result.success
+            cursor = evaluation.cursor
+            orders = next(
+                m
+                for m in result.asset_materializations_for_node("raw_tables")
+                if m.asset_key.path[-1] == "orders"
+            ).metadata
+            whole = load_dataset(snapshots / day.isoformat())
+            with duckdb.connect(str(path), read_only=True) as conn:
+                for family in FEATURE_FAMILIES:
+                    stored = conn.execute(
+                        f"SELECT * FROM {feature_table(family)} WHERE reference_date = ?", [day]
+                    ).pl()
+                    expected = compute_features(
+                        family,
+                        whole,
+                        [day],
+                        window_days=settings.feature_window_days,
+                        horizon_days=settings.churn_horizon_days,
+                    )
+                    assert stored.height > 0
+                    assert_frame_equal(stored.select(expected.columns), expected, check_exact=True)
+            mode = orders["load_mode"].value
+            if day == steps[0][0]:
+                assert mode == "full"
+            else:
+                assert mode == "delta" and orders["rows_inserted"].value > 0
+            if fix:
+                assert orders["rows_updated"].value >= 1 and orders["rows_deleted"].value == 1

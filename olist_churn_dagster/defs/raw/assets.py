@@ -4,19 +4,19 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
+import duckdb
 from pydantic import Field
 
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
-from olist_churn_dagster.lib.ingest.loader import load_dataset
+from olist_churn_dagster.lib.features import incremental
+from olist_churn_dagster.lib.ingest.delta import TableChange, plan_load
 from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.settings import Settings, load_settings
 from olist_churn_dagster.lib.tables import RAW_SCHEMA
-from olist_churn_dagster.lib.warehouse import write_frame
 
 RAW_GROUP = "raw"
 
@@ -29,30 +29,52 @@ class RawSourceConfig(dg.Config):
             "Empty: $OLIST_CHURN_DATA_DIR/raw."
         ),
     )
+    full_reload: bool = Field(
+        default=False,
+        description=(
+            "Replace every raw table from the source. Otherwise a source given here (a "
+            "snapshot) is loaded as the rows that changed since the last load; the export "
+            "in $OLIST_CHURN_DATA_DIR/raw is always loaded whole."
+        ),
+    )
 
 
 def raw_asset_key(table: str) -> dg.AssetKey:
     return dg.AssetKey([RAW_SCHEMA, table])
 
 
-def _table_metadata(frame: pl.DataFrame, spec: TableSpec) -> dict[str, dg.MetadataValue]:
+def _table_metadata(
+    conn: duckdb.DuckDBPyConnection, spec: TableSpec, change: TableChange
+) -> dict[str, dg.MetadataValue]:
+    """What the UI shows for a raw table, read back from the table as committed."""
+    table = f'{RAW_SCHEMA}."{spec.name}"'
+    rows = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     metadata: dict[str, dg.MetadataValue] = {
         "source_file": dg.MetadataValue.text(spec.file_name),
-        "preview": dg.MetadataValue.md(frame_to_markdown(frame)),
-        "dagster/row_count": dg.MetadataValue.int(frame.height),
+        "preview": dg.MetadataValue.md(
+            frame_to_markdown(conn.execute(f"SELECT * FROM {table} LIMIT 10").pl())
+        ),
+        "dagster/row_count": dg.MetadataValue.int(rows),
         "dagster/table_name": dg.MetadataValue.text(f"{RAW_SCHEMA}.{spec.name}"),
         "dagster/column_schema": dg.MetadataValue.table_schema(
             dg.TableSchema(
-                columns=[dg.TableColumn(name=n, type=str(t)) for n, t in frame.schema.items()]
+                columns=[dg.TableColumn(name=n, type=str(t)) for n, t in spec.schema.items()]
             )
         ),
+        "load_mode": dg.MetadataValue.text(change.mode),
+        "rows_inserted": dg.MetadataValue.int(change.inserted),
+        "rows_updated": dg.MetadataValue.int(change.updated),
+        "rows_deleted": dg.MetadataValue.int(change.deleted),
     }
     timestamps = spec.timestamp_columns
-    if timestamps and frame.height:
-        first = frame.select(pl.min_horizontal(pl.col(timestamps).min())).item()
-        last = frame.select(pl.max_horizontal(pl.col(timestamps).max())).item()
-        metadata["first_timestamp"] = dg.MetadataValue.text(str(first))
-        metadata["last_timestamp"] = dg.MetadataValue.text(str(last))
+    if timestamps and rows:
+        bounds = ", ".join(f'min("{c}"), max("{c}")' for c in timestamps)
+        values = conn.execute(f"SELECT {bounds} FROM {table}").fetchone()
+        firsts = [v for v in values[0::2] if v is not None]
+        lasts = [v for v in values[1::2] if v is not None]
+        if firsts:
+            metadata["first_timestamp"] = dg.MetadataValue.text(str(min(firsts)))
+            metadata["last_timestamp"] = dg.MetadataValue.text(str(max(lasts)))
     return metadata
 
 
@@ -65,17 +87,20 @@ def loaded_as_of(instance: dg.DagsterInstance) -> date | None:
 
 
 def _source_dates(
-    orders: pl.DataFrame, source: Path, settings: Settings, *, is_raw_dir: bool
+    conn: duckdb.DuckDBPyConnection, source: Path, settings: Settings, *, is_raw_dir: bool
 ) -> list[date]:
     """The reference dates this source can serve, up to its as-of date: the setting (for
     the export in raw/ only), else its `_SUCCESS` manifest, else the last purchase + 1."""
-    stamps = orders.get_column("order_purchase_timestamp")
+    first, last = conn.execute(
+        f"SELECT min(order_purchase_timestamp), max(order_purchase_timestamp) "
+        f"FROM {RAW_SCHEMA}.orders"
+    ).fetchone()
     declared = (settings.raw_as_of if is_raw_dir else None) or (
         declared_as_of(source) if source.is_dir() else None
     )
-    as_of = resolve_as_of(stamps.max().date(), declared)
+    as_of = resolve_as_of(last.date(), declared)
     return reference_dates(
-        stamps.min().date(),
+        first.date(),
         as_of,
         window_days=settings.feature_window_days,
         start=settings.partition_start,
@@ -98,38 +123,46 @@ def _source_dates(
 def raw_tables(
     context: dg.AssetExecutionContext, config: RawSourceConfig, warehouse: WarehouseResource
 ):
-    """Load and validate every source file before writing any table, then replace all the
-    raw tables in one transaction: bad input is refused whole, and a run stopped halfway
-    (killed, out of memory) leaves every table as it was, never some tables new and some
-    old. Once they are committed, the source's reference dates get their partitions."""
+    """Read and check the source, then bring every raw table to it in one transaction: bad
+    input is refused whole, and a run stopped halfway (killed, out of memory) leaves every
+    table as it was, never some tables new and some old. A snapshot (a `source` in the
+    config) is applied as the rows that changed since the last load (`lib.ingest.delta`),
+    with the same checks; the export in raw/, a first load or `full_reload` replace the
+    tables. Once committed, the source's reference dates get their partitions."""
     settings = load_settings()
     source = Path(config.source) if config.source else settings.raw_dir
-    context.log.info(f"loading source tables from {source}")
-    tables = load_dataset(source)
-    dates = _source_dates(tables["orders"], source, settings, is_raw_dir=not config.source)
+    full = config.full_reload or not config.source
+    context.log.info(f"loading source tables from {source} ({'whole' if full else 'changes'})")
     loaded = loaded_as_of(context.instance)
-    if config.source and loaded and loaded > dates[-1]:
-        raise dg.Failure(
-            f"the raw tables hold data as of {loaded}, newer than this source ({dates[-1]}): "
-            "loading it would roll them back. The features and scores of "
-            f"{dates[-1]} need no reload (only data before a date is used): run the "
-            "score_sellers job for that partition instead.",
-            allow_retries=False,
-        )
-    frames = {
-        # an optional file that is absent: an empty table, same schema
-        name: tables[name] if tables.get(name) is not None else pl.DataFrame(schema=spec.schema)
-        for name, spec in TABLES.items()
-    }
     with warehouse.transaction() as conn:
-        for name, frame in frames.items():
-            write_frame(conn, RAW_SCHEMA, name, frame)
+        plan = plan_load(conn, source, full=full)
+        changes = incremental.apply_keeping_state(
+            conn,
+            plan,
+            window_days=settings.feature_window_days,
+            horizon_days=settings.churn_horizon_days,
+        )
+        dates = _source_dates(conn, source, settings, is_raw_dir=not config.source)
+        if config.source and loaded and loaded > dates[-1]:
+            raise dg.Failure(  # raised inside the transaction: nothing is written
+                f"the raw tables hold data as of {loaded}, newer than this source "
+                f"({dates[-1]}): loading it would roll them back. The features and scores "
+                f"of {dates[-1]} need no reload (only data before a date is used): run the "
+                "score_sellers job for that partition instead.",
+                allow_retries=False,
+            )
+        metadata = {name: _table_metadata(conn, TABLES[name], changes[name]) for name in TABLES}
+    for name, change in changes.items():
+        context.log.info(
+            f"raw.{name}: {change.mode}, {change.inserted} inserted, {change.updated} updated, "
+            f"{change.deleted} deleted"
+        )
     new = register_reference_dates(context.instance, dates)
     context.log.info(f"reference dates {dates[0]} .. {dates[-1]}: {len(new)} new partition(s)")
     served = {
         "as_of_date": dg.MetadataValue.text(dates[-1].isoformat()),
         "reference_dates": dg.MetadataValue.text(f"{dates[0]} .. {dates[-1]} ({len(dates)})"),
     }
-    for name, frame in frames.items():
-        metadata = _table_metadata(frame, TABLES[name]) | (served if name == "orders" else {})
-        yield dg.MaterializeResult(asset_key=raw_asset_key(name), metadata=metadata)
+    for name in TABLES:
+        extra = served if name == "orders" else {}
+        yield dg.MaterializeResult(asset_key=raw_asset_key(name), metadata=metadata[name] | extra)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -59,6 +59,7 @@ NON_NEGATIVE: dict[str, tuple[str, ...]] = {
 }
 _ROW = "__row"  # 1-based data row (header and blank lines excluded)
 _LINE = "__line"  # physical line in the file where the row starts
+ROW, LINE = _ROW, _LINE  # the same, for callers of `read_text_tables` and `type_rows`
 _QUOTE, _COMMA, _NEWLINE, _CR = 34, 44, 10, 13
 _DUPLICATE_HEADER = re.compile(r"^(.*)_duplicated_\d+$")
 _POLARS_BAD_FIELD = re.compile(r"could not parse `(.{1,200}?)` as dtype", re.DOTALL)
@@ -544,8 +545,9 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- public API
 
 
-def _read_checked(source: _Source, spec: TableSpec) -> pl.DataFrame:
-    """One table, typed and checked, still carrying its row and line numbers."""
+def _read_text(source: _Source, spec: TableSpec) -> pl.DataFrame:
+    """One table's rows as text, after the whole-file checks (encoding, header, quoting,
+    field counts), with their row and line numbers (`ROW`, `LINE`)."""
     data = source.read(spec.file_name)
     if not data:
         raise InputDataError(
@@ -557,10 +559,30 @@ def _read_checked(source: _Source, spec: TableSpec) -> pl.DataFrame:
     raw = _read_strings(data, spec, columns)
     if raw.is_empty() and spec.required:
         raise InputDataError("the file has a header but no data rows", file=spec.file_name)
-    typed = _cast_table(raw, spec)
+    return raw
+
+
+def type_rows(text: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Rows read as text (`read_text_tables`) typed per the schema and checked row by row
+    (types, keys, values), still carrying `ROW` and `LINE`. Keys are unique among these
+    rows only: a caller typing part of a table checks the rest itself."""
+    spec = _spec(name)
+    typed = _cast_table(text, spec)
     _check_keys(typed, spec)
     _check_values(typed, spec, _now())
     return typed
+
+
+def typed_key(text: pl.DataFrame, name: str) -> pl.DataFrame:
+    """The primary key columns of text rows, typed (null where a value does not parse):
+    cheap, since keys are ids and small integers, never timestamps."""
+    spec = _spec(name)
+    return text.select(_cast_expr(c, spec.columns[c]) for c in spec.primary_key)
+
+
+def _read_checked(source: _Source, spec: TableSpec) -> pl.DataFrame:
+    """One table, typed and checked, still carrying its row and line numbers."""
+    return type_rows(_read_text(source, spec), spec.name)
 
 
 def _spec(name: str) -> TableSpec:
@@ -575,18 +597,9 @@ def read_table(source: Path, name: str) -> pl.DataFrame:
     return _read_checked(_Source.open(source), spec).drop(_ROW, _LINE)
 
 
-def load_dataset(
-    source: Path,
-    *,
-    tables: Iterable[str] | None = None,
-    check_references: bool = True,
-) -> dict[str, pl.DataFrame]:
-    """All required tables (plus geolocation when its file is present), or those named.
-
-    Returns only when every table and, with `check_references`, every link between them
-    is valid, so a caller writes nothing from a bad source.
-    """
-    src = _Source.open(source)
+def _table_specs(src: _Source, tables: Iterable[str] | None) -> list[TableSpec]:
+    """The tables to read (all required ones plus geolocation when present, or those
+    named), every file checked to be there."""
     if tables is None:
         names = list(REQUIRED_TABLES)
         names += [n for n, s in TABLES.items() if not s.required and src.has(s.file_name)]
@@ -600,10 +613,40 @@ def load_dataset(
             f"file(s) not found in {kind} {src.path}: {', '.join(missing)}",
             file=missing[0],
         )
-    frames = {spec.name: _read_checked(src, spec) for spec in specs}
+    return specs
+
+
+def load_dataset(
+    source: Path,
+    *,
+    tables: Iterable[str] | None = None,
+    check_references: bool = True,
+) -> dict[str, pl.DataFrame]:
+    """All required tables (plus geolocation when its file is present), or those named.
+
+    Returns only when every table and, with `check_references`, every link between them
+    is valid, so a caller writes nothing from a bad source.
+    """
+    src = _Source.open(source)
+    frames = {spec.name: _read_checked(src, spec) for spec in _table_specs(src, tables)}
     if check_references:
         _check_references(frames)
     return {name: df.drop(_ROW, _LINE) for name, df in frames.items()}
+
+
+def read_text_tables(source: Path) -> Iterator[tuple[str, pl.DataFrame]]:
+    """Every table of the source (as `load_dataset` picks them) as text rows with `ROW` and
+    `LINE`, whole-file checks done, one table at a time (the caller keeps what it needs):
+    the first half of `load_dataset`, for a caller that types only the rows it has not
+    seen before (`type_rows`). Every file is checked to be there before the first is read."""
+    src = _Source.open(source)
+    for spec in _table_specs(src, None):
+        yield spec.name, _read_text(src, spec)
+
+
+def check_references(frames: dict[str, pl.DataFrame]) -> None:
+    """Every link of `REFERENCES` between typed frames (carrying `ROW` and `LINE`) holds."""
+    _check_references(frames)
 
 
 def purchase_date_range(source: Path) -> tuple[date, date]:

@@ -1,0 +1,366 @@
+"""Loading a full as-of dump as the changes since the last load.
+
+A daily snapshot is a full dump of the source, and nearly all of its rows are in the
+warehouse already; typing them again (timestamps above all) and rewriting every table is
+most of a reload's cost. So each row's text is hashed and the hash kept beside the raw
+table, keyed by the primary key (schema `ingest`, same transaction as the raw table). A
+row whose key and text hash are both known is unchanged: its text is, byte for byte, what
+was typed and checked when it was loaded. Only new and changed rows are typed, checked
+row by row and compared by content with the stored row; then new rows are inserted,
+changed rows replaced and rows no longer in the source deleted.
+
+The checks that need the whole source still see all of it: encoding, header, quoting and
+field counts of every file, unique keys over every table, and every reference between the
+final tables (new or changed rows against their parents, rows left pointing at a deleted
+parent). A failed check raises `InputDataError` before the caller commits, so nothing
+changes.
+
+The hash only prunes: a row whose hash is not known (first load, another polars version)
+is typed and compared by content, which costs time, never correctness. A 64-bit collision
+between a row's stored and new text under the same key would hide that change: about one
+chance in 2**64 per changed row.
+
+A table is loaded whole (`full`) when asked, when it has no key (geolocation), or when
+the warehouse has no table or hash store for it yet that matches the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from olist_churn_dagster.lib.ingest.loader import (
+    LINE,
+    ROW,
+    InputDataError,
+    check_references,
+    read_text_tables,
+    type_rows,
+    typed_key,
+)
+from olist_churn_dagster.lib.ingest.schema import REFERENCES, TABLES, TableSpec
+from olist_churn_dagster.lib.tables import RAW_SCHEMA
+from olist_churn_dagster.lib.warehouse import write_frame
+
+HASH_SCHEMA = "ingest"
+HASH = "row_hash"
+_SEED = 20_181_017  # any fixed seed: the same text must give the same hash on every load
+
+
+@dataclass(frozen=True)
+class TableChange:
+    """What a load did to one raw table. A `full` load replaced the table: `inserted` is
+    its new row count and `deleted` the previous one."""
+
+    table: str
+    mode: str
+    rows: int
+    inserted: int
+    updated: int
+    deleted: int
+
+    def metadata(self) -> dict[str, int | str]:
+        return {
+            "load_mode": self.mode,
+            "rows_inserted": self.inserted,
+            "rows_updated": self.updated,
+            "rows_deleted": self.deleted,
+        }
+
+
+@dataclass
+class _TablePlan:
+    spec: TableSpec
+    mode: str
+    keys: pl.DataFrame  # typed key, hash, ROW, LINE of every source row
+    typed: pl.DataFrame  # the rows to write (all for full, new and changed for delta)
+    hashes: pl.DataFrame  # key and hash of the rows whose stored hash is (re)written
+    deleted: pl.DataFrame = field(default_factory=pl.DataFrame)  # keys (delta)
+    updated: pl.DataFrame = field(default_factory=pl.DataFrame)  # keys (delta)
+    inserted: int = 0
+    previous_rows: int = 0
+
+    @property
+    def change(self) -> TableChange:
+        if self.mode == "full":
+            rows = self.typed.height
+            return TableChange(self.spec.name, "full", rows, rows, 0, self.previous_rows)
+        return TableChange(
+            self.spec.name,
+            "delta",
+            self.keys.height,
+            self.inserted,
+            self.updated.height,
+            self.deleted.height,
+        )
+
+
+@dataclass
+class LoadPlan:
+    """A source compared with the warehouse: what `apply_load` will write. Nothing has been
+    written yet, so the caller can look at the rows about to change first."""
+
+    tables: dict[str, _TablePlan]
+
+    @property
+    def changes(self) -> dict[str, TableChange]:
+        return {name: plan.change for name, plan in self.tables.items()}
+
+    @property
+    def full(self) -> bool:
+        """Whether a table that sales hang off (orders, order_items) is replaced whole."""
+        return any(self.tables[t].mode == "full" for t in ("orders", "order_items"))
+
+    def touched_orders(self) -> pl.DataFrame:
+        """Order ids with an order or item row inserted, changed or deleted (delta only)."""
+        parts = []
+        for name in ("orders", "order_items"):
+            plan = self.tables[name]
+            changed = plan.typed.select("order_id")
+            parts += [changed, plan.deleted.select("order_id")]
+        return pl.concat(parts).unique()
+
+
+def _row_hash(text: pl.DataFrame, spec: TableSpec) -> pl.Expr:
+    return pl.struct([pl.col(c) for c in spec.columns]).hash(seed=_SEED).alias(HASH)
+
+
+def _exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tuple[str, str]]:
+    """The (column, type) list of `schema.table`; empty when there is no such table."""
+    return [
+        (name, dtype)
+        for name, dtype in conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [schema, table],
+        ).fetchall()
+    ]
+
+
+def _duck_types(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("f", frame.head(0).to_arrow())
+        return [(r[0], r[1]) for r in con.execute("DESCRIBE SELECT * FROM f").fetchall()]
+    finally:
+        con.close()
+
+
+def _store_matches(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> bool:
+    """Whether the raw table and its hash store exist with the schema's columns and types."""
+    raw = _exists(conn, RAW_SCHEMA, spec.name)
+    store = _exists(conn, HASH_SCHEMA, spec.name)
+    expected = _duck_types(pl.DataFrame(schema=spec.schema))
+    keys = [c for c in expected if c[0] in spec.primary_key]
+    return raw == expected and store == [*keys, (HASH, "UBIGINT")]
+
+
+def _check_unique(keys: pl.DataFrame, spec: TableSpec) -> None:
+    """Unique keys over the whole table (new rows alone were checked by `type_rows`)."""
+    pk = list(spec.primary_key)
+    dupes = keys.filter(pl.struct(pk).is_duplicated())
+    if dupes.is_empty():
+        return
+    first = dupes.sort(ROW).row(0, named=True)
+    value = tuple(first[c] for c in pk)
+    same = dupes.filter(pl.all_horizontal(pl.col(c) == first[c] for c in pk)).sort(ROW)
+    rows = ", ".join(str(r) for r in same[ROW].head(5).to_list())
+    raise InputDataError(
+        f"duplicate primary key ({', '.join(pk)}) = {value!r} on rows {rows}; "
+        f"{dupes.select(pk).n_unique()} key(s) repeat",
+        file=spec.file_name,
+        column=pk[0],
+        row=first[ROW],
+        line=first[LINE],
+    )
+
+
+@contextmanager
+def _registered(conn: duckdb.DuckDBPyConnection, **frames: pl.DataFrame) -> Iterator[None]:
+    for name, frame in frames.items():
+        conn.register(name, frame.to_arrow())
+    try:
+        yield
+    finally:
+        for name in frames:
+            conn.unregister(name)
+
+
+def _on(pk: tuple[str, ...], left: str, right: str) -> str:
+    return " AND ".join(f'{left}."{c}" = {right}."{c}"' for c in pk)
+
+
+def _plan_delta(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFrame) -> _TablePlan:
+    pk = list(spec.primary_key)
+    keys = pl.concat(
+        [typed_key(text, spec.name), text.select(_row_hash(text, spec), ROW, LINE)],
+        how="horizontal",
+    )
+    stored = conn.execute(f'SELECT * FROM {HASH_SCHEMA}."{spec.name}"').pl()
+    fresh = keys.join(stored, on=[*pk, HASH], how="anti", nulls_equal=False)
+    typed = type_rows(text.filter(pl.col(ROW).is_in(fresh.get_column(ROW).implode())), spec.name)
+    _check_unique(keys, spec)
+    deleted = stored.select(pk).join(keys.select(pk), on=pk, how="anti")
+    keys_sql = ", ".join(f'c."{c}"' for c in pk)
+    differs = " OR ".join(f'c."{c}" IS DISTINCT FROM t."{c}"' for c in spec.columns)
+    with _registered(conn, _fresh=typed.drop(ROW, LINE)):
+        updated = conn.execute(
+            f"SELECT {keys_sql} FROM _fresh c "
+            f'JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")} '
+            f"WHERE {differs}"
+        ).pl()
+        inserted = conn.execute(
+            f"SELECT {keys_sql} FROM _fresh c "
+            f'ANTI JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")}'
+        ).pl()
+    to_write = pl.concat(
+        [typed.join(updated, on=pk, how="semi"), typed.join(inserted.select(pk), on=pk, how="semi")]
+    )
+    return _TablePlan(
+        spec=spec,
+        mode="delta",
+        keys=keys,
+        typed=to_write,
+        hashes=fresh.select(*pk, HASH),
+        deleted=deleted,
+        updated=updated,
+        inserted=inserted.height,
+    )
+
+
+def _plan_full(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFrame) -> _TablePlan:
+    typed = type_rows(text, spec.name)
+    hashes = text.select(_row_hash(text, spec), ROW, LINE)
+    keys = (
+        pl.concat([typed.select(spec.primary_key), hashes], how="horizontal")
+        if spec.primary_key
+        else hashes
+    )
+    previous = 0
+    if _exists(conn, RAW_SCHEMA, spec.name):
+        previous = int(
+            conn.execute(f'SELECT count(*) FROM {RAW_SCHEMA}."{spec.name}"').fetchone()[0]
+        )
+    return _TablePlan(
+        spec=spec,
+        mode="full",
+        keys=keys,
+        typed=typed,
+        hashes=keys.select(*spec.primary_key, HASH),
+        previous_rows=previous,
+    )
+
+
+def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> LoadPlan:
+    """Read and check `source` and compare it with the warehouse's raw tables, table by
+    table (`full`: every table loaded whole). Raises `InputDataError` for bad input."""
+    texts = read_text_tables(source)
+    present: dict[str, pl.DataFrame] = {}
+    plans: dict[str, _TablePlan] = {}
+    for name, spec in TABLES.items():
+        # tables come in TABLES order; an optional file that is absent is an empty table
+        while name not in present and (item := next(texts, None)) is not None:
+            present[item[0]] = item[1]
+        text = present.pop(name, None)
+        if text is None:
+            columns = {c: pl.String for c in spec.columns}
+            text = pl.DataFrame(schema={**columns, ROW: pl.Int64, LINE: pl.Int64})
+        delta = not full and spec.primary_key and _store_matches(conn, spec)
+        plans[name] = (_plan_delta if delta else _plan_full)(conn, spec, text)
+        del text
+    # Links between two tables loaded whole are checked on the frames, as `load_dataset`
+    # does; the others once the changes are written (`apply_load`).
+    check_references({n: p.typed for n, p in plans.items() if p.mode == "full"})
+    return LoadPlan(plans)
+
+
+def _write_delta(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
+    spec, pk = plan.spec, plan.spec.primary_key
+    raw, store = f'{RAW_SCHEMA}."{spec.name}"', f'{HASH_SCHEMA}."{spec.name}"'
+    gone = pl.concat([plan.deleted, plan.updated.select(pk)])
+    with _registered(conn, _gone=gone, _rows=plan.typed.drop(ROW, LINE), _hashes=plan.hashes):
+        if gone.height:
+            conn.execute(f"DELETE FROM {raw} t USING _gone g WHERE {_on(pk, 't', 'g')}")
+        if plan.typed.height:
+            conn.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM _rows")
+        conn.execute(f"DELETE FROM {store} t USING _gone g WHERE {_on(pk, 't', 'g')}")
+        conn.execute(f"DELETE FROM {store} t USING _hashes g WHERE {_on(pk, 't', 'g')}")
+        conn.execute(f"INSERT INTO {store} BY NAME SELECT * FROM _hashes")
+
+
+def _write_full(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
+    spec = plan.spec
+    write_frame(conn, RAW_SCHEMA, spec.name, plan.typed.drop(ROW, LINE))
+    if spec.primary_key:
+        write_frame(conn, HASH_SCHEMA, spec.name, plan.hashes)
+    else:
+        conn.execute(f'DROP TABLE IF EXISTS {HASH_SCHEMA}."{spec.name}"')
+
+
+def _columns(spec: TableSpec, column: str) -> str:
+    names = dict.fromkeys([*spec.primary_key, column])
+    return ", ".join(f'c."{c}"' for c in names)
+
+
+def _orphans(
+    conn: duckdb.DuckDBPyConnection, child: _TablePlan, column: str, parent: _TablePlan, pcol: str
+) -> pl.DataFrame:
+    """Keys of the final child rows whose `column` points at no row of the final parent.
+    When both were loaded as changes, only the child's new rows and the rows pointing at a
+    parent row deleted by this load can be such rows; otherwise all are looked at."""
+    spec, parent_table = child.spec, f'{RAW_SCHEMA}."{parent.spec.name}"'
+    select = f"SELECT {_columns(spec, column)}"
+    orphan = (
+        f'c."{column}" IS NOT NULL AND c."{column}" NOT IN (SELECT "{pcol}" FROM {parent_table})'
+    )
+    if child.mode == "full" or parent.mode == "full":
+        return conn.execute(f'{select} FROM {RAW_SCHEMA}."{spec.name}" c WHERE {orphan}').pl()
+    with _registered(conn, _new=child.typed.drop(ROW, LINE)):
+        bad = conn.execute(f"{select} FROM _new c WHERE {orphan}").pl()
+    if parent.deleted.height:
+        with _registered(conn, _gone=parent.deleted.select(pl.col(pcol).alias("__key"))):
+            left = conn.execute(
+                f'{select} FROM {RAW_SCHEMA}."{spec.name}" c '
+                f'SEMI JOIN _gone g ON c."{column}" = g.__key'
+            ).pl()
+        bad = pl.concat([bad, left]).unique(maintain_order=True)
+    return bad
+
+
+def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) -> None:
+    """Every reference between the final tables holds; the first broken one is raised with
+    the child row's file, row and line."""
+    for child, column, parent, pcol in REFERENCES:
+        child_plan, parent_plan = plans[child], plans[parent]
+        if child_plan.mode == "full" and parent_plan.mode == "full":
+            continue  # checked on the frames before writing, as `load_dataset` does
+        bad = _orphans(conn, child_plan, column, parent_plan, pcol)
+        if bad.is_empty():
+            continue
+        pk = list(child_plan.spec.primary_key)
+        located = bad.join(child_plan.keys.select(*pk, ROW, LINE), on=pk, how="left")
+        first = located.sort(ROW, nulls_last=True).row(0, named=True)
+        raise InputDataError(
+            f"{bad.height} row(s) point at {parent} unknown to {TABLES[parent].file_name}, "
+            f"e.g. {column} {first[column]!r}",
+            file=TABLES[child].file_name,
+            column=column,
+            row=first[ROW],
+            line=first[LINE],
+        )
+
+
+def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, TableChange]:
+    """Write the planned changes (the caller's transaction), then check every reference
+    between the final tables; `InputDataError` if one is broken (roll back then)."""
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{RAW_SCHEMA}"')
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{HASH_SCHEMA}"')
+    for table_plan in plan.tables.values():
+        (_write_full if table_plan.mode == "full" else _write_delta)(conn, table_plan)
+    _check_links(conn, plan.tables)
+    return plan.changes

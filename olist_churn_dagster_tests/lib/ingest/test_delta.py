@@ -1,0 +1,164 @@
+"""Loading a snapshot as its changes: same tables as a whole load, counts of what changed,
+and the same refusals of bad input (nothing written)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from olist_churn_dagster.lib.ingest.delta import HASH_SCHEMA, apply_load, plan_load
+from olist_churn_dagster.lib.ingest.loader import InputDataError, load_dataset
+from olist_churn_dagster.lib.ingest.schema import TABLES
+from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+
+Tables = dict[str, pl.DataFrame]
+
+
+@pytest.fixture(scope="module")
+def tables(demo_raw_dir: Path) -> Tables:
+    return load_dataset(demo_raw_dir)
+
+
+@pytest.fixture()
+def loaded(tables: Tables, tmp_path: Path):
+    """A warehouse holding a snapshot 10 days before the data's end, loaded whole."""
+    last = tables["orders"]["order_purchase_timestamp"].max().date()
+    day = last - timedelta(days=10)
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    changes = load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day))
+    yield conn, last, changes
+    conn.close()
+
+
+def load(conn: duckdb.DuckDBPyConnection, snapshot: Path, *, full: bool = False) -> dict:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        changes = apply_load(conn, plan_load(conn, snapshot, full=full))
+        conn.execute("COMMIT")
+        return changes
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def stored(conn: duckdb.DuckDBPyConnection) -> Tables:
+    return {name: conn.execute(f'SELECT * FROM raw."{name}"').pl() for name in TABLES}
+
+
+def assert_same_rows(got: Tables, want: Tables) -> None:
+    for name, spec in TABLES.items():
+        expected = want.get(name, pl.DataFrame(schema=spec.schema))
+        cols = list(spec.columns)
+        assert_frame_equal(
+            got[name].sort(cols, nulls_last=True), expected.sort(cols, nulls_last=True)
+        )
+
+
+def test_first_load_is_whole_and_stores_hashes(loaded) -> None:
+    conn, _, changes = loaded
+    assert {c.mode for c in changes.values()} == {"full"}
+    keyed = [name for name, spec in TABLES.items() if spec.primary_key]
+    for name in keyed:
+        count = conn.execute(f'SELECT count(*) FROM {HASH_SCHEMA}."{name}"').fetchone()[0]
+        assert count == changes[name].rows
+
+
+def test_a_later_snapshot_with_corrections_loads_as_its_changes(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    before = stored(conn)
+    day = last + timedelta(days=1)
+    cut = cut_as_of(tables, day)
+    old = before["orders"].sort("order_purchase_timestamp")["order_id"]
+    changed, deleted = old[5], old[6]
+    cut["orders"] = cut["orders"].with_columns(
+        pl.when(pl.col("order_id") == changed)
+        .then(pl.lit("unavailable"))
+        .otherwise(pl.col("order_status"))
+        .alias("order_status")
+    )
+    for name in ("orders", "order_items", "order_payments", "order_reviews"):
+        cut[name] = cut[name].filter(pl.col("order_id") != deleted)
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+
+    changes = load(conn, snapshot)
+
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    orders = changes["orders"]
+    assert orders.mode == "delta"
+    assert orders.deleted == 1 and orders.updated >= 1 and orders.inserted > 0
+    assert orders.inserted + orders.updated < orders.rows / 5  # only the changes were typed
+    for name, change in changes.items():
+        if change.mode == "delta":
+            assert change.inserted - change.deleted == change.rows - before[name].height, name
+    assert changes["products"].inserted == changes["products"].updated == 0
+    # the same snapshot again: nothing changes
+    again = load(conn, snapshot)
+    assert all(
+        c.inserted == c.updated == c.deleted == 0 for c in again.values() if c.mode == "delta"
+    )
+
+
+def test_a_delta_refuses_bad_input_and_writes_nothing(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    before = stored(conn)
+    day = last + timedelta(days=1)
+    cut = cut_as_of(tables, day)
+    # An order deleted while one of its (unchanged) items stays: an orphan item.
+    orphaned = cut["order_items"]["order_id"][3]
+    first = cut["order_items"].with_row_index().filter(pl.col("order_id") == orphaned)["index"][0]
+    cut["orders"] = cut["orders"].filter(pl.col("order_id") != orphaned)
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    with pytest.raises(InputDataError) as error:
+        load(conn, snapshot)
+    message = str(error.value)
+    assert (
+        TABLES["order_items"].file_name in message
+        and f"row {first + 1} (line {first + 2})" in message
+    )
+    assert f"point at orders unknown to {TABLES['orders'].file_name}" in message
+    assert_same_rows(stored(conn), before)
+
+    # A new row repeating the key of an unchanged one.
+    cut = cut_as_of(tables, day)
+    sellers = cut["sellers"]
+    cut["sellers"] = pl.concat(
+        [sellers, sellers.head(1).with_columns(pl.lit("XX").alias("seller_state"))]
+    )
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    with pytest.raises(InputDataError) as error:
+        load(conn, snapshot)
+    message = str(error.value)
+    assert TABLES["sellers"].file_name in message
+    assert f"duplicate primary key (seller_id) = ('{sellers['seller_id'][0]}',)" in message
+    assert f"on rows 1, {sellers.height + 1};" in message
+    assert_same_rows(stored(conn), before)
+
+    # An unchanged row written twice, word for word: both copies match the stored row.
+    cut = cut_as_of(tables, day)
+    cut["sellers"] = pl.concat([sellers, sellers.slice(2, 1)])
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    with pytest.raises(InputDataError, match=f"on rows 3, {sellers.height + 1};"):
+        load(conn, snapshot)
+    assert_same_rows(stored(conn), before)
+
+
+def test_a_changed_schema_or_full_reload_loads_whole(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    conn.execute(f'DROP TABLE {HASH_SCHEMA}."products"')
+    changes = load(conn, snapshot)
+    assert changes["products"].mode == "full" and changes["orders"].mode == "delta"
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    assert {c.mode for c in load(conn, snapshot, full=True).values()} == {"full"}
