@@ -39,6 +39,7 @@ from olist_churn_dagster.lib.ingest.loader import (
     ROW,
     InputDataError,
     check_references,
+    orphan_error,
     read_text_tables,
     type_rows,
     typed_key,
@@ -345,14 +346,7 @@ def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) 
         pk = list(child_plan.spec.primary_key)
         located = bad.join(child_plan.keys.select(*pk, ROW, LINE), on=pk, how="left")
         first = located.sort(ROW, nulls_last=True).row(0, named=True)
-        raise InputDataError(
-            f"{bad.height} row(s) point at {parent} unknown to {TABLES[parent].file_name}, "
-            f"e.g. {column} {first[column]!r}",
-            file=TABLES[child].file_name,
-            column=column,
-            row=first[ROW],
-            line=first[LINE],
-        )
+        raise orphan_error(child, column, parent, bad.height, first)
 
 
 def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, TableChange]:

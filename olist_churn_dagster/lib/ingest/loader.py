@@ -527,15 +527,22 @@ def _check_references(frames: dict[str, pl.DataFrame]) -> None:
         orphans = frames[child].filter(pl.col(column).is_not_null() & ~pl.col(column).is_in(known))
         if orphans.is_empty():
             continue
-        first = orphans.row(0, named=True)
-        raise InputDataError(
-            f"{orphans.height} row(s) point at {parent} unknown to "
-            f"{TABLES[parent].file_name}, e.g. {column} {first[column]!r}",
-            file=TABLES[child].file_name,
-            column=column,
-            row=first[_ROW],
-            line=first[_LINE],
-        )
+        raise orphan_error(child, column, parent, orphans.height, orphans.row(0, named=True))
+
+
+def orphan_error(
+    child: str, column: str, parent: str, count: int, first: dict[str, object]
+) -> InputDataError:
+    """`count` rows of `child` whose `column` names no row of `parent`; `first` (with its
+    row and line) is the one the message shows."""
+    return InputDataError(
+        f"{count} row(s) point at {parent} unknown to "
+        f"{TABLES[parent].file_name}, e.g. {column} {first[column]!r}",
+        file=TABLES[child].file_name,
+        column=column,
+        row=first[_ROW],
+        line=first[_LINE],
+    )
 
 
 def _now() -> datetime:
