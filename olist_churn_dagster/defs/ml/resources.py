@@ -6,7 +6,6 @@ from pydantic import Field
 
 from olist_churn_dagster.lib.ml.tracking import (
     default_artifact_location,
-    preload_libraries,
     sqlite_store_path,
 )
 
@@ -21,11 +20,6 @@ class MlflowTracking(dg.ConfigurableResource):
     artifact_location: str = Field(
         default="", description="Artifact root for new experiments; empty: beside the store."
     )
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        # Resources start with the run (in process): the scoring step finds MLflow and
-        # XGBoost loaded by the time the raw tables and features are done.
-        preload_libraries()
 
     def ready_uri(self) -> str:
         """The tracking URI, with the folder of a local SQLite store created first."""

@@ -50,26 +50,8 @@ if TYPE_CHECKING:
 # MLflow and XGBoost are imported inside the functions that use them: the code location
 # imports this module, and every run worker (a sensor's run too) would otherwise spend
 # seconds loading them before its first step.
-_PRELOAD: list[threading.Thread] = []
-
-
-def _import_libraries() -> None:
-    try:
-        import mlflow.tracking
-        import mlflow.xgboost  # noqa: F401
-        import xgboost  # noqa: F401
-    except Exception:  # the step that needs them imports them again, and fails there
-        pass
-
-
-def preload_libraries() -> None:
-    """Import MLflow and XGBoost in a background thread, once per process: a run that
-    scores loads them (seconds) while its first steps (raw tables, features) run, mostly
-    in native code, instead of after them."""
-    with _URI_LOCK:
-        if not _PRELOAD:
-            _PRELOAD.append(threading.Thread(target=_import_libraries, daemon=True))
-            _PRELOAD[0].start()
+# (Not in a background thread: a step importing MLflow while another thread does can see
+# its protobuf modules half-built, "Depends on file 'databricks.proto'".)
 
 
 @dataclass(frozen=True)
