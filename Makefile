@@ -103,7 +103,9 @@ test-fast: install  ## unit and in-process tests only: no server, no browser, no
 # - snapshot marker to committed scores under a real `dagster dev` (bench/live_loop.py):
 #   BENCH_LIVE_SNAPSHOTS free snapshots, then one while a reader holds the warehouse
 #   file for BENCH_LIVE_HOLD seconds (0 leaves that one out).
+# BENCH_MARKDOWN=docs/benchmarks.md also writes the stage table into that file.
 BENCH_SCALES ?= 1 10 30
+BENCH_MARKDOWN ?=
 BENCH_USER_SCALES ?= 1
 BENCH_LIVE_SCALES ?= 1
 BENCH_LIVE_SNAPSHOTS ?= 3
@@ -112,7 +114,8 @@ BENCH_LIVE_HOLD ?= 60
 bench: bench-pipeline bench-user bench-live  ## all three benchmarks (each prints its table)
 
 bench-pipeline: install  ## every pipeline stage at scale 1, 10 and 30 if it fits
-	$(if $(strip $(BENCH_SCALES)),$(UV) run python bench/pipeline.py --scales $(BENCH_SCALES))
+	$(if $(strip $(BENCH_SCALES)),$(UV) run python bench/pipeline.py --scales $(BENCH_SCALES) \
+		$(if $(BENCH_MARKDOWN),--markdown $(BENCH_MARKDOWN)))
 
 bench-user: install  ## the feature backfill through the CLI, beside Dagster's floor
 	$(foreach scale,$(BENCH_USER_SCALES),$(UV) run python bench/user_backfill.py --scale $(scale) &&) true

@@ -10,7 +10,9 @@ process, sampled every 50 ms) during that stage, and its time against the first 
 A scale whose memory, extrapolated linearly from the last one run, would exceed 90% of
 this machine's is skipped with a line saying so. `--stages` prints only the stages named
 (see STAGES) and stops after the last of them; the stages before it still run, since
-each needs what the previous ones built.
+each needs what the previous ones built. `--markdown FILE` also writes the table, with
+the machine line, between the `<!-- pipeline:start -->` and `<!-- pipeline:end -->`
+lines of FILE (docs/benchmarks.md), so the published table is the one just measured.
 """
 
 from __future__ import annotations
@@ -253,6 +255,51 @@ def _print(scale: float, rows: list[dict], base: dict[str, float]) -> None:
         )
 
 
+MARKERS = ("<!-- pipeline:start -->", "<!-- pipeline:end -->")
+
+
+def markdown_table(machine: str, by_scale: dict[float, list[dict]]) -> str:
+    """The published table: per stage, seconds (CPU seconds) and peak GB at each scale,
+    and the last scale's time against the first's (the linear-scaling check)."""
+    scales = list(by_scale)
+    first, last = scales[0], scales[-1]
+    stages = list(dict.fromkeys(r["stage"] for rows in by_scale.values() for r in rows))
+    cell = {(s, r["stage"]): r for s, rows in by_scale.items() for r in rows}
+    head = " | ".join(f"scale {s:g}: s (CPU s) | peak GB" for s in scales)
+    loads = [r["load"] for rows in by_scale.values() for r in rows]
+    lines = [
+        f"{machine}; `bench/pipeline.py --scales {' '.join(f'{s:g}' for s in scales)}`, "
+        f"{date.today()}; load average {min(loads):.1f} to {max(loads):.1f}.",
+        "",
+        f"| stage | {head} | {last:g} vs {first:g} | rows at {last:g} |",
+        "|---|" + "---|---|" * len(scales) + "---|---|",
+    ]
+    for stage in stages:
+        cells = []
+        for s in scales:
+            r = cell.get((s, stage))
+            cells += (
+                [f"{r['seconds']:.1f} ({r['cpu_seconds']:.0f})", f"{r['peak_gb']:.2f}"]
+                if r
+                else ["n/a", "n/a"]
+            )
+        a, b = cell.get((first, stage)), cell.get((last, stage))
+        growth = f"{b['seconds'] / a['seconds']:.1f}x" if a and b and len(scales) > 1 else ""
+        rows = f"{b['rows']:,}" if b and b["rows"] else ""
+        lines.append(f"| {stage} | {' | '.join(cells)} | {growth} | {rows} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Replace the lines between the markers of `path` with `table`."""
+    text = path.read_text()
+    start, end = (text.find(m) for m in MARKERS)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no {MARKERS[0]} ... {MARKERS[1]} block to write the table in")
+    head = text[: start + len(MARKERS[0])]
+    path.write_text(f"{head}\n{table}{text[end:]}")
+
+
 def _machine() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -275,11 +322,14 @@ def main() -> None:
     parser.add_argument(
         "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to report"
     )
+    parser.add_argument("--markdown", type=Path, help="file whose pipeline block gets the table")
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(run_scale(args.root, args.child, tuple(args.stages))))
         return
+    if args.markdown and MARKERS[0] not in args.markdown.read_text():
+        raise SystemExit(f"{args.markdown}: no {MARKERS[0]} line to write the table after")
     print(f"pipeline benchmark, {date.today()}, {_machine()}")
     print(
         f"{'scale':>5}  {'stage':<32} {'seconds':>8} {'cpu_s':>8} {'rows':>12} {'rows/s':>12} "
@@ -287,6 +337,7 @@ def main() -> None:
         flush=True,
     )
     base: dict[str, float] = {}
+    by_scale: dict[float, list[dict]] = {}
     previous: tuple[float, float] | None = None  # (scale, peak GB) of the last scale run
     for scale in args.scales:
         if previous and _too_big(scale, *previous):
@@ -314,9 +365,13 @@ def main() -> None:
             continue
         rows = json.loads(out.stdout.strip().splitlines()[-1])
         _print(scale, rows, base)
+        by_scale[scale] = rows
         if not base:
             base = {r["stage"]: r["seconds"] for r in rows}
         previous = (scale, max(r["peak_gb"] for r in rows))
+    if args.markdown and by_scale:
+        write_markdown(args.markdown, markdown_table(_machine(), by_scale))
+        print(f"table written to {args.markdown}")
 
 
 if __name__ == "__main__":
