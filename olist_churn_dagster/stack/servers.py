@@ -403,25 +403,27 @@ def log_tail(path: Path, lines: int = 40) -> str:
 # --------------------------------------------------------------------------- readiness
 
 
-def _wait(
+def wait_until(
     what: str,
     probe: Callable[[], T | None],
     *,
     timeout: float,
+    interval: float = 0.5,
     alive: Callable[[], bool] = lambda: True,
-    log: Path | None = None,
+    detail: Callable[[], str] | None = None,
 ) -> T:
+    """Call `probe` until it returns something other than None; `StackError` once `alive`
+    says the process behind it exited, or after `timeout` s (with `detail()` appended)."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if value is not None:
             return value
-        tail = f"\n{log}:\n{log_tail(log)}" if log else ""
         if not alive():
-            raise StackError(f"{what}: the process exited{tail}")
+            raise StackError(f"{what}: the process exited{detail() if detail else ''}")
         if time.monotonic() > deadline:
-            raise StackError(f"{what}: not ready after {timeout:.0f} s{tail}")
-        time.sleep(0.5)
+            raise StackError(f"{what}: not ready after {timeout:.0f} s{detail() if detail else ''}")
+        time.sleep(interval)
 
 
 def _http(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
@@ -580,13 +582,13 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
 def _wait_service(
     config: StackConfig, name: str, probe: Callable[[], T | None], timeout: float
 ) -> T:
-    record = read_record(config, name)
-    return _wait(
+    record, log = read_record(config, name), log_file(config, name)
+    return wait_until(
         name,
         probe,
         timeout=timeout,
         alive=lambda: record is not None and record.alive(),
-        log=log_file(config, name),
+        detail=lambda: f"\n{log}:\n{log_tail(log)}",
     )
 
 

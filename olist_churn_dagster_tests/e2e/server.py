@@ -12,17 +12,16 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 
-T = TypeVar("T")
+from olist_churn_dagster.stack.servers import wait_until
 
 FINISHED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 FINISHED_BACKFILL_STATUSES = frozenset(
@@ -35,26 +34,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(
-    what: str,
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    interval: float = 1.0,
-    on_timeout: Callable[[], str] | None = None,
-) -> T:
-    """Call `probe` until it returns something other than None; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            detail = on_timeout() if on_timeout else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
-        time.sleep(interval)
 
 
 class GraphQLError(AssertionError):
@@ -152,7 +131,7 @@ def query_warehouse(path: Path, sql: str, params: list[Any], *, timeout: float =
         finally:
             conn.close()
 
-    return wait_for(f"a read-only look at {path.name}", attempt, timeout=timeout)
+    return wait_until(f"a read-only look at {path.name}", attempt, timeout=timeout)
 
 
 def tags_of(run: Mapping[str, Any]) -> dict[str, str]:
@@ -247,12 +226,12 @@ def wait_backfill(gql: GraphQL, backfill_id: str, *, timeout: float) -> dict[str
         state = backfill(gql, backfill_id)
         return state if state["status"] in FINISHED_BACKFILL_STATUSES else None
 
-    return wait_for(
+    return wait_until(
         f"backfill {backfill_id}",
         probe,
         timeout=timeout,
         interval=2.0,
-        on_timeout=lambda: f"last state: {backfill(gql, backfill_id)}",
+        detail=lambda: f"last state: {backfill(gql, backfill_id)}",
     )
 
 
@@ -269,12 +248,12 @@ def wait_runs_finished(
         done = len(found) >= expect and all(r["status"] in FINISHED_RUN_STATUSES for r in found)
         return found if done else None
 
-    return wait_for(
+    return wait_until(
         what,
         probe,
         timeout=timeout,
         interval=1.0,
-        on_timeout=lambda: f"runs now: {[(r['runId'], r['status']) for r in probe_all()]}",
+        detail=lambda: f"runs now: {[(r['runId'], r['status']) for r in probe_all()]}",
     )
 
 
@@ -356,11 +335,11 @@ class DagsterDev:
             return None
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
-        info = wait_for(
+        info = wait_until(
             f"{self.url}/server_info",
             self._server_info,
             timeout=timeout,
-            on_timeout=self.log_tail,
+            detail=self.log_tail,
         )
         # The webserver answers before the code location has loaded; wait for that too,
         # so that every test starts against a server that knows the assets.
@@ -381,7 +360,7 @@ class DagsterDev:
             loaded = entries and all(e["loadStatus"] == "LOADED" for e in entries)
             return True if loaded else None
 
-        wait_for("the code location to load", location_loaded, timeout=timeout)
+        wait_until("the code location to load", location_loaded, timeout=timeout)
         return info
 
     def stop(self, grace: float = 30.0) -> list[str]:

@@ -17,7 +17,7 @@ from olist_churn_dagster_tests.e2e.server import (
     run_failure_text,
     runs,
     wait_backfill,
-    wait_for,
+    wait_until,
 )
 from olist_churn_dagster_tests.e2e.test_dagster_dev import FEATURE_ASSETS, partition_keys
 
@@ -135,7 +135,7 @@ def test_backfills_and_sensor_run_share_the_warehouse(dagster_server: Server) ->
         found = runs(gql, tags=snapshot_tags)
         return found[0] if found and found[0]["status"] in ("SUCCESS", "FAILURE") else None
 
-    sensor_run = wait_for("the snapshot sensor's run", snapshot_run, timeout=180)
+    sensor_run = wait_until("the snapshot sensor's run", snapshot_run, timeout=180)
     total = time.perf_counter() - started
 
     all_runs = [sensor_run]

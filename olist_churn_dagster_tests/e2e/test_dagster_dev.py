@@ -14,7 +14,7 @@ from olist_churn_dagster_tests.e2e.server import (
     runs,
     tags_of,
     wait_backfill,
-    wait_for,
+    wait_until,
 )
 
 FEATURE_FAMILIES = ("sales", "reviews", "customers", "delivery", "payments", "products")
@@ -154,11 +154,11 @@ def test_snapshot_sensor_scores_new_date(dagster_server: Server) -> None:
         done = [r for r in found if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
         return done[0] if done else None
 
-    run = wait_for(
+    run = wait_until(
         f"the snapshot sensor's run for {newest}",
         finished_run,
         timeout=120,
-        on_timeout=lambda: f"runs with the tag: {runs(gql, tags={'olist/snapshot': newest})}",
+        detail=lambda: f"runs with the tag: {runs(gql, tags={'olist/snapshot': newest})}",
     )
     assert_succeeded(gql, run)
     latency = run["endTime"] - marker_written

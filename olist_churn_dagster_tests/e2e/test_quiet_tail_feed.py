@@ -16,7 +16,7 @@ from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
 from olist_churn_dagster_tests.e2e.conftest import E2E_END, Server, generate_demo, serve
-from olist_churn_dagster_tests.e2e.server import GraphQL, query_warehouse, runs, wait_for
+from olist_churn_dagster_tests.e2e.server import GraphQL, query_warehouse, runs, wait_until
 from olist_churn_dagster_tests.e2e.test_dagster_dev import (
     FEATURE_ASSETS,
     assert_succeeded,
@@ -95,7 +95,7 @@ def test_quiet_tail_export_then_later_snapshots_are_all_scored(feed_server: Serv
         done = [r for r in found if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
         return found if len(done) == 2 else None
 
-    snapshot_runs = wait_for("both snapshot runs", both_finished, timeout=420, interval=2)
+    snapshot_runs = wait_until("both snapshot runs", both_finished, timeout=420, interval=2)
     ordered = sorted(snapshot_runs, key=lambda r: r["creationTime"])
     assert [dict((t["key"], t["value"]) for t in r["tags"])["olist/snapshot"] for r in ordered] == [
         d.isoformat() for d in LATER
@@ -125,12 +125,12 @@ def test_quiet_tail_export_then_later_snapshots_are_all_scored(feed_server: Serv
         str(feed_server.snapshots),
     )
     refusal = f"{older.isoformat()}: older than {LATER[1].isoformat()} already loaded"
-    wait_for(
+    wait_until(
         "the sensor's refusal of the older snapshot",
         lambda: True if any(refusal in r for r in _snapshot_skip_reasons(gql)) else None,
         timeout=120,
         interval=3,
-        on_timeout=lambda: "\n".join(_snapshot_skip_reasons(gql)[:5]),
+        detail=lambda: "\n".join(_snapshot_skip_reasons(gql)[:5]),
     )
     assert len(runs(gql, pipelineName="load_snapshot")) == 2, "the older snapshot was not launched"
     alerts = read_alerts(feed_server.data_dir / "alerts" / "alerts.jsonl")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
@@ -156,3 +157,14 @@ def snapshot_root(data_dir: Path) -> Iterator[Path]:
     root.mkdir()
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def child_process() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Child processes a test starts; any still running at its end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -28,16 +28,6 @@ FEATURE_TABLES = [f"seller_{family}" for family in FEATURE_FAMILIES]
 
 
 @pytest.fixture()
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture()
 def lake(postgres_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lake]:
     """A DuckLake with the raw tables loaded, set as the warehouse of child processes."""
     lake = new_lake(postgres_server, tmp_path / "files")
@@ -69,7 +59,7 @@ def test_a_rewrite_killed_inside_its_write_keeps_every_row_and_a_rerun_repairs(
     definitions: dg.Definitions,
     data_dir: Path,
     lake: Lake,
-    children: list[subprocess.Popen[bytes]],
+    child_process: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     keys = demo_reference_keys(data_dir)
@@ -81,7 +71,12 @@ def test_a_rewrite_killed_inside_its_write_keeps_every_row_and_a_rerun_repairs(
     before = warehouse_tables(lake.database)
 
     held = _kill_inside_a_write(
-        children, tmp_path, job="build_feature_store", stage=stage, table="features.*", span=span
+        child_process,
+        tmp_path,
+        job="build_feature_store",
+        stage=stage,
+        table="features.*",
+        span=span,
     )
     # Inside the child's open transaction the partitions were deleted (or cut to one row).
     assert int(held.group(3)) == (0 if stage == "after-delete" else 1)
@@ -97,7 +92,7 @@ def test_a_new_range_killed_halfway_leaves_no_partial_partition_and_a_rerun_comp
     definitions: dg.Definitions,
     data_dir: Path,
     lake: Lake,
-    children: list[subprocess.Popen[bytes]],
+    child_process: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     """The kill lands in the third table's write, after two tables were committed: those
@@ -112,7 +107,7 @@ def test_a_new_range_killed_halfway_leaves_no_partial_partition_and_a_rerun_comp
     target = FEATURE_TABLES[2]
 
     held = _kill_inside_a_write(
-        children,
+        child_process,
         tmp_path,
         job="build_feature_store",
         stage="after-insert",

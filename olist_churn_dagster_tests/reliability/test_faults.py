@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -212,16 +211,6 @@ def _wait_for_hold(proc: subprocess.Popen[bytes], log: Path, deadline: float) ->
             pytest.fail(f"the child ended ({proc.returncode}) before holding:\n{text[-3000:]}")
         time.sleep(0.1)
     pytest.fail(f"the child never reached the write:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-@pytest.fixture()
-def child_process() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _kill_inside_a_write(
