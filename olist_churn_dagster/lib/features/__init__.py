@@ -54,6 +54,9 @@ FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
 _DEFAULT_WINDOW = 180
 # DuckDB's memory for one family's computation (see `_connect`).
 COMPUTE_MEMORY_LIMIT = "1GB"
+# Its threads (None: DuckDB's default, one per core); a test pins them, since the memory
+# a query needs grows with its threads.
+COMPUTE_THREADS: int | None = None
 _EPOCH = date(1970, 1, 1)
 _SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
 FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
@@ -104,10 +107,14 @@ def _connect(
     to a temporary folder of its own, removed with the connection.
     """
     spill = tempfile.mkdtemp(prefix="olist-features-")
-    con = duckdb.connect(
-        ":memory:",
-        config={"memory_limit": COMPUTE_MEMORY_LIMIT, "temp_directory": spill},
-    )
+    config: dict[str, str | int | bool] = {
+        "memory_limit": COMPUTE_MEMORY_LIMIT,
+        "temp_directory": spill,
+        "preserve_insertion_order": False,
+    }
+    if COMPUTE_THREADS is not None:
+        config["threads"] = COMPUTE_THREADS
+    con = duckdb.connect(":memory:", config=config)
     weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     days = sorted({_epoch_day(d) for d in dates})
     con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
