@@ -11,6 +11,7 @@ partitions always line up.
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import tempfile
 import weakref
@@ -32,6 +33,7 @@ from olist_churn_dagster.lib.features.engine import (
 )
 from olist_churn_dagster.lib.features.families import PLANS
 from olist_churn_dagster.lib.features.families.products import TOP_CATEGORIES
+from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import KEYS, feature_table
 
@@ -47,6 +49,7 @@ __all__ = [
     "feature_batches",
     "feature_columns",
     "feature_schema",
+    "source_columns",
     "source_tables",
 ]
 
@@ -326,6 +329,31 @@ def source_tables(family: str) -> tuple[str, ...]:
     """The raw tables (schema names) a family reads."""
     _check_family(family)
     return tuple(PLANS[family](_DEFAULT_WINDOW).tables)
+
+
+# What `sale_items` (and so every family, through the spine) reads of orders and items.
+_SALE_COLUMNS = {
+    "orders": ("order_id", "order_status", "order_purchase_timestamp"),
+    "order_items": ("order_id", "seller_id"),
+}
+
+
+def source_columns(family: str) -> dict[str, list[str]]:
+    """The columns of each raw table the family reads (orders and order items always),
+    in schema order: a caller can load only these, a fraction of the raw tables' memory.
+
+    A column counts as read when its name is a word of the family's SQL (CTEs, measures
+    and outputs), so no column it uses can be left out; `compute_features` gives the
+    same rows from the pruned tables as from the whole ones.
+    """
+    _check_family(family)
+    plan = PLANS[family](_DEFAULT_WINDOW)
+    words = set(re.findall(r"\w+", repr(plan)))
+    out = {}
+    for table in dict.fromkeys(("orders", "order_items", *plan.tables)):
+        keep = set(_SALE_COLUMNS.get(table, ()))
+        out[table] = [c for c in TABLES[table].columns if c in words or c in keep]
+    return out
 
 
 def catalogue_markdown() -> str:

@@ -16,7 +16,12 @@ from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.generator.marketplace import generate_dataset
 from olist_churn_dagster.lib import features
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features, engine
+from olist_churn_dagster.lib.features import (
+    FEATURE_FAMILIES,
+    compute_features,
+    engine,
+    source_columns,
+)
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 
 
@@ -59,3 +64,22 @@ def test_row_queries_read_staged_tables_not_ctes(
     assert len(staged) == len(set(staged)) >= 5
     for sql in queries.values():
         assert "WITH" not in sql.upper().split()
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
+    folder = tmp_path_factory.mktemp("columns") / "raw"
+    generate_dataset(folder, scale=0.1, seed=3, start=date(2017, 1, 1), end=date(2018, 6, 30))
+    return load_dataset(folder)
+
+
+@pytest.mark.parametrize("family", FEATURE_FAMILIES)
+def test_only_the_source_columns_are_needed(small: dict[str, pl.DataFrame], family: str) -> None:
+    """A caller may load only `source_columns`: the rows are those of the whole tables."""
+    columns = source_columns(family)
+    pruned = {t: small[t].select(c) for t, c in columns.items()}
+    assert sum(f.width for f in pruned.values()) < sum(small[t].width for t in columns)
+    dates = _dates(small)[::7]
+    assert_frame_equal(
+        compute_features(family, pruned, dates), compute_features(family, small, dates)
+    )
