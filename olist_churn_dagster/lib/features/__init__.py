@@ -313,16 +313,37 @@ def _timeline_sources(
     frames["sale_items"] = (
         sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
     )
+    frames, ids = _integer_sellers(frames)
     lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:
-        return list(
-            read_timeline_sources(
-                con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
-            )
+        runs, *rest = read_timeline_sources(
+            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
         )
     finally:
         con.close()
+    return [runs.with_columns(seller_id=ids.gather(runs.get_column("seller_id"))), *rest]
+
+
+def _integer_sellers(
+    frames: Mapping[str, pl.DataFrame],
+) -> tuple[dict[str, pl.DataFrame], pl.Series]:
+    """The frames with every seller_id replaced by its rank among all the sellers (a
+    UInt32), and the sorted seller ids to map the ranks back.
+
+    The family SQL then joins, groups and sorts sellers as integers instead of
+    32-character strings, in the same order (ranks follow the strings' order).
+    """
+    with_sellers = [f for f in frames.values() if "seller_id" in f.columns]
+    ids = pl.concat([f.get_column("seller_id") for f in with_sellers]).unique().sort()
+    ranks = pl.Enum(ids)
+    out = {
+        name: frame.with_columns(pl.col("seller_id").cast(ranks).to_physical())
+        if "seller_id" in frame.columns
+        else frame
+        for name, frame in frames.items()
+    }
+    return out, ids
 
 
 def source_tables(family: str) -> tuple[str, ...]:
