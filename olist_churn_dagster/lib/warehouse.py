@@ -17,7 +17,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -359,14 +359,27 @@ def _add_missing_columns(conn: duckdb.DuckDBPyConnection, schema: str, table: st
 
 
 def read_tables(
-    conn: duckdb.DuckDBPyConnection, schema: str, tables: Iterable[str]
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    tables: Iterable[str],
+    *,
+    columns: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """Whole tables of one schema as polars frames (through Arrow, no copies per row)."""
+    """Tables of one schema as polars frames (through Arrow, no copies per row): whole,
+    or only the `columns` given for a table (a reader that needs few columns of large
+    tables then holds only those)."""
+    tables = list(tables)
     missing = [t for t in tables if not _table_exists(conn, schema, t)]
     if missing:
         names = ", ".join(f"{schema}.{t}" for t in missing)
         raise WarehouseError(f"warehouse has no table {names}: materialize it first")
-    return {t: conn.execute(f'SELECT * FROM "{schema}"."{t}"').pl() for t in tables}
+    columns = columns or {}
+
+    def select(table: str) -> str:
+        names = columns.get(table)
+        return ", ".join(f'"{c}"' for c in names) if names else "*"
+
+    return {t: conn.execute(f'SELECT {select(t)} FROM "{schema}"."{t}"').pl() for t in tables}
 
 
 def count_duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str, key: Iterable[str]) -> int:

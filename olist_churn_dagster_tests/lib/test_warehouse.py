@@ -63,6 +63,15 @@ def test_replace_follows_the_new_schema(tmp_path):
         assert read_tables(conn, "raw", ["t"])["t"].columns == ["b"]
 
 
+def test_read_tables_reads_only_the_columns_asked_for(tmp_path):
+    with transaction(tmp_path / "w.duckdb") as conn:
+        write_frame(conn, "raw", "t", pl.DataFrame({"a": [1], "b": ["x"], "c": [2.0]}))
+        write_frame(conn, "raw", "u", pl.DataFrame({"a": [3]}))
+        out = read_tables(conn, "raw", ["t", "u"], columns={"t": ["c", "a"]})
+    assert out["t"].columns == ["c", "a"]
+    assert out["u"].columns == ["a"]
+
+
 def test_missing_table_is_named(tmp_path):
     with (
         transaction(tmp_path / "w.duckdb") as conn,

@@ -27,6 +27,7 @@ from olist_churn_dagster.lib.features import (
     active_seller_counts,
     feature_batches,
     incremental,
+    source_columns,
     source_tables,
 )
 from olist_churn_dagster.lib.markdown import frame_to_markdown
@@ -107,7 +108,9 @@ def _feature_asset(family: str) -> dg.AssetsDefinition:
         if len(dates) == 1:
             return FrameBatches([_one_date(context, family, dates[0], warehouse)])
         with warehouse.get_connection() as conn:
-            raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family])
+            raw = read_tables(
+                conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family)
+            )
         sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
         counts = active_seller_counts(sales, dates, horizon_days=settings.churn_horizon_days)
         batches = date_batches(

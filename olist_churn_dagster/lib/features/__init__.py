@@ -11,6 +11,7 @@ partitions always line up.
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import tempfile
 import weakref
@@ -32,6 +33,7 @@ from olist_churn_dagster.lib.features.engine import (
 )
 from olist_churn_dagster.lib.features.families import PLANS
 from olist_churn_dagster.lib.features.families.products import TOP_CATEGORIES
+from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import KEYS, feature_table
 
@@ -47,6 +49,7 @@ __all__ = [
     "feature_batches",
     "feature_columns",
     "feature_schema",
+    "source_columns",
     "source_tables",
 ]
 
@@ -54,6 +57,9 @@ FEATURE_FAMILIES: tuple[str, ...] = tuple(PLANS)
 _DEFAULT_WINDOW = 180
 # DuckDB's memory for one family's computation (see `_connect`).
 COMPUTE_MEMORY_LIMIT = "1GB"
+# Its threads (None: DuckDB's default, one per core); a test pins them, since the memory
+# a query needs grows with its threads.
+COMPUTE_THREADS: int | None = None
 _EPOCH = date(1970, 1, 1)
 _SCHEMAS = {f: output_schema(PLANS[f](_DEFAULT_WINDOW).outputs) for f in FEATURE_FAMILIES}
 FEATURE_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
@@ -101,13 +107,19 @@ def _connect(
     Its memory is capped (`COMPUTE_MEMORY_LIMIT`): left to its default (80% of the
     machine), DuckDB keeps the intermediate results of a family's history query in memory,
     about 3.5 GB per million orders; capped, it streams them and spills what does not fit
-    to a temporary folder of its own, removed with the connection.
+    to a temporary folder of its own, removed with the connection (the family's CTEs are
+    staged as tables for that, see `engine.stage_ctes`). No query relies on insertion
+    order (those whose order matters say ORDER BY), so DuckDB need not preserve it.
     """
     spill = tempfile.mkdtemp(prefix="olist-features-")
-    con = duckdb.connect(
-        ":memory:",
-        config={"memory_limit": COMPUTE_MEMORY_LIMIT, "temp_directory": spill},
-    )
+    config: dict[str, str | int | bool] = {
+        "memory_limit": COMPUTE_MEMORY_LIMIT,
+        "temp_directory": spill,
+        "preserve_insertion_order": False,
+    }
+    if COMPUTE_THREADS is not None:
+        config["threads"] = COMPUTE_THREADS
+    con = duckdb.connect(":memory:", config=config)
     weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     days = sorted({_epoch_day(d) for d in dates})
     con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
@@ -303,22 +315,68 @@ def _timeline_sources(
     frames["sale_items"] = (
         sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
     )
+    frames, ids = _integer_sellers(frames)
     lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:
-        return list(
-            read_timeline_sources(
-                con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
-            )
+        runs, *rest = read_timeline_sources(
+            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
         )
     finally:
         con.close()
+    return [runs.with_columns(seller_id=ids.gather(runs.get_column("seller_id"))), *rest]
+
+
+def _integer_sellers(
+    frames: Mapping[str, pl.DataFrame],
+) -> tuple[dict[str, pl.DataFrame], pl.Series]:
+    """The frames with every seller_id replaced by its rank among all the sellers (a
+    UInt32), and the sorted seller ids to map the ranks back.
+
+    The family SQL then joins, groups and sorts sellers as integers instead of
+    32-character strings, in the same order (ranks follow the strings' order).
+    """
+    with_sellers = [f for f in frames.values() if "seller_id" in f.columns]
+    ids = pl.concat([f.get_column("seller_id") for f in with_sellers]).unique().sort()
+    ranks = pl.Enum(ids)
+    out = {
+        name: frame.with_columns(pl.col("seller_id").cast(ranks).to_physical())
+        if "seller_id" in frame.columns
+        else frame
+        for name, frame in frames.items()
+    }
+    return out, ids
 
 
 def source_tables(family: str) -> tuple[str, ...]:
     """The raw tables (schema names) a family reads."""
     _check_family(family)
     return tuple(PLANS[family](_DEFAULT_WINDOW).tables)
+
+
+# What `sale_items` (and so every family, through the spine) reads of orders and items.
+_SALE_COLUMNS = {
+    "orders": ("order_id", "order_status", "order_purchase_timestamp"),
+    "order_items": ("order_id", "seller_id"),
+}
+
+
+def source_columns(family: str) -> dict[str, list[str]]:
+    """The columns of each raw table the family reads (orders and order items always),
+    in schema order: a caller can load only these, a fraction of the raw tables' memory.
+
+    A column counts as read when its name is a word of the family's SQL (CTEs, measures
+    and outputs), so no column it uses can be left out; `compute_features` gives the
+    same rows from the pruned tables as from the whole ones.
+    """
+    _check_family(family)
+    plan = PLANS[family](_DEFAULT_WINDOW)
+    words = set(re.findall(r"\w+", repr(plan)))
+    out = {}
+    for table in dict.fromkeys(("orders", "order_items", *plan.tables)):
+        keep = set(_SALE_COLUMNS.get(table, ()))
+        out[table] = [c for c in TABLES[table].columns if c in words or c in keep]
+    return out
 
 
 def catalogue_markdown() -> str:

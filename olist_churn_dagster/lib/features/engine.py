@@ -29,6 +29,8 @@ window operator.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -211,23 +213,23 @@ def _in_reach(block: Sliding, window_days: int, lo: int, hi: int) -> str:
 
 def _source_queries(
     plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int
-) -> dict[str, str]:
-    """The family's SQL: the sale runs, the per-day deltas and the per-day extremes rows.
+) -> tuple[str, dict[str, str]]:
+    """The family's SQL: the CTEs to stage (see `stage_ctes`), then the queries over them
+    of the sale runs, the per-day deltas and the per-day extremes rows.
 
     The deltas are summed per seller and day in DuckDB (its hash aggregate spills to disk
     under a memory limit), so polars receives one row per seller and day, not one per
     source row and block.
     """
     ctes, rows = _delta_rows(plan, window_days, lo, hi)
-    with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days, lo, hi), plan.ctes, *ctes])
     names = _measure_names(plan)
     sums = ", ".join(f"coalesce(sum({n}), 0) AS {n}" for n in names)
     queries = {
-        "runs": f"""{with_sql}
-SELECT sk, seller_id, d, nd, first_d FROM runs JOIN seller_keys USING (seller_id)
+        "runs": f"""SELECT sk, seller_id, d, nd, first_d
+FROM runs JOIN seller_keys USING (seller_id)
 WHERE d + 1 <= {hi} AND d + {horizon_days} >= {lo}
 ORDER BY d, sk""",
-        "deltas": f"{with_sql}\nSELECT sk, day, {sums} FROM (\n"
+        "deltas": f"SELECT sk, day, {sums} FROM (\n"
         + "\nUNION ALL BY NAME ".join(rows)
         + "\n) GROUP BY sk, day",
     }
@@ -240,8 +242,49 @@ ORDER BY d, sk""",
                 f"FROM {block.source} JOIN seller_keys USING (seller_id) "
                 f"WHERE {_in_reach(block, window_days, lo, hi)} GROUP BY sk, {block.day}"
             )
-        queries["extremes"] = with_sql + "\n" + "\nUNION ALL BY NAME ".join(parts)
-    return queries
+        queries["extremes"] = "\nUNION ALL BY NAME ".join(parts)
+    shared = ",\n".join([spine_ctes(horizon_days, lo, hi), plan.ctes, *ctes])
+    return shared, queries
+
+
+_CTE_START = re.compile(r"(?m)^(\w+) AS \(")
+
+
+def split_ctes(ctes: str) -> list[tuple[str, str]]:
+    """(name, query) of each CTE of a comma-separated `name AS (query)` list, in order
+    (each CTE starts a line; the families and `spine_ctes` write them so)."""
+    starts = list(_CTE_START.finditer(ctes))
+    out = []
+    for m, nxt in itertools.zip_longest(starts, starts[1:]):
+        body = ctes[m.end() : nxt.start() if nxt else len(ctes)].rstrip().rstrip(",")
+        if not body.endswith(")"):
+            raise ValueError(f"CTE {m.group(1)!r} does not end with ')'")
+        out.append((m.group(1), body[:-1]))
+    return out
+
+
+def stage_ctes(con: duckdb.DuckDBPyConnection, ctes: str, queries: Sequence[str]) -> None:
+    """Create the CTEs that `queries` use (directly or through each other) as temporary
+    tables, in order, each computed once.
+
+    Why tables, not a WITH clause: DuckDB materializes a query's CTEs and holds them
+    in memory until the query ends, beyond what it can spill. As one query the sales
+    deltas needed more than 128 MB of DuckDB memory at scale 1 and more than 1 GB at
+    scale 30 and failed under the cap; staged, each CTE is one small query whose table
+    can be spilled, and the deltas run in about 100 MB at scale 1 and under 1 GB at
+    scale 30. The shared CTEs are also computed once for the three queries instead of
+    once per query.
+    """
+    parts = split_ctes(ctes)
+    needed: set[str] = set()
+    text = "\n".join(queries)
+    for name, body in reversed(parts):
+        if re.search(rf"\b{name}\b", text):
+            needed.add(name)
+            text += "\n" + body
+    for name, body in parts:
+        if name in needed:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {body}")
 
 
 def read_timeline_sources(
@@ -255,9 +298,10 @@ def read_timeline_sources(
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
     """The sale runs, the deltas per seller and day and the extremes rows of `Timeline`,
     for reference days in [lo, hi]: every read of the raw history a backfill makes."""
-    queries = _source_queries(
+    shared, queries = _source_queries(
         plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
     )
+    stage_ctes(con, shared, list(queries.values()))
     runs = read_sources(con, queries["runs"])
     deltas = read_sources(con, queries["deltas"])
     extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
@@ -265,8 +309,8 @@ def read_timeline_sources(
 
 
 def read_sources(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
-    """Run one query over the family's source tables (every scan of the raw history goes
-    through here, so a test can count them)."""
+    """Run one query over the family's source tables and staged CTEs (every query whose
+    rows a backfill keeps goes through here, so a test can count them)."""
     return con.sql(sql).pl()
 
 
