@@ -58,11 +58,25 @@ def setup(root: Path, scale: float, raw: Path | None, model_from: Path | None) -
     keys = registered_dates(instance)
     if model_from:  # the MLflow store of another template: its champion scores this data
         shutil.copytree(model_from / "template" / "mlflow", template / "mlflow")
+        _copy_abt(model_from / "template" / "warehouse.duckdb", template / "warehouse.duckdb")
     else:
         for cohort in mature_cohorts(keys, purchase_date_range(template / "raw")[1]):
             run("build_feature_store", partition_key=cohort.isoformat())
         run("train_churn_model")
     (template / "bench.json").write_text(json.dumps({"day": keys[-1], "scale": scale}))
+
+
+def _copy_abt(source: Path, target: Path) -> None:
+    """The other setup's ABT too: the score drift check compares the scores' features
+    with the ABT the champion was trained on."""
+    import duckdb
+
+    from olist_churn_dagster.lib.tables import ABT_TABLE
+
+    with duckdb.connect(str(target)) as conn:
+        conn.execute(f"ATTACH '{source}' AS other (READ_ONLY)")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ABT_TABLE.split('.')[0]}")
+        conn.execute(f"CREATE OR REPLACE TABLE {ABT_TABLE} AS SELECT * FROM other.{ABT_TABLE}")
 
 
 def measure(root: Path, label: str) -> None:

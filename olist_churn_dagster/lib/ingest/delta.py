@@ -20,8 +20,17 @@ is typed and compared by content, which costs time, never correctness. A 64-bit 
 between a row's stored and new text under the same key would hide that change: about one
 chance in 2**64 per changed row.
 
+A file whose bytes are those of the file the table was last loaded from (same SHA-256,
+kept in `ingest.source_files`) is not parsed at all: it changes nothing, and every check
+it passed then still holds (the tables it references are checked against their own
+changes as usual). A file with other bytes, even of the same size, is read as above.
+
 A table is loaded whole (`full`) when asked, when it has no key (geolocation), or when
 the warehouse has no table or hash store for it yet that matches the schema.
+
+Each load also keeps the keys it inserted or updated (`ingest."<table>__changed"`) and
+deleted (`ingest."<table>__deleted"`) for the raw tables' asset checks, which then look
+at those rows only (`last_changes`); a table loaded whole has none, and is checked whole.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from olist_churn_dagster.lib.ingest.loader import (
     LINE,
     ROW,
     InputDataError,
+    SourceText,
     check_references,
     orphan_error,
     read_text_tables,
@@ -50,6 +60,8 @@ from olist_churn_dagster.lib.warehouse import write_frame
 
 HASH_SCHEMA = "ingest"
 HASH = "row_hash"
+FILES_TABLE = "source_files"  # table name, SHA-256 and rows of the file last loaded
+CHANGED, DELETED = "__changed", "__deleted"  # suffixes of the last load's key tables
 _SEED = 20_181_017  # any fixed seed: the same text must give the same hash on every load
 
 
@@ -64,6 +76,7 @@ class TableChange:
     inserted: int
     updated: int
     deleted: int
+    unchanged_file: bool = False  # the same bytes as the last load's: not read at all
 
     def metadata(self) -> dict[str, int | str]:
         return {
@@ -85,6 +98,14 @@ class _TablePlan:
     updated: pl.DataFrame = field(default_factory=pl.DataFrame)  # keys (delta)
     inserted: int = 0
     previous_rows: int = 0
+    sha256: str | None = None  # of the source file (None: the optional file is absent)
+    unchanged_file: bool = False
+
+    @property
+    def rows(self) -> int:
+        if self.unchanged_file:
+            return self.previous_rows
+        return self.typed.height if self.mode == "full" else self.keys.height
 
     @property
     def change(self) -> TableChange:
@@ -94,10 +115,11 @@ class _TablePlan:
         return TableChange(
             self.spec.name,
             "delta",
-            self.keys.height,
+            self.rows,
             self.inserted,
             self.updated.height,
             self.deleted.height,
+            self.unchanged_file,
         )
 
 
@@ -153,12 +175,46 @@ def _duck_types(frame: pl.DataFrame) -> list[tuple[str, str]]:
 
 
 def _store_matches(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> bool:
-    """Whether the raw table and its hash store exist with the schema's columns and types."""
+    """Whether the raw table and its hash store (keyed tables) exist with the schema's
+    columns and types."""
     raw = _exists(conn, RAW_SCHEMA, spec.name)
-    store = _exists(conn, HASH_SCHEMA, spec.name)
     expected = _duck_types(pl.DataFrame(schema=spec.schema))
+    if not spec.primary_key:
+        return raw == expected
+    store = _exists(conn, HASH_SCHEMA, spec.name)
     keys = [c for c in expected if c[0] in spec.primary_key]
     return raw == expected and store == [*keys, (HASH, "UBIGINT")]
+
+
+def _loaded_files(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int]]:
+    """{table: (sha256, rows)} of the files the raw tables were last loaded from."""
+    if not _exists(conn, HASH_SCHEMA, FILES_TABLE):
+        return {}
+    rows = conn.execute(
+        f'SELECT table_name, sha256, "rows" FROM {HASH_SCHEMA}."{FILES_TABLE}"'
+    ).fetchall()
+    return {name: (digest, count) for name, digest, count in rows}
+
+
+def _key_schema(spec: TableSpec) -> dict[str, pl.DataType]:
+    return {c: spec.schema[c] for c in spec.primary_key}
+
+
+def _plan_unchanged(spec: TableSpec, sha256: str, rows: int) -> _TablePlan:
+    """A file with the very bytes of the last load's: no row changes."""
+    keys = _key_schema(spec)
+    return _TablePlan(
+        spec=spec,
+        mode="delta",
+        keys=pl.DataFrame(schema={**keys, HASH: pl.UInt64, ROW: pl.Int64, LINE: pl.Int64}),
+        typed=pl.DataFrame(schema={**spec.schema, ROW: pl.Int64, LINE: pl.Int64}),
+        hashes=pl.DataFrame(schema={**keys, HASH: pl.UInt64}),
+        deleted=pl.DataFrame(schema=keys),
+        updated=pl.DataFrame(schema=keys),
+        previous_rows=rows,
+        sha256=sha256,
+        unchanged_file=True,
+    )
 
 
 def _check_unique(keys: pl.DataFrame, spec: TableSpec) -> None:
@@ -260,20 +316,27 @@ def _plan_full(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFr
 def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> LoadPlan:
     """Read and check `source` and compare it with the warehouse's raw tables, table by
     table (`full`: every table loaded whole). Raises `InputDataError` for bad input."""
-    texts = read_text_tables(source)
-    present: dict[str, pl.DataFrame] = {}
+    usable = {n: not full and _store_matches(conn, s) for n, s in TABLES.items()}
+    loaded = {n: f for n, f in _loaded_files(conn).items() if usable.get(n)}
+    texts = read_text_tables(source, {n: digest for n, (digest, _) in loaded.items()})
+    present: dict[str, SourceText] = {}
     plans: dict[str, _TablePlan] = {}
     for name, spec in TABLES.items():
         # tables come in TABLES order; an optional file that is absent is an empty table
         while name not in present and (item := next(texts, None)) is not None:
-            present[item[0]] = item[1]
-        text = present.pop(name, None)
+            present[item.name] = item
+        read = present.pop(name, None)
+        if read is not None and read.text is None:
+            plans[name] = _plan_unchanged(spec, read.sha256, loaded[name][1])
+            continue
+        text = read.text if read is not None else None
         if text is None:
             columns = {c: pl.String for c in spec.columns}
             text = pl.DataFrame(schema={**columns, ROW: pl.Int64, LINE: pl.Int64})
-        delta = not full and spec.primary_key and _store_matches(conn, spec)
+        delta = usable[name] and spec.primary_key
         plans[name] = (_plan_delta if delta else _plan_full)(conn, spec, text)
-        del text
+        plans[name].sha256 = read.sha256 if read is not None else None
+        del text, read
     # Links between two tables loaded whole are checked on the frames, as `load_dataset`
     # does; the others once the changes are written (`apply_load`).
     check_references({n: p.typed for n, p in plans.items() if p.mode == "full"})
@@ -281,6 +344,8 @@ def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> L
 
 
 def _write_delta(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
+    if plan.unchanged_file:
+        return
     spec, pk = plan.spec, plan.spec.primary_key
     raw, store = f'{RAW_SCHEMA}."{spec.name}"', f'{HASH_SCHEMA}."{spec.name}"'
     gone = pl.concat([plan.deleted, plan.updated.select(pk)])
@@ -349,6 +414,39 @@ def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) 
         raise orphan_error(child, column, parent, bad.height, first)
 
 
+def _write_changed_keys(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
+    """Keep the keys this load inserted or updated, and those it deleted, for the asset
+    checks (`last_changes`); none for a table loaded whole (its checks read it all)."""
+    name, pk = plan.spec.name, list(plan.spec.primary_key)
+    changed, deleted = f'{HASH_SCHEMA}."{name}{CHANGED}"', f'{HASH_SCHEMA}."{name}{DELETED}"'
+    if plan.mode == "full" or not pk:
+        conn.execute(f"DROP TABLE IF EXISTS {changed}")
+        conn.execute(f"DROP TABLE IF EXISTS {deleted}")
+        return
+    write_frame(conn, HASH_SCHEMA, f"{name}{CHANGED}", plan.typed.select(pk))
+    write_frame(conn, HASH_SCHEMA, f"{name}{DELETED}", plan.deleted.select(pk))
+
+
+def _write_files(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) -> None:
+    files = pl.DataFrame(
+        [(n, p.sha256, p.rows) for n, p in plans.items() if p.sha256 is not None],
+        schema={"table_name": pl.String, "sha256": pl.String, "rows": pl.Int64},
+        orient="row",
+    )
+    write_frame(conn, HASH_SCHEMA, FILES_TABLE, files)
+
+
+def last_changes(conn: duckdb.DuckDBPyConnection, table: str) -> tuple[str, str] | None:
+    """The tables holding the keys the last load of raw `table` inserted or updated, and
+    those it deleted; None when it was loaded whole (or has no key): look at every row.
+    The load refused any source that broke a key or a reference, so after a load of
+    changes a broken one can only involve these rows."""
+    changed, deleted = f"{table}{CHANGED}", f"{table}{DELETED}"
+    if not (_exists(conn, HASH_SCHEMA, changed) and _exists(conn, HASH_SCHEMA, deleted)):
+        return None
+    return f'{HASH_SCHEMA}."{changed}"', f'{HASH_SCHEMA}."{deleted}"'
+
+
 def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, TableChange]:
     """Write the planned changes (the caller's transaction), then check every reference
     between the final tables; `InputDataError` if one is broken (roll back then)."""
@@ -356,5 +454,7 @@ def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, Tab
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{HASH_SCHEMA}"')
     for table_plan in plan.tables.values():
         (_write_full if table_plan.mode == "full" else _write_delta)(conn, table_plan)
+        _write_changed_keys(conn, table_plan)
     _check_links(conn, plan.tables)
+    _write_files(conn, plan.tables)
     return plan.changes

@@ -9,9 +9,10 @@ from a bad source.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -555,7 +556,10 @@ def _now() -> datetime:
 def _read_text(source: _Source, spec: TableSpec) -> pl.DataFrame:
     """One table's rows as text, after the whole-file checks (encoding, header, quoting,
     field counts), with their row and line numbers (`ROW`, `LINE`)."""
-    data = source.read(spec.file_name)
+    return _parse_text(source.read(spec.file_name), spec)
+
+
+def _parse_text(data: bytes, spec: TableSpec) -> pl.DataFrame:
     if not data:
         raise InputDataError(
             f"the file is empty (0 bytes); expected a header: {', '.join(spec.columns)}",
@@ -641,14 +645,31 @@ def load_dataset(
     return {name: df.drop(_ROW, _LINE) for name, df in frames.items()}
 
 
-def read_text_tables(source: Path) -> Iterator[tuple[str, pl.DataFrame]]:
+@dataclass(frozen=True)
+class SourceText:
+    """One file of a source as `read_text_tables` gives it: its rows as text (None when
+    its digest is the one the caller knew) and the SHA-256 of its bytes."""
+
+    name: str
+    text: pl.DataFrame | None
+    sha256: str
+
+
+def read_text_tables(source: Path, known: Mapping[str, str] | None = None) -> Iterator[SourceText]:
     """Every table of the source (as `load_dataset` picks them) as text rows with `ROW` and
     `LINE`, whole-file checks done, one table at a time (the caller keeps what it needs):
     the first half of `load_dataset`, for a caller that types only the rows it has not
-    seen before (`type_rows`). Every file is checked to be there before the first is read."""
+    seen before (`type_rows`). Every file is checked to be there before the first is read.
+    A file whose bytes hash to `known[name]` is not parsed (`text` None): the caller read
+    and checked those very bytes before."""
     src = _Source.open(source)
+    known = known or {}
     for spec in _table_specs(src, None):
-        yield spec.name, _read_text(src, spec)
+        data = src.read(spec.file_name)
+        digest = hashlib.sha256(data).hexdigest()
+        text = None if known.get(spec.name) == digest else _parse_text(data, spec)
+        del data
+        yield SourceText(spec.name, text, digest)
 
 
 def check_references(frames: dict[str, pl.DataFrame]) -> None:
