@@ -35,6 +35,7 @@ at those rows only (`last_changes`); a table loaded whole has none, and is check
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,13 +45,16 @@ import duckdb
 import polars as pl
 
 from olist_churn_dagster.lib.ingest.loader import (
+    HASH,
     LINE,
     ROW,
     InputDataError,
-    SourceText,
     check_references,
     orphan_error,
-    read_text_tables,
+    parse_lines,
+    parse_text,
+    read_files,
+    split_lines,
     type_rows,
     typed_key,
 )
@@ -59,10 +63,8 @@ from olist_churn_dagster.lib.tables import RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import write_frame
 
 HASH_SCHEMA = "ingest"
-HASH = "row_hash"
 FILES_TABLE = "source_files"  # table name, SHA-256 and rows of the file last loaded
 CHANGED, DELETED = "__changed", "__deleted"  # suffixes of the last load's key tables
-_SEED = 20_181_017  # any fixed seed: the same text must give the same hash on every load
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,15 @@ class _TablePlan:
     previous_rows: int = 0
     sha256: str | None = None  # of the source file (None: the optional file is absent)
     unchanged_file: bool = False
+    known: pl.DataFrame | None = None  # HASH, ROW, LINE of the rows not parsed (by lines)
+    source_rows: int | None = None  # rows of the source (by lines: `keys` has only some)
 
     @property
     def rows(self) -> int:
         if self.unchanged_file:
             return self.previous_rows
+        if self.source_rows is not None:
+            return self.source_rows
         return self.typed.height if self.mode == "full" else self.keys.height
 
     @property
@@ -147,10 +153,6 @@ class LoadPlan:
             changed = plan.typed.select("order_id")
             parts += [changed, plan.deleted.select("order_id")]
         return pl.concat(parts).unique()
-
-
-def _row_hash(text: pl.DataFrame, spec: TableSpec) -> pl.Expr:
-    return pl.struct([pl.col(c) for c in spec.columns]).hash(seed=_SEED).alias(HASH)
 
 
 def _exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tuple[str, str]]:
@@ -254,15 +256,26 @@ def _on(pk: tuple[str, ...], left: str, right: str) -> str:
 
 def _plan_delta(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFrame) -> _TablePlan:
     pk = list(spec.primary_key)
-    keys = pl.concat(
-        [typed_key(text, spec.name), text.select(_row_hash(text, spec), ROW, LINE)],
-        how="horizontal",
-    )
+    keys = pl.concat([typed_key(text, spec.name), text.select(HASH, ROW, LINE)], how="horizontal")
     stored = conn.execute(f'SELECT * FROM {HASH_SCHEMA}."{spec.name}"').pl()
     fresh = keys.join(stored, on=[*pk, HASH], how="anti", nulls_equal=False)
     typed = type_rows(text.filter(pl.col(ROW).is_in(fresh.get_column(ROW).implode())), spec.name)
     _check_unique(keys, spec)
     deleted = stored.select(pk).join(keys.select(pk), on=pk, how="anti")
+    return _compared(conn, spec, typed, keys, fresh.select(*pk, HASH), deleted)
+
+
+def _compared(
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    typed: pl.DataFrame,
+    keys: pl.DataFrame,
+    hashes: pl.DataFrame,
+    deleted: pl.DataFrame,
+) -> _TablePlan:
+    """The plan of a table loaded as changes: the rows not known by their hash (`typed`)
+    compared by content with the stored rows, as updates or inserts."""
+    pk = list(spec.primary_key)
     keys_sql = ", ".join(f'c."{c}"' for c in pk)
     differs = " OR ".join(f'c."{c}" IS DISTINCT FROM t."{c}"' for c in spec.columns)
     with _registered(conn, _fresh=typed.drop(ROW, LINE)):
@@ -283,16 +296,60 @@ def _plan_delta(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataF
         mode="delta",
         keys=keys,
         typed=to_write,
-        hashes=fresh.select(*pk, HASH),
+        hashes=hashes,
         deleted=deleted,
         updated=updated,
         inserted=inserted.height,
     )
 
 
+def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -> _TablePlan | None:
+    """A table loaded as changes without parsing the rows known by their hash: the file
+    is cut at its line ends and only the lines whose hash the store does not hold are
+    parsed, checked and typed. A known line is, byte for byte, a record read and checked
+    before, so the file as a whole passes the checks when its new lines do. None when the
+    lines are not the records (a quoted line break: its pieces are never known and do not
+    parse alone) or the file has no rows: the caller reads the file whole then."""
+    pk = list(spec.primary_key)
+    header_end = data.find(b"\n") + 1
+    lines = split_lines(data)
+    if not header_end or lines.is_empty():
+        return None
+    store = f'{HASH_SCHEMA}."{spec.name}"'
+    stored = conn.execute(f'SELECT "{HASH}" FROM {store}').pl().get_column(HASH)
+    lines = lines.with_columns(pl.col(HASH).is_in(stored.implode()).alias("_known"))
+    try:
+        text = parse_lines(data[:header_end], lines.filter(~pl.col("_known")), spec)
+    except InputDataError:
+        return None
+    typed = type_rows(text, spec.name)
+    fresh = pl.concat(
+        [typed.select(pk), lines.filter(~pl.col("_known")).select(HASH, ROW, LINE)],
+        how="horizontal",
+    )
+    known = lines.filter(pl.col("_known")).select(HASH, ROW, LINE)
+    # Keys can repeat only where a new row's key is also an unchanged row's, or where one
+    # known line is written twice: those rows are located and checked with the new ones.
+    twice = known.filter(pl.col(HASH).is_duplicated()).select(HASH).unique()
+    key_list = ", ".join(f'"{c}"' for c in pk)
+    with _registered(conn, _fresh_keys=fresh.select(pk).unique(), _twice=twice):
+        involved = conn.execute(
+            f"SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _fresh_keys USING ({key_list}) "
+            f"UNION SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _twice USING ({HASH})"
+        ).pl()
+    keys = pl.concat([fresh, involved.join(known, on=HASH).select(fresh.columns)])
+    _check_unique(keys, spec)
+    with _registered(conn, _source=lines.select(HASH)):
+        gone = conn.execute(f"SELECT {key_list} FROM {store} ANTI JOIN _source USING ({HASH})").pl()
+    deleted = gone.join(fresh.select(pk), on=pk, how="anti", nulls_equal=False)
+    plan = _compared(conn, spec, typed, keys, fresh.select(*pk, HASH), deleted)
+    plan.known, plan.source_rows = known, lines.height
+    return plan
+
+
 def _plan_full(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFrame) -> _TablePlan:
     typed = type_rows(text, spec.name)
-    hashes = text.select(_row_hash(text, spec), ROW, LINE)
+    hashes = text.select(HASH, ROW, LINE)
     keys = (
         pl.concat([typed.select(spec.primary_key), hashes], how="horizontal")
         if spec.primary_key
@@ -318,25 +375,33 @@ def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> L
     table (`full`: every table loaded whole). Raises `InputDataError` for bad input."""
     usable = {n: not full and _store_matches(conn, s) for n, s in TABLES.items()}
     loaded = {n: f for n, f in _loaded_files(conn).items() if usable.get(n)}
-    texts = read_text_tables(source, {n: digest for n, (digest, _) in loaded.items()})
-    present: dict[str, SourceText] = {}
+    files = read_files(source)
+    present: dict[str, bytes] = {}
     plans: dict[str, _TablePlan] = {}
     for name, spec in TABLES.items():
         # tables come in TABLES order; an optional file that is absent is an empty table
-        while name not in present and (item := next(texts, None)) is not None:
-            present[item.name] = item
-        read = present.pop(name, None)
-        if read is not None and read.text is None:
-            plans[name] = _plan_unchanged(spec, read.sha256, loaded[name][1])
+        while name not in present and (item := next(files, None)) is not None:
+            present[item[0].name] = item[1]
+        data = present.pop(name, None)
+        digest = hashlib.sha256(data).hexdigest() if data is not None else None
+        if digest is not None and name in loaded and loaded[name][0] == digest:
+            plans[name] = _plan_unchanged(spec, digest, loaded[name][1])
             continue
-        text = read.text if read is not None else None
-        if text is None:
-            columns = {c: pl.String for c in spec.columns}
-            text = pl.DataFrame(schema={**columns, ROW: pl.Int64, LINE: pl.Int64})
-        delta = usable[name] and spec.primary_key
-        plans[name] = (_plan_delta if delta else _plan_full)(conn, spec, text)
-        plans[name].sha256 = read.sha256 if read is not None else None
-        del text, read
+        delta = usable[name] and bool(spec.primary_key)
+        plan = _plan_lines(conn, spec, data) if delta and data is not None else None
+        if plan is None:
+            if data is None:
+                columns = {c: pl.String for c in spec.columns}
+                text = pl.DataFrame(
+                    schema={**columns, LINE: pl.Int64, ROW: pl.Int64, HASH: pl.UInt64}
+                )
+            else:
+                text = parse_text(data, spec, hashes=True)
+            plan = (_plan_delta if delta else _plan_full)(conn, spec, text)
+            del text
+        plan.sha256 = digest
+        plans[name] = plan
+        del data
     # Links between two tables loaded whole are checked on the frames, as `load_dataset`
     # does; the others once the changes are written (`apply_load`).
     check_references({n: p.typed for n, p in plans.items() if p.mode == "full"})
@@ -398,6 +463,23 @@ def _orphans(
     return bad
 
 
+def _locate_known(
+    conn: duckdb.DuckDBPyConnection, plan: _TablePlan, located: pl.DataFrame
+) -> pl.DataFrame:
+    """Row and line of rows that were not parsed, found by their stored hash."""
+    pk = list(plan.spec.primary_key)
+    key_list = ", ".join(f'"{c}"' for c in pk)
+    with _registered(conn, _bad=located.filter(pl.col(ROW).is_null()).select(pk)):
+        hashed = conn.execute(
+            f'SELECT {key_list}, {HASH} FROM {HASH_SCHEMA}."{plan.spec.name}" '
+            f"SEMI JOIN _bad USING ({key_list})"
+        ).pl()
+    found = hashed.join(plan.known, on=HASH).drop(HASH).unique(pk, keep="first")
+    return located.join(found, on=pk, how="left", suffix="_known").with_columns(
+        pl.coalesce(ROW, f"{ROW}_known").alias(ROW), pl.coalesce(LINE, f"{LINE}_known").alias(LINE)
+    )
+
+
 def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) -> None:
     """Every reference between the final tables holds; the first broken one is raised with
     the child row's file, row and line."""
@@ -410,6 +492,8 @@ def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) 
             continue
         pk = list(child_plan.spec.primary_key)
         located = bad.join(child_plan.keys.select(*pk, ROW, LINE), on=pk, how="left")
+        if child_plan.known is not None and located[ROW].null_count():
+            located = _locate_known(conn, child_plan, located)
         first = located.sort(ROW, nulls_last=True).row(0, named=True)
         raise orphan_error(child, column, parent, bad.height, first)
 

@@ -238,3 +238,53 @@ def test_a_load_keeps_the_keys_it_changed_for_the_checks(
     assert last_changes(conn, "geolocation") is None  # no key
     load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day), full=True)
     assert last_changes(conn, "orders") is None
+
+
+def test_only_the_new_lines_of_a_changed_file_are_parsed(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    conn.execute("BEGIN TRANSACTION")
+    plan = plan_load(conn, snapshot, full=False)
+    conn.execute("ROLLBACK")
+    orders = plan.tables["orders"]
+    assert orders.known is not None  # read by lines
+    assert orders.known.height + orders.typed.height >= orders.rows - orders.updated.height
+    assert orders.keys.height < orders.rows / 5  # only the new lines were parsed
+    changes = load(conn, snapshot)
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    assert changes["orders"].rows == load_dataset(snapshot)["orders"].height
+
+
+def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_path: Path) -> None:
+    conn, last, _ = loaded
+    day = last + timedelta(days=1)
+    cut = cut_as_of(tables, day)
+    first = cut["order_reviews"]["review_id"][0]
+    cut["order_reviews"] = cut["order_reviews"].with_columns(
+        pl.when(pl.col("review_id") == first)
+        .then(pl.lit("two\nlines, quoted"))
+        .otherwise(pl.col("review_comment_message"))
+        .alias("review_comment_message")
+    )
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    changes = load(conn, snapshot)
+    assert changes["order_reviews"].updated + changes["order_reviews"].inserted >= 1
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    # loaded again: the record spanning two lines is known by its whole bytes
+    again = load(conn, snapshot)
+    assert all(c.inserted == c.updated == c.deleted == 0 for c in again.values())
+    # a later day keeps it and finds every other change
+    later = last + timedelta(days=2)
+    cut = cut_as_of(tables, later)
+    cut["order_reviews"] = cut["order_reviews"].with_columns(
+        pl.when(pl.col("review_id") == first)
+        .then(pl.lit("two\nlines, quoted"))
+        .otherwise(pl.col("review_comment_message"))
+        .alias("review_comment_message")
+    )
+    snapshot = write_snapshot(cut, tmp_path / "snap", later)
+    load(conn, snapshot)
+    assert_same_rows(stored(conn), load_dataset(snapshot))
