@@ -2,23 +2,28 @@
 
 A daily snapshot is a full dump of the source, and nearly all of its rows are in the
 warehouse already; typing them again (timestamps above all) and rewriting every table is
-most of a reload's cost. So each row's text is hashed and the hash kept beside the raw
-table, keyed by the primary key (schema `ingest`, same transaction as the raw table). A
-row whose key and text hash are both known is unchanged: its text is, byte for byte, what
-was typed and checked when it was loaded. Only new and changed rows are typed, checked
+most of a reload's cost. So the hash of each record's bytes is kept beside the raw table,
+keyed by the primary key (schema `ingest`, same transaction as the raw table). A record
+whose hash is known is unchanged: it is, byte for byte, what was typed and checked when it
+was loaded. A changed file is cut at its line ends and hashed line by line without being
+parsed (`_plan_lines`); only the lines whose hash is not known are parsed, typed, checked
 row by row and compared by content with the stored row; then new rows are inserted,
-changed rows replaced and rows no longer in the source deleted.
+changed rows replaced and rows no longer in the source deleted. A file where a quoted
+field holds a line break (its pieces are never known, and do not parse alone) is parsed
+whole and compared key and hash (`_plan_delta`), as are files of a schema the store does
+not match yet.
 
-The checks that need the whole source still see all of it: encoding, header, quoting and
-field counts of every file, unique keys over every table, and every reference between the
-final tables (new or changed rows against their parents, rows left pointing at a deleted
-parent). A failed check raises `InputDataError` before the caller commits, so nothing
-changes.
+The checks that need the whole source still hold for all of it: encoding, header, quoting
+and field counts of the new lines (the known ones passed them before), unique keys over
+every table (a repeat needs a new row's key on a known row, or a known line written
+twice: both are looked up), and every reference between the final tables (new or changed
+rows against their parents, rows left pointing at a deleted parent). A failed check
+raises `InputDataError` before the caller commits, so nothing changes.
 
-The hash only prunes: a row whose hash is not known (first load, another polars version)
-is typed and compared by content, which costs time, never correctness. A 64-bit collision
-between a row's stored and new text under the same key would hide that change: about one
-chance in 2**64 per changed row.
+The hash only prunes: a record whose hash is not known (first load, another polars
+version) is typed and compared by content, which costs time, never correctness. A 64-bit
+collision between a new record and a stored one would hide that change: about one chance
+in 2**64 per stored row for each changed row.
 
 A file whose bytes are those of the file the table was last loaded from (same SHA-256,
 kept in `ingest.source_files`) is not parsed at all: it changes nothing, and every check

@@ -9,10 +9,9 @@ from a bad source.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -670,31 +669,14 @@ def load_dataset(
     return {name: df.drop(_ROW, _LINE) for name, df in frames.items()}
 
 
-@dataclass(frozen=True)
-class SourceText:
-    """One file of a source as `read_text_tables` gives it: its rows as text (None when
-    its digest is the one the caller knew) and the SHA-256 of its bytes."""
-
-    name: str
-    text: pl.DataFrame | None
-    sha256: str
-
-
-def read_text_tables(source: Path, known: Mapping[str, str] | None = None) -> Iterator[SourceText]:
+def read_text_tables(source: Path) -> Iterator[tuple[str, pl.DataFrame]]:
     """Every table of the source (as `load_dataset` picks them) as text rows with `ROW` and
     `LINE`, whole-file checks done, one table at a time (the caller keeps what it needs):
     the first half of `load_dataset`, for a caller that types only the rows it has not
-    seen before (`type_rows`). Every file is checked to be there before the first is read.
-    A file whose bytes hash to `known[name]` is not parsed (`text` None): the caller read
-    and checked those very bytes before."""
+    seen before (`type_rows`). Every file is checked to be there before the first is read."""
     src = _Source.open(source)
-    known = known or {}
     for spec in _table_specs(src, None):
-        data = src.read(spec.file_name)
-        digest = hashlib.sha256(data).hexdigest()
-        text = None if known.get(spec.name) == digest else parse_text(data, spec)
-        del data
-        yield SourceText(spec.name, text, digest)
+        yield spec.name, _read_text(src, spec)
 
 
 def read_files(source: Path) -> Iterator[tuple[TableSpec, bytes]]:
