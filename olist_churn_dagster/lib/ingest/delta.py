@@ -314,7 +314,8 @@ def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -
     parsed, checked and typed. A known line is, byte for byte, a record read and checked
     before, so the file as a whole passes the checks when its new lines do. None when the
     lines are not the records (a quoted line break: its pieces are never known and do not
-    parse alone) or the file has no rows: the caller reads the file whole then."""
+    parse alone), the file has no rows or most of its lines are new: the caller reads
+    the file whole then."""
     pk = list(spec.primary_key)
     header_end = data.find(b"\n") + 1
     lines = split_lines(data)
@@ -323,6 +324,8 @@ def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -
     store = f'{HASH_SCHEMA}."{spec.name}"'
     stored = conn.execute(f'SELECT "{HASH}" FROM {store}').pl().get_column(HASH)
     lines = lines.with_columns(pl.col(HASH).is_in(stored.implode()).alias("_known"))
+    if lines.get_column("_known").sum() < lines.height / 2:
+        return None  # mostly new (first load, a changed hash): parsing it whole is cheaper
     try:
         text = parse_lines(data[:header_end], lines.filter(~pl.col("_known")), spec)
     except InputDataError:
