@@ -10,7 +10,8 @@ champion model: what a daily run needs, without the whole feature backfill that
 of training one here). `measure` copies the template and runs the stage of
 `bench/pipeline.py` (`daily_snapshot_to_scores`): yesterday's snapshot untimed, today's
 timed, in process. Put another checkout first on PYTHONPATH to time its code on the same
-data, back to back. Prints one line: seconds, scores written, peak RSS, load average.
+data, back to back. Prints one line: seconds (wall, and CPU of all the process's threads),
+scores written, peak RSS, load average.
 """
 
 from __future__ import annotations
@@ -96,11 +97,12 @@ def measure(root: Path, label: str) -> None:
     memory = PeakMemory()
     memory.take()
     load = os.getloadavg()[0]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     rows = stage()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     print(
-        f"scale {info['scale']:g} {label}: snapshot to scores {seconds:.1f} s, {rows} scores, "
+        f"scale {info['scale']:g} {label}: snapshot to scores {seconds:.1f} s "
+        f"({cpu:.1f} CPU-s, all threads), {rows} scores, "
         f"peak {memory.take():.2f} GB, load average {load:.1f} -> {os.getloadavg()[0]:.1f} "
         f"(code {Path(olist_churn_dagster.__file__).parent.parent})",
         flush=True,
