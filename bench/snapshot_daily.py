@@ -10,7 +10,8 @@ champion model: what a daily run needs, without the whole feature backfill that
 of training one here). `measure` copies the template and runs the stage of
 `bench/pipeline.py` (`daily_snapshot_to_scores`): yesterday's snapshot untimed, today's
 timed, in process. Put another checkout first on PYTHONPATH to time its code on the same
-data, back to back. Prints one line: seconds, scores written, peak RSS, load average.
+data, back to back. Prints one line: seconds (wall, and CPU of all the process's threads),
+scores written, peak RSS, load average.
 """
 
 from __future__ import annotations
@@ -58,11 +59,25 @@ def setup(root: Path, scale: float, raw: Path | None, model_from: Path | None) -
     keys = registered_dates(instance)
     if model_from:  # the MLflow store of another template: its champion scores this data
         shutil.copytree(model_from / "template" / "mlflow", template / "mlflow")
+        _copy_abt(model_from / "template" / "warehouse.duckdb", template / "warehouse.duckdb")
     else:
         for cohort in mature_cohorts(keys, purchase_date_range(template / "raw")[1]):
             run("build_feature_store", partition_key=cohort.isoformat())
         run("train_churn_model")
     (template / "bench.json").write_text(json.dumps({"day": keys[-1], "scale": scale}))
+
+
+def _copy_abt(source: Path, target: Path) -> None:
+    """The other setup's ABT too: the score drift check compares the scores' features
+    with the ABT the champion was trained on."""
+    import duckdb
+
+    from olist_churn_dagster.lib.tables import ABT_TABLE
+
+    with duckdb.connect(str(target)) as conn:
+        conn.execute(f"ATTACH '{source}' AS other (READ_ONLY)")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ABT_TABLE.split('.')[0]}")
+        conn.execute(f"CREATE OR REPLACE TABLE {ABT_TABLE} AS SELECT * FROM other.{ABT_TABLE}")
 
 
 def measure(root: Path, label: str) -> None:
@@ -82,11 +97,12 @@ def measure(root: Path, label: str) -> None:
     memory = PeakMemory()
     memory.take()
     load = os.getloadavg()[0]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     rows = stage()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     print(
-        f"scale {info['scale']:g} {label}: snapshot to scores {seconds:.1f} s, {rows} scores, "
+        f"scale {info['scale']:g} {label}: snapshot to scores {seconds:.1f} s "
+        f"({cpu:.1f} CPU-s, all threads), {rows} scores, "
         f"peak {memory.take():.2f} GB, load average {load:.1f} -> {os.getloadavg()[0]:.1f} "
         f"(code {Path(olist_churn_dagster.__file__).parent.parent})",
         flush=True,

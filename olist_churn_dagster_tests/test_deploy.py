@@ -170,7 +170,7 @@ def test_a_job_runs_with_the_multiprocess_executor(tmp_path: Path, demo_raw_dir:
             # Two of its steps (the load and one check): every step process loads the
             # code location, so all 14 would take minutes here.
             "-o",
-            "raw_tables,raw__orders_timestamps_in_order",
+            "raw_tables,raw_table_checks",
         ],
         env=_clean_environment(
             OLIST_CHURN_DATA_DIR=str(data_dir),

@@ -349,7 +349,14 @@ def test_raw_load_killed_inside_its_write_keeps_every_previous_raw_table(
         # tests after this one too.
         restore = run_job(definitions, "load_raw_tables", source=data_dir / "raw")
         assert restore.success, failure_message(restore)
-    assert warehouse_checksums(warehouse) == before
+    # Every table as before but the keys the last load changed (`ingest.<t>__changed` and
+    # `__deleted`, kept for the raw checks): they describe that load (changes, here), not
+    # the data. Inside the killed run above they were compared with the rest, unchanged.
+    assert _data_only(warehouse_checksums(warehouse)) == _data_only(before)
+
+
+def _data_only(sums: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in sums.items() if not k.endswith(("__changed", "__deleted"))}
 
 
 @pytest.fixture(scope="module")

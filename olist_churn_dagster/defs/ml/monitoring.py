@@ -22,7 +22,6 @@ from olist_churn_dagster.lib.ml.monitoring import (
 from olist_churn_dagster.lib.ml.rhythm import model_frame
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
-from olist_churn_dagster.lib.warehouse import read_tables
 
 MONITORING_KEY = dg.AssetKey(["ml", "model_monitoring"])
 
@@ -78,10 +77,14 @@ def model_monitoring(context: dg.AssetExecutionContext, warehouse: DuckDBResourc
         scores = conn.execute(
             f"SELECT reference_date, seller_id, churn_probability FROM {SCORES_TABLE}"
         ).pl()
-        raw = read_tables(conn, RAW_SCHEMA, ["orders", "order_items"])
+        # Only the columns labels read: the whole tables are most of this asset's time.
+        orders = conn.execute(
+            f"SELECT order_id, order_status, order_purchase_timestamp FROM {RAW_SCHEMA}.orders"
+        ).pl()
+        items = conn.execute(f"SELECT order_id, seller_id FROM {RAW_SCHEMA}.order_items").pl()
     labels = churn_labels(
-        raw["orders"],
-        raw["order_items"],
+        orders,
+        items,
         scores.select(KEYS),
         horizon_days=load_settings().churn_horizon_days,
     )

@@ -2,30 +2,45 @@
 
 A daily snapshot is a full dump of the source, and nearly all of its rows are in the
 warehouse already; typing them again (timestamps above all) and rewriting every table is
-most of a reload's cost. So each row's text is hashed and the hash kept beside the raw
-table, keyed by the primary key (schema `ingest`, same transaction as the raw table). A
-row whose key and text hash are both known is unchanged: its text is, byte for byte, what
-was typed and checked when it was loaded. Only new and changed rows are typed, checked
+most of a reload's cost. So the hash of each record's bytes is kept beside the raw table,
+keyed by the primary key (schema `ingest`, same transaction as the raw table). A record
+whose hash is known is unchanged: it is, byte for byte, what was typed and checked when it
+was loaded. A changed file is cut at its line ends and hashed line by line without being
+parsed (`_plan_lines`); only the lines whose hash is not known are parsed, typed, checked
 row by row and compared by content with the stored row; then new rows are inserted,
-changed rows replaced and rows no longer in the source deleted.
+changed rows replaced and rows no longer in the source deleted. A file where a quoted
+field holds a line break (its pieces are never known, and do not parse alone) is parsed
+whole and compared key and hash (`_plan_delta`), as are files of a schema the store does
+not match yet.
 
-The checks that need the whole source still see all of it: encoding, header, quoting and
-field counts of every file, unique keys over every table, and every reference between the
-final tables (new or changed rows against their parents, rows left pointing at a deleted
-parent). A failed check raises `InputDataError` before the caller commits, so nothing
-changes.
+The checks that need the whole source still hold for all of it: encoding, header, quoting
+and field counts of the new lines (the known ones passed them before), unique keys over
+every table (a repeat needs a new row's key on a known row, or a known line written
+twice: both are looked up), and every reference between the final tables (new or changed
+rows against their parents, rows left pointing at a deleted parent). A failed check
+raises `InputDataError` before the caller commits, so nothing changes.
 
-The hash only prunes: a row whose hash is not known (first load, another polars version)
-is typed and compared by content, which costs time, never correctness. A 64-bit collision
-between a row's stored and new text under the same key would hide that change: about one
-chance in 2**64 per changed row.
+The hash only prunes: a record whose hash is not known (first load, another polars
+version) is typed and compared by content, which costs time, never correctness. A 64-bit
+collision between a new record and a stored one would hide that change: about one chance
+in 2**64 per stored row for each changed row.
+
+A file whose bytes are those of the file the table was last loaded from (same SHA-256,
+kept in `ingest.source_files`) is not parsed at all: it changes nothing, and every check
+it passed then still holds (the tables it references are checked against their own
+changes as usual). A file with other bytes, even of the same size, is read as above.
 
 A table is loaded whole (`full`) when asked, when it has no key (geolocation), or when
 the warehouse has no table or hash store for it yet that matches the schema.
+
+Each load also keeps the keys it inserted or updated (`ingest."<table>__changed"`) and
+deleted (`ingest."<table>__deleted"`) for the raw tables' asset checks, which then look
+at those rows only (`last_changes`); a table loaded whole has none, and is checked whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,12 +50,16 @@ import duckdb
 import polars as pl
 
 from olist_churn_dagster.lib.ingest.loader import (
+    HASH,
     LINE,
     ROW,
     InputDataError,
     check_references,
     orphan_error,
-    read_text_tables,
+    parse_lines,
+    parse_text,
+    read_files,
+    split_lines,
     type_rows,
     typed_key,
 )
@@ -49,8 +68,8 @@ from olist_churn_dagster.lib.tables import RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import write_frame
 
 HASH_SCHEMA = "ingest"
-HASH = "row_hash"
-_SEED = 20_181_017  # any fixed seed: the same text must give the same hash on every load
+FILES_TABLE = "source_files"  # table name, SHA-256 and rows of the file last loaded
+CHANGED, DELETED = "__changed", "__deleted"  # suffixes of the last load's key tables
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,7 @@ class TableChange:
     inserted: int
     updated: int
     deleted: int
+    unchanged_file: bool = False  # the same bytes as the last load's: not read at all
 
     def metadata(self) -> dict[str, int | str]:
         return {
@@ -85,6 +105,18 @@ class _TablePlan:
     updated: pl.DataFrame = field(default_factory=pl.DataFrame)  # keys (delta)
     inserted: int = 0
     previous_rows: int = 0
+    sha256: str | None = None  # of the source file (None: the optional file is absent)
+    unchanged_file: bool = False
+    known: pl.DataFrame | None = None  # HASH, ROW, LINE of the rows not parsed (by lines)
+    source_rows: int | None = None  # rows of the source (by lines: `keys` has only some)
+
+    @property
+    def rows(self) -> int:
+        if self.unchanged_file:
+            return self.previous_rows
+        if self.source_rows is not None:
+            return self.source_rows
+        return self.typed.height if self.mode == "full" else self.keys.height
 
     @property
     def change(self) -> TableChange:
@@ -94,10 +126,11 @@ class _TablePlan:
         return TableChange(
             self.spec.name,
             "delta",
-            self.keys.height,
+            self.rows,
             self.inserted,
             self.updated.height,
             self.deleted.height,
+            self.unchanged_file,
         )
 
 
@@ -127,10 +160,6 @@ class LoadPlan:
         return pl.concat(parts).unique()
 
 
-def _row_hash(text: pl.DataFrame, spec: TableSpec) -> pl.Expr:
-    return pl.struct([pl.col(c) for c in spec.columns]).hash(seed=_SEED).alias(HASH)
-
-
 def _exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tuple[str, str]]:
     """The (column, type) list of `schema.table`; empty when there is no such table."""
     return [
@@ -153,12 +182,46 @@ def _duck_types(frame: pl.DataFrame) -> list[tuple[str, str]]:
 
 
 def _store_matches(conn: duckdb.DuckDBPyConnection, spec: TableSpec) -> bool:
-    """Whether the raw table and its hash store exist with the schema's columns and types."""
+    """Whether the raw table and its hash store (keyed tables) exist with the schema's
+    columns and types."""
     raw = _exists(conn, RAW_SCHEMA, spec.name)
-    store = _exists(conn, HASH_SCHEMA, spec.name)
     expected = _duck_types(pl.DataFrame(schema=spec.schema))
+    if not spec.primary_key:
+        return raw == expected
+    store = _exists(conn, HASH_SCHEMA, spec.name)
     keys = [c for c in expected if c[0] in spec.primary_key]
     return raw == expected and store == [*keys, (HASH, "UBIGINT")]
+
+
+def _loaded_files(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int]]:
+    """{table: (sha256, rows)} of the files the raw tables were last loaded from."""
+    if not _exists(conn, HASH_SCHEMA, FILES_TABLE):
+        return {}
+    rows = conn.execute(
+        f'SELECT table_name, sha256, "rows" FROM {HASH_SCHEMA}."{FILES_TABLE}"'
+    ).fetchall()
+    return {name: (digest, count) for name, digest, count in rows}
+
+
+def _key_schema(spec: TableSpec) -> dict[str, pl.DataType]:
+    return {c: spec.schema[c] for c in spec.primary_key}
+
+
+def _plan_unchanged(spec: TableSpec, sha256: str, rows: int) -> _TablePlan:
+    """A file with the very bytes of the last load's: no row changes."""
+    keys = _key_schema(spec)
+    return _TablePlan(
+        spec=spec,
+        mode="delta",
+        keys=pl.DataFrame(schema={**keys, HASH: pl.UInt64, ROW: pl.Int64, LINE: pl.Int64}),
+        typed=pl.DataFrame(schema={**spec.schema, ROW: pl.Int64, LINE: pl.Int64}),
+        hashes=pl.DataFrame(schema={**keys, HASH: pl.UInt64}),
+        deleted=pl.DataFrame(schema=keys),
+        updated=pl.DataFrame(schema=keys),
+        previous_rows=rows,
+        sha256=sha256,
+        unchanged_file=True,
+    )
 
 
 def _check_unique(keys: pl.DataFrame, spec: TableSpec) -> None:
@@ -198,15 +261,26 @@ def _on(pk: tuple[str, ...], left: str, right: str) -> str:
 
 def _plan_delta(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFrame) -> _TablePlan:
     pk = list(spec.primary_key)
-    keys = pl.concat(
-        [typed_key(text, spec.name), text.select(_row_hash(text, spec), ROW, LINE)],
-        how="horizontal",
-    )
+    keys = pl.concat([typed_key(text, spec.name), text.select(HASH, ROW, LINE)], how="horizontal")
     stored = conn.execute(f'SELECT * FROM {HASH_SCHEMA}."{spec.name}"').pl()
     fresh = keys.join(stored, on=[*pk, HASH], how="anti", nulls_equal=False)
     typed = type_rows(text.filter(pl.col(ROW).is_in(fresh.get_column(ROW).implode())), spec.name)
     _check_unique(keys, spec)
     deleted = stored.select(pk).join(keys.select(pk), on=pk, how="anti")
+    return _compared(conn, spec, typed, keys, fresh.select(*pk, HASH), deleted)
+
+
+def _compared(
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    typed: pl.DataFrame,
+    keys: pl.DataFrame,
+    hashes: pl.DataFrame,
+    deleted: pl.DataFrame,
+) -> _TablePlan:
+    """The plan of a table loaded as changes: the rows not known by their hash (`typed`)
+    compared by content with the stored rows, as updates or inserts."""
+    pk = list(spec.primary_key)
     keys_sql = ", ".join(f'c."{c}"' for c in pk)
     differs = " OR ".join(f'c."{c}" IS DISTINCT FROM t."{c}"' for c in spec.columns)
     with _registered(conn, _fresh=typed.drop(ROW, LINE)):
@@ -227,16 +301,63 @@ def _plan_delta(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataF
         mode="delta",
         keys=keys,
         typed=to_write,
-        hashes=fresh.select(*pk, HASH),
+        hashes=hashes,
         deleted=deleted,
         updated=updated,
         inserted=inserted.height,
     )
 
 
+def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -> _TablePlan | None:
+    """A table loaded as changes without parsing the rows known by their hash: the file
+    is cut at its line ends and only the lines whose hash the store does not hold are
+    parsed, checked and typed. A known line is, byte for byte, a record read and checked
+    before, so the file as a whole passes the checks when its new lines do. None when the
+    lines are not the records (a quoted line break: its pieces are never known and do not
+    parse alone), the file has no rows or most of its lines are new: the caller reads
+    the file whole then."""
+    pk = list(spec.primary_key)
+    header_end = data.find(b"\n") + 1
+    lines = split_lines(data)
+    if not header_end or lines.is_empty():
+        return None
+    store = f'{HASH_SCHEMA}."{spec.name}"'
+    stored = conn.execute(f'SELECT "{HASH}" FROM {store}').pl().get_column(HASH)
+    lines = lines.with_columns(pl.col(HASH).is_in(stored.implode()).alias("_known"))
+    if lines.get_column("_known").sum() < lines.height / 2:
+        return None  # mostly new (first load, a changed hash): parsing it whole is cheaper
+    try:
+        text = parse_lines(data[:header_end], lines.filter(~pl.col("_known")), spec)
+    except InputDataError:
+        return None
+    typed = type_rows(text, spec.name)
+    fresh = pl.concat(
+        [typed.select(pk), lines.filter(~pl.col("_known")).select(HASH, ROW, LINE)],
+        how="horizontal",
+    )
+    known = lines.filter(pl.col("_known")).select(HASH, ROW, LINE)
+    # Keys can repeat only where a new row's key is also an unchanged row's, or where one
+    # known line is written twice: those rows are located and checked with the new ones.
+    twice = known.filter(pl.col(HASH).is_duplicated()).select(HASH).unique()
+    key_list = ", ".join(f'"{c}"' for c in pk)
+    with _registered(conn, _fresh_keys=fresh.select(pk).unique(), _twice=twice):
+        involved = conn.execute(
+            f"SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _fresh_keys USING ({key_list}) "
+            f"UNION SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _twice USING ({HASH})"
+        ).pl()
+    keys = pl.concat([fresh, involved.join(known, on=HASH).select(fresh.columns)])
+    _check_unique(keys, spec)
+    with _registered(conn, _source=lines.select(HASH)):
+        gone = conn.execute(f"SELECT {key_list} FROM {store} ANTI JOIN _source USING ({HASH})").pl()
+    deleted = gone.join(fresh.select(pk), on=pk, how="anti", nulls_equal=False)
+    plan = _compared(conn, spec, typed, keys, fresh.select(*pk, HASH), deleted)
+    plan.known, plan.source_rows = known, lines.height
+    return plan
+
+
 def _plan_full(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFrame) -> _TablePlan:
     typed = type_rows(text, spec.name)
-    hashes = text.select(_row_hash(text, spec), ROW, LINE)
+    hashes = text.select(HASH, ROW, LINE)
     keys = (
         pl.concat([typed.select(spec.primary_key), hashes], how="horizontal")
         if spec.primary_key
@@ -260,20 +381,35 @@ def _plan_full(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFr
 def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> LoadPlan:
     """Read and check `source` and compare it with the warehouse's raw tables, table by
     table (`full`: every table loaded whole). Raises `InputDataError` for bad input."""
-    texts = read_text_tables(source)
-    present: dict[str, pl.DataFrame] = {}
+    usable = {n: not full and _store_matches(conn, s) for n, s in TABLES.items()}
+    loaded = {n: f for n, f in _loaded_files(conn).items() if usable.get(n)}
+    files = read_files(source)
+    present: dict[str, bytes] = {}
     plans: dict[str, _TablePlan] = {}
     for name, spec in TABLES.items():
         # tables come in TABLES order; an optional file that is absent is an empty table
-        while name not in present and (item := next(texts, None)) is not None:
-            present[item[0]] = item[1]
-        text = present.pop(name, None)
-        if text is None:
-            columns = {c: pl.String for c in spec.columns}
-            text = pl.DataFrame(schema={**columns, ROW: pl.Int64, LINE: pl.Int64})
-        delta = not full and spec.primary_key and _store_matches(conn, spec)
-        plans[name] = (_plan_delta if delta else _plan_full)(conn, spec, text)
-        del text
+        while name not in present and (item := next(files, None)) is not None:
+            present[item[0].name] = item[1]
+        data = present.pop(name, None)
+        digest = hashlib.sha256(data).hexdigest() if data is not None else None
+        if digest is not None and name in loaded and loaded[name][0] == digest:
+            plans[name] = _plan_unchanged(spec, digest, loaded[name][1])
+            continue
+        delta = usable[name] and bool(spec.primary_key)
+        plan = _plan_lines(conn, spec, data) if delta and data is not None else None
+        if plan is None:
+            if data is None:
+                columns = {c: pl.String for c in spec.columns}
+                text = pl.DataFrame(
+                    schema={**columns, LINE: pl.Int64, ROW: pl.Int64, HASH: pl.UInt64}
+                )
+            else:
+                text = parse_text(data, spec, hashes=True)
+            plan = (_plan_delta if delta else _plan_full)(conn, spec, text)
+            del text
+        plan.sha256 = digest
+        plans[name] = plan
+        del data
     # Links between two tables loaded whole are checked on the frames, as `load_dataset`
     # does; the others once the changes are written (`apply_load`).
     check_references({n: p.typed for n, p in plans.items() if p.mode == "full"})
@@ -281,6 +417,8 @@ def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> L
 
 
 def _write_delta(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
+    if plan.unchanged_file:
+        return
     spec, pk = plan.spec, plan.spec.primary_key
     raw, store = f'{RAW_SCHEMA}."{spec.name}"', f'{HASH_SCHEMA}."{spec.name}"'
     gone = pl.concat([plan.deleted, plan.updated.select(pk)])
@@ -333,6 +471,23 @@ def _orphans(
     return bad
 
 
+def _locate_known(
+    conn: duckdb.DuckDBPyConnection, plan: _TablePlan, located: pl.DataFrame
+) -> pl.DataFrame:
+    """Row and line of rows that were not parsed, found by their stored hash."""
+    pk = list(plan.spec.primary_key)
+    key_list = ", ".join(f'"{c}"' for c in pk)
+    with _registered(conn, _bad=located.filter(pl.col(ROW).is_null()).select(pk)):
+        hashed = conn.execute(
+            f'SELECT {key_list}, {HASH} FROM {HASH_SCHEMA}."{plan.spec.name}" '
+            f"SEMI JOIN _bad USING ({key_list})"
+        ).pl()
+    found = hashed.join(plan.known, on=HASH).drop(HASH).unique(pk, keep="first")
+    return located.join(found, on=pk, how="left", suffix="_known").with_columns(
+        pl.coalesce(ROW, f"{ROW}_known").alias(ROW), pl.coalesce(LINE, f"{LINE}_known").alias(LINE)
+    )
+
+
 def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) -> None:
     """Every reference between the final tables holds; the first broken one is raised with
     the child row's file, row and line."""
@@ -345,8 +500,43 @@ def _check_links(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) 
             continue
         pk = list(child_plan.spec.primary_key)
         located = bad.join(child_plan.keys.select(*pk, ROW, LINE), on=pk, how="left")
+        if child_plan.known is not None and located[ROW].null_count():
+            located = _locate_known(conn, child_plan, located)
         first = located.sort(ROW, nulls_last=True).row(0, named=True)
         raise orphan_error(child, column, parent, bad.height, first)
+
+
+def _write_changed_keys(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
+    """Keep the keys this load inserted or updated, and those it deleted, for the asset
+    checks (`last_changes`); none for a table loaded whole (its checks read it all)."""
+    name, pk = plan.spec.name, list(plan.spec.primary_key)
+    changed, deleted = f'{HASH_SCHEMA}."{name}{CHANGED}"', f'{HASH_SCHEMA}."{name}{DELETED}"'
+    if plan.mode == "full" or not pk:
+        conn.execute(f"DROP TABLE IF EXISTS {changed}")
+        conn.execute(f"DROP TABLE IF EXISTS {deleted}")
+        return
+    write_frame(conn, HASH_SCHEMA, f"{name}{CHANGED}", plan.typed.select(pk))
+    write_frame(conn, HASH_SCHEMA, f"{name}{DELETED}", plan.deleted.select(pk))
+
+
+def _write_files(conn: duckdb.DuckDBPyConnection, plans: dict[str, _TablePlan]) -> None:
+    files = pl.DataFrame(
+        [(n, p.sha256, p.rows) for n, p in plans.items() if p.sha256 is not None],
+        schema={"table_name": pl.String, "sha256": pl.String, "rows": pl.Int64},
+        orient="row",
+    )
+    write_frame(conn, HASH_SCHEMA, FILES_TABLE, files)
+
+
+def last_changes(conn: duckdb.DuckDBPyConnection, table: str) -> tuple[str, str] | None:
+    """The tables holding the keys the last load of raw `table` inserted or updated, and
+    those it deleted; None when it was loaded whole (or has no key): look at every row.
+    The load refused any source that broke a key or a reference, so after a load of
+    changes a broken one can only involve these rows."""
+    changed, deleted = f"{table}{CHANGED}", f"{table}{DELETED}"
+    if not (_exists(conn, HASH_SCHEMA, changed) and _exists(conn, HASH_SCHEMA, deleted)):
+        return None
+    return f'{HASH_SCHEMA}."{changed}"', f'{HASH_SCHEMA}."{deleted}"'
 
 
 def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, TableChange]:
@@ -356,5 +546,7 @@ def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, Tab
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{HASH_SCHEMA}"')
     for table_plan in plan.tables.values():
         (_write_full if table_plan.mode == "full" else _write_delta)(conn, table_plan)
+        _write_changed_keys(conn, table_plan)
     _check_links(conn, plan.tables)
+    _write_files(conn, plan.tables)
     return plan.changes

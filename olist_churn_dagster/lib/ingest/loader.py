@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from olist_churn_dagster.lib.ingest.schema import (
     ORDER_STATUSES,
@@ -60,6 +61,8 @@ NON_NEGATIVE: dict[str, tuple[str, ...]] = {
 _ROW = "__row"  # 1-based data row (header and blank lines excluded)
 _LINE = "__line"  # physical line in the file where the row starts
 ROW, LINE = _ROW, _LINE  # the same, for callers of `read_text_tables` and `type_rows`
+HASH = "row_hash"
+_HASH_SEED = 20_181_017  # any fixed seed: the same bytes must give the same hash each load
 _QUOTE, _COMMA, _NEWLINE, _CR = 34, 44, 10, 13
 _DUPLICATE_HEADER = re.compile(r"^(.*)_duplicated_\d+$")
 _POLARS_BAD_FIELD = re.compile(r"could not parse `(.{1,200}?)` as dtype", re.DOTALL)
@@ -204,6 +207,7 @@ class _Layout:
 
     lines: np.ndarray  # physical line number of each data record (header excluded)
     blank: np.ndarray  # True for an empty line, which is skipped
+    starts: np.ndarray  # byte offset of each data record
 
 
 def _scan_layout(data: bytes, columns: list[str], file_name: str) -> _Layout:
@@ -257,7 +261,7 @@ def _scan_layout(data: bytes, columns: list[str], file_name: str) -> _Layout:
             row=row,
             line=int(data_lines[first]),
         )
-    return _Layout(lines=data_lines, blank=data_blank)
+    return _Layout(lines=data_lines, blank=data_blank, starts=starts[1:])
 
 
 def _check_field_sizes(
@@ -340,8 +344,26 @@ def _read_header(data: bytes, spec: TableSpec) -> list[str]:
     return columns
 
 
-def _read_strings(data: bytes, spec: TableSpec, columns: list[str]) -> pl.DataFrame:
-    """All fields as text, blank lines dropped, row and line numbers attached."""
+def _slices(data: bytes, starts: np.ndarray) -> pl.Series:
+    """The bytes from each start to the next (the last to the end), without copying."""
+    offsets = np.append(starts, len(data)).astype(np.int64)
+    array = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return pl.Series(array)
+
+
+def record_hash(records: pl.Series) -> pl.Series:
+    """The hash of each record's bytes (its line end included), as `lib.ingest.delta`
+    keeps it: equal bytes, equal hash."""
+    return records.hash(seed=_HASH_SEED).alias(HASH)
+
+
+def _read_strings(
+    data: bytes, spec: TableSpec, columns: list[str], *, hashes: bool = False
+) -> pl.DataFrame:
+    """All fields as text, blank lines dropped, row and line numbers attached (and with
+    `hashes` each record's `record_hash`)."""
     layout = _scan_layout(data, columns, spec.file_name)
     try:
         raw = pl.read_csv(
@@ -360,6 +382,8 @@ def _read_strings(data: bytes, spec: TableSpec, columns: list[str]) -> pl.DataFr
             file=spec.file_name,
         )
     raw = raw.with_columns(pl.Series(_LINE, layout.lines, dtype=pl.Int64))
+    if hashes:
+        raw = raw.with_columns(record_hash(_slices(data, layout.starts)))
     if layout.blank.any():
         raw = raw.filter(pl.Series(~layout.blank))
     return raw.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW))
@@ -555,7 +579,11 @@ def _now() -> datetime:
 def _read_text(source: _Source, spec: TableSpec) -> pl.DataFrame:
     """One table's rows as text, after the whole-file checks (encoding, header, quoting,
     field counts), with their row and line numbers (`ROW`, `LINE`)."""
-    data = source.read(spec.file_name)
+    return parse_text(source.read(spec.file_name), spec)
+
+
+def parse_text(data: bytes, spec: TableSpec, *, hashes: bool = False) -> pl.DataFrame:
+    """`read_text_tables` for one file's bytes (with `hashes`, a `HASH` column too)."""
     if not data:
         raise InputDataError(
             f"the file is empty (0 bytes); expected a header: {', '.join(spec.columns)}",
@@ -563,7 +591,7 @@ def _read_text(source: _Source, spec: TableSpec) -> pl.DataFrame:
         )
     _check_utf8(data, spec.file_name)
     columns = _read_header(data, spec)
-    raw = _read_strings(data, spec, columns)
+    raw = _read_strings(data, spec, columns, hashes=hashes)
     if raw.is_empty() and spec.required:
         raise InputDataError("the file has a header but no data rows", file=spec.file_name)
     return raw
@@ -649,6 +677,52 @@ def read_text_tables(source: Path) -> Iterator[tuple[str, pl.DataFrame]]:
     src = _Source.open(source)
     for spec in _table_specs(src, None):
         yield spec.name, _read_text(src, spec)
+
+
+def read_files(source: Path) -> Iterator[tuple[TableSpec, bytes]]:
+    """The bytes of every file of the source (as `load_dataset` picks them), one at a
+    time; every file is checked to be there before the first is read."""
+    src = _Source.open(source)
+    for spec in _table_specs(src, None):
+        yield spec, src.read(spec.file_name)
+
+
+def split_lines(data: bytes) -> pl.DataFrame:
+    """Every physical line after the header: `LINE`, its bytes (`record`, line end
+    included) and `record_hash`; blank lines left out. A record is one line unless a
+    quoted field holds a line break (then `parse_lines` refuses the pieces)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(buf == _NEWLINE) + 1))
+    if starts[-1] == len(buf):
+        starts = starts[:-1]
+    records = _slices(data, starts)
+    frame = pl.DataFrame({_LINE: np.arange(1, len(starts) + 1), "record": records})
+    frame = frame.slice(1).filter(
+        pl.col("record").bin.size()
+        > pl.col("record").bin.ends_with(b"\r\n").cast(pl.UInt32)
+        + pl.col("record").bin.ends_with(b"\n").cast(pl.UInt32)
+    )
+    return frame.with_columns(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(_ROW), record_hash(frame["record"])
+    )
+
+
+def parse_lines(header: bytes, lines: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
+    """Some lines of a file (`split_lines`) parsed as `read_text_tables` would, with the
+    whole-file checks on these lines and their own row and line numbers."""
+    if not len(lines):
+        _check_utf8(header, spec.file_name)
+        _read_header(header, spec)
+        return pl.DataFrame(
+            schema={**dict.fromkeys(spec.columns, pl.String), _LINE: pl.Int64, _ROW: pl.Int64}
+        )
+    body = b"".join(lines["record"].to_list())
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    text = parse_text(header + body, spec)
+    if text.height != len(lines):
+        raise InputDataError("a record spans several lines", file=spec.file_name)
+    return text.with_columns(lines[_LINE], lines[_ROW])
 
 
 def check_references(frames: dict[str, pl.DataFrame]) -> None:

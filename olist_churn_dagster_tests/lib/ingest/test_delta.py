@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from olist_churn_dagster.lib.ingest.delta import HASH_SCHEMA, apply_load, plan_load
+from olist_churn_dagster.lib.ingest.delta import HASH_SCHEMA, apply_load, last_changes, plan_load
 from olist_churn_dagster.lib.ingest.loader import InputDataError, load_dataset
 from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
@@ -162,3 +162,129 @@ def test_a_changed_schema_or_full_reload_loads_whole(
     assert changes["products"].mode == "full" and changes["orders"].mode == "delta"
     assert_same_rows(stored(conn), load_dataset(snapshot))
     assert {c.mode for c in load(conn, snapshot, full=True).values()} == {"full"}
+
+
+def _same_size_edit(path: Path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) >= 1
+    path.write_bytes(data.replace(old, new, 1))
+
+
+def test_an_unchanged_file_is_skipped_and_a_changed_one_of_the_same_size_is_loaded(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    changes = load(conn, snapshot)
+    # products, sellers, ... are cut whole: the same bytes as the first load's files
+    skipped = {name for name, change in changes.items() if change.unchanged_file}
+    assert {"products", "sellers", "category_translation"} <= skipped
+    assert "orders" not in skipped and "order_items" not in skipped
+    assert changes["products"].rows == tables["products"].height
+    assert changes["products"].inserted == changes["products"].updated == 0
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    assert all(c.unchanged_file for c in load(conn, snapshot).values())
+
+    # one product's weight edited in place: same size, other bytes, so read and applied
+    products = snapshot / TABLES["products"].file_name
+    product = tables["products"].filter(pl.col("product_weight_g") >= 100).row(0, named=True)
+    weight = str(product["product_weight_g"])
+    edited = str(int(weight[0]) % 9 + 1) + weight[1:]
+    line = next(
+        row
+        for row in products.read_bytes().split(b"\n")
+        if row.startswith(product["product_id"].encode())
+    )
+    _same_size_edit(products, line, line.replace(weight.encode(), edited.encode(), 1))
+    changes = load(conn, snapshot)
+    assert not changes["products"].unchanged_file and changes["products"].updated == 1
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    assert changes["orders"].unchanged_file  # the other files are still skipped
+    # a full reload reads every file whatever its bytes
+    assert not any(c.unchanged_file for c in load(conn, snapshot, full=True).values())
+
+
+def test_a_corrupt_file_is_refused_even_of_the_same_size(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    before = stored(conn)
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    products = snapshot / TABLES["products"].file_name
+    weight = str(tables["products"]["product_weight_g"].drop_nulls()[0])
+    header, first, rest = products.read_bytes().split(b"\n", 2)
+    bad = first.replace(f",{weight},".encode(), b"," + b"x" * len(weight) + b",", 1)
+    assert bad != first and len(bad) == len(first)
+    products.write_bytes(b"\n".join([header, bad, rest]))
+    for _ in range(2):  # refused, and refused again: nothing of it was recorded
+        with pytest.raises(InputDataError, match="product_weight_g"):
+            load(conn, snapshot)
+        assert_same_rows(stored(conn), before)
+
+
+def test_a_load_keeps_the_keys_it_changed_for_the_checks(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    assert last_changes(conn, "orders") is None  # loaded whole: check every row
+    day = last + timedelta(days=1)
+    changes = load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day))
+    changed, deleted = last_changes(conn, "orders")
+    count = conn.execute(f"SELECT count(*) FROM {changed}").fetchone()[0]
+    assert count == changes["orders"].inserted + changes["orders"].updated > 0
+    assert conn.execute(f"SELECT count(*) FROM {deleted}").fetchone()[0] == 0
+    assert last_changes(conn, "geolocation") is None  # no key
+    load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day), full=True)
+    assert last_changes(conn, "orders") is None
+
+
+def test_only_the_new_lines_of_a_changed_file_are_parsed(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    conn.execute("BEGIN TRANSACTION")
+    plan = plan_load(conn, snapshot, full=False)
+    conn.execute("ROLLBACK")
+    orders = plan.tables["orders"]
+    assert orders.known is not None  # read by lines
+    assert orders.known.height + orders.typed.height >= orders.rows - orders.updated.height
+    assert orders.keys.height < orders.rows / 5  # only the new lines were parsed
+    changes = load(conn, snapshot)
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    assert changes["orders"].rows == load_dataset(snapshot)["orders"].height
+
+
+def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_path: Path) -> None:
+    conn, last, _ = loaded
+    day = last + timedelta(days=1)
+    cut = cut_as_of(tables, day)
+    first = cut["order_reviews"]["review_id"][0]
+    cut["order_reviews"] = cut["order_reviews"].with_columns(
+        pl.when(pl.col("review_id") == first)
+        .then(pl.lit("two\nlines, quoted"))
+        .otherwise(pl.col("review_comment_message"))
+        .alias("review_comment_message")
+    )
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    changes = load(conn, snapshot)
+    assert changes["order_reviews"].updated + changes["order_reviews"].inserted >= 1
+    assert_same_rows(stored(conn), load_dataset(snapshot))
+    # loaded again: the record spanning two lines is known by its whole bytes
+    again = load(conn, snapshot)
+    assert all(c.inserted == c.updated == c.deleted == 0 for c in again.values())
+    # a later day keeps it and finds every other change
+    later = last + timedelta(days=2)
+    cut = cut_as_of(tables, later)
+    cut["order_reviews"] = cut["order_reviews"].with_columns(
+        pl.when(pl.col("review_id") == first)
+        .then(pl.lit("two\nlines, quoted"))
+        .otherwise(pl.col("review_comment_message"))
+        .alias("review_comment_message")
+    )
+    snapshot = write_snapshot(cut, tmp_path / "snap", later)
+    load(conn, snapshot)
+    assert_same_rows(stored(conn), load_dataset(snapshot))
