@@ -61,13 +61,13 @@ def _dagster(env: dict, *args: str) -> tuple[float, float, float]:
 def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, float]:
     """Where the newest run's wall time went, from its events.
 
-    compute: each asset step from its start to its output, and each check step whole;
-    writes: the IO manager's handling of an output up to the first materialization event
-    it is followed by (Dagster logs an output's partition materializations after the
-    write, before HANDLED_OUTPUT); bookkeeping: the rest, of which `events` is the time
-    spent logging those partition materializations and `start` the time before the first
-    step (process start, loading the code location, creating the run and its planned
-    events)."""
+    compute: each asset step's time up to each of its outputs (after the previous output
+    was handled), and each check step whole; writes: the IO manager's handling of an
+    output up to the first materialization event it is followed by (Dagster logs an
+    output's partition materializations after the write, before HANDLED_OUTPUT);
+    bookkeeping: the rest, of which `events` is the time spent logging those partition
+    materializations and `start` the time before the first step (process start, loading
+    the code location, creating the run and its planned events)."""
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     import dagster as dg
@@ -76,35 +76,48 @@ def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, flo
     with dg.DagsterInstance.get() as instance:
         (run,) = instance.get_runs(limit=1)
         records = instance.get_records_for_run(run.run_id, limit=1_000_000).records
-    first: dict[tuple[str, str], float] = {}  # (step, event type) -> first time seen
-    last: dict[tuple[str, str], float] = {}
+    # Each step is cut into consecutive spans at its events: up to an output (compute: the
+    # generator runs, or Dagster waits for it), the output up to its first partition
+    # materialization (the write), that one up to HANDLED_OUTPUT (or the step's end when no
+    # IO manager handles it: the floor's), the events. A step with several outputs (the
+    # feature multi-asset) repeats the cycle, so compute overlapped with the previous
+    # output's write and events is not counted twice.
+    spans: dict[str, dict[str, float]] = {}  # step -> seconds per span
     materializations = 0
+    starts: dict[str, float] = {}
+    span: dict[str, tuple[str, float]] = {}  # step -> (current span, when it began)
+    checked: dict[str, float] = {}  # check step -> its last evaluation
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None or event.step_key is None:
             continue
-        stamp = record.event_log_entry.timestamp
-        first.setdefault((event.step_key, event.event_type_value), stamp)
-        last[(event.step_key, event.event_type_value)] = stamp
-        materializations += event.event_type == kind.ASSET_MATERIALIZATION
-    compute = write = events = 0.0
-    steps = {step for step, kind_ in first if kind_ == kind.STEP_START.value}
-    for step in steps:
-        start = first[(step, kind.STEP_START.value)]
-        materialized = first.get((step, kind.ASSET_MATERIALIZATION.value))
-        if materialized is not None:
-            output = first[(step, kind.STEP_OUTPUT.value)]
-            compute += output - start
-            write += materialized - output
-            # An output without an IO manager (the floor's) has no HANDLED_OUTPUT.
-            end = (
-                first.get((step, kind.HANDLED_OUTPUT.value))
-                or last[(step, kind.STEP_SUCCESS.value)]
-            )
-            events += end - materialized
-        elif (step, kind.ASSET_CHECK_EVALUATION.value) in last:
-            compute += last[(step, kind.ASSET_CHECK_EVALUATION.value)] - start
-    first_step = min((first[(s, kind.STEP_START.value)] for s in steps), default=None)
+        step, stamp, type_ = event.step_key, record.event_log_entry.timestamp, event.event_type
+        materializations += type_ == kind.ASSET_MATERIALIZATION
+        if type_ == kind.STEP_START:
+            starts[step] = stamp
+            span[step] = ("compute", stamp)
+            spans[step] = {"compute": 0.0, "write": 0.0, "events": 0.0}
+            continue
+        if step not in span:
+            continue
+        current, began = span[step]
+        ends = {
+            "compute": (kind.STEP_OUTPUT,),
+            "write": (kind.ASSET_MATERIALIZATION,),
+            "events": (kind.HANDLED_OUTPUT, kind.STEP_SUCCESS),
+        }[current]
+        if type_ in ends:
+            spans[step][current] += stamp - began
+            following = {"compute": "write", "write": "events", "events": "compute"}
+            span[step] = (following[current], stamp)
+        if type_ == kind.ASSET_CHECK_EVALUATION:
+            checked[step] = stamp
+    asset_steps = [step for step in spans if step not in checked]
+    compute = sum(spans[step]["compute"] for step in asset_steps)
+    compute += sum(stamp - starts[step] for step, stamp in checked.items())
+    write = sum(spans[step]["write"] for step in asset_steps)
+    events = sum(spans[step]["events"] for step in asset_steps)
+    first_step = min(starts.values(), default=None)
     return {
         "wall": wall,
         "compute": compute,
