@@ -325,7 +325,7 @@ def write_frame(
     target = f'"{schema}"."{table}"'
     conn.register("_incoming_frame", frame.to_arrow())
     try:
-        if not append or not _table_exists(conn, schema, table):
+        if not append or not table_exists(conn, schema, table):
             conn.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _incoming_frame")
             return
         _add_missing_columns(conn, schema, table)
@@ -334,7 +334,8 @@ def write_frame(
         conn.unregister("_incoming_frame")
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether `schema.table` exists in the connection's own catalog."""
     row = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
         "AND table_schema = ? AND table_name = ?",
@@ -362,7 +363,7 @@ def read_tables(
     conn: duckdb.DuckDBPyConnection, schema: str, tables: Iterable[str]
 ) -> dict[str, pl.DataFrame]:
     """Whole tables of one schema as polars frames (through Arrow, no copies per row)."""
-    missing = [t for t in tables if not _table_exists(conn, schema, t)]
+    missing = [t for t in tables if not table_exists(conn, schema, t)]
     if missing:
         names = ", ".join(f"{schema}.{t}" for t in missing)
         raise WarehouseError(f"warehouse has no table {names}: materialize it first")
