@@ -154,6 +154,17 @@ def write_output(
     }
 
 
+def delete_partitions(conn, schema: str, table: str, column: str, keys: Sequence[str]) -> None:
+    """Deletes the rows whose `column` is one of the partition `keys`, if the table exists
+    (as the IO manager does before it writes a partition)."""
+    if table_exists(conn, schema, table):
+        conn.execute(
+            f'DELETE FROM "{schema}"."{table}" '
+            f'WHERE list_contains(?::VARCHAR[], CAST("{column}" AS VARCHAR))',
+            [list(keys)],
+        )
+
+
 def replace_partitions(
     conn, table: str, column: str, keys: Sequence[str], obj: FrameBatches
 ) -> dict[str, object]:
@@ -162,12 +173,7 @@ def replace_partitions(
     of `keys` (values of `column`), then writes `obj`, on the caller's transaction. Returns
     the metadata the IO manager records (`_row_count_metadata`'s keys)."""
     schema, name = table.split(".")
-    if table_exists(conn, schema, name):
-        conn.execute(
-            f'DELETE FROM "{schema}"."{name}" '
-            f'WHERE list_contains(?::VARCHAR[], CAST("{column}" AS VARCHAR))',
-            [list(keys)],
-        )
+    delete_partitions(conn, schema, name, column, keys)
     rows, metadata = write_output(conn, schema, name, obj, partitioned=True)
     if len(keys) == 1:
         return {**metadata, "dagster/partition_row_count": rows}
