@@ -8,8 +8,9 @@ Splits each run's wall time, from its event log, into compute (asset steps from 
 output, check steps whole), warehouse writes (the IO manager's transaction) and the rest,
 which is Dagster's bookkeeping (process start, loading the code location, creating the run
 with its planned events, one event and one commit per partition materialized, run start
-and end). A feature asset's later batches are computed while they are written (they stream
-into one transaction), so part of its compute counts as writes. The floor runs with the
+and end). The feature tables are computed and written in a background thread while
+Dagster records the previous table's materializations, so their compute shows only as the
+time the step waits for the next table, and their writes not at all. The floor runs with the
 project's executor (in process by default), so the two differ only by what the project
 does. `--repeat N` times N project/floor pairs back to back and prints the median ratio.
 """
@@ -87,6 +88,13 @@ def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, flo
     starts: dict[str, float] = {}
     span: dict[str, tuple[str, float]] = {}  # step -> (current span, when it began)
     checked: dict[str, float] = {}  # check step -> its last evaluation
+    last_materialized: dict[str, float] = {}
+    ends = {
+        "compute": (kind.STEP_OUTPUT,),
+        "write": (kind.ASSET_MATERIALIZATION,),
+        "events": (kind.HANDLED_OUTPUT, kind.STEP_SUCCESS),
+    }
+    following = {"compute": "write", "write": "events", "events": "compute"}
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None or event.step_key is None:
@@ -101,15 +109,18 @@ def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, flo
         if step not in span:
             continue
         current, began = span[step]
-        ends = {
-            "compute": (kind.STEP_OUTPUT,),
-            "write": (kind.ASSET_MATERIALIZATION,),
-            "events": (kind.HANDLED_OUTPUT, kind.STEP_SUCCESS),
-        }[current]
-        if type_ in ends:
+        if current == "events" and type_ == kind.STEP_OUTPUT:
+            # The next output of a step whose outputs have no IO manager (the feature
+            # tables write their own): the events end with the last materialization, the
+            # wait for the next output after it is compute.
+            spans[step]["events"] += last_materialized[step] - began
+            spans[step]["compute"] += stamp - last_materialized[step]
+            span[step] = ("write", stamp)
+        elif type_ in ends[current]:
             spans[step][current] += stamp - began
-            following = {"compute": "write", "write": "events", "events": "compute"}
             span[step] = (following[current], stamp)
+        if type_ == kind.ASSET_MATERIALIZATION:
+            last_materialized[step] = stamp
         if type_ == kind.ASSET_CHECK_EVALUATION:
             checked[step] = stamp
     asset_steps = [step for step in spans if step not in checked]
