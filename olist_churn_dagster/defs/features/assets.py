@@ -186,8 +186,8 @@ def _result(
     """A committed table's materialization. Dagster copies a result's metadata onto the
     event of every partition it covers: at scale 1 that was 3,492 copies of the column
     schema and the preview, about 19 KB each. Over a range it goes on the partition whose
-    event Dagster records last (see below), which the
-    UI shows as the table's latest materialization."""
+    event Dagster records last (see below), which the UI shows as the table's latest
+    materialization."""
     key = feature_asset_key(family)
     if len(keys) == 1:
         return dg.MaterializeResult(asset_key=key, metadata=metadata)
