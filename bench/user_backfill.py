@@ -8,8 +8,9 @@ Splits each run's wall time, from its event log, into compute (asset steps from 
 output, check steps whole), warehouse writes (the IO manager's transaction) and the rest,
 which is Dagster's bookkeeping (process start, loading the code location, creating the run
 with its planned events, one event and one commit per partition materialized, run start
-and end). A feature asset's later batches are computed while they are written (they stream
-into one transaction), so part of its compute counts as writes. The floor runs with the
+and end). The feature tables are computed and written in a background thread while
+Dagster records the previous table's materializations, so their compute shows only as the
+time the step waits for the next table, and their writes not at all. The floor runs with the
 project's executor (in process by default), so the two differ only by what the project
 does. `--repeat N` times N project/floor pairs back to back and prints the median ratio.
 """
@@ -46,6 +47,9 @@ def _cpu_seconds() -> float:
 def _dagster(env: dict, *args: str) -> tuple[float, float, float]:
     """Runs the dagster CLI; returns its wall seconds, its CPU seconds (less sensitive than
     wall time to other work on a shared machine) and the clock time it started."""
+    # Dirty pages of earlier work (the generated data, the raw load, the previous run's
+    # warehouse) are flushed first: their writeback would slow this run's SQLite commits.
+    os.sync()
     launched, started, cpu = time.time(), time.perf_counter(), _cpu_seconds()
     subprocess.run(
         [str(REPO / ".venv/bin/dagster"), *args],
@@ -61,13 +65,13 @@ def _dagster(env: dict, *args: str) -> tuple[float, float, float]:
 def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, float]:
     """Where the newest run's wall time went, from its events.
 
-    compute: each asset step from its start to its output, and each check step whole;
-    writes: the IO manager's handling of an output up to the first materialization event
-    it is followed by (Dagster logs an output's partition materializations after the
-    write, before HANDLED_OUTPUT); bookkeeping: the rest, of which `events` is the time
-    spent logging those partition materializations and `start` the time before the first
-    step (process start, loading the code location, creating the run and its planned
-    events)."""
+    compute: each asset step's time up to each of its outputs (after the previous output
+    was handled), and each check step whole; writes: the IO manager's handling of an
+    output up to the first materialization event it is followed by (Dagster logs an
+    output's partition materializations after the write, before HANDLED_OUTPUT);
+    bookkeeping: the rest, of which `events` is the time spent logging those partition
+    materializations and `start` the time before the first step (process start, loading
+    the code location, creating the run and its planned events)."""
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     import dagster as dg
@@ -76,35 +80,58 @@ def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, flo
     with dg.DagsterInstance.get() as instance:
         (run,) = instance.get_runs(limit=1)
         records = instance.get_records_for_run(run.run_id, limit=1_000_000).records
-    first: dict[tuple[str, str], float] = {}  # (step, event type) -> first time seen
-    last: dict[tuple[str, str], float] = {}
+    # Each step is cut into consecutive spans at its events: up to an output (compute: the
+    # generator runs, or Dagster waits for it), the output up to its first partition
+    # materialization (the write), that one up to HANDLED_OUTPUT (or the step's end when no
+    # IO manager handles it: the floor's), the events. A step with several outputs (the
+    # feature multi-asset) repeats the cycle, so compute overlapped with the previous
+    # output's write and events is not counted twice.
+    spans: dict[str, dict[str, float]] = {}  # step -> seconds per span
     materializations = 0
+    starts: dict[str, float] = {}
+    span: dict[str, tuple[str, float]] = {}  # step -> (current span, when it began)
+    checked: dict[str, float] = {}  # check step -> its last evaluation
+    last_materialized: dict[str, float] = {}
+    ends = {
+        "compute": (kind.STEP_OUTPUT,),
+        "write": (kind.ASSET_MATERIALIZATION,),
+        "events": (kind.HANDLED_OUTPUT, kind.STEP_SUCCESS),
+    }
+    following = {"compute": "write", "write": "events", "events": "compute"}
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None or event.step_key is None:
             continue
-        stamp = record.event_log_entry.timestamp
-        first.setdefault((event.step_key, event.event_type_value), stamp)
-        last[(event.step_key, event.event_type_value)] = stamp
-        materializations += event.event_type == kind.ASSET_MATERIALIZATION
-    compute = write = events = 0.0
-    steps = {step for step, kind_ in first if kind_ == kind.STEP_START.value}
-    for step in steps:
-        start = first[(step, kind.STEP_START.value)]
-        materialized = first.get((step, kind.ASSET_MATERIALIZATION.value))
-        if materialized is not None:
-            output = first[(step, kind.STEP_OUTPUT.value)]
-            compute += output - start
-            write += materialized - output
-            # An output without an IO manager (the floor's) has no HANDLED_OUTPUT.
-            end = (
-                first.get((step, kind.HANDLED_OUTPUT.value))
-                or last[(step, kind.STEP_SUCCESS.value)]
-            )
-            events += end - materialized
-        elif (step, kind.ASSET_CHECK_EVALUATION.value) in last:
-            compute += last[(step, kind.ASSET_CHECK_EVALUATION.value)] - start
-    first_step = min((first[(s, kind.STEP_START.value)] for s in steps), default=None)
+        step, stamp, type_ = event.step_key, record.event_log_entry.timestamp, event.event_type
+        materializations += type_ == kind.ASSET_MATERIALIZATION
+        if type_ == kind.STEP_START:
+            starts[step] = stamp
+            span[step] = ("compute", stamp)
+            spans[step] = {"compute": 0.0, "write": 0.0, "events": 0.0}
+            continue
+        if step not in span:
+            continue
+        current, began = span[step]
+        if current == "events" and type_ == kind.STEP_OUTPUT:
+            # The next output of a step whose outputs have no IO manager (the feature
+            # tables write their own): the events end with the last materialization, the
+            # wait for the next output after it is compute.
+            spans[step]["events"] += last_materialized[step] - began
+            spans[step]["compute"] += stamp - last_materialized[step]
+            span[step] = ("write", stamp)
+        elif type_ in ends[current]:
+            spans[step][current] += stamp - began
+            span[step] = (following[current], stamp)
+        if type_ == kind.ASSET_MATERIALIZATION:
+            last_materialized[step] = stamp
+        if type_ == kind.ASSET_CHECK_EVALUATION:
+            checked[step] = stamp
+    asset_steps = [step for step in spans if step not in checked]
+    compute = sum(spans[step]["compute"] for step in asset_steps)
+    compute += sum(stamp - starts[step] for step, stamp in checked.items())
+    write = sum(spans[step]["write"] for step in asset_steps)
+    events = sum(spans[step]["events"] for step in asset_steps)
+    first_step = min(starts.values(), default=None)
     return {
         "wall": wall,
         "compute": compute,

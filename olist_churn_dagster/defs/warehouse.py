@@ -34,6 +34,7 @@ from olist_churn_dagster.lib.warehouse import (
     is_ducklake,
     lock_backoff_seconds,
     open_warehouse,
+    table_exists,
     write_frame,
 )
 
@@ -126,6 +127,59 @@ class FrameBatches:
     metadata: Mapping[str, object] = field(default_factory=dict)
 
 
+def write_output(
+    conn, schema: str, table: str, obj: pl.DataFrame | FrameBatches, *, partitioned: bool
+) -> tuple[int, dict[str, object]]:
+    """Writes a frame, or streams a `FrameBatches`' frames, into `schema.table` on the
+    caller's transaction: a whole table is replaced (so its schema follows the code), a
+    partition is inserted by column name. Returns the rows written and the metadata to
+    record (`obj`'s own, the column schema and the table's name)."""
+    batches = obj.batches if isinstance(obj, FrameBatches) else [obj]
+    extra = obj.metadata if isinstance(obj, FrameBatches) else {}
+    row_count, columns = 0, None
+    for batch in batches:
+        # Later batches always append: the first one created or replaced the table.
+        append = partitioned or columns is not None
+        write_frame(conn, schema, table, batch, append=append)
+        row_count += batch.height
+        columns = columns or batch.schema
+    if columns is None:
+        raise ValueError(f"no rows nor schema to write to {table}")
+    return row_count, {
+        **extra,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name=name, type=str(dtype)) for name, dtype in columns.items()]
+        ),
+        "dagster/table_name": f"{schema}.{table}",
+    }
+
+
+def delete_partitions(conn, schema: str, table: str, column: str, keys: Sequence[str]) -> None:
+    """Deletes the rows whose `column` is one of the partition `keys`, if the table exists
+    (as the IO manager does before it writes a partition)."""
+    if table_exists(conn, schema, table):
+        conn.execute(
+            f'DELETE FROM "{schema}"."{table}" '
+            f'WHERE list_contains(?::VARCHAR[], CAST("{column}" AS VARCHAR))',
+            [list(keys)],
+        )
+
+
+def replace_partitions(
+    conn, table: str, column: str, keys: Sequence[str], obj: FrameBatches
+) -> dict[str, object]:
+    """What the IO manager does for a partitioned output, for an asset that writes its own
+    table (so it can write while Dagster records another table's events): deletes the rows
+    of `keys` (values of `column`), then writes `obj`, on the caller's transaction. Returns
+    the metadata the IO manager records (`_row_count_metadata`'s keys)."""
+    schema, name = table.split(".")
+    delete_partitions(conn, schema, name, column, keys)
+    rows, metadata = write_output(conn, schema, name, obj, partitioned=True)
+    if len(keys) == 1:
+        return {**metadata, "dagster/partition_row_count": rows}
+    return {**metadata, "rows_written_for_range": rows, "partitions_in_range": len(keys)}
+
+
 class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
     """Stores polars frames: whole tables are replaced (so their schema follows the code),
     partitions are inserted by column name into the table the partition was deleted from."""
@@ -134,29 +188,10 @@ class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
         self, context, table_slice: TableSlice, obj: pl.DataFrame | FrameBatches, connection
     ):
         partitioned = bool(table_slice.partition_dimensions)
-        batches = obj.batches if isinstance(obj, FrameBatches) else [obj]
-        extra = obj.metadata if isinstance(obj, FrameBatches) else {}
-        row_count, schema = 0, None
-        for batch in batches:
-            # Later batches always append: the first one created or replaced the table.
-            append = partitioned or schema is not None
-            write_frame(connection, table_slice.schema, table_slice.table, batch, append=append)
-            row_count += batch.height
-            schema = schema or batch.schema
-        if schema is None:
-            raise ValueError(f"no rows nor schema to write to {table_slice.table}")
-        context.add_output_metadata(
-            {
-                **extra,
-                **_row_count_metadata(context, partitioned, row_count),
-                "dagster/column_schema": dg.TableSchema(
-                    columns=[
-                        dg.TableColumn(name=name, type=str(dtype)) for name, dtype in schema.items()
-                    ]
-                ),
-                "dagster/table_name": f"{table_slice.schema}.{table_slice.table}",
-            },
+        rows, metadata = write_output(
+            connection, table_slice.schema, table_slice.table, obj, partitioned=partitioned
         )
+        context.add_output_metadata({**metadata, **_row_count_metadata(context, partitioned, rows)})
 
     def load_input(self, context, table_slice: TableSlice, connection) -> pl.DataFrame:
         if table_slice.partition_dimensions and len(context.asset_partition_keys) == 0:

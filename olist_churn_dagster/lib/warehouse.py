@@ -325,7 +325,7 @@ def write_frame(
     target = f'"{schema}"."{table}"'
     conn.register("_incoming_frame", frame.to_arrow())
     try:
-        if not append or not _table_exists(conn, schema, table):
+        if not append or not table_exists(conn, schema, table):
             conn.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _incoming_frame")
             return
         _add_missing_columns(conn, schema, table)
@@ -334,7 +334,8 @@ def write_frame(
         conn.unregister("_incoming_frame")
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether `schema.table` exists in the connection's own catalog."""
     row = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
         "AND table_schema = ? AND table_name = ?",
@@ -369,7 +370,7 @@ def read_tables(
     or only the `columns` given for a table (a reader that needs few columns of large
     tables then holds only those)."""
     tables = list(tables)
-    missing = [t for t in tables if not _table_exists(conn, schema, t)]
+    missing = [t for t in tables if not table_exists(conn, schema, t)]
     if missing:
         names = ", ".join(f"{schema}.{t}" for t in missing)
         raise WarehouseError(f"warehouse has no table {names}: materialize it first")

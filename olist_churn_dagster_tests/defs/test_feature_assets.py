@@ -5,10 +5,23 @@ import dagster as dg
 import duckdb
 import pytest
 
+from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.partitions import registered_dates
+from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.ingest.loader import load_dataset
+
+
+def _materializations(result, family: str) -> list[dg.AssetMaterialization]:
+    """The run's materializations of one feature table, in the order they were recorded
+    (the six tables are outputs of one multi-asset node)."""
+    key = dg.AssetKey(["features", f"seller_{family}"])
+    return [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == key
+    ]
 
 
 def _counts(warehouse: Path) -> dict[str, dict[date, int]]:
@@ -36,7 +49,7 @@ def backfilled(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstanc
 
 def test_backfill_is_one_run_over_the_whole_range(backfilled, data_dir):
     _, window, result = backfilled
-    materializations = result.asset_materializations_for_node("features__seller_sales")
+    materializations = _materializations(result, "sales")
     assert len(materializations) == len(window)  # one per partition, from a single run
     counts = _counts(data_dir / "warehouse.duckdb")
     expected_dates = {date.fromisoformat(k) for k in window}
@@ -57,13 +70,28 @@ def test_range_metadata_is_written_once_not_per_partition(backfilled, instance_w
     does not hold one copy per date."""
     _, window, result = backfilled
     for family in FEATURE_FAMILIES:
-        events = result.asset_materializations_for_node(f"features__seller_{family}")
+        events = _materializations(result, family)
         assert sorted(e.partition for e in events) == window
         assert all(not e.metadata for e in events[:-1]), family
         assert "dagster/table_name" in events[-1].metadata
         # Each partition still has its own materialization: the UI shows all of them green.
         stored = instance_with_raw.get_materialized_partitions(events[0].asset_key)
         assert set(window) <= stored
+
+
+def test_range_run_records_every_partition_of_every_table(backfilled, instance_with_raw):
+    """The six tables are one step, yet each records its own materialization per date
+    of the range, in the instance the UI reads, and one output each."""
+    _, window, result = backfilled
+    for family in FEATURE_FAMILIES:
+        key = dg.AssetKey(["features", f"seller_{family}"])
+        assert set(window) <= instance_with_raw.get_materialized_partitions(key), family
+        records = instance_with_raw.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=window), limit=1000
+        ).records
+        assert {r.partition_key for r in records if r.run_id == result.run_id} == set(window)
+    steps = {e.step_key for e in result.all_events if e.step_key}
+    assert steps == {"feature_tables", "feature_table_checks"}
 
 
 def test_stored_rows_equal_the_core_computation(backfilled, data_dir):
@@ -87,7 +115,7 @@ def test_rematerializing_part_of_the_range_replaces_exactly_it(
     result = job.execute_in_process(instance=instance_with_raw, partition_key=window[5])
     assert result.success
     assert _counts(data_dir / "warehouse.duckdb") == before
-    (materialization,) = result.asset_materializations_for_node("features__seller_sales")
+    (materialization,) = _materializations(result, "sales")
     rows = before["sales"][date.fromisoformat(window[5])]
     assert materialization.metadata["dagster/partition_row_count"].value == rows
 
@@ -99,11 +127,37 @@ def test_feature_checks_pass(backfilled):
     assert all(e.passed for e in evaluations)
 
 
+def test_one_family_materializes_alone(definitions, data_dir, instance_with_raw):
+    """A subset of the multi-asset (one table over a range) writes and records that
+    table only, and its check only runs."""
+    job = definitions.resolve_job_def("build_feature_store")
+    keys = registered_dates(instance_with_raw)[-12:-9]
+    reviews = dg.AssetKey(["features", "seller_reviews"])
+    result = job.execute_in_process(
+        instance=instance_with_raw,
+        tags=range_tags(keys[0], keys[-1]),
+        asset_selection=[reviews],
+    )
+    assert result.success
+    events = result.get_asset_materialization_events()
+    assert {e.asset_key for e in events} == {reviews}
+    assert sorted(e.partition for e in events) == keys
+    assert set(_counts(data_dir / "warehouse.duckdb")["reviews"]) >= {
+        date.fromisoformat(k) for k in keys
+    }
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.asset_key == reviews and evaluation.passed
+
+
 def test_every_family_has_a_partitioned_asset(definitions):
     for family in FEATURE_FAMILIES:
         asset = definitions.resolve_assets_def(dg.AssetKey(["features", f"seller_{family}"]))
         assert asset.partitions_def == dg.DynamicPartitionsDefinition(name="reference_date")
         assert asset.backfill_policy == dg.BackfillPolicy.single_run()
+        # The lineage the UI shows: each table on the raw tables its family reads.
+        key = dg.AssetKey(["features", f"seller_{family}"])
+        assert asset.asset_deps[key] == {raw_asset_key(t) for t in FAMILY_SOURCES[family]}
+        assert asset.specs_by_key[key].group_name == "feature_store"
 
 
 def test_batched_backfill_writes_the_same_rows(
@@ -119,7 +173,7 @@ def test_batched_backfill_writes_the_same_rows(
     monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")
     result = job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1]))
     assert result.success
-    *_, materialization = result.asset_materializations_for_node("features__seller_sales")
+    *_, materialization = _materializations(result, "sales")
     assert materialization.metadata["batches"].value == 3  # 15 dates, 7 per batch at least
     assert _counts(data_dir / "warehouse.duckdb") == one_pass
 

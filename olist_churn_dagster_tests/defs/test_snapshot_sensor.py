@@ -140,7 +140,7 @@ def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computa
     snapshot."""
     from polars.testing import assert_frame_equal
 
-    from olist_churn_dagster.defs.features.assets import feature_assets
+    from olist_churn_dagster.defs.features.assets import feature_tables
     from olist_churn_dagster.defs.raw.assets import raw_tables
     from olist_churn_dagster.defs.warehouse import warehouse_resources
     from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
@@ -156,7 +156,7 @@ def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computa
     sensor = definitions.resolve_sensor_def("snapshot_sensor")
     # The run's raw and feature assets as defined (the job's own binds the session's
     # warehouse), with the sensor's run request.
-    assets = [raw_tables, *feature_assets]
+    assets = [raw_tables, feature_tables]
     last = _last_day(data_dir)
     source, cursor = dict(full_tables), None
     steps = [(last - timedelta(days=3), None), (last - timedelta(days=2), None), (last, "fix")]

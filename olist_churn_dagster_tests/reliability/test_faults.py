@@ -151,6 +151,7 @@ def hold(target_schema, target_table, connection):
 
 
 original_delete = defs_warehouse.TransactionalDuckDbClient.delete_table_slice
+original_delete_partitions = defs_warehouse.delete_partitions
 original_write = lib_warehouse.write_frame
 
 
@@ -158,6 +159,13 @@ def delete_then_hold(context, table_slice, connection):
     original_delete(context, table_slice, connection)
     if stage == "after-delete" and targeted(table_slice.schema, table_slice.table):
         hold(table_slice.schema, table_slice.table, connection)
+
+
+def delete_partitions_then_hold(connection, target_schema, target_table, column, keys):
+    # The feature tables delete their partitions themselves (`replace_partitions`).
+    original_delete_partitions(connection, target_schema, target_table, column, keys)
+    if stage == "after-delete" and targeted(target_schema, target_table):
+        hold(target_schema, target_table, connection)
 
 
 def held_write(conn, target_schema, target_table, frame, **kwargs):
@@ -172,6 +180,7 @@ def held_write(conn, target_schema, target_table, frame, **kwargs):
 
 # Every table of the project is written by `write_frame`, whichever module calls it.
 defs_warehouse.TransactionalDuckDbClient.delete_table_slice = staticmethod(delete_then_hold)
+defs_warehouse.delete_partitions = delete_partitions_then_hold
 for module in (lib_warehouse, defs_warehouse, raw_assets, delta):
     if hasattr(module, "write_frame"):
         module.write_frame = held_write
