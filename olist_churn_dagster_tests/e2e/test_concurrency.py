@@ -9,6 +9,7 @@ from datetime import date
 
 import polars as pl
 
+from olist_churn_dagster.defs.features.assets import feature_tables
 from olist_churn_dagster_tests.e2e.conftest import Server
 from olist_churn_dagster_tests.e2e.server import (
     GraphQL,
@@ -172,8 +173,8 @@ def test_backfills_and_sensor_run_share_the_warehouse(dagster_server: Server) ->
     assert concurrent, f"no run was submitted while another was pending: {spans}"
 
     # The overlap check below is only worth something if it saw the steps: every run
-    # reports timed steps, each backfill run one per feature asset, the snapshot run its
-    # raw load and its scores too.
+    # reports timed steps, each backfill run the feature tables' step (one multi-asset),
+    # the snapshot run its raw load and its scores too.
     intervals = {r["runId"]: step_intervals(r) for r in all_runs}
     untimed = {
         r["runId"]: [s["stepKey"] for s in r["stepStats"]]
@@ -181,7 +182,7 @@ def test_backfills_and_sensor_run_share_the_warehouse(dagster_server: Server) ->
         if not intervals[r["runId"]]
     }
     assert not untimed, f"runs without timed steps (stepKey lists): {untimed}"
-    feature_steps = {"__".join(path) for path in FEATURE_ASSETS}
+    feature_steps = {feature_tables.node_def.name}
     for r in all_runs[1:]:
         keys = {key for key, _, _ in intervals[r["runId"]]}
         assert feature_steps <= keys, (
