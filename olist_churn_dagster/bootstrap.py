@@ -76,9 +76,9 @@ def _event(record: logging.LogRecord) -> dg.DagsterEvent | None:
 
 
 class StepProgress(logging.Handler):
-    """A line when a step of a run materializes something (its asset, the partitions and
-    the time since the stage started), a line per failed check; passed checks are
-    counted for the stage's closing line."""
+    """A line when an asset is materialized (its name, the partitions and the time since
+    the stage started; a step of several unpartitioned assets gets one line), a line per
+    failed check; passed checks are counted for the stage's closing line."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
         super().__init__(level=logging.DEBUG)
@@ -87,22 +87,32 @@ class StepProgress(logging.Handler):
 
     def restart(self) -> None:
         self.started = time.perf_counter()
-        self.materialized: dict[str, int] = {}
-        self.partitions: dict[str, set[str]] = {}
+        self.materialized: dict[str, int] = {}  # step -> unpartitioned assets materialized
+        self.partitions: dict[str, set[str]] = {}  # asset -> partitions materialized
+        self.current: dict[str, str] = {}  # step -> asset whose partitions it is recording
         self.checks_passed = 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def _asset_done(self, asset: str) -> None:
+        self.log(f"  {asset} ({len(self.partitions[asset])} dates, {self.elapsed():.1f} s)")
 
     def emit(self, record: logging.LogRecord) -> None:
         event = _event(record)
         if event is None or event.step_key is None:
             return
         key = event.step_key
-        if event.is_step_materialization:
+        if event.is_step_materialization and event.partition is not None:
+            # A multi-asset step records one asset's partitions after the other.
+            asset = event.asset_key.to_user_string()
+            previous = self.current.get(key)
+            if previous is not None and previous != asset:
+                self._asset_done(previous)
+            self.current[key] = asset
+            self.partitions.setdefault(asset, set()).add(event.partition)
+        elif event.is_step_materialization:
             self.materialized[key] = self.materialized.get(key, 0) + 1
-            if event.partition is not None:
-                self.partitions.setdefault(key, set()).add(event.partition)
         elif event.event_type_value == dg.DagsterEventType.ASSET_CHECK_EVALUATION.value:
             check = event.asset_check_evaluation_data
             if check.passed:
@@ -111,9 +121,11 @@ class StepProgress(logging.Handler):
                 name = f"{check.asset_key.to_user_string()} {check.check_name}"
                 severity = check.severity.value
                 self.log(f"  check failed ({severity}): {name} ({self.elapsed():.1f} s)")
+        elif event.is_step_success and key in self.current:
+            self._asset_done(self.current.pop(key))
         elif event.is_step_success and key in self.materialized:
-            dates, assets = len(self.partitions.get(key, ())), self.materialized[key]
-            what = f"{dates} dates, " if dates else f"{assets} assets, " if assets > 1 else ""
+            assets = self.materialized.pop(key)
+            what = f"{assets} assets, " if assets > 1 else ""
             self.log(f"  {key.replace('__', '/')} ({what}{self.elapsed():.1f} s)")
 
 
