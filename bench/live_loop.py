@@ -34,7 +34,7 @@ from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
     GraphQL,
     runs,
     tags_of,
-    wait_for,
+    wait_until,
 )
 
 READER = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
@@ -65,7 +65,7 @@ def _wait_run(gql: GraphQL, day: date) -> dict:
         done = [r for r in found if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
         return done[0] if done else None
 
-    return wait_for(f"the run of snapshot {day}", finished, timeout=900, interval=0.5)
+    return wait_until(f"the run of snapshot {day}", finished, timeout=900, interval=0.5)
 
 
 def _report(gql: GraphQL, label: str, run: dict, marker: float) -> float:
