@@ -117,7 +117,7 @@ import olist_churn_dagster.lib.ingest.delta as delta
 import olist_churn_dagster.lib.warehouse as lib_warehouse
 from olist_churn_dagster.bootstrap import load_definitions, range_tags
 
-job_name, stage, schema, table, first, last, source = sys.argv[1:8]
+job_name, stage, schema, table, first, last, source, load = sys.argv[1:9]
 partitioned = first != "-"
 
 
@@ -192,9 +192,10 @@ if partitioned:
 job.execute_in_process(
     instance=instance,
     tags=range_tags(first, last) if partitioned else None,
-    # A load of a whole source (full_reload): each table is replaced by `write_frame`.
+    # A load of a whole source (full_reload: each table is replaced by `write_frame`), or of
+    # its changes (rows deleted and inserted by key, then the changed keys written).
     run_config=(
-        {"ops": {"raw_tables": {"config": {"source": source, "full_reload": True}}}}
+        {"ops": {"raw_tables": {"config": {"source": source, "full_reload": load == "full"}}}}
         if source != "-"
         else None
     ),
@@ -231,6 +232,7 @@ def _kill_inside_a_write(
     table: str,
     span: tuple[str, str] | None = None,
     source: Path | None = None,
+    full_reload: bool = True,
 ) -> re.Match[str]:
     """Start `job` in a child process, wait until it holds inside the write transaction of
     `table` (`schema.table`, or `schema.*` for the first table of the schema), SIGKILL it
@@ -239,7 +241,8 @@ def _kill_inside_a_write(
     script, log = folder / "killed_run.py", folder / "child.log"
     script.write_text(CHILD, encoding="utf-8")
     first, last = span or ("-", "-")
-    args = [job, stage, schema, name, first, last, str(source) if source else "-"]
+    load = "full" if full_reload else "changes"
+    args = [job, stage, schema, name, first, last, str(source) if source else "-", load]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(script), *args],
@@ -366,6 +369,51 @@ def test_raw_load_killed_inside_its_write_keeps_every_previous_raw_table(
 
 def _data_only(sums: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in sums.items() if not k.endswith(("__changed", "__deleted"))}
+
+
+def test_changes_load_killed_inside_its_transaction_keeps_every_previous_table(
+    definitions: dg.Definitions,
+    data_dir: Path,
+    warehouse: Path,
+    good_snapshot: Path,
+    child_process: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """A snapshot loaded as its changes (rows deleted and inserted by key in the raw tables
+    and the row-hash store), killed after the orders' changes were applied inside its
+    transaction, leaves every table exactly as it was; run again, it lands whole."""
+    before = warehouse_checksums(warehouse)
+    incoming = load_dataset(good_snapshot)
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        stored = conn.execute("SELECT count(*) FROM ingest.orders").fetchone()[0]
+    assert stored != incoming["orders"].height  # the snapshot's content differs
+    try:
+        held = _kill_inside_a_write(
+            child_process,
+            tmp_path,
+            job="load_raw_tables",
+            stage="after-insert",
+            table="ingest.orders__changed",
+            source=good_snapshot,
+            full_reload=False,
+        )
+        # Inside the child's open transaction the orders' row hashes already were the
+        # snapshot's (their changes applied), and the changed keys cut to one row.
+        assert int(held.group(3)) == 1
+        assert json.loads(held.group(4))["orders"] == incoming["orders"].height
+        assert warehouse_checksums(warehouse) == before
+
+        rerun = run_job(definitions, "load_raw_tables", source=good_snapshot)
+        assert rerun.success, failure_message(rerun)
+        with duckdb.connect(str(warehouse), read_only=True) as conn:
+            orders = conn.execute("SELECT count(*) FROM raw.orders").fetchone()
+            changed = conn.execute("SELECT count(*) FROM ingest.orders__changed").fetchone()
+        assert orders == (incoming["orders"].height,)
+        assert changed[0] > 0  # a load of changes, not of the whole source
+    finally:
+        restore = run_job(definitions, "load_raw_tables", source=data_dir / "raw")
+        assert restore.success, failure_message(restore)
+    assert _data_only(warehouse_checksums(warehouse)) == _data_only(before)
 
 
 @pytest.fixture(scope="module")
