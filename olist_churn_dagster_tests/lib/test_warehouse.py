@@ -44,6 +44,37 @@ def test_partition_append_adds_new_columns(tmp_path):
     assert table["new_feature"].to_list() == [None, None, 7]
 
 
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_frames_written_in_one_transaction_are_freed_before_its_commit(tmp_path):
+    """A backfill writes all of a table's batches in one transaction: each batch must be
+    freed once written, not held until the commit (with DuckDB's buffers capped here, the
+    process would otherwise grow by about a batch per batch)."""
+    rows, batches = 2_000_000, 6
+    batch_bytes = rows * 6 * 8
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"), config={"memory_limit": "64MB"})
+    conn.execute("BEGIN")
+    resident = []
+    for i in range(batches):
+        batch = pl.select(
+            (pl.int_range(rows, dtype=pl.Int64) + i * rows).cast(pl.Float64).alias(f"v{c}")
+            for c in range(6)
+        )
+        write_frame(conn, "features", "t", batch, append=True)
+        del batch
+        resident.append(_resident_bytes())
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT count(*), max(v0) FROM features.t").fetchone() == (
+        rows * batches,
+        rows * batches - 1,
+    )
+    conn.close()
+    assert resident[-1] - resident[0] < 1.5 * batch_bytes, [r / 1e6 for r in resident]
+
+
 def test_failed_transaction_keeps_previous_rows(tmp_path):
     path = tmp_path / "w.duckdb"
     with transaction(path) as conn:
