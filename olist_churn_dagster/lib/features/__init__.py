@@ -283,7 +283,7 @@ def _frames(
     if not dates:
         yield from (pl.DataFrame(schema=schema) for _ in batches)
         return
-    sources = _timeline_sources(plan, raw, sales, dates, window_days, horizon_days)
+    sources, ids = _timeline_sources(plan, raw, sales, dates, window_days, horizon_days)
     # The timeline holds all the batches need: this generator lets go of the raw tables
     # (the history query's DuckDB is closed with its buffers), so a caller that drops its
     # own references gets that memory back while the timeline is built and written.
@@ -296,8 +296,12 @@ def _frames(
                 yield pl.DataFrame(schema=schema)
                 continue
             values = timeline.values([_epoch_day(d) for d in batch])
-            yield _conform(evaluate_outputs(con, plan, values), schema)
+            out = evaluate_outputs(con, plan, values)
             del values
+            # Sellers are integer ranks up to here: strings only for the rows written.
+            out = out.with_columns(seller_id=ids.gather(out.get_column("seller_id")))
+            yield _conform(out, schema)
+            del out
     finally:
         con.close()
 
@@ -309,8 +313,9 @@ def _timeline_sources(
     dates: list[date],
     window_days: int,
     horizon_days: int,
-) -> list[pl.DataFrame | None]:
-    """What the family's timeline over all `dates` reads from the raw history."""
+) -> tuple[list[pl.DataFrame | None], pl.Series]:
+    """What the family's timeline over all `dates` reads from the raw history, with
+    sellers as their integer ranks, and the seller ids to map the ranks back."""
     frames = {t: raw[t] for t in plan.tables}
     frames["sale_items"] = (
         sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
@@ -319,12 +324,14 @@ def _timeline_sources(
     lo, hi = _day_range(dates)
     con = _connect(frames, dates)
     try:
-        runs, *rest = read_timeline_sources(
-            con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+        sources = list(
+            read_timeline_sources(
+                con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+            )
         )
     finally:
         con.close()
-    return [runs.with_columns(seller_id=ids.gather(runs.get_column("seller_id"))), *rest]
+    return sources, ids
 
 
 def _integer_sellers(
