@@ -381,12 +381,15 @@ def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.DataFrame:
 
 
 def _with_extremes(
-    timeline: pl.LazyFrame, extremes: pl.DataFrame, plan: FamilyPlan, window_days: int
-) -> pl.LazyFrame:
+    rows: pl.DataFrame, extremes: pl.DataFrame, plan: FamilyPlan, window_days: int
+) -> pl.DataFrame:
     """Add, to every timeline row on day t, the extremes of the rows of days [t - W, t - 1].
 
     The extremes rows ride along in the same per-seller, day-ordered sequence with
-    `is_q` false; rolling windows closed on the left exclude day t itself.
+    `is_q` false; rolling windows closed on the left exclude day t itself. `rows` is
+    sorted by seller and day with one row per pair, so the sequence is a merge of two
+    sorted frames (not a sort of their union), and its `is_q` rows come back in `rows`'
+    order, to be put beside them (not joined).
     """
     size = f"{window_days}i"
     rolled = [
@@ -397,17 +400,20 @@ def _with_extremes(
         for n, (fn, _) in block.aggregates.items()
     ]
     names = [n for block in plan.sliding for n in block.aggregates]
-    queries = timeline.select("sk", "day", is_q=pl.lit(True))
-    combined = pl.concat(
-        [queries, extremes.lazy().with_columns(is_q=pl.lit(False))], how="diagonal_relaxed"
-    )
+    points = extremes.sort("sk", "day").with_columns(is_q=pl.lit(False))
+    queries = rows.select(
+        pl.col("sk").cast(points.schema["sk"]),
+        pl.col("day").cast(points.schema["day"]),
+        *[pl.lit(None, dtype=points.schema[n]).alias(n) for n in names],
+        is_q=pl.lit(True),
+    ).select(points.columns)
     at_queries = (
-        combined.sort("sk", "day", "is_q")
+        points.merge_sorted(queries, key=["sk", "day"], maintain_order=True)
         .with_columns(rolled)
         .filter("is_q")
-        .select("sk", "day", *names)
+        .select(names)
     )
-    return timeline.join(at_queries, on=["sk", "day"], how="left", maintain_order="left")
+    return rows.hstack(at_queries)
 
 
 class Timeline:
@@ -439,7 +445,7 @@ class Timeline:
         rows = _running_sums(deltas.sort("sk", "day"), self.names)
         del deltas
         if extremes is not None:
-            rows = _with_extremes(rows.lazy(), extremes, plan, window_days).collect()
+            rows = _with_extremes(rows, extremes, plan, window_days)
         self.rows = rows  # sorted by seller, then day
         self._carry = self.rows.clear()  # last row per seller up to the previous batch
         self._read_to: int | None = None  # last day read into the carry
@@ -460,7 +466,8 @@ class Timeline:
             )
             .explode("D")
             .filter(pl.col("D").is_in(list(days)))
-            .sort("D", "sk")
+            # by date, then seller: one integer key sorts in less than half the time
+            .sort(pl.col("D") * (1 << 32) + pl.col("sk"))
             .select("D", "sk", "seller_id", "last_d", "first_d")
         )
 
