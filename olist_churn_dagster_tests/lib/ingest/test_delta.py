@@ -258,7 +258,11 @@ def test_only_the_new_lines_of_a_changed_file_are_parsed(
     assert changes["orders"].rows == load_dataset(snapshot)["orders"].height
 
 
-def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_path: Path) -> None:
+def test_a_quoted_line_break_stays_inside_its_record(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    """A review comment holding a line break is one record: the file is still read by
+    records (only the new ones parsed), with the hash a whole read gives that record."""
     conn, last, _ = loaded
     day = last + timedelta(days=1)
     cut = cut_as_of(tables, day)
@@ -270,6 +274,17 @@ def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_pa
         .alias("review_comment_message")
     )
     snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    conn.execute("BEGIN TRANSACTION")
+    plan = plan_load(conn, snapshot, full=False).tables["order_reviews"]
+    conn.execute("ROLLBACK")
+    assert plan.known is not None and plan.keys.height < plan.rows / 5  # read by records
+    assert first in plan.updated["review_id"].to_list()
+    line = 1 + next(
+        n
+        for n, text in enumerate((snapshot / TABLES["order_reviews"].file_name).open())
+        if text.startswith(first)
+    )
+    assert plan.keys.filter(pl.col("review_id") == first)["__line"].to_list() == [line]
     changes = load(conn, snapshot)
     assert changes["order_reviews"].updated + changes["order_reviews"].inserted >= 1
     assert_same_rows(stored(conn), load_dataset(snapshot))
@@ -288,3 +303,19 @@ def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_pa
     snapshot = write_snapshot(cut, tmp_path / "snap", later)
     load(conn, snapshot)
     assert_same_rows(stored(conn), load_dataset(snapshot))
+
+
+def test_a_quote_left_open_in_a_new_record_is_refused_with_its_line(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    before = stored(conn)
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    reviews = snapshot / TABLES["order_reviews"].file_name
+    data = reviews.read_bytes()
+    cut = data.rindex(b"\n", 0, len(data) - 1) + 1  # the last record gets an open quote
+    reviews.write_bytes(data[:cut] + b'"' + data[cut:])
+    with pytest.raises(InputDataError, match="never closed"):
+        load(conn, snapshot)
+    assert_same_rows(stored(conn), before)
