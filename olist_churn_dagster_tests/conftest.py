@@ -42,6 +42,7 @@ SLOW = {
     "test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computation",
     "lib/features/test_incremental.py::"
     "test_daily_snapshots_with_corrections_equal_a_full_recomputation",
+    "lib/ingest/test_delta.py::test_the_frames_a_load_writes_are_freed_before_its_commit",
 }
 
 

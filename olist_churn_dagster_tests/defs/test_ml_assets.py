@@ -12,11 +12,14 @@ import numpy as np
 import polars as pl
 import pytest
 from mlflow import MlflowClient
+from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
-from olist_churn_dagster.lib.ml.monitoring import PSI_WARN
+from olist_churn_dagster.lib.ml.labels import churn_labels
+from olist_churn_dagster.lib.ml.monitoring import PSI_WARN, realized_performance
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
+from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
 
@@ -297,6 +300,14 @@ def test_monitoring_reports_realized_performance_and_drift(trained, definitions,
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         table = conn.execute("SELECT * FROM ml.model_monitoring").pl()
     assert table.get_column("roc_auc").is_between(0, 1).all()
+    # It reads only the sales that can set a scored row's label: the same table as
+    # labels from all history.
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        scores = conn.execute(f"SELECT * FROM {SCORES_TABLE}").pl()
+        orders = conn.execute("SELECT * FROM raw.orders").pl()
+        items = conn.execute("SELECT * FROM raw.order_items").pl()
+    labels = churn_labels(orders, items, scores.select(KEYS), horizon_days=45)
+    assert_frame_equal(table, realized_performance(scores, labels))
     (drift,) = [
         e for e in result.get_asset_check_evaluations() if e.check_name == "feature_drift_psi"
     ]

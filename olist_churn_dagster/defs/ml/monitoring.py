@@ -1,6 +1,8 @@
 """Monitoring: feature drift of the scored population and realized performance of past
 scores once their labels have matured."""
 
+from datetime import timedelta
+
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
@@ -73,21 +75,28 @@ def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     pool=WAREHOUSE_POOL,
 )
 def model_monitoring(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+    horizon_days = load_settings().churn_horizon_days
     with warehouse.get_connection() as conn:
         scores = conn.execute(
             f"SELECT reference_date, seller_id, churn_probability FROM {SCORES_TABLE}"
         ).pl()
-        # Only the columns labels read: the whole tables are most of this asset's time.
-        orders = conn.execute(
-            f"SELECT order_id, order_status, order_purchase_timestamp FROM {RAW_SCHEMA}.orders"
+        # Only the columns and rows labels read: a scored seller is active, so its last
+        # sale before D is at most the horizon before D, and no sale before the first
+        # scored date minus the horizon changes a label; the latest purchase is kept.
+        first = scores.get_column("reference_date").min()
+        since = "TRUE" if first is None else "order_purchase_timestamp >= ?"
+        params = [] if first is None else [first - timedelta(days=horizon_days)]
+        orders_sql = (
+            "SELECT order_id, order_status, order_purchase_timestamp "
+            f"FROM {RAW_SCHEMA}.orders WHERE {since}"
+        )
+        orders = conn.execute(orders_sql, params).pl()
+        items = conn.execute(
+            f"SELECT order_id, seller_id FROM {RAW_SCHEMA}.order_items "
+            f"SEMI JOIN ({orders_sql}) USING (order_id)",
+            params,
         ).pl()
-        items = conn.execute(f"SELECT order_id, seller_id FROM {RAW_SCHEMA}.order_items").pl()
-    labels = churn_labels(
-        orders,
-        items,
-        scores.select(KEYS),
-        horizon_days=load_settings().churn_horizon_days,
-    )
+    labels = churn_labels(orders, items, scores.select(KEYS), horizon_days=horizon_days)
     table = realized_performance(scores, labels)
     context.add_output_metadata(
         {

@@ -56,14 +56,16 @@ def _rows_to_check(
 ) -> str:
     """The child rows a reference check looks at: all, or after loads of changes of both
     tables only the child rows written by the load and those pointing at a deleted parent
-    row (no other row's reference can have broken)."""
+    row (no other row's reference can have broken). Those carry their key and `col` only:
+    the union compares whole rows, so every other column would be read for nothing."""
     child, up = last_changes(conn, table), last_changes(conn, parent)
     if child is None or up is None:
         return f"raw.{table}"
     key = ", ".join(TABLES[table].primary_key)
+    columns = ", ".join(dict.fromkeys([*TABLES[table].primary_key, col]))
     return (
-        f"(SELECT * FROM raw.{table} SEMI JOIN {child[0]} USING ({key}) UNION "
-        f"SELECT * FROM raw.{table} WHERE {col} IN (SELECT {parent_col} FROM {up[1]}))"
+        f"(SELECT {columns} FROM raw.{table} SEMI JOIN {child[0]} USING ({key}) UNION "
+        f"SELECT {columns} FROM raw.{table} WHERE {col} IN (SELECT {parent_col} FROM {up[1]}))"
     )
 
 

@@ -197,11 +197,8 @@ def read_state(conn: duckdb.DuckDBPyConnection, window_days: int) -> pl.DataFram
 
 def _write_state(conn: duckdb.DuckDBPyConnection, state: pl.DataFrame, cutoff: int) -> None:
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{FEATURE_SCHEMA}"')
-    conn.register("_state", state.to_arrow())
-    try:
-        conn.execute(f"CREATE OR REPLACE TABLE {LIFETIME_TABLE} AS SELECT * FROM _state")
-    finally:
-        conn.unregister("_state")
+    _state = state.to_arrow()  # read by replacement scan (see `lib.warehouse.write_frame`)
+    conn.execute(f"CREATE OR REPLACE TABLE {LIFETIME_TABLE} AS SELECT * FROM _state")
     conn.execute(f"CREATE OR REPLACE TABLE {CUTOFF_TABLE} AS SELECT {int(cutoff)} AS cutoff")
 
 
@@ -225,14 +222,10 @@ def _sales_rows(
     orders = f"SELECT * FROM {RAW_SCHEMA}.orders WHERE {where}"
     items = f"SELECT i.* FROM {RAW_SCHEMA}.order_items i SEMI JOIN ({orders}) o USING (order_id)"
     if sellers is not None:
-        conn.register("_sellers", sellers.select("seller_id").to_arrow())
+        _sellers = sellers.select("seller_id").to_arrow()  # read by replacement scan
         items = f"SELECT * FROM ({items}) SEMI JOIN _sellers USING (seller_id)"
         orders = f"SELECT * FROM ({orders}) SEMI JOIN ({items}) USING (order_id)"
-    try:
-        return conn.execute(orders, params).pl(), conn.execute(items, params).pl()
-    finally:
-        if sellers is not None:
-            conn.unregister("_sellers")
+    return conn.execute(orders, params).pl(), conn.execute(items, params).pl()
 
 
 def state_at(
@@ -264,16 +257,13 @@ def sellers_of_orders(conn: duckdb.DuckDBPyConnection, order_ids: pl.DataFrame) 
     cutoff = state_cutoff(conn)
     if cutoff is None or order_ids.is_empty():
         return pl.DataFrame(schema={"seller_id": pl.String()})
-    conn.register("_orders", order_ids.select("order_id").to_arrow())
-    try:
-        return conn.execute(
-            f"SELECT DISTINCT i.seller_id FROM {RAW_SCHEMA}.order_items i "
-            f"JOIN {RAW_SCHEMA}.orders o USING (order_id) SEMI JOIN _orders USING (order_id) "
-            "WHERE o.order_purchase_timestamp < ?",
-            [_midnight(cutoff)],
-        ).pl()
-    finally:
-        conn.unregister("_orders")
+    _orders = order_ids.select("order_id").to_arrow()
+    return conn.execute(
+        f"SELECT DISTINCT i.seller_id FROM {RAW_SCHEMA}.order_items i "
+        f"JOIN {RAW_SCHEMA}.orders o USING (order_id) SEMI JOIN _orders USING (order_id) "
+        "WHERE o.order_purchase_timestamp < ?",
+        [_midnight(cutoff)],
+    ).pl()
 
 
 def repair(
@@ -458,9 +448,8 @@ def _point(
 ) -> pl.DataFrame:
     """Run `point_sql` where the plan's tables and `sale_items` are already visible."""
     day_number = epoch_day(reference_date)
-    con.register("dates", pl.DataFrame({"D": [day_number]}))
-    if state is not None:
-        con.register("_state", state)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW dates AS SELECT CAST({day_number} AS BIGINT) AS D")
+    _state = state.to_arrow() if state is not None else None  # read by replacement scan
     try:
         sql = point_sql(
             plan,
@@ -471,9 +460,7 @@ def _point(
         )
         return _conform(family, con.execute(sql).pl())
     finally:
-        con.unregister("dates")
-        if state is not None:
-            con.unregister("_state")
+        con.execute("DROP VIEW IF EXISTS temp.main.dates")
 
 
 def features_at(

@@ -5,13 +5,13 @@ warehouse already; typing them again (timestamps above all) and rewriting every 
 most of a reload's cost. So the hash of each record's bytes is kept beside the raw table,
 keyed by the primary key (schema `ingest`, same transaction as the raw table). A record
 whose hash is known is unchanged: it is, byte for byte, what was typed and checked when it
-was loaded. A changed file is cut at its line ends and hashed line by line without being
-parsed (`_plan_lines`); only the lines whose hash is not known are parsed, typed, checked
-row by row and compared by content with the stored row; then new rows are inserted,
-changed rows replaced and rows no longer in the source deleted. A file where a quoted
-field holds a line break (its pieces are never known, and do not parse alone) is parsed
-whole and compared key and hash (`_plan_delta`), as are files of a schema the store does
-not match yet.
+was loaded. A changed file is cut into records at the line breaks outside quotes and
+hashed record by record without being parsed (`_plan_lines`); only the records whose hash
+is not known are parsed, typed, checked row by row and compared by content with the
+stored row; then new rows are inserted, changed rows replaced and rows no longer in the
+source deleted. A file whose records do not parse one by one (a quote left open) or that
+is mostly new is parsed whole and compared key and hash (`_plan_delta`), as are files of
+a schema the store does not match yet.
 
 The checks that need the whole source still hold for all of it: encoding, header, quoting
 and field counts of the new lines (the known ones passed them before), unique keys over
@@ -24,6 +24,10 @@ The hash only prunes: a record whose hash is not known (first load, another pola
 version) is typed and compared by content, which costs time, never correctness. A 64-bit
 collision between a new record and a stored one would hide that change: about one chance
 in 2**64 per stored row for each changed row.
+
+The SQL reads frames as local variables, by DuckDB's replacement scan (as
+`lib.warehouse.write_frame` does), not registered: a frame registered inside the load's
+transaction would stay in memory until its commit.
 
 A file whose bytes are those of the file the table was last loaded from (same SHA-256,
 kept in `ingest.source_files`) is not parsed at all: it changes nothing, and every check
@@ -41,8 +45,6 @@ at those rows only (`last_changes`); a table loaded whole has none, and is check
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,8 +177,8 @@ def _exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tu
 def _duck_types(frame: pl.DataFrame) -> list[tuple[str, str]]:
     con = duckdb.connect(":memory:")
     try:
-        con.register("f", frame.head(0).to_arrow())
-        return [(r[0], r[1]) for r in con.execute("DESCRIBE SELECT * FROM f").fetchall()]
+        _empty = frame.head(0).to_arrow()
+        return [(r[0], r[1]) for r in con.execute("DESCRIBE SELECT * FROM _empty").fetchall()]
     finally:
         con.close()
 
@@ -244,17 +246,6 @@ def _check_unique(keys: pl.DataFrame, spec: TableSpec) -> None:
     )
 
 
-@contextmanager
-def _registered(conn: duckdb.DuckDBPyConnection, **frames: pl.DataFrame) -> Iterator[None]:
-    for name, frame in frames.items():
-        conn.register(name, frame.to_arrow())
-    try:
-        yield
-    finally:
-        for name in frames:
-            conn.unregister(name)
-
-
 def _on(pk: tuple[str, ...], left: str, right: str) -> str:
     return " AND ".join(f'{left}."{c}" = {right}."{c}"' for c in pk)
 
@@ -283,16 +274,17 @@ def _compared(
     pk = list(spec.primary_key)
     keys_sql = ", ".join(f'c."{c}"' for c in pk)
     differs = " OR ".join(f'c."{c}" IS DISTINCT FROM t."{c}"' for c in spec.columns)
-    with _registered(conn, _fresh=typed.drop(ROW, LINE)):
-        updated = conn.execute(
-            f"SELECT {keys_sql} FROM _fresh c "
-            f'JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")} '
-            f"WHERE {differs}"
-        ).pl()
-        inserted = conn.execute(
-            f"SELECT {keys_sql} FROM _fresh c "
-            f'ANTI JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")}'
-        ).pl()
+    _fresh = typed.drop(ROW, LINE).to_arrow()
+    updated = conn.execute(
+        f"SELECT {keys_sql} FROM _fresh c "
+        f'JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")} '
+        f"WHERE {differs}"
+    ).pl()
+    inserted = conn.execute(
+        f"SELECT {keys_sql} FROM _fresh c "
+        f'ANTI JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")}'
+    ).pl()
+    del _fresh
     to_write = pl.concat(
         [typed.join(updated, on=pk, how="semi"), typed.join(inserted.select(pk), on=pk, how="semi")]
     )
@@ -310,12 +302,11 @@ def _compared(
 
 def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -> _TablePlan | None:
     """A table loaded as changes without parsing the rows known by their hash: the file
-    is cut at its line ends and only the lines whose hash the store does not hold are
-    parsed, checked and typed. A known line is, byte for byte, a record read and checked
-    before, so the file as a whole passes the checks when its new lines do. None when the
-    lines are not the records (a quoted line break: its pieces are never known and do not
-    parse alone), the file has no rows or most of its lines are new: the caller reads
-    the file whole then."""
+    is cut into records (`split_lines`) and only the records whose hash the store does not
+    hold are parsed, checked and typed. A known record is, byte for byte, a record read and
+    checked before, so the file as a whole passes the checks when its new records do. None
+    when the new records do not parse one by one (a quote left open), the file has no rows
+    or most of its records are new: the caller reads the file whole then."""
     pk = list(spec.primary_key)
     header_end = data.find(b"\n") + 1
     lines = split_lines(data)
@@ -340,15 +331,17 @@ def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -
     # known line is written twice: those rows are located and checked with the new ones.
     twice = known.filter(pl.col(HASH).is_duplicated()).select(HASH).unique()
     key_list = ", ".join(f'"{c}"' for c in pk)
-    with _registered(conn, _fresh_keys=fresh.select(pk).unique(), _twice=twice):
-        involved = conn.execute(
-            f"SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _fresh_keys USING ({key_list}) "
-            f"UNION SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _twice USING ({HASH})"
-        ).pl()
+    _fresh_keys, _twice = fresh.select(pk).unique().to_arrow(), twice.to_arrow()
+    involved = conn.execute(
+        f"SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _fresh_keys USING ({key_list}) "
+        f"UNION SELECT {key_list}, {HASH} FROM {store} SEMI JOIN _twice USING ({HASH})"
+    ).pl()
+    del _fresh_keys, _twice
     keys = pl.concat([fresh, involved.join(known, on=HASH).select(fresh.columns)])
     _check_unique(keys, spec)
-    with _registered(conn, _source=lines.select(HASH)):
-        gone = conn.execute(f"SELECT {key_list} FROM {store} ANTI JOIN _source USING ({HASH})").pl()
+    _source = lines.select(HASH).to_arrow()
+    gone = conn.execute(f"SELECT {key_list} FROM {store} ANTI JOIN _source USING ({HASH})").pl()
+    del _source
     deleted = gone.join(fresh.select(pk), on=pk, how="anti", nulls_equal=False)
     plan = _compared(conn, spec, typed, keys, fresh.select(*pk, HASH), deleted)
     plan.known, plan.source_rows = known, lines.height
@@ -421,15 +414,15 @@ def _write_delta(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
         return
     spec, pk = plan.spec, plan.spec.primary_key
     raw, store = f'{RAW_SCHEMA}."{spec.name}"', f'{HASH_SCHEMA}."{spec.name}"'
-    gone = pl.concat([plan.deleted, plan.updated.select(pk)])
-    with _registered(conn, _gone=gone, _rows=plan.typed.drop(ROW, LINE), _hashes=plan.hashes):
-        if gone.height:
-            conn.execute(f"DELETE FROM {raw} t USING _gone g WHERE {_on(pk, 't', 'g')}")
-        if plan.typed.height:
-            conn.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM _rows")
-        conn.execute(f"DELETE FROM {store} t USING _gone g WHERE {_on(pk, 't', 'g')}")
-        conn.execute(f"DELETE FROM {store} t USING _hashes g WHERE {_on(pk, 't', 'g')}")
-        conn.execute(f"INSERT INTO {store} BY NAME SELECT * FROM _hashes")
+    _gone = pl.concat([plan.deleted, plan.updated.select(pk)]).to_arrow()
+    _rows, _hashes = plan.typed.drop(ROW, LINE).to_arrow(), plan.hashes.to_arrow()
+    if _gone.num_rows:
+        conn.execute(f"DELETE FROM {raw} t USING _gone g WHERE {_on(pk, 't', 'g')}")
+    if _rows.num_rows:
+        conn.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM _rows")
+    conn.execute(f"DELETE FROM {store} t USING _gone g WHERE {_on(pk, 't', 'g')}")
+    conn.execute(f"DELETE FROM {store} t USING _hashes g WHERE {_on(pk, 't', 'g')}")
+    conn.execute(f"INSERT INTO {store} BY NAME SELECT * FROM _hashes")
 
 
 def _write_full(conn: duckdb.DuckDBPyConnection, plan: _TablePlan) -> None:
@@ -459,14 +452,15 @@ def _orphans(
     )
     if child.mode == "full" or parent.mode == "full":
         return conn.execute(f'{select} FROM {RAW_SCHEMA}."{spec.name}" c WHERE {orphan}').pl()
-    with _registered(conn, _new=child.typed.drop(ROW, LINE)):
-        bad = conn.execute(f"{select} FROM _new c WHERE {orphan}").pl()
+    _new = child.typed.drop(ROW, LINE).to_arrow()
+    bad = conn.execute(f"{select} FROM _new c WHERE {orphan}").pl()
+    del _new
     if parent.deleted.height:
-        with _registered(conn, _gone=parent.deleted.select(pl.col(pcol).alias("__key"))):
-            left = conn.execute(
-                f'{select} FROM {RAW_SCHEMA}."{spec.name}" c '
-                f'SEMI JOIN _gone g ON c."{column}" = g.__key'
-            ).pl()
+        _gone = parent.deleted.select(pl.col(pcol).alias("__key")).to_arrow()
+        left = conn.execute(
+            f'{select} FROM {RAW_SCHEMA}."{spec.name}" c '
+            f'SEMI JOIN _gone g ON c."{column}" = g.__key'
+        ).pl()
         bad = pl.concat([bad, left]).unique(maintain_order=True)
     return bad
 
@@ -477,11 +471,11 @@ def _locate_known(
     """Row and line of rows that were not parsed, found by their stored hash."""
     pk = list(plan.spec.primary_key)
     key_list = ", ".join(f'"{c}"' for c in pk)
-    with _registered(conn, _bad=located.filter(pl.col(ROW).is_null()).select(pk)):
-        hashed = conn.execute(
-            f'SELECT {key_list}, {HASH} FROM {HASH_SCHEMA}."{plan.spec.name}" '
-            f"SEMI JOIN _bad USING ({key_list})"
-        ).pl()
+    _bad = located.filter(pl.col(ROW).is_null()).select(pk).to_arrow()
+    hashed = conn.execute(
+        f'SELECT {key_list}, {HASH} FROM {HASH_SCHEMA}."{plan.spec.name}" '
+        f"SEMI JOIN _bad USING ({key_list})"
+    ).pl()
     found = hashed.join(plan.known, on=HASH).drop(HASH).unique(pk, keep="first")
     return located.join(found, on=pk, how="left", suffix="_known").with_columns(
         pl.coalesce(ROW, f"{ROW}_known").alias(ROW), pl.coalesce(LINE, f"{LINE}_known").alias(LINE)

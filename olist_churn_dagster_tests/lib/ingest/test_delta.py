@@ -3,6 +3,7 @@ and the same refusals of bad input (nothing written)."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,10 +12,18 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from olist_churn_dagster.lib.ingest.delta import HASH_SCHEMA, apply_load, last_changes, plan_load
-from olist_churn_dagster.lib.ingest.loader import InputDataError, load_dataset
+from olist_churn_dagster.lib.ingest.delta import (
+    HASH_SCHEMA,
+    _TablePlan,
+    _write_delta,
+    apply_load,
+    last_changes,
+    plan_load,
+)
+from olist_churn_dagster.lib.ingest.loader import HASH, LINE, ROW, InputDataError, load_dataset
 from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+from olist_churn_dagster.lib.warehouse import write_frame
 
 Tables = dict[str, pl.DataFrame]
 
@@ -258,7 +267,11 @@ def test_only_the_new_lines_of_a_changed_file_are_parsed(
     assert changes["orders"].rows == load_dataset(snapshot)["orders"].height
 
 
-def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_path: Path) -> None:
+def test_a_quoted_line_break_stays_inside_its_record(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    """A review comment holding a line break is one record: the file is still read by
+    records (only the new ones parsed), with the hash a whole read gives that record."""
     conn, last, _ = loaded
     day = last + timedelta(days=1)
     cut = cut_as_of(tables, day)
@@ -270,6 +283,17 @@ def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_pa
         .alias("review_comment_message")
     )
     snapshot = write_snapshot(cut, tmp_path / "snap", day)
+    conn.execute("BEGIN TRANSACTION")
+    plan = plan_load(conn, snapshot, full=False).tables["order_reviews"]
+    conn.execute("ROLLBACK")
+    assert plan.known is not None and plan.keys.height < plan.rows / 5  # read by records
+    assert first in plan.updated["review_id"].to_list()
+    line = 1 + next(
+        n
+        for n, text in enumerate((snapshot / TABLES["order_reviews"].file_name).open())
+        if text.startswith(first)
+    )
+    assert plan.keys.filter(pl.col("review_id") == first)["__line"].to_list() == [line]
     changes = load(conn, snapshot)
     assert changes["order_reviews"].updated + changes["order_reviews"].inserted >= 1
     assert_same_rows(stored(conn), load_dataset(snapshot))
@@ -288,3 +312,64 @@ def test_a_quoted_line_break_reads_the_file_whole(loaded, tables: Tables, tmp_pa
     snapshot = write_snapshot(cut, tmp_path / "snap", later)
     load(conn, snapshot)
     assert_same_rows(stored(conn), load_dataset(snapshot))
+
+
+def test_a_quote_left_open_in_a_new_record_is_refused_with_its_line(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    conn, last, _ = loaded
+    before = stored(conn)
+    day = last + timedelta(days=1)
+    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    reviews = snapshot / TABLES["order_reviews"].file_name
+    data = reviews.read_bytes()
+    cut = data.rindex(b"\n", 0, len(data) - 1) + 1  # the last record gets an open quote
+    reviews.write_bytes(data[:cut] + b'"' + data[cut:])
+    with pytest.raises(InputDataError, match="never closed"):
+        load(conn, snapshot)
+    assert_same_rows(stored(conn), before)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_the_frames_a_load_writes_are_freed_before_its_commit(tmp_path: Path) -> None:
+    """The load writes every table's changes in one transaction: each frame its SQL reads
+    must be freed once written, not held until the commit (a frame registered with the
+    connection is), or a day's changes of every table add up in memory."""
+    spec = TABLES["sellers"]
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"), config={"memory_limit": "64MB"})
+    write_frame(conn, "raw", "sellers", pl.DataFrame(schema=spec.schema))
+    write_frame(
+        conn, HASH_SCHEMA, "sellers", pl.DataFrame(schema={"seller_id": pl.String, HASH: pl.UInt64})
+    )
+    rows, batches = 250_000, 4
+    conn.execute("BEGIN TRANSACTION")
+    resident = []
+    for i in range(batches):
+        ids = pl.int_range(i * rows, (i + 1) * rows, eager=True).cast(pl.String)
+        typed = pl.DataFrame(
+            {
+                "seller_id": ("seller-" + ids + "-" + "x" * 40),
+                "seller_zip_code_prefix": ["01000"] * rows,
+                "seller_city": "city " + ids,
+                "seller_state": ["SP"] * rows,
+                ROW: pl.int_range(rows, eager=True),
+                LINE: pl.int_range(rows, eager=True),
+            }
+        )
+        hashes = typed.select("seller_id", pl.col(ROW).cast(pl.UInt64).alias(HASH))
+        keys = pl.DataFrame(schema={"seller_id": pl.String})
+        plan = _TablePlan(
+            spec, "delta", keys=hashes, typed=typed, hashes=hashes, deleted=keys, updated=keys
+        )
+        batch_bytes = typed.estimated_size() + hashes.estimated_size()
+        _write_delta(conn, plan)
+        del typed, hashes, plan, ids
+        resident.append(_resident_bytes())
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT count(*) FROM raw.sellers").fetchone()[0] == rows * batches
+    conn.close()
+    assert resident[-1] - resident[0] < 1.5 * batch_bytes, [r / 1e6 for r in resident]
