@@ -234,10 +234,11 @@ def predict(booster: xgb.Booster, frame: pl.DataFrame, feature_names: Sequence[s
 def contributions(
     booster: xgb.Booster, frame: pl.DataFrame, feature_names: Sequence[str]
 ) -> np.ndarray:
-    """Per-row, per-feature contributions to the log-odds (TreeSHAP), without the bias."""
-    dm = _dmatrix(frame, feature_names, labelled=False)
-    contrib = booster.predict(dm, pred_contribs=True)
-    return contrib.reshape(frame.height, len(feature_names) + 1)[:, :-1]
+    """Per-row, per-feature contributions to the log-odds (TreeSHAP), without the bias:
+    XGBoost's own, computed once per distinct path through each tree (`treeshap`)."""
+    from olist_churn_dagster.lib.ml.treeshap import tree_contributions
+
+    return tree_contributions(booster, feature_matrix(frame, feature_names), feature_names)
 
 
 # --------------------------------------------------------------------------- metrics
