@@ -97,11 +97,13 @@ def _count(path: Path, sql: str, params: list | None = None) -> int:
         return int(conn.execute(sql, params or []).fetchone()[0])
 
 
-def run_scale(root: Path, scale: float, stages: tuple[str, ...] = STAGES) -> list[dict]:
-    """Every stage up to the last of `stages`; only `stages` are reported."""
+def run_scale(root: Path, scale: float, stages: tuple[str, ...] = STAGES) -> dict:
+    """Every stage up to the last of `stages`; only `stages` are reported (under "stages"),
+    with the size of the champion trained at this scale (under "champion") once trained."""
     results: list[dict] = []
     memory = PeakMemory()
     last = max(STAGES.index(s) for s in stages)
+    champion: dict[str, int] = {}
 
     def stage(key: str, name: str, work: Callable[[], int]) -> None:
         if STAGES.index(key) > last:
@@ -110,10 +112,22 @@ def run_scale(root: Path, scale: float, stages: tuple[str, ...] = STAGES) -> lis
             _stage(results, memory, name, work)
         else:
             work()
+        if key == "train":
+            champion.update(_champion_size())
 
     with contextlib.suppress(StopRun):
         _run_stages(root, scale, stage)
-    return results
+    return {"stages": results, "champion": champion}
+
+
+def _champion_size() -> dict[str, int]:
+    """Trees and nodes of the champion: scoring's TreeSHAP works per tree, and the
+    champion grows with the data (early stopping keeps more rounds on more rows)."""
+    from olist_churn_dagster.lib.ml.tracking import load_champion
+    from olist_churn_dagster.lib.settings import load_settings
+
+    dump = load_champion(load_settings().mlflow_tracking_uri).booster.get_dump()
+    return {"trees": len(dump), "nodes": sum(tree.count("\n") for tree in dump)}
 
 
 def _run_stages(root: Path, scale: float, stage: Callable[[str, str, Callable[[], int]], None]):
@@ -338,6 +352,7 @@ def main() -> None:
     )
     base: dict[str, float] = {}
     by_scale: dict[float, list[dict]] = {}
+    champions: dict[float, dict[str, int]] = {}
     previous: tuple[float, float] | None = None  # (scale, peak GB) of the last scale run
     for scale in args.scales:
         if previous and _too_big(scale, *previous):
@@ -363,12 +378,20 @@ def main() -> None:
             tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"{scale:>5g}  failed with exit code {out.returncode}: {tail}", flush=True)
             continue
-        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        rows = child["stages"]
+        if child["champion"]:
+            champions[scale] = child["champion"]
         _print(scale, rows, base)
         by_scale[scale] = rows
         if not base:
             base = {r["stage"]: r["seconds"] for r in rows}
         previous = (scale, max(r["peak_gb"] for r in rows))
+    if champions:  # what the scoring stages' growth includes beyond the rows
+        sizes = "; ".join(
+            f"scale {s:g}: {c['trees']} trees, {c['nodes']:,} nodes" for s, c in champions.items()
+        )
+        print(f"champion model: {sizes}", flush=True)
     if args.markdown and by_scale:
         write_markdown(args.markdown, markdown_table(_machine(), by_scale))
         print(f"table written to {args.markdown}")

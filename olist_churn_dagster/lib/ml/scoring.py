@@ -23,11 +23,11 @@ N_REASONS = 3
 # Risk bands on the churn probability, highest first (documented in the README).
 RISK_BANDS: tuple[tuple[float, str], ...] = ((0.5, "high"), (0.25, "medium"), (0.0, "low"))
 # Reasons are explained where there is risk to act on: medium and high bands. TreeSHAP is
-# the costliest step of scoring (its cost per row grows with the model's trees), and for a
-# low-risk seller its "what raises the risk most" has nothing to act on.
+# the costliest step of scoring (its cost per row grows with the model's trees, see
+# `treeshap`), and for a low-risk seller its "what raises the risk most" has nothing to act on.
 REASONS_FROM_PROBABILITY = RISK_BANDS[1][0]
 READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
-# Scoring runs every core: predictions and TreeSHAP are independent per row, so the result
+# Predictions run on every core: they are independent per row, so the result
 # is the same to the bit with any number of threads, while a model trains on one thread
 # (see `ModelParams.nthread`), which the loaded booster would otherwise keep.
 SCORING_THREADS = os.cpu_count() or 1

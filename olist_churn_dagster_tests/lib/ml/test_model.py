@@ -11,6 +11,7 @@ from olist_churn_dagster.lib.ml.model import (
     SplitPlan,
     baseline_scores,
     evaluate_scores,
+    feature_matrix,
     oot_rows,
     plan_time_split,
     predict,
@@ -168,6 +169,13 @@ def test_reloaded_booster_predicts_identically(result, abt, plan):
     )
     with pytest.raises(ValueError, match="lacks model feature"):
         predict(reloaded, rows.drop("late_share"), result.feature_names)
+    # In-place prediction gives what a DMatrix gives, to the bit, and checks the names.
+    through_dmatrix = result.booster.predict(
+        xgb.DMatrix(feature_matrix(rows, result.feature_names), feature_names=result.feature_names)
+    )
+    np.testing.assert_array_equal(first.view(np.uint32), through_dmatrix.view(np.uint32))
+    with pytest.raises(ValueError, match="differ from"):
+        predict(reloaded, rows, list(reversed(result.feature_names)))
 
 
 def test_top_reasons_are_distinct_sorted_and_match_contributions(result, abt, plan):
