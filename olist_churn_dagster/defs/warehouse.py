@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
+from dagster_duckdb import DuckDBIOManager, DuckDBResource
 
 # Dagster has no public export of the DB IO manager's building blocks (`DbTypeHandler`,
 # `TableSlice`, `DbIOManager`): they live in the private `dagster._core.storage.db_io_manager`,
@@ -23,7 +23,6 @@ from dagster_duckdb import DuckDBResource
 # whose `type_handlers()` hook they serve; `DbIOManager` is needed because the only way to
 # give the IO manager a transactional client is to override `create_io_manager`.
 from dagster_duckdb.io_manager import DbIOManager, DbTypeHandler, DuckDbClient, TableSlice
-from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 from pydantic import Field
 
 from olist_churn_dagster.lib.settings import load_settings
@@ -228,13 +227,18 @@ class RangeMetadataDbIOManager(DbIOManager):
             )
 
 
-class WarehouseIOManager(DuckDBPandasIOManager):
-    """The DuckDB pandas IO manager with a polars handler and transactional writes."""
+class WarehouseIOManager(DuckDBIOManager):
+    """dagster-duckdb-pandas's IO manager (its pandas handler, polars frames by default) with
+    a polars handler and transactional writes. Built on `DuckDBIOManager` rather than
+    `DuckDBPandasIOManager`, which adds only its handler: pandas (about a second) is then
+    imported when a step opens the IO manager, not each time the code location loads."""
 
     data_path: str | None = _DATA_PATH_FIELD
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
+        from dagster_duckdb_pandas import DuckDBPandasTypeHandler
+
         return [PolarsTableHandler(), DuckDBPandasTypeHandler()]
 
     @staticmethod
