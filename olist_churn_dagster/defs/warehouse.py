@@ -227,11 +227,34 @@ class RangeMetadataDbIOManager(DbIOManager):
             )
 
 
+class _CreatedOnFirstUse(dg.IOManager):
+    """An IO manager built when a step first stores or loads a value through it. Dagster
+    opens the IO manager for every asset step, also for one whose outputs it never handles
+    (the feature tables, which write their own); this way such a step does not import
+    pandas for the pandas handler (about a second of CPU) before its compute starts."""
+
+    def __init__(self, create: Callable[[], dg.IOManager]) -> None:
+        self._create = create
+        self._manager: dg.IOManager | None = None
+
+    def _get(self) -> dg.IOManager:
+        if self._manager is None:
+            self._manager = self._create()
+        return self._manager
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        self._get().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext) -> object:
+        return self._get().load_input(context)
+
+
 class WarehouseIOManager(DuckDBIOManager):
-    """dagster-duckdb-pandas's IO manager (its pandas handler, polars frames by default) with
-    a polars handler and transactional writes. Built on `DuckDBIOManager` rather than
-    `DuckDBPandasIOManager`, which adds only its handler: pandas (about a second) is then
-    imported when a step opens the IO manager, not each time the code location loads."""
+    """dagster-duckdb-pandas's IO manager (its pandas handler; polars frames by default)
+    with a polars handler and transactional writes. Built on `DuckDBIOManager`, not on
+    `DuckDBPandasIOManager`, which only adds that handler: pandas is then imported by the
+    first step that stores or loads a value through the IO manager (`_CreatedOnFirstUse`),
+    not each time the code location loads."""
 
     data_path: str | None = _DATA_PATH_FIELD
 
@@ -245,14 +268,16 @@ class WarehouseIOManager(DuckDBIOManager):
     def default_load_type() -> type | None:
         return pl.DataFrame
 
-    def create_io_manager(self, context) -> DbIOManager:
-        return RangeMetadataDbIOManager(
-            db_client=TransactionalDuckDbClient(),
-            database=self.database,
-            schema=self.schema_,
-            type_handlers=self.type_handlers(),
-            default_load_type=self.default_load_type(),
-            io_manager_name="WarehouseIOManager",
+    def create_io_manager(self, context) -> dg.IOManager:
+        return _CreatedOnFirstUse(
+            lambda: RangeMetadataDbIOManager(
+                db_client=TransactionalDuckDbClient(),
+                database=self.database,
+                schema=self.schema_,
+                type_handlers=self.type_handlers(),
+                default_load_type=self.default_load_type(),
+                io_manager_name="WarehouseIOManager",
+            )
         )
 
 
