@@ -18,11 +18,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from scale_child import run_scale_child, scale_result
 
 HEADER = (
     f"{'scale':>5} {'raw_s':>6} {'dates':>6} {'rows':>11} {'backfill_s':>10} {'dates/s':>8} "
@@ -139,22 +139,10 @@ def main() -> None:
     print(HEADER)
     for scale in args.scales:
         sample = args.loop_sample or 30
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                str(scale),
-                "--root",
-                str(args.root),
-                "--loop-sample",
-                str(sample),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
+        out = run_scale_child(
+            __file__, scale, "--root", str(args.root), "--loop-sample", str(sample)
         )
-        print(_format(json.loads(out.stdout.strip().splitlines()[-1])), flush=True)
+        print(_format(scale_result(out)), flush=True)
     print("* loop timed on a spread sample of dates and extrapolated to all dates")
 
 

@@ -21,8 +21,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import psutil
+from scale_child import run_scale_child, scale_result
 
 # Short names of the stages, in the order they run (each needs the ones before it).
 STAGES = (
@@ -359,26 +358,13 @@ def main() -> None:
             need = previous[1] * scale / previous[0]
             print(f"{scale:>5g}  skipped: would need about {need:.0f} GB of memory", flush=True)
             continue
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                str(scale),
-                "--root",
-                str(args.root),
-                "--stages",
-                *args.stages,
-            ],
-            capture_output=True,
-            text=True,
-        )
+        out = run_scale_child(__file__, scale, "--root", str(args.root), "--stages", *args.stages)
         if out.returncode != 0:
             # A killed child (-9) is the kernel's out-of-memory killer: the scale does not fit.
             tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"{scale:>5g}  failed with exit code {out.returncode}: {tail}", flush=True)
             continue
-        child = json.loads(out.stdout.strip().splitlines()[-1])
+        child = scale_result(out)
         rows = child["stages"]
         if child["champion"]:
             champions[scale] = child["champion"]

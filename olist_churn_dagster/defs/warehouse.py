@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
+from dagster_duckdb import DuckDBIOManager, DuckDBResource
 
 # Dagster has no public export of the DB IO manager's building blocks (`DbTypeHandler`,
 # `TableSlice`, `DbIOManager`): they live in the private `dagster._core.storage.db_io_manager`,
@@ -23,7 +23,6 @@ from dagster_duckdb import DuckDBResource
 # whose `type_handlers()` hook they serve; `DbIOManager` is needed because the only way to
 # give the IO manager a transactional client is to override `create_io_manager`.
 from dagster_duckdb.io_manager import DbIOManager, DbTypeHandler, DuckDbClient, TableSlice
-from dagster_duckdb_pandas import DuckDBPandasIOManager, DuckDBPandasTypeHandler
 from pydantic import Field
 
 from olist_churn_dagster.lib.settings import load_settings
@@ -228,27 +227,57 @@ class RangeMetadataDbIOManager(DbIOManager):
             )
 
 
-class WarehouseIOManager(DuckDBPandasIOManager):
-    """The DuckDB pandas IO manager with a polars handler and transactional writes."""
+class _CreatedOnFirstUse(dg.IOManager):
+    """An IO manager built when a step first stores or loads a value through it. Dagster
+    opens the IO manager for every asset step, also for one whose outputs it never handles
+    (the feature tables, which write their own); this way such a step does not import
+    pandas for the pandas handler (about a second of CPU) before its compute starts."""
+
+    def __init__(self, create: Callable[[], dg.IOManager]) -> None:
+        self._create = create
+        self._manager: dg.IOManager | None = None
+
+    def _get(self) -> dg.IOManager:
+        if self._manager is None:
+            self._manager = self._create()
+        return self._manager
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        self._get().handle_output(context, obj)
+
+    def load_input(self, context: dg.InputContext) -> object:
+        return self._get().load_input(context)
+
+
+class WarehouseIOManager(DuckDBIOManager):
+    """dagster-duckdb-pandas's IO manager (its pandas handler; polars frames by default)
+    with a polars handler and transactional writes. Built on `DuckDBIOManager`, not on
+    `DuckDBPandasIOManager`, which only adds that handler: pandas is then imported by the
+    first step that stores or loads a value through the IO manager (`_CreatedOnFirstUse`),
+    not each time the code location loads."""
 
     data_path: str | None = _DATA_PATH_FIELD
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
+        from dagster_duckdb_pandas import DuckDBPandasTypeHandler
+
         return [PolarsTableHandler(), DuckDBPandasTypeHandler()]
 
     @staticmethod
     def default_load_type() -> type | None:
         return pl.DataFrame
 
-    def create_io_manager(self, context) -> DbIOManager:
-        return RangeMetadataDbIOManager(
-            db_client=TransactionalDuckDbClient(),
-            database=self.database,
-            schema=self.schema_,
-            type_handlers=self.type_handlers(),
-            default_load_type=self.default_load_type(),
-            io_manager_name="WarehouseIOManager",
+    def create_io_manager(self, context) -> dg.IOManager:
+        return _CreatedOnFirstUse(
+            lambda: RangeMetadataDbIOManager(
+                db_client=TransactionalDuckDbClient(),
+                database=self.database,
+                schema=self.schema_,
+                type_handlers=self.type_handlers(),
+                default_load_type=self.default_load_type(),
+                io_manager_name="WarehouseIOManager",
+            )
         )
 
 

@@ -11,7 +11,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ML_LIBRARIES = ("mlflow", "xgboost", "matplotlib", "sklearn", "scipy", "shap")
+LAZY_LIBRARIES = ("mlflow", "xgboost", "matplotlib", "sklearn", "scipy", "shap", "pandas")
 
 
 def test_the_instance_dequeues_runs_every_second_and_keeps_its_limits(tmp_path: Path):
@@ -33,10 +33,11 @@ def test_the_snapshot_sensor_ticks_with_the_daemon_loop(definitions: dg.Definiti
 
 def test_the_code_location_loads_without_the_ml_libraries():
     """Every run worker loads the code location before its first step: MLflow, XGBoost,
-    matplotlib and SciPy are imported by the steps that use them, not at load."""
+    matplotlib, SciPy and pandas (the IO manager's pandas handler) are imported by the
+    steps that use them, not at load."""
     code = (
         "import sys, olist_churn_dagster.definitions as d; d.defs(); "
-        f"print(sorted(m for m in {ML_LIBRARIES!r} if m in sys.modules))"
+        f"print(sorted(m for m in {LAZY_LIBRARIES!r} if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
