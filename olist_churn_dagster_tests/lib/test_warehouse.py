@@ -72,7 +72,8 @@ def test_frames_written_in_one_transaction_are_freed_before_its_commit(tmp_path)
         rows * batches - 1,
     )
     conn.close()
-    assert resident[-1] - resident[0] < 1.5 * batch_bytes, [r / 1e6 for r in resident]
+    # From the first batch on: DuckDB's own buffers fill up to its memory limit in that one.
+    assert resident[-1] - resident[1] < 1.5 * batch_bytes, [r / 1e6 for r in resident]
 
 
 def test_failed_transaction_keeps_previous_rows(tmp_path):

@@ -4,7 +4,7 @@ and the same refusals of bad input (nothing written)."""
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
@@ -53,6 +53,12 @@ def load(conn: duckdb.DuckDBPyConnection, snapshot: Path, *, full: bool = False)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def next_day_snapshot(tables: Tables, last: date, folder: Path) -> Path:
+    """The snapshot of the day after the data's end, cut from the generated tables."""
+    day = last + timedelta(days=1)
+    return write_snapshot(cut_as_of(tables, day), folder / "snap", day)
 
 
 def stored(conn: duckdb.DuckDBPyConnection) -> Tables:
@@ -164,8 +170,7 @@ def test_a_changed_schema_or_full_reload_loads_whole(
     loaded, tables: Tables, tmp_path: Path
 ) -> None:
     conn, last, _ = loaded
-    day = last + timedelta(days=1)
-    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    snapshot = next_day_snapshot(tables, last, tmp_path)
     conn.execute(f'DROP TABLE {HASH_SCHEMA}."products"')
     changes = load(conn, snapshot)
     assert changes["products"].mode == "full" and changes["orders"].mode == "delta"
@@ -183,8 +188,7 @@ def test_an_unchanged_file_is_skipped_and_a_changed_one_of_the_same_size_is_load
     loaded, tables: Tables, tmp_path: Path
 ) -> None:
     conn, last, _ = loaded
-    day = last + timedelta(days=1)
-    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    snapshot = next_day_snapshot(tables, last, tmp_path)
     changes = load(conn, snapshot)
     # products, sellers, ... are cut whole: the same bytes as the first load's files
     skipped = {name for name, change in changes.items() if change.unchanged_file}
@@ -219,8 +223,7 @@ def test_a_corrupt_file_is_refused_even_of_the_same_size(
 ) -> None:
     conn, last, _ = loaded
     before = stored(conn)
-    day = last + timedelta(days=1)
-    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    snapshot = next_day_snapshot(tables, last, tmp_path)
     products = snapshot / TABLES["products"].file_name
     weight = str(tables["products"]["product_weight_g"].drop_nulls()[0])
     header, first, rest = products.read_bytes().split(b"\n", 2)
@@ -238,14 +241,13 @@ def test_a_load_keeps_the_keys_it_changed_for_the_checks(
 ) -> None:
     conn, last, _ = loaded
     assert last_changes(conn, "orders") is None  # loaded whole: check every row
-    day = last + timedelta(days=1)
-    changes = load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day))
+    changes = load(conn, next_day_snapshot(tables, last, tmp_path))
     changed, deleted = last_changes(conn, "orders")
     count = conn.execute(f"SELECT count(*) FROM {changed}").fetchone()[0]
     assert count == changes["orders"].inserted + changes["orders"].updated > 0
     assert conn.execute(f"SELECT count(*) FROM {deleted}").fetchone()[0] == 0
     assert last_changes(conn, "geolocation") is None  # no key
-    load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day), full=True)
+    load(conn, next_day_snapshot(tables, last, tmp_path), full=True)
     assert last_changes(conn, "orders") is None
 
 
@@ -253,8 +255,7 @@ def test_only_the_new_lines_of_a_changed_file_are_parsed(
     loaded, tables: Tables, tmp_path: Path
 ) -> None:
     conn, last, _ = loaded
-    day = last + timedelta(days=1)
-    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    snapshot = next_day_snapshot(tables, last, tmp_path)
     conn.execute("BEGIN TRANSACTION")
     plan = plan_load(conn, snapshot, full=False)
     conn.execute("ROLLBACK")
@@ -319,8 +320,7 @@ def test_a_quote_left_open_in_a_new_record_is_refused_with_its_line(
 ) -> None:
     conn, last, _ = loaded
     before = stored(conn)
-    day = last + timedelta(days=1)
-    snapshot = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+    snapshot = next_day_snapshot(tables, last, tmp_path)
     reviews = snapshot / TABLES["order_reviews"].file_name
     data = reviews.read_bytes()
     cut = data.rindex(b"\n", 0, len(data) - 1) + 1  # the last record gets an open quote
@@ -345,7 +345,7 @@ def test_the_frames_a_load_writes_are_freed_before_its_commit(tmp_path: Path) ->
     write_frame(
         conn, HASH_SCHEMA, "sellers", pl.DataFrame(schema={"seller_id": pl.String, HASH: pl.UInt64})
     )
-    rows, batches = 250_000, 4
+    rows, batches = 250_000, 6
     conn.execute("BEGIN TRANSACTION")
     resident = []
     for i in range(batches):
@@ -372,4 +372,5 @@ def test_the_frames_a_load_writes_are_freed_before_its_commit(tmp_path: Path) ->
     conn.execute("COMMIT")
     assert conn.execute("SELECT count(*) FROM raw.sellers").fetchone()[0] == rows * batches
     conn.close()
-    assert resident[-1] - resident[0] < 1.5 * batch_bytes, [r / 1e6 for r in resident]
+    # From the first batch on: DuckDB's own buffers fill up to its memory limit in that one.
+    assert resident[-1] - resident[1] < 1.5 * batch_bytes, [r / 1e6 for r in resident]
