@@ -387,17 +387,29 @@ def read_tables(
     return {t: conn.execute(f'SELECT {select(t)} FROM "{schema}"."{t}"').pl() for t in tables}
 
 
-def count_duplicate_keys(conn: duckdb.DuckDBPyConnection, table: str, key: Iterable[str]) -> int:
-    """How many key values occur more than once in `schema.table`."""
+def count_duplicate_keys(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    key: Iterable[str],
+    where: str = "TRUE",
+    params: Sequence = (),
+) -> int:
+    """How many key values occur more than once in `schema.table` (among the rows matching
+    `where`, with `params`)."""
     columns = ", ".join(f'"{c}"' for c in key)
     row = conn.execute(
-        f"SELECT count(*) FROM (SELECT {columns} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+        f"SELECT count(*) FROM (SELECT {columns} FROM {table} WHERE {where} "
+        "GROUP BY ALL HAVING count(*) > 1)",
+        list(params),
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str) -> int:
-    """How many rows of `schema.table` hold a NaN or infinite value in a float column."""
+def count_non_finite_rows(
+    conn: duckdb.DuckDBPyConnection, table: str, where: str = "TRUE", params: Sequence = ()
+) -> int:
+    """How many rows of `schema.table` (those matching `where`, with `params`) hold a NaN
+    or infinite value in a float column."""
     schema, name = table.split(".")
     floats = [
         r[0]
@@ -409,5 +421,7 @@ def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str) -> int:
         ).fetchall()
     ]
     condition = " OR ".join(f'NOT isfinite("{c}")' for c in floats) or "FALSE"
-    row = conn.execute(f"SELECT count(*) FROM {table} WHERE {condition}").fetchone()
+    row = conn.execute(
+        f"SELECT count(*) FROM {table} WHERE ({where}) AND ({condition})", list(params)
+    ).fetchone()
     return int(row[0]) if row else 0

@@ -219,3 +219,45 @@ def test_the_background_compute_thread_and_its_workers_run_at_a_lower_priority()
     thread.join()
     assert seen == {"thread": min(19, step + 5), "worker": min(19, step + 5)}
     assert niceness() == step
+
+
+def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(
+    data_dir, backfilled, instance_with_raw
+):
+    """A daily run checks the date it wrote, not the whole history; the checks launched
+    alone (no partition) still check every date. A NaN planted in another date tells."""
+    job, window, _ = backfilled
+    day, other = window[-1], window[0]
+    warehouse = str(data_dir / "warehouse.duckdb")
+    with duckdb.connect(warehouse) as conn:
+        column = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "'features' AND table_name = 'seller_sales' AND data_type = 'DOUBLE' LIMIT 1"
+        ).fetchone()[0]
+        seller, value = conn.execute(
+            f'SELECT seller_id, "{column}" FROM features.seller_sales '
+            f'WHERE reference_date = ? AND "{column}" IS NOT NULL LIMIT 1',
+            [other],
+        ).fetchone()
+        planted = (
+            f'UPDATE features.seller_sales SET "{column}" = ? '
+            "WHERE reference_date = ? AND seller_id = ?"
+        )
+        conn.execute(planted, [float("nan"), other, seller])
+    try:
+        daily = job.execute_in_process(instance=instance_with_raw, partition_key=day)
+        sales = dg.AssetKey(["features", "seller_sales"])
+        (evaluation,) = [e for e in daily.get_asset_check_evaluations() if e.asset_key == sales]
+        assert evaluation.passed
+        assert evaluation.metadata["dates_checked"].value == f"{day} .. {day}"
+        alone = job.get_subset(
+            asset_selection=set(),
+            asset_check_selection={dg.AssetCheckKey(sales, "one_finite_row_per_seller_and_date")},
+        ).execute_in_process(instance=instance_with_raw, raise_on_error=False)
+        (evaluation,) = alone.get_asset_check_evaluations()
+        assert not evaluation.passed
+        assert evaluation.metadata["rows_with_nan_or_inf"].value == 1
+        assert evaluation.metadata["dates_checked"].value == "all"
+    finally:
+        with duckdb.connect(warehouse) as conn:
+            conn.execute(planted, [value, other, seller])

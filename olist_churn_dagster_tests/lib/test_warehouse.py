@@ -139,6 +139,11 @@ def test_count_duplicate_keys(tmp_path):
         write_frame(conn, "features", "t", frame)
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "seller_id"]) == 1
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "value"]) == 0
+        write_frame(conn, "features", "t", _frame("2024-01-02", [1.0]), append=True)
+        on = "reference_date = ?"
+        keys = ["reference_date", "seller_id"]
+        assert count_duplicate_keys(conn, "features.t", keys, on, [date(2024, 1, 1)]) == 1
+        assert count_duplicate_keys(conn, "features.t", keys, on, [date(2024, 1, 2)]) == 0
 
 
 def test_count_non_finite_rows(tmp_path):
@@ -147,6 +152,11 @@ def test_count_non_finite_rows(tmp_path):
         write_frame(conn, "features", "u", _frame("2024-01-01", [1.0]).drop("value"))
         assert count_non_finite_rows(conn, "features.t") == 2
         assert count_non_finite_rows(conn, "features.u") == 0  # no float column
+        write_frame(conn, "features", "t", _frame("2024-01-02", [float("nan")]), append=True)
+        on = "reference_date = ?"
+        assert count_non_finite_rows(conn, "features.t") == 3
+        assert count_non_finite_rows(conn, "features.t", on, [date(2024, 1, 2)]) == 1
+        assert count_non_finite_rows(conn, "features.t", on, [date(2024, 1, 3)]) == 0
 
 
 @pytest.mark.parametrize(
