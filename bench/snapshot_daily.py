@@ -89,10 +89,9 @@ def measure(root: Path, label: str) -> None:
 
     import olist_churn_dagster
     from olist_churn_dagster.bootstrap import load_definitions
-    from olist_churn_dagster.lib.ingest.loader import load_dataset
 
     stage = daily_snapshot_to_scores(
-        load_definitions(), data, load_dataset(data / "raw"), date.fromisoformat(info["day"])
+        load_definitions(), data, data / "raw", date.fromisoformat(info["day"])
     )
     memory = PeakMemory()
     memory.take()
