@@ -221,8 +221,8 @@ def daily_snapshot_to_scores(defs, data: Path, raw: Path, day: date) -> Callable
 
     The feed's side is done before: the snapshots of the day before and of `day` are cut
     from the export in `raw` and written beside the watched folder, and the export is
-    released, so neither writing the files (about 5 s at scale 30) nor the bench's copy of
-    the data (about 7 GB at scale 30) is in the stage's time or memory. A snapshot lands
+    released, so neither writing the files (6 to 8 s at scale 30) nor the bench's copies of
+    the data (4.3 GB resident at scale 30) is in the stage's time or memory. A snapshot lands
     the way `write_snapshot` publishes one: the whole folder renamed into place. Untimed,
     the snapshot of the day before goes the same way on the same instance, so the timed
     run starts from yesterday's raw tables and per-seller state and applies one day of
