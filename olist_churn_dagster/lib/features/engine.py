@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -238,9 +238,15 @@ def split_ctes(ctes: str) -> list[tuple[str, str]]:
     return out
 
 
-def stage_ctes(con: duckdb.DuckDBPyConnection, ctes: str, queries: Sequence[str]) -> None:
+def stage_ctes(
+    con: duckdb.DuckDBPyConnection,
+    ctes: str,
+    queries: Sequence[str],
+    provided: Collection[str] = (),
+) -> None:
     """Create the CTEs that `queries` use (directly or through each other) as temporary
-    tables, in order, each computed once.
+    tables, in order, each computed once; those named in `provided` are already there
+    (frames the caller registered, computed once for every family: see `SaleRuns`).
 
     Why tables, not a WITH clause: DuckDB materializes a query's CTEs and holds them
     in memory until the query ends, beyond what it can spill. As one query the sales
@@ -258,8 +264,40 @@ def stage_ctes(con: duckdb.DuckDBPyConnection, ctes: str, queries: Sequence[str]
             needed.add(name)
             text += "\n" + body
     for name, body in parts:
-        if name in needed:
+        if name in needed and name not in provided:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {body}")
+
+
+# The spine's CTEs that depend only on the sales: every family stages the same ones.
+SALE_RUN_TABLES = ("sale_days", "seller_keys")
+
+
+@dataclass(frozen=True)
+class SaleRuns:
+    """What every family of one backfill reads the same way from the sales: the spine's
+    tables (`SALE_RUN_TABLES`, the sale days and the sellers' keys) and the sale runs
+    (the rows of the `runs` query of `_source_queries`).
+
+    Built once (`sale_runs`) and handed to each family's `read_timeline_sources`, instead
+    of each family staging them from `sale_items` again."""
+
+    lo: int
+    hi: int
+    horizon_days: int
+    tables: Mapping[str, pl.DataFrame]
+    runs: pl.DataFrame
+
+
+def sale_runs(con: duckdb.DuckDBPyConnection, *, horizon_days: int, lo: int, hi: int) -> SaleRuns:
+    """The `SaleRuns` of `sale_items` in `con` (sellers as integer ranks), for reference
+    days in [lo, hi]: the same SQL as each family would stage."""
+    empty = FamilyPlan(tables=(), ctes="", additive=(), sliding=(), outputs=())
+    _, queries = _source_queries(empty, window_days=1, horizon_days=horizon_days, lo=lo, hi=hi)
+    ctes = spine_ctes(horizon_days, lo, hi)
+    stage_ctes(con, ctes, [queries["runs"], *SALE_RUN_TABLES])
+    tables = {name: con.sql(f"SELECT * FROM {name}").pl() for name in SALE_RUN_TABLES}
+    runs = read_sources(con, queries["runs"])
+    return SaleRuns(lo=lo, hi=hi, horizon_days=horizon_days, tables=tables, runs=runs)
 
 
 def read_timeline_sources(
@@ -270,14 +308,24 @@ def read_timeline_sources(
     horizon_days: int,
     lo: int,
     hi: int,
+    sale_runs: SaleRuns | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
     """The sale runs, the deltas per seller and day and the extremes rows of `Timeline`,
-    for reference days in [lo, hi]: every read of the raw history a backfill makes."""
+    for reference days in [lo, hi]: every read of the raw history a backfill makes.
+
+    With `sale_runs` (built for the same sales, days and horizon), its tables are
+    registered in `con` instead of staged, and its runs are used as they are."""
     shared, queries = _source_queries(
         plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
     )
-    stage_ctes(con, shared, list(queries.values()))
-    runs = read_sources(con, queries["runs"])
+    if sale_runs is None:
+        stage_ctes(con, shared, list(queries.values()))
+        runs = read_sources(con, queries["runs"])
+    else:
+        for name, frame in sale_runs.tables.items():
+            con.register(name, frame)
+        stage_ctes(con, shared, list(queries.values()), provided=sale_runs.tables)
+        runs = sale_runs.runs
     extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
     deltas = summed_deltas(con, plan, queries, extremes, window_days=window_days, lo=lo, hi=hi)
     return runs, deltas, extremes
@@ -442,7 +490,8 @@ class Timeline:
         self.horizon_days = horizon_days
         self.runs, deltas, extremes = sources
         sources.clear()
-        rows = _running_sums(deltas.sort("sk", "day"), self.names)
+        # `summed_deltas` returns them sorted by seller and day
+        rows = _running_sums(deltas, self.names)
         del deltas
         if extremes is not None:
             rows = _with_extremes(rows, extremes, plan, window_days)
@@ -474,7 +523,13 @@ class Timeline:
     def values(self, days: Sequence[int]) -> pl.DataFrame:
         """The measures of every active seller at each of `days` (epoch days in [lo, hi],
         all after the days of the previous call), sorted by date and seller; `seller_id`
-        is the seller's integer rank (see `_integer_sellers` in the package)."""
+        is the seller's integer rank (see `_integer_sellers` in the package).
+
+        The as-of join is a binary search: a timeline row is the integer key
+        (seller, day), its rows sorted by it, and a spine row (seller, D) finds its
+        seller's last row on or before D as the last key not above its own; the columns
+        are then gathered at those rows (nulls where the seller has none yet, as a
+        backward ASOF join by seller gives). Neither side is sorted by day."""
         hi = max(days)
         if self._read_to is not None and min(days) <= self._read_to:
             raise ValueError("batches of reference dates must come in increasing order")
@@ -482,23 +537,33 @@ class Timeline:
         new = self.rows.filter(
             day <= hi if self._read_to is None else day.is_between(self._read_to + 1, hi)
         )
-        known = pl.concat([self._carry, new])
-        self._carry = known.unique("sk", keep="last", maintain_order=True)
+        known = pl.concat([self._carry, new])  # each part sorted by seller and day
+        del new
+        keys = _seller_day_keys(known.get_column("sk"), known.get_column("day"))
+        order = np.argsort(keys, kind="stable")  # a merge of the two sorted parts
+        keys = keys[order]
+        sellers = keys >> 32
+        last = np.flatnonzero(np.append(sellers[1:] != sellers[:-1], True))
+        self._carry = known[order[last]]  # last row per seller, sorted by seller
         self._read_to = hi
-        return (
-            self._spine(days)
-            .lazy()
-            .join_asof(
-                known.lazy().sort("day"),
-                left_on="D",
-                right_on="day",
-                by="sk",
-                strategy="backward",
-                check_sortedness=False,
-            )
-            .with_columns(pl.col(self.names).fill_null(0.0))
-            .collect()
-        )
+        spine = self._spine(days)
+        wanted = _seller_day_keys(spine.get_column("sk"), spine.get_column("D"))
+        at = np.searchsorted(keys, wanted, side="right") - 1
+        found = at >= 0
+        found[found] = sellers[at[found]] == (wanted[found] >> 32)
+        rows = pl.Series(np.where(found, order[np.maximum(at, 0)], 0), dtype=pl.Int64)
+        rows = pl.select(pl.when(pl.Series(found)).then(rows)).to_series()
+        del keys, sellers, order, wanted, at, found
+        matched = known.select(pl.exclude("sk").gather(rows))
+        return spine.hstack(matched).with_columns(pl.col(self.names).fill_null(0.0))
+
+
+def _seller_day_keys(sk: pl.Series, day: pl.Series) -> np.ndarray:
+    """One int64 key per (seller, day) that sorts like the pair: the seller in the upper
+    32 bits, the day (offset to be non-negative) in the lower."""
+    sellers = sk.cast(pl.Int64).to_numpy()
+    days = day.cast(pl.Int64).to_numpy()
+    return (sellers << 32) + (days + (1 << 31))
 
 
 def outputs_sql(plan: FamilyPlan) -> str:
