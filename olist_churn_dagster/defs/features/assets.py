@@ -34,7 +34,9 @@ from olist_churn_dagster.defs.warehouse import (
 from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
+    Backfill,
     active_seller_counts,
+    backfill,
     feature_batches,
     incremental,
     source_columns,
@@ -127,15 +129,23 @@ def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
         pass
 
 
-def _range(family: str, keys: list[str], warehouse: WarehouseResource) -> dict[str, object]:
+def _range(
+    family: str, keys: list[str], warehouse: WarehouseResource, shared: dict[str, Backfill | None]
+) -> dict[str, object]:
     """Every date of a range: the family's timeline is built once from the raw history
     (here, on the first batch), the later batches are computed while they are written, and
-    the range's rows are replaced in one transaction. Returns the metadata to record."""
+    the range's rows are replaced in one transaction. What the range's families share
+    (`lib.features.Backfill`) is built by the first and kept in `shared` for the next.
+    Returns the metadata to record."""
     settings = load_settings()
     dates = sorted(date.fromisoformat(key) for key in keys)
     with warehouse.get_connection() as conn:
         raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
     sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
+    if "backfill" not in shared:
+        shared["backfill"] = backfill(
+            raw, dates, horizon_days=settings.churn_horizon_days, sales=sales
+        )
     counts = active_seller_counts(sales, dates, horizon_days=settings.churn_horizon_days)
     batches = date_batches(dates, rows_per_date=max(counts), max_rows=settings.feature_batch_rows)
     frames = feature_batches(
@@ -145,6 +155,7 @@ def _range(family: str, keys: list[str], warehouse: WarehouseResource) -> dict[s
         window_days=settings.feature_window_days,
         horizon_days=settings.churn_horizon_days,
         sales=sales,
+        shared=shared["backfill"],
     )
     del raw, sales  # the frames hold what they need (see `feature_batches`)
     first = next(frames)  # builds the family's timeline, for every batch
@@ -205,8 +216,9 @@ def feature_tables(
     )
     try:
         # Each in the step's context, so a locked warehouse still asks Dagster for a retry.
+        shared: dict[str, Backfill | None] = {}  # filled by the first family, in the thread
         written = [
-            pool.submit(contextvars.copy_context().run, _range, family, keys, warehouse)
+            pool.submit(contextvars.copy_context().run, _range, family, keys, warehouse, shared)
             for family in families
         ]
         for family, metadata in zip(families, written, strict=True):

@@ -369,24 +369,22 @@ class Backfill:
 
     def __init__(
         self,
-        orders: pl.DataFrame,
         order_items: pl.DataFrame,
+        sales: pl.DataFrame,
         dates: Sequence[date],
         *,
         horizon_days: int = 45,
         sellers: pl.DataFrame | None = None,
     ) -> None:
+        """From the raw order items (and sellers), their `sale_items` and the dates."""
         seen = [order_items.get_column("seller_id")]
         if sellers is not None:
             seen.append(sellers.get_column("seller_id"))
         self.ids = pl.concat(seen).unique().sort()
         self._ranks = pl.Enum(self.ids)
         lo, hi = _day_range(dates)
-        sales = sale_items(
-            orders.select("order_id", "order_status", "order_purchase_timestamp"),
-            order_items.select("order_id", "seller_id"),
-        ).select("seller_id", "order_purchase_timestamp")
-        con = _connect({"sale_items": self.ranked({"s": sales})["s"]}, dates)
+        sales = sales.select("seller_id", "order_purchase_timestamp")
+        con = _connect(self.ranked({"sale_items": sales}), dates)
         try:
             self.runs = sale_runs(con, horizon_days=horizon_days, lo=lo, hi=hi)
         finally:
@@ -410,18 +408,21 @@ class Backfill:
 
 
 def backfill(
-    raw: Mapping[str, pl.DataFrame], dates: Sequence[date], *, horizon_days: int = 45
+    raw: Mapping[str, pl.DataFrame],
+    dates: Sequence[date],
+    *,
+    horizon_days: int = 45,
+    sales: pl.DataFrame | None = None,
 ) -> Backfill | None:
     """The work the families of a backfill over `dates` share (`Backfill`), from raw's
-    orders and order items (and sellers, when there); None when there are no dates."""
+    order items (and sellers, when there) and their sales (`sale_items` of raw's orders
+    and items, computed here when not given); None when there are no dates."""
     if not dates:
         return None
+    if sales is None:
+        sales = sale_items(raw["orders"], raw["order_items"])
     return Backfill(
-        raw["orders"],
-        raw["order_items"],
-        dates,
-        horizon_days=horizon_days,
-        sellers=raw.get("sellers"),
+        raw["order_items"], sales, dates, horizon_days=horizon_days, sellers=raw.get("sellers")
     )
 
 
