@@ -591,12 +591,12 @@ def evaluate_outputs(
     """The family's output columns for a frame of measures (keeps its row order).
 
     `seller_id` passes through as it comes: the integer rank, which DuckDB takes in and
-    hands back several times faster than 32-character strings."""
-    con.register("f", values)
-    try:
-        return con.sql(outputs_sql(plan)).pl()
-    finally:
-        con.unregister("f")
+    hands back several times faster than 32-character strings. The measures are read by
+    replacement scan of the local `f` (see `lib.warehouse.write_frame`), and the result
+    is kept in DuckDB's record batches: putting its columns in one piece each would copy
+    the whole output once more, and nothing downstream needs it so."""
+    f = values  # noqa: F841 (read by the SQL)
+    return pl.from_arrow(con.sql(outputs_sql(plan)).arrow(), rechunk=False)
 
 
 def output_schema(outputs: Sequence[Output]) -> dict[str, pl.DataType]:
