@@ -447,26 +447,32 @@ def _with_extremes(
     `is_q` false; rolling windows closed on the left exclude day t itself. `rows` is
     sorted by seller and day with one row per pair, so the sequence is a merge of two
     sorted frames (not a sort of their union), and its `is_q` rows come back in `rows`'
-    order, to be put beside them (not joined).
+    order, to be put beside them (not joined). The windows run over one integer key per
+    (seller, day) (`_seller_day_keys`), in which two sellers lie 2**32 - 2**31 apart at
+    least, so no window reaches past its seller: the same values as a rolling window per
+    seller, without partitioning by seller.
     """
     size = f"{window_days}i"
     rolled = [
-        getattr(pl.col(n), f"rolling_{fn}_by")("day", window_size=size, closed="left")
-        .over("sk")
-        .alias(n)
+        getattr(pl.col(n), f"rolling_{fn}_by")("_k", window_size=size, closed="left").alias(n)
         for block in plan.sliding
         for n, (fn, _) in block.aggregates.items()
     ]
     names = [n for block in plan.sliding for n in block.aggregates]
-    points = extremes.sort("sk", "day").with_columns(is_q=pl.lit(False))
-    queries = rows.select(
-        pl.col("sk").cast(points.schema["sk"]),
-        pl.col("day").cast(points.schema["day"]),
+    points = extremes.select(
+        pl.Series("_k", _seller_day_keys(extremes.get_column("sk"), extremes.get_column("day"))),
+        *names,
+        is_q=pl.lit(False),
+    ).sort("_k")
+    queries = pl.DataFrame(
+        {"_k": _seller_day_keys(rows.get_column("sk"), rows.get_column("day"))}
+    ).select(
+        "_k",
         *[pl.lit(None, dtype=points.schema[n]).alias(n) for n in names],
         is_q=pl.lit(True),
-    ).select(points.columns)
+    )
     at_queries = (
-        points.merge_sorted(queries, key=["sk", "day"], maintain_order=True)
+        points.merge_sorted(queries, key="_k", maintain_order=True)
         .with_columns(rolled)
         .filter("is_q")
         .select(names)
