@@ -427,15 +427,18 @@ def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     no grouping, and the totals are read as DOUBLE afterwards, exactly. One column at a
     time, so the working memory is a column's, not the table's.
     """
-    first = pl.col("sk") != pl.col("sk").shift(1, fill_value=-1)
-    out = deltas.with_columns(_first=first)
+    sk = deltas.get_column("sk").to_numpy()
+    starts = np.flatnonzero(np.append(True, sk[1:] != sk[:-1])) if len(sk) else sk[:0]
+    lengths = np.diff(np.append(starts, len(sk)))
+    out = deltas
     del deltas
     for n in names:
-        value = pl.col(n).cast(pl.Int64)
-        total = value.cum_sum()
-        before = pl.when("_first").then(total - value).forward_fill()
-        out = out.with_columns((total - before).cast(pl.Float64).alias(n))
-    return out.drop("_first")
+        value = out.get_column(n).cast(pl.Int64).to_numpy()
+        total = np.cumsum(value)
+        before = np.repeat(total[starts] - value[starts], lengths)
+        out = out.with_columns(pl.Series(n, (total - before).astype(np.float64)))
+        del value, total, before
+    return out
 
 
 def _with_extremes(
