@@ -562,7 +562,7 @@ class Timeline:
         order = np.argsort(keys, kind="stable")  # a merge of the two sorted parts
         keys = keys[order]
         sellers = keys >> 32
-        last = np.flatnonzero(np.append(sellers[1:] != sellers[:-1], True))
+        last = np.flatnonzero(np.append(sellers[1:] != sellers[:-1], len(sellers) > 0))
         self._carry = known[order[last]]  # last row per seller, sorted by seller
         self._read_to = hi
         spine = self._spine(days)
@@ -608,7 +608,7 @@ def evaluate_outputs(
     is kept in DuckDB's record batches: putting its columns in one piece each would copy
     the whole output once more, and nothing downstream needs it so."""
     f = values  # noqa: F841 (read by the SQL)
-    return pl.from_arrow(con.sql(outputs_sql(plan)).arrow(), rechunk=False)
+    return pl.from_arrow(con.sql(outputs_sql(plan)).to_arrow_table(), rechunk=False)
 
 
 def output_schema(outputs: Sequence[Output]) -> dict[str, pl.DataType]:
