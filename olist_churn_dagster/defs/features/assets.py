@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -129,24 +130,36 @@ def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
         pass
 
 
+@dataclass
+class _Shared:
+    """What the families of one range compute the same way: built by the first family's
+    `_range`, used by the next ones."""
+
+    backfill: Backfill | None = None
+    active_counts: list[int] | None = None  # active sellers per date: the batches' sizes
+
+
 def _range(
-    family: str, keys: list[str], warehouse: WarehouseResource, shared: dict[str, Backfill | None]
+    family: str, keys: list[str], warehouse: WarehouseResource, shared: _Shared
 ) -> dict[str, object]:
     """Every date of a range: the family's timeline is built once from the raw history
     (here, on the first batch), the later batches are computed while they are written, and
     the range's rows are replaced in one transaction. What the range's families share
-    (`lib.features.Backfill`) is built by the first and kept in `shared` for the next.
-    Returns the metadata to record."""
+    (the sellers' ranks and sale runs, the batches' sizes) is built by the first and kept
+    in `shared` for the next. Returns the metadata to record."""
     settings = load_settings()
     dates = sorted(date.fromisoformat(key) for key in keys)
     with warehouse.get_connection() as conn:
         raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
     sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
-    if "backfill" not in shared:
-        shared["backfill"] = backfill(
+    if shared.active_counts is None:
+        shared.backfill = backfill(
             raw, dates, horizon_days=settings.churn_horizon_days, sales=sales
         )
-    counts = active_seller_counts(sales, dates, horizon_days=settings.churn_horizon_days)
+        shared.active_counts = active_seller_counts(
+            sales, dates, horizon_days=settings.churn_horizon_days
+        )
+    counts = shared.active_counts
     batches = date_batches(dates, rows_per_date=max(counts), max_rows=settings.feature_batch_rows)
     frames = feature_batches(
         family,
@@ -155,7 +168,7 @@ def _range(
         window_days=settings.feature_window_days,
         horizon_days=settings.churn_horizon_days,
         sales=sales,
-        shared=shared["backfill"],
+        shared=shared.backfill,
     )
     del raw, sales  # the frames hold what they need (see `feature_batches`)
     first = next(frames)  # builds the family's timeline, for every batch
@@ -216,7 +229,7 @@ def feature_tables(
     )
     try:
         # Each in the step's context, so a locked warehouse still asks Dagster for a retry.
-        shared: dict[str, Backfill | None] = {}  # filled by the first family, in the thread
+        shared = _Shared()  # filled by the first family, in the thread
         written = [
             pool.submit(contextvars.copy_context().run, _range, family, keys, warehouse, shared)
             for family in families
