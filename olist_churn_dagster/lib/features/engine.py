@@ -22,9 +22,12 @@ Both land in one per-seller `Timeline` (a row per day on which anything changes)
 once per backfill and read at each reference date with one ASOF join against the
 active-seller spine, batch after batch. DuckDB builds the sale runs, each block's rows
 and the per-day extremes (one SQL text per family, over all dates) and evaluates the
-output expressions; numpy sums the delta rows per seller and day (`summed_deltas`), and
-polars does the running sums, rolling extremes, the spine and the ASOF join, which on
-this many columns is an order of magnitude faster than DuckDB's window operator.
+output expressions; numpy sums the delta rows per seller and day (`summed_deltas`) and
+runs their per-seller running sums, polars the rolling extremes and the spine, and the
+ASOF join is a binary search over (seller, day) keys and a gather, which on this many
+columns is an order of magnitude faster than DuckDB's window operator. The spine's
+tables and the sale runs are the same for every family of a backfill: built once
+(`SaleRuns`, through the package's `Backfill`) and handed to each.
 """
 
 from __future__ import annotations
