@@ -517,7 +517,7 @@ def evaluate_outputs(
 
     `seller_id` passes through as it comes: the integer rank, which DuckDB takes in and
     hands back several times faster than 32-character strings."""
-    con.register("f", values)
+    con.register("f", values.lazy())  # without `pyarrow.dataset` (see `write_frame`)
     try:
         return con.sql(outputs_sql(plan)).pl()
     finally:
