@@ -14,6 +14,9 @@ from olist_churn_dagster.lib.warehouse import (
     is_file_database,
     open_warehouse,
     read_tables,
+    sql_text,
+    sql_text_list,
+    table_exists,
     transaction,
     warehouse_exists,
     write_frame,
@@ -163,3 +166,15 @@ def test_count_non_finite_rows(tmp_path):
 def test_file_and_server_databases_are_told_apart(database, is_file):
     assert is_file_database(database) is is_file
     assert warehouse_exists(database) is (not is_file)  # none of the files exist
+
+
+def test_inlined_values_read_back_as_written():
+    """Catalog queries inline their values instead of binding them (see `sql_text`)."""
+    values = ["plain", "it's", "a''b", "back\\slash", "", "ünï"]
+    with duckdb.connect() as conn:
+        assert [conn.execute(f"SELECT {sql_text(v)}").fetchone()[0] for v in values] == values
+        assert conn.execute(f"SELECT {sql_text_list(values)}").fetchone()[0] == values
+        conn.execute('CREATE SCHEMA "o\'s"')
+        conn.execute('CREATE TABLE "o\'s"."t\'1" (a INT)')
+        assert table_exists(conn, "o's", "t'1")
+        assert not table_exists(conn, "o's", "t'2")

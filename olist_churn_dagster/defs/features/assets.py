@@ -110,6 +110,12 @@ def _one_date(
     return written
 
 
+# The order in which a range computes the families: the cheapest first, since nothing
+# overlaps the first family's compute (Dagster has no event of the step to record yet);
+# each later one is computed while Dagster records the previous one's partitions. Reviews
+# take about half the time of sales at scale 1.
+RANGE_ORDER: tuple[str, ...] = ("reviews", *(f for f in FEATURE_FAMILIES if f != "reviews"))
+
 # How much the background thread of `feature_tables` lowers its CPU priority (Linux nice).
 BACKGROUND_NICENESS = 10
 
@@ -224,6 +230,7 @@ def feature_tables(
         for family, metadata in _one_date(families, keys[0], warehouse).items():
             yield _result(context, family, keys, metadata)
         return
+    families = sorted(families, key=RANGE_ORDER.index)
     pool = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="feature-tables", initializer=lower_thread_priority
     )

@@ -125,9 +125,10 @@ def _connect(
     con = duckdb.connect(":memory:", config=config)
     weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     days = sorted({_epoch_day(d) for d in dates})
-    con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
+    # As LazyFrames: DuckDB scans those without `pyarrow.dataset` (see `write_frame`).
+    con.register("dates", pl.LazyFrame({"D": days}, schema={"D": pl.Int64}))
     for name, frame in frames.items():
-        con.register(name, frame)
+        con.register(name, frame.lazy())
     return con
 
 

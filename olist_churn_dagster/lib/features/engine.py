@@ -326,7 +326,7 @@ def read_timeline_sources(
         runs = read_sources(con, queries["runs"])
     else:
         for name, frame in sale_runs.tables.items():
-            con.register(name, frame)
+            con.register(name, frame.lazy())  # without `pyarrow.dataset`
         stage_ctes(con, shared, list(queries.values()), provided=sale_runs.tables)
         runs = sale_runs.runs
     extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
@@ -607,10 +607,11 @@ def evaluate_outputs(
 
     `seller_id` passes through as it comes: the integer rank, which DuckDB takes in and
     hands back several times faster than 32-character strings. The measures are read by
-    replacement scan of the local `f` (see `lib.warehouse.write_frame`), and the result
-    is kept in DuckDB's record batches: putting its columns in one piece each would copy
-    the whole output once more, and nothing downstream needs it so."""
-    f = values  # noqa: F841 (read by the SQL)
+    replacement scan of the local `f`, a LazyFrame so that DuckDB needs no
+    `pyarrow.dataset` (see `lib.warehouse.write_frame`), and the result is kept in
+    DuckDB's record batches: putting its columns in one piece each would copy the whole
+    output once more, and nothing downstream needs it so."""
+    f = values.lazy()  # noqa: F841 (read by the SQL)
     return pl.from_arrow(con.sql(outputs_sql(plan)).to_arrow_table(), rechunk=False)
 
 
