@@ -231,13 +231,14 @@ def test_a_backfill_computes_writes_and_checks_its_tables_without_pandas(backfil
     _, window, _ = backfilled
     code = f"""
 import sys
-from olist_churn_dagster.defs.features.assets import RANGE_ORDER, _range
+from olist_churn_dagster.defs.features.assets import RANGE_ORDER, _range, _Shared
 from olist_churn_dagster.defs.warehouse import WarehouseResource
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
 warehouse = WarehouseResource(database=load_settings().warehouse)
+shared = _Shared()  # as in a run: the first family builds it, the next ones use it
 for family in RANGE_ORDER:
-    _range(family, {window!r}, warehouse)
+    _range(family, {window!r}, warehouse, shared)
     with warehouse.get_connection() as conn:
         count_duplicate_keys(conn, f"features.seller_{{family}}", ["reference_date", "seller_id"])
         count_non_finite_rows(conn, f"features.seller_{{family}}")
