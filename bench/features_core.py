@@ -7,7 +7,8 @@ Data comes from `--data` (a folder the loader reads), else from the built-in gen
 (`--scale`, `--seed`), cached under the system temp folder. With `--synthetic` a quick
 numpy stand-in of the same size is used instead (no generator needed). Prints one line
 per family: dates, rows, wall and CPU seconds (all threads), and the process's peak RSS
-so far. The total counts the six families (the spine is inside each of them too).
+so far. The total counts the six families and what they share (`lib.features.backfill`:
+the sellers' ranks, the sale runs); the spine line is for reference, inside each family.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES, active_sellers, compute_features
+from olist_churn_dagster.lib.features import (
+    FEATURE_FAMILIES,
+    active_sellers,
+    backfill,
+    compute_features,
+)
 from olist_churn_dagster.lib.ingest import schema
 
 
@@ -216,9 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     t, c = time.perf_counter(), time.process_time()
     spine = active_sellers(raw["orders"], raw["order_items"], dates)
     _line("(spine)", len(dates), spine, time.perf_counter() - t, time.process_time() - c)
+    t, c = time.perf_counter(), time.process_time()
+    shared = backfill(raw, dates)  # what the families share: counted in the total
+    total, total_cpu = time.perf_counter() - t, time.process_time() - c
+    _line("(shared)", len(dates), shared.runs.runs, total, total_cpu)
     for family in args.families:
         t, c = time.perf_counter(), time.process_time()
-        out = compute_features(family, raw, dates)
+        out = compute_features(family, raw, dates, shared=shared)
         s, cpu = time.perf_counter() - t, time.process_time() - c
         total, total_cpu = total + s, total_cpu + cpu
         _line(family, len(dates), out, s, cpu)

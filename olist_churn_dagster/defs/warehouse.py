@@ -33,6 +33,7 @@ from olist_churn_dagster.lib.warehouse import (
     is_ducklake,
     lock_backoff_seconds,
     open_warehouse,
+    sql_text_list,
     table_exists,
     write_frame,
 )
@@ -159,8 +160,7 @@ def delete_partitions(conn, schema: str, table: str, column: str, keys: Sequence
     if table_exists(conn, schema, table):
         conn.execute(
             f'DELETE FROM "{schema}"."{table}" '
-            f'WHERE list_contains(?::VARCHAR[], CAST("{column}" AS VARCHAR))',
-            [list(keys)],
+            f'WHERE list_contains({sql_text_list(keys)}, CAST("{column}" AS VARCHAR))'
         )
 
 

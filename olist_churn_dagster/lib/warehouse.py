@@ -134,8 +134,17 @@ def _install_ducklake_extensions() -> None:
             import_extension(name, con=conn)
 
 
-def _sql_text(value: str) -> str:
+def sql_text(value: str) -> str:
+    """`value` as a DuckDB string literal. The catalog queries and partition deletes on the
+    runs' paths inline their values this way instead of binding them: DuckDB's Python client
+    imports pandas on the first bound parameter of a process (about a second of CPU, in the
+    step that needs its result first, e.g. a backfill's first feature table)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def sql_text_list(values: Iterable[str]) -> str:
+    """`values` as a DuckDB VARCHAR[] literal (see `sql_text`)."""
+    return "[" + ", ".join(sql_text(v) for v in values) + "]::VARCHAR[]"
 
 
 # One in-memory DuckDB per process and DuckLake, the lake attached: loading the extensions
@@ -199,7 +208,7 @@ def _attach_ducklake(
     the system temp dir (DuckDB removes it at close), never the working directory."""
     options = ["READ_ONLY"] if read_only else []
     if data_path is not None:
-        options.append(f"DATA_PATH {_sql_text(data_path)}")
+        options.append(f"DATA_PATH {sql_text(data_path)}")
     spill = Path(tempfile.gettempdir()) / f"olist-churn-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _install_ducklake_extensions()
@@ -209,7 +218,7 @@ def _attach_ducklake(
     try:
         conn.execute("LOAD ducklake")
         conn.execute("LOAD postgres")
-        attach = f"ATTACH {_sql_text(database)} AS {DUCKLAKE_ALIAS}"
+        attach = f"ATTACH {sql_text(database)} AS {DUCKLAKE_ALIAS}"
         conn.execute(attach + (f" ({', '.join(options)})" if options else ""))
     except duckdb.Error as exc:
         conn.close()
@@ -326,8 +335,11 @@ def write_frame(
     # Read by DuckDB's replacement scan of this local name, not registered: a registered
     # frame is a temporary view, whose unregistering inside a transaction only takes effect
     # at commit, so each frame a transaction wrote stayed in memory until then (about 2.9 GB
-    # for one scale-30 feature table written in batches).
-    _frame_to_write = frame.to_arrow()
+    # for one scale-30 feature table written in batches). Scanned as a polars LazyFrame:
+    # DuckDB scans an Arrow table or a polars DataFrame through `pyarrow.dataset`, whose
+    # import imports pandas (about a second of CPU, in the first step of a process that
+    # writes a frame, e.g. a backfill's first feature table); a LazyFrame without it.
+    _frame_to_write = frame.lazy()
     if not append or not table_exists(conn, schema, table):
         conn.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _frame_to_write")
         return
@@ -340,8 +352,7 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
     """Whether `schema.table` exists in the connection's own catalog."""
     row = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
-        "AND table_schema = ? AND table_name = ?",
-        [schema, table],
+        f"AND table_schema = {sql_text(schema)} AND table_name = {sql_text(table)}"
     ).fetchone()
     return bool(row and row[0])
 
@@ -353,9 +364,9 @@ def _add_missing_columns(
     existing = {
         r[0]
         for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-            [schema, table],
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = "
+            f"current_database() AND table_schema = {sql_text(schema)} "
+            f"AND table_name = {sql_text(table)}"
         ).fetchall()
     }
     for name, duck_type in incoming:
@@ -392,36 +403,29 @@ def count_duplicate_keys(
     table: str,
     key: Iterable[str],
     where: str = "TRUE",
-    params: Sequence = (),
 ) -> int:
     """How many key values occur more than once in `schema.table` (among the rows matching
-    `where`, with `params`)."""
+    the SQL condition `where`, its values inlined: see `sql_text`)."""
     columns = ", ".join(f'"{c}"' for c in key)
     row = conn.execute(
         f"SELECT count(*) FROM (SELECT {columns} FROM {table} WHERE {where} "
-        "GROUP BY ALL HAVING count(*) > 1)",
-        list(params),
+        "GROUP BY ALL HAVING count(*) > 1)"
     ).fetchone()
     return int(row[0]) if row else 0
 
 
-def count_non_finite_rows(
-    conn: duckdb.DuckDBPyConnection, table: str, where: str = "TRUE", params: Sequence = ()
-) -> int:
-    """How many rows of `schema.table` (those matching `where`, with `params`) hold a NaN
-    or infinite value in a float column."""
+def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str, where: str = "TRUE") -> int:
+    """How many rows of `schema.table` (those matching the SQL condition `where`) hold a
+    NaN or infinite value in a float column."""
     schema, name = table.split(".")
     floats = [
         r[0]
         for r in conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_catalog = "
-            "current_database() AND table_schema = ? AND table_name = ? "
-            "AND data_type IN ('DOUBLE', 'FLOAT')",
-            [schema, name],
+            f"current_database() AND table_schema = {sql_text(schema)} "
+            f"AND table_name = {sql_text(name)} AND data_type IN ('DOUBLE', 'FLOAT')"
         ).fetchall()
     ]
     condition = " OR ".join(f'NOT isfinite("{c}")' for c in floats) or "FALSE"
-    row = conn.execute(
-        f"SELECT count(*) FROM {table} WHERE ({where}) AND ({condition})", list(params)
-    ).fetchone()
+    row = conn.execute(f"SELECT count(*) FROM {table} WHERE ({where}) AND ({condition})").fetchone()
     return int(row[0]) if row else 0

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import threading
 from datetime import date
 from pathlib import Path
@@ -261,3 +263,29 @@ def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(
     finally:
         with duckdb.connect(warehouse) as conn:
             conn.execute(planted, [value, other, seller])
+
+
+def test_a_backfill_computes_writes_and_checks_its_tables_without_pandas(backfilled):
+    """DuckDB imports pandas (about a second of CPU) for a bound parameter and, through
+    `pyarrow.dataset`, for a scan of an Arrow table or a polars DataFrame: in a backfill
+    that second fell on the first table's compute, which nothing overlaps. Every family of
+    a range, its writes and its checks' queries, in a fresh process, import neither."""
+    _, window, _ = backfilled
+    code = f"""
+import sys
+from olist_churn_dagster.defs.features.assets import RANGE_ORDER, _range, _Shared
+from olist_churn_dagster.defs.warehouse import WarehouseResource
+from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
+warehouse = WarehouseResource(database=load_settings().warehouse)
+shared = _Shared()  # as in a run: the first family builds it, the next ones use it
+for family in RANGE_ORDER:
+    _range(family, {window!r}, warehouse, shared)
+    with warehouse.get_connection() as conn:
+        count_duplicate_keys(conn, f"features.seller_{{family}}", ["reference_date", "seller_id"])
+        count_non_finite_rows(conn, f"features.seller_{{family}}")
+print(sorted(m for m in ("pandas", "pyarrow.dataset") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

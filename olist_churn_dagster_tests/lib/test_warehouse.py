@@ -14,6 +14,9 @@ from olist_churn_dagster.lib.warehouse import (
     is_file_database,
     open_warehouse,
     read_tables,
+    sql_text,
+    sql_text_list,
+    table_exists,
     transaction,
     warehouse_exists,
     write_frame,
@@ -140,10 +143,10 @@ def test_count_duplicate_keys(tmp_path):
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "seller_id"]) == 1
         assert count_duplicate_keys(conn, "features.t", ["reference_date", "value"]) == 0
         write_frame(conn, "features", "t", _frame("2024-01-02", [1.0]), append=True)
-        on = "reference_date = ?"
         keys = ["reference_date", "seller_id"]
-        assert count_duplicate_keys(conn, "features.t", keys, on, [date(2024, 1, 1)]) == 1
-        assert count_duplicate_keys(conn, "features.t", keys, on, [date(2024, 1, 2)]) == 0
+        on = "reference_date = DATE '2024-01-0{}'".format
+        assert count_duplicate_keys(conn, "features.t", keys, on(1)) == 1
+        assert count_duplicate_keys(conn, "features.t", keys, on(2)) == 0
 
 
 def test_count_non_finite_rows(tmp_path):
@@ -153,10 +156,10 @@ def test_count_non_finite_rows(tmp_path):
         assert count_non_finite_rows(conn, "features.t") == 2
         assert count_non_finite_rows(conn, "features.u") == 0  # no float column
         write_frame(conn, "features", "t", _frame("2024-01-02", [float("nan")]), append=True)
-        on = "reference_date = ?"
+        on = "reference_date = DATE '2024-01-0{}'".format
         assert count_non_finite_rows(conn, "features.t") == 3
-        assert count_non_finite_rows(conn, "features.t", on, [date(2024, 1, 2)]) == 1
-        assert count_non_finite_rows(conn, "features.t", on, [date(2024, 1, 3)]) == 0
+        assert count_non_finite_rows(conn, "features.t", on(2)) == 1
+        assert count_non_finite_rows(conn, "features.t", on(3)) == 0
 
 
 @pytest.mark.parametrize(
@@ -173,3 +176,15 @@ def test_count_non_finite_rows(tmp_path):
 def test_file_and_server_databases_are_told_apart(database, is_file):
     assert is_file_database(database) is is_file
     assert warehouse_exists(database) is (not is_file)  # none of the files exist
+
+
+def test_inlined_values_read_back_as_written():
+    """Catalog queries inline their values instead of binding them (see `sql_text`)."""
+    values = ["plain", "it's", "a''b", "back\\slash", "", "ünï"]
+    with duckdb.connect() as conn:
+        assert [conn.execute(f"SELECT {sql_text(v)}").fetchone()[0] for v in values] == values
+        assert conn.execute(f"SELECT {sql_text_list(values)}").fetchone()[0] == values
+        conn.execute('CREATE SCHEMA "o\'s"')
+        conn.execute('CREATE TABLE "o\'s"."t\'1" (a INT)')
+        assert table_exists(conn, "o's", "t'1")
+        assert not table_exists(conn, "o's", "t'2")

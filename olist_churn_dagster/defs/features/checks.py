@@ -21,7 +21,11 @@ from olist_churn_dagster.defs.features.assets import PARTITION_COLUMN, feature_a
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.tables import KEYS, feature_table
-from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
+from olist_churn_dagster.lib.warehouse import (
+    count_duplicate_keys,
+    count_non_finite_rows,
+    sql_text,
+)
 
 CHECK_NAME = "one_finite_row_per_seller_and_date"
 FAMILY_OF_CHECK = {
@@ -44,15 +48,18 @@ FAMILY_OF_CHECK = {
 )
 def feature_table_checks(context: dg.AssetCheckExecutionContext, warehouse: DuckDBResource):
     dates = run_dates(context)
-    where, params = (
-        ("TRUE", []) if dates is None else (f"{PARTITION_COLUMN} BETWEEN ? AND ?", dates)
+    where = (
+        "TRUE"
+        if dates is None
+        else f"{PARTITION_COLUMN} BETWEEN {sql_text(str(dates[0]))}::DATE "
+        f"AND {sql_text(str(dates[1]))}::DATE"
     )
     checked = "all" if dates is None else f"{dates[0]} .. {dates[1]}"
     with warehouse.get_connection() as conn:
         for key in sorted(context.selected_asset_check_keys, key=lambda k: k.to_user_string()):
             table = feature_table(FAMILY_OF_CHECK[key])
-            duplicates = count_duplicate_keys(conn, table, KEYS, where, params)
-            non_finite = count_non_finite_rows(conn, table, where, params)
+            duplicates = count_duplicate_keys(conn, table, KEYS, where)
+            non_finite = count_non_finite_rows(conn, table, where)
             yield dg.AssetCheckResult(
                 asset_key=key.asset_key,
                 check_name=key.name,

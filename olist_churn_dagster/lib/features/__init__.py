@@ -28,6 +28,7 @@ from olist_churn_dagster.lib.features.engine import (
     evaluate_outputs,
     output_schema,
     read_timeline_sources,
+    sale_runs,
     spine_ctes,
     to_date,
 )
@@ -41,9 +42,11 @@ __all__ = [
     "FEATURE_CATALOGUE",
     "FEATURE_FAMILIES",
     "TOP_CATEGORIES",
+    "Backfill",
     "FeatureSpec",
     "active_seller_counts",
     "active_sellers",
+    "backfill",
     "catalogue_markdown",
     "compute_features",
     "feature_batches",
@@ -122,9 +125,10 @@ def _connect(
     con = duckdb.connect(":memory:", config=config)
     weakref.finalize(con, shutil.rmtree, spill, ignore_errors=True)
     days = sorted({_epoch_day(d) for d in dates})
-    con.register("dates", pl.DataFrame({"D": days}, schema={"D": pl.Int64}))
+    # As LazyFrames: DuckDB scans those without `pyarrow.dataset` (see `write_frame`).
+    con.register("dates", pl.LazyFrame({"D": days}, schema={"D": pl.Int64}))
     for name, frame in frames.items():
-        con.register(name, frame)
+        con.register(name, frame.lazy())
     return con
 
 
@@ -212,13 +216,15 @@ def compute_features(
     window_days: int = 180,
     horizon_days: int = 45,
     sales: pl.DataFrame | None = None,
+    shared: Backfill | None = None,
 ) -> pl.DataFrame:
     """One feature family for every active seller at every date in `dates`.
 
     `raw` maps table names (as in `schema.TABLES`) to typed frames holding the newest
     state; only the tables the family needs are read. `sales` is `sale_items` of raw's
     orders and items, for a caller that computes several families from the same raw
-    tables (computed here when not given). The result has reference_date,
+    tables (computed here when not given); `shared`, what the families of one backfill
+    share (see `backfill`). The result has reference_date,
     seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
     a zero denominator are null (never NaN or inf).
     """
@@ -230,6 +236,7 @@ def compute_features(
         window_days=window_days,
         horizon_days=horizon_days,
         sales=sales,
+        shared=shared,
     )
     return frame
 
@@ -242,6 +249,7 @@ def feature_batches(
     window_days: int = 180,
     horizon_days: int = 45,
     sales: pl.DataFrame | None = None,
+    shared: Backfill | None = None,
 ) -> Iterator[pl.DataFrame]:
     """`compute_features` over consecutive batches of dates, one frame per batch, lazily.
 
@@ -250,7 +258,8 @@ def feature_batches(
     it, so the batches bound the rows held at once and not the cost. Each batch's
     dates must all come after the previous batch's; the frames equal what
     `compute_features` returns for each batch on its own. Once the timeline is built,
-    the generator holds no reference to `raw` or `sales`.
+    the generator holds no reference to `raw` or `sales`. `shared` (see `backfill`) is
+    used when it was built for the same dates and horizon, and ignored otherwise.
     """
     _check_family(family)
     if window_days < 1 or horizon_days < 1:
@@ -266,7 +275,7 @@ def feature_batches(
     missing = [t for t in plan.tables if t not in raw]
     if missing:
         raise ValueError(f"feature family {family!r} needs table(s) {missing}")
-    return _frames(family, plan, raw, batches, window_days, horizon_days, sales)
+    return _frames(family, plan, raw, batches, window_days, horizon_days, sales, shared)
 
 
 def _frames(
@@ -277,13 +286,14 @@ def _frames(
     window_days: int,
     horizon_days: int,
     sales: pl.DataFrame | None,
+    shared: Backfill | None,
 ) -> Iterator[pl.DataFrame]:
     schema = _SCHEMAS[family]
     dates = [d for b in batches for d in b]
     if not dates:
         yield from (pl.DataFrame(schema=schema) for _ in batches)
         return
-    sources, ids = _timeline_sources(plan, raw, sales, dates, window_days, horizon_days)
+    sources, ids = _timeline_sources(plan, raw, sales, dates, window_days, horizon_days, shared)
     # The timeline holds all the batches need: this generator lets go of the raw tables
     # (the history query's DuckDB is closed with its buffers), so a caller that drops its
     # own references gets that memory back while the timeline is built and written.
@@ -313,6 +323,7 @@ def _timeline_sources(
     dates: list[date],
     window_days: int,
     horizon_days: int,
+    shared: Backfill | None = None,
 ) -> tuple[list[pl.DataFrame | None], pl.Series]:
     """What the family's timeline over all `dates` reads from the raw history, with
     sellers as their integer ranks, and the seller ids to map the ranks back."""
@@ -320,18 +331,100 @@ def _timeline_sources(
     frames["sale_items"] = (
         sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
     )
-    frames, ids = _integer_sellers(frames)
     lo, hi = _day_range(dates)
+    runs = None
+    if shared is not None and shared.fits(lo, hi, horizon_days):
+        try:
+            frames, ids, runs = shared.ranked(frames), shared.ids, shared.runs
+        except pl.exceptions.InvalidOperationError:  # a seller outside its ranks
+            frames, ids = _integer_sellers(frames)
+    else:
+        frames, ids = _integer_sellers(frames)
     con = _connect(frames, dates)
     try:
         sources = list(
             read_timeline_sources(
-                con, plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
+                con,
+                plan,
+                window_days=window_days,
+                horizon_days=horizon_days,
+                lo=lo,
+                hi=hi,
+                sale_runs=runs,
             )
         )
     finally:
         con.close()
     return sources, ids
+
+
+class Backfill:
+    """What every family of one backfill computes the same way, computed once: the
+    sellers' integer ranks and the spine's tables and sale runs (`engine.SaleRuns`).
+
+    The ranks are those of every seller of the order items (and of `sellers`, when
+    given), so they number any family's sellers in the same order as its own ranks
+    would: the rows come out the same. A family whose tables hold a seller outside them,
+    or a backfill over other days (see `fits`), computes its own instead.
+    """
+
+    def __init__(
+        self,
+        order_items: pl.DataFrame,
+        sales: pl.DataFrame,
+        dates: Sequence[date],
+        *,
+        horizon_days: int = 45,
+        sellers: pl.DataFrame | None = None,
+    ) -> None:
+        """From the raw order items (and sellers), their `sale_items` and the dates."""
+        seen = [order_items.get_column("seller_id")]
+        if sellers is not None:
+            seen.append(sellers.get_column("seller_id"))
+        self.ids = pl.concat(seen).unique().sort()
+        self._ranks = pl.Enum(self.ids)
+        lo, hi = _day_range(dates)
+        sales = sales.select("seller_id", "order_purchase_timestamp")
+        con = _connect(self.ranked({"sale_items": sales}), dates)
+        try:
+            self.runs = sale_runs(con, horizon_days=horizon_days, lo=lo, hi=hi)
+        finally:
+            con.close()
+
+    def fits(self, lo: int, hi: int, horizon_days: int) -> bool:
+        """Whether its runs serve a family over reference days [lo, hi] with this
+        horizon (its ranks serve any frames whose sellers they hold: see `ranked`)."""
+        runs = self.runs
+        return (runs.lo, runs.hi, runs.horizon_days) == (lo, hi, horizon_days)
+
+    def ranked(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """The frames with seller_id as its integer rank (see `_integer_sellers`); raises
+        polars' InvalidOperationError on a seller outside the ranks."""
+        return {
+            name: frame.with_columns(pl.col("seller_id").cast(self._ranks).to_physical())
+            if "seller_id" in frame.columns
+            else frame
+            for name, frame in frames.items()
+        }
+
+
+def backfill(
+    raw: Mapping[str, pl.DataFrame],
+    dates: Sequence[date],
+    *,
+    horizon_days: int = 45,
+    sales: pl.DataFrame | None = None,
+) -> Backfill | None:
+    """The work the families of a backfill over `dates` share (`Backfill`), from raw's
+    order items (and sellers, when there) and their sales (`sale_items` of raw's orders
+    and items, computed here when not given); None when there are no dates."""
+    if not dates:
+        return None
+    if sales is None:
+        sales = sale_items(raw["orders"], raw["order_items"])
+    return Backfill(
+        raw["order_items"], sales, dates, horizon_days=horizon_days, sellers=raw.get("sellers")
+    )
 
 
 def _integer_sellers(

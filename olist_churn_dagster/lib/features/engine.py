@@ -22,16 +22,19 @@ Both land in one per-seller `Timeline` (a row per day on which anything changes)
 once per backfill and read at each reference date with one ASOF join against the
 active-seller spine, batch after batch. DuckDB builds the sale runs, each block's rows
 and the per-day extremes (one SQL text per family, over all dates) and evaluates the
-output expressions; numpy sums the delta rows per seller and day (`summed_deltas`), and
-polars does the running sums, rolling extremes, the spine and the ASOF join, which on
-this many columns is an order of magnitude faster than DuckDB's window operator.
+output expressions; numpy sums the delta rows per seller and day (`summed_deltas`) and
+runs their per-seller running sums, polars the rolling extremes and the spine, and the
+ASOF join is a binary search over (seller, day) keys and a gather, which on this many
+columns is an order of magnitude faster than DuckDB's window operator. The spine's
+tables and the sale runs are the same for every family of a backfill: built once
+(`SaleRuns`, through the package's `Backfill`) and handed to each.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -238,9 +241,15 @@ def split_ctes(ctes: str) -> list[tuple[str, str]]:
     return out
 
 
-def stage_ctes(con: duckdb.DuckDBPyConnection, ctes: str, queries: Sequence[str]) -> None:
+def stage_ctes(
+    con: duckdb.DuckDBPyConnection,
+    ctes: str,
+    queries: Sequence[str],
+    provided: Collection[str] = (),
+) -> None:
     """Create the CTEs that `queries` use (directly or through each other) as temporary
-    tables, in order, each computed once.
+    tables, in order, each computed once; those named in `provided` are already there
+    (frames the caller registered, computed once for every family: see `SaleRuns`).
 
     Why tables, not a WITH clause: DuckDB materializes a query's CTEs and holds them
     in memory until the query ends, beyond what it can spill. As one query the sales
@@ -258,8 +267,40 @@ def stage_ctes(con: duckdb.DuckDBPyConnection, ctes: str, queries: Sequence[str]
             needed.add(name)
             text += "\n" + body
     for name, body in parts:
-        if name in needed:
+        if name in needed and name not in provided:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {body}")
+
+
+# The spine's CTEs that depend only on the sales: every family stages the same ones.
+SALE_RUN_TABLES = ("sale_days", "seller_keys")
+
+
+@dataclass(frozen=True)
+class SaleRuns:
+    """What every family of one backfill reads the same way from the sales: the spine's
+    tables (`SALE_RUN_TABLES`, the sale days and the sellers' keys) and the sale runs
+    (the rows of the `runs` query of `_source_queries`).
+
+    Built once (`sale_runs`) and handed to each family's `read_timeline_sources`, instead
+    of each family staging them from `sale_items` again."""
+
+    lo: int
+    hi: int
+    horizon_days: int
+    tables: Mapping[str, pl.DataFrame]
+    runs: pl.DataFrame
+
+
+def sale_runs(con: duckdb.DuckDBPyConnection, *, horizon_days: int, lo: int, hi: int) -> SaleRuns:
+    """The `SaleRuns` of `sale_items` in `con` (sellers as integer ranks), for reference
+    days in [lo, hi]: the same SQL as each family would stage."""
+    empty = FamilyPlan(tables=(), ctes="", additive=(), sliding=(), outputs=())
+    _, queries = _source_queries(empty, window_days=1, horizon_days=horizon_days, lo=lo, hi=hi)
+    ctes = spine_ctes(horizon_days, lo, hi)
+    stage_ctes(con, ctes, [queries["runs"], *SALE_RUN_TABLES])
+    tables = {name: con.sql(f"SELECT * FROM {name}").pl() for name in SALE_RUN_TABLES}
+    runs = read_sources(con, queries["runs"])
+    return SaleRuns(lo=lo, hi=hi, horizon_days=horizon_days, tables=tables, runs=runs)
 
 
 def read_timeline_sources(
@@ -270,14 +311,24 @@ def read_timeline_sources(
     horizon_days: int,
     lo: int,
     hi: int,
+    sale_runs: SaleRuns | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
     """The sale runs, the deltas per seller and day and the extremes rows of `Timeline`,
-    for reference days in [lo, hi]: every read of the raw history a backfill makes."""
+    for reference days in [lo, hi]: every read of the raw history a backfill makes.
+
+    With `sale_runs` (built for the same sales, days and horizon), its tables are
+    registered in `con` instead of staged, and its runs are used as they are."""
     shared, queries = _source_queries(
         plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
     )
-    stage_ctes(con, shared, list(queries.values()))
-    runs = read_sources(con, queries["runs"])
+    if sale_runs is None:
+        stage_ctes(con, shared, list(queries.values()))
+        runs = read_sources(con, queries["runs"])
+    else:
+        for name, frame in sale_runs.tables.items():
+            con.register(name, frame.lazy())  # without `pyarrow.dataset`
+        stage_ctes(con, shared, list(queries.values()), provided=sale_runs.tables)
+        runs = sale_runs.runs
     extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
     deltas = summed_deltas(con, plan, queries, extremes, window_days=window_days, lo=lo, hi=hi)
     return runs, deltas, extremes
@@ -304,53 +355,63 @@ def summed_deltas(
 
     Why not a DuckDB GROUP BY: one hash aggregate over every block's delta rows (about
     14 per order for the sales family, each as wide as all the measures) cost about 60%
-    of the family's DuckDB time. Here a (seller, day) pair is one integer key, the
-    distinct keys are found first (from the keys only), then each block's deltas are
-    sorted by key, located among them by binary search and summed with `numpy.bincount`,
-    one block at a time, so no more than one block's rows are held. The measures are
-    integers: every partial sum is exact in float64 whatever the order of addition, so
-    the sums equal the GROUP BY's to the last bit.
+    of the family's DuckDB time. Here a (seller, day) pair is one integer key, dense
+    (seller times the days' span plus the day): the keys in use are marked in a boolean
+    array first (from each block's keys only), their running count numbers them in key
+    order, and each block's deltas are then summed at their key's number with
+    `numpy.bincount`, one block at a time, so no more than one block's rows are held and
+    nothing is sorted or searched. The measures are integers: every partial sum is exact
+    in float64 whatever the order of addition, so the sums equal the GROUP BY's to the
+    last bit. The marks and numbers cost 5 bytes per seller and day of the span (about
+    360 MB for 94,000 sellers over 763 days), for the length of this call.
     """
     base = lo - window_days - 1  # below any day a row can land on
     span = hi - base + 1
 
-    def key(sk: pl.Expr, day: pl.Expr) -> pl.Expr:
-        return sk * span + (day - base)
-
-    first = key(pl.col("sk"), pl.max_horizontal(pl.col("s"), pl.lit(lo)))
-    has_last = pl.col("e").is_not_null() & (pl.col("e") + 1 <= hi)
-    after_last = key(pl.col("sk"), pl.col("e") + 1)
-    found: list[pl.Series] = []
-    for i in range(len(plan.additive)):
-        rows = read_sources(con, queries[f"keys{i}"])
-        found.append(rows.select(first.alias("k")).get_column("k").unique())
-        found.append(rows.filter(has_last).select(after_last.alias("k")).get_column("k").unique())
-        del rows
-    if extremes is not None:
-        p = pl.col("day")
-        found.append(extremes.select(key(pl.col("sk"), p + 1).alias("k")).get_column("k"))
-        found.append(
-            extremes.filter(p + window_days + 1 <= hi)
-            .select(key(pl.col("sk"), p + window_days + 1).alias("k"))
-            .get_column("k")
+    def block_keys(rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's key on its first day, and for the rows with one (`has_last`) on
+        the day after its last."""
+        sk = rows.get_column("sk").cast(pl.Int64).to_numpy()
+        s = rows.get_column("s").cast(pl.Int64).to_numpy()
+        e = rows.get_column("e")
+        has_last = (e.is_not_null() & (e + 1 <= hi)).to_numpy()
+        after_last = e.filter(has_last).cast(pl.Int64).to_numpy() + 1
+        return (
+            sk * span + (np.maximum(s, lo) - base),
+            sk[has_last] * span + (after_last - base),
+            has_last,
         )
-    keys = pl.concat(found).unique().sort().to_numpy()
+
+    found: list[np.ndarray] = []
+    for i in range(len(plan.additive)):
+        first, after, _ = block_keys(read_sources(con, queries[f"keys{i}"]))
+        found += [first, after]
+    if extremes is not None:
+        sk = extremes.get_column("sk").cast(pl.Int64).to_numpy()
+        p = extremes.get_column("day").cast(pl.Int64).to_numpy()
+        leaves = p + window_days + 1 <= hi
+        found += [
+            sk * span + (p + 1 - base),
+            sk[leaves] * span + (p[leaves] + window_days + 1 - base),
+        ]
+    used = np.zeros(max((int(k.max()) + 1 for k in found if len(k)), default=0), dtype=bool)
+    for k in found:
+        used[k] = True
     del found
+    keys = np.flatnonzero(used)
+    number = np.cumsum(used, dtype=np.int32 if len(keys) < 2**31 else np.int64) - 1
+    del used
     sums = {n: np.zeros(len(keys)) for n in _measure_names(plan)}
     for i, block in enumerate(plan.additive):
         rows = read_sources(con, queries[f"blk{i}"])
-        values = [pl.col(n).fill_null(0.0) for n in block.measures]
-        signed = pl.concat(
-            [
-                rows.select(first.alias("k"), *values),
-                rows.filter(has_last).select(after_last.alias("k"), *[-v for v in values]),
-            ]
-        ).sort("k")
-        del rows
-        at = np.searchsorted(keys, signed.get_column("k").to_numpy())
+        first, after, has_last = block_keys(rows)
+        at_first, at_after = number[first], number[after]
+        del first, after
         for n in block.measures:
-            sums[n] += np.bincount(at, weights=signed.get_column(n).to_numpy(), minlength=len(keys))
-        del signed, at
+            value = rows.get_column(n).fill_null(0.0).to_numpy()
+            sums[n] += np.bincount(at_first, weights=value, minlength=len(keys))
+            sums[n] -= np.bincount(at_after, weights=value[has_last], minlength=len(keys))
+        del rows, at_first, at_after
     return pl.DataFrame({"sk": keys // span, "day": keys % span + base, **sums})
 
 
@@ -369,15 +430,18 @@ def _running_sums(deltas: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     no grouping, and the totals are read as DOUBLE afterwards, exactly. One column at a
     time, so the working memory is a column's, not the table's.
     """
-    first = pl.col("sk") != pl.col("sk").shift(1, fill_value=-1)
-    out = deltas.with_columns(_first=first)
+    sk = deltas.get_column("sk").to_numpy()
+    starts = np.flatnonzero(np.append(True, sk[1:] != sk[:-1])) if len(sk) else sk[:0]
+    lengths = np.diff(np.append(starts, len(sk)))
+    out = deltas
     del deltas
     for n in names:
-        value = pl.col(n).cast(pl.Int64)
-        total = value.cum_sum()
-        before = pl.when("_first").then(total - value).forward_fill()
-        out = out.with_columns((total - before).cast(pl.Float64).alias(n))
-    return out.drop("_first")
+        value = out.get_column(n).cast(pl.Int64).to_numpy()
+        total = np.cumsum(value)
+        before = np.repeat(total[starts] - value[starts], lengths)
+        out = out.with_columns(pl.Series(n, (total - before).astype(np.float64)))
+        del value, total, before
+    return out
 
 
 def _with_extremes(
@@ -389,26 +453,32 @@ def _with_extremes(
     `is_q` false; rolling windows closed on the left exclude day t itself. `rows` is
     sorted by seller and day with one row per pair, so the sequence is a merge of two
     sorted frames (not a sort of their union), and its `is_q` rows come back in `rows`'
-    order, to be put beside them (not joined).
+    order, to be put beside them (not joined). The windows run over one integer key per
+    (seller, day) (`_seller_day_keys`), in which two sellers lie 2**32 - 2**31 apart at
+    least, so no window reaches past its seller: the same values as a rolling window per
+    seller, without partitioning by seller.
     """
     size = f"{window_days}i"
     rolled = [
-        getattr(pl.col(n), f"rolling_{fn}_by")("day", window_size=size, closed="left")
-        .over("sk")
-        .alias(n)
+        getattr(pl.col(n), f"rolling_{fn}_by")("_k", window_size=size, closed="left").alias(n)
         for block in plan.sliding
         for n, (fn, _) in block.aggregates.items()
     ]
     names = [n for block in plan.sliding for n in block.aggregates]
-    points = extremes.sort("sk", "day").with_columns(is_q=pl.lit(False))
-    queries = rows.select(
-        pl.col("sk").cast(points.schema["sk"]),
-        pl.col("day").cast(points.schema["day"]),
+    points = extremes.select(
+        pl.Series("_k", _seller_day_keys(extremes.get_column("sk"), extremes.get_column("day"))),
+        *names,
+        is_q=pl.lit(False),
+    ).sort("_k")
+    queries = pl.DataFrame(
+        {"_k": _seller_day_keys(rows.get_column("sk"), rows.get_column("day"))}
+    ).select(
+        "_k",
         *[pl.lit(None, dtype=points.schema[n]).alias(n) for n in names],
         is_q=pl.lit(True),
-    ).select(points.columns)
+    )
     at_queries = (
-        points.merge_sorted(queries, key=["sk", "day"], maintain_order=True)
+        points.merge_sorted(queries, key="_k", maintain_order=True)
         .with_columns(rolled)
         .filter("is_q")
         .select(names)
@@ -442,7 +512,8 @@ class Timeline:
         self.horizon_days = horizon_days
         self.runs, deltas, extremes = sources
         sources.clear()
-        rows = _running_sums(deltas.sort("sk", "day"), self.names)
+        # `summed_deltas` returns them sorted by seller and day
+        rows = _running_sums(deltas, self.names)
         del deltas
         if extremes is not None:
             rows = _with_extremes(rows, extremes, plan, window_days)
@@ -474,7 +545,13 @@ class Timeline:
     def values(self, days: Sequence[int]) -> pl.DataFrame:
         """The measures of every active seller at each of `days` (epoch days in [lo, hi],
         all after the days of the previous call), sorted by date and seller; `seller_id`
-        is the seller's integer rank (see `_integer_sellers` in the package)."""
+        is the seller's integer rank (see `_integer_sellers` in the package).
+
+        The as-of join is a binary search: a timeline row is the integer key
+        (seller, day), its rows sorted by it, and a spine row (seller, D) finds its
+        seller's last row on or before D as the last key not above its own; the columns
+        are then gathered at those rows (nulls where the seller has none yet, as a
+        backward ASOF join by seller gives). Neither side is sorted by day."""
         hi = max(days)
         if self._read_to is not None and min(days) <= self._read_to:
             raise ValueError("batches of reference dates must come in increasing order")
@@ -482,23 +559,36 @@ class Timeline:
         new = self.rows.filter(
             day <= hi if self._read_to is None else day.is_between(self._read_to + 1, hi)
         )
-        known = pl.concat([self._carry, new])
-        self._carry = known.unique("sk", keep="last", maintain_order=True)
+        known = pl.concat([self._carry, new])  # each part sorted by seller and day
+        del new
+        keys = _seller_day_keys(known.get_column("sk"), known.get_column("day"))
+        order = np.argsort(keys, kind="stable")  # a merge of the two sorted parts
+        keys = keys[order]
+        sellers = keys >> 32
+        last = np.flatnonzero(np.append(sellers[1:] != sellers[:-1], len(sellers) > 0))
+        self._carry = known[order[last]]  # last row per seller, sorted by seller
         self._read_to = hi
-        return (
-            self._spine(days)
-            .lazy()
-            .join_asof(
-                known.lazy().sort("day"),
-                left_on="D",
-                right_on="day",
-                by="sk",
-                strategy="backward",
-                check_sortedness=False,
-            )
-            .with_columns(pl.col(self.names).fill_null(0.0))
-            .collect()
-        )
+        spine = self._spine(days)
+        wanted = _seller_day_keys(spine.get_column("sk"), spine.get_column("D"))
+        at = np.searchsorted(keys, wanted, side="right") - 1
+        found = at >= 0
+        found[found] = sellers[at[found]] == (wanted[found] >> 32)
+        # polars gathers several times faster by its own index type (UInt32) without nulls
+        index = pl.UInt32 if known.height < 1 << 32 else pl.Int64
+        rows = pl.Series(np.where(found, order[np.maximum(at, 0)], 0), dtype=index)
+        if not found.all():
+            rows = pl.select(pl.when(pl.Series(found)).then(rows)).to_series()
+        del keys, sellers, order, wanted, at, found
+        matched = known.select(pl.exclude("sk").gather(rows))
+        return spine.hstack(matched).with_columns(pl.col(self.names).fill_null(0.0))
+
+
+def _seller_day_keys(sk: pl.Series, day: pl.Series) -> np.ndarray:
+    """One int64 key per (seller, day) that sorts like the pair: the seller in the upper
+    32 bits, the day (offset to be non-negative) in the lower."""
+    sellers = sk.cast(pl.Int64).to_numpy()
+    days = day.cast(pl.Int64).to_numpy()
+    return (sellers << 32) + (days + (1 << 31))
 
 
 def outputs_sql(plan: FamilyPlan) -> str:
@@ -516,12 +606,13 @@ def evaluate_outputs(
     """The family's output columns for a frame of measures (keeps its row order).
 
     `seller_id` passes through as it comes: the integer rank, which DuckDB takes in and
-    hands back several times faster than 32-character strings."""
-    con.register("f", values)
-    try:
-        return con.sql(outputs_sql(plan)).pl()
-    finally:
-        con.unregister("f")
+    hands back several times faster than 32-character strings. The measures are read by
+    replacement scan of the local `f`, a LazyFrame so that DuckDB needs no
+    `pyarrow.dataset` (see `lib.warehouse.write_frame`), and the result is kept in
+    DuckDB's record batches: putting its columns in one piece each would copy the whole
+    output once more, and nothing downstream needs it so."""
+    f = values.lazy()  # noqa: F841 (read by the SQL)
+    return pl.from_arrow(con.sql(outputs_sql(plan)).to_arrow_table(), rechunk=False)
 
 
 def output_schema(outputs: Sequence[Output]) -> dict[str, pl.DataType]:

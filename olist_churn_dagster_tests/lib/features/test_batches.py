@@ -15,10 +15,12 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.generator.marketplace import generate_dataset
+from olist_churn_dagster.lib import features as features_package
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
     active_seller_counts,
     active_sellers,
+    backfill,
     compute_features,
     engine,
     feature_batches,
@@ -107,3 +109,56 @@ def test_active_seller_counts_match_the_spine(raw: dict[str, pl.DataFrame]) -> N
     counts = active_seller_counts(sale_items(raw["orders"], raw["order_items"]), dates)
     assert counts == [per_date.get(d, 0) for d in dates]
     assert max(counts) > 0
+
+
+@pytest.mark.parametrize("family", FEATURE_FAMILIES)
+def test_a_shared_backfill_gives_the_same_rows(raw: dict[str, pl.DataFrame], family: str) -> None:
+    """What the families share (`backfill`: seller ranks, sale runs) changes no row: in
+    batches, with ranks that lack a seller of the family's tables (a seller without
+    sales, ranked only by the customers family, which then ranks its own), and with a
+    backfill built for other dates (ignored)."""
+    sellers = raw["sellers"]
+    extra = sellers.head(1).with_columns(seller_id=pl.lit("f" * 32))
+    raw = {**raw, "sellers": pl.concat([sellers, extra])}
+    dates = _dates(raw)
+    alone = compute_features(family, raw, dates)
+    shared = backfill(raw, dates)
+    assert shared is not None and shared.runs.runs.height > 0
+    batches = _split(dates, [3, 1, 5])
+    in_batches = pl.concat(list(feature_batches(family, raw, batches, shared=shared)))
+    assert_frame_equal(in_batches, alone, check_exact=True)
+    # as the first family of a backfill builds it when it reads no sellers table
+    narrow = backfill({t: f for t, f in raw.items() if t != "sellers"}, dates)
+    assert narrow is not None and narrow.ids.len() == shared.ids.len() - 1
+    assert_frame_equal(compute_features(family, raw, dates, shared=narrow), alone, check_exact=True)
+    other = backfill(raw, dates[1:])
+    assert_frame_equal(compute_features(family, raw, dates, shared=other), alone, check_exact=True)
+
+
+def test_a_shared_backfill_is_used_when_it_fits(
+    raw: dict[str, pl.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The families of a backfill stage the spine's tables and rank the sellers once, not
+    once each: with the shared backfill, no family ranks its own sellers nor stages the
+    sale days."""
+    dates = _dates(raw)
+    shared = backfill(raw, dates)
+    staged: list[str] = []
+    ranked: list[int] = []
+    stage = engine.stage_ctes
+
+    def spy_stage(con, ctes, queries, provided=()):
+        staged.extend(n for n, _ in engine.split_ctes(ctes) if n not in provided)
+        return stage(con, ctes, queries, provided)
+
+    rank = features_package._integer_sellers
+    monkeypatch.setattr(engine, "stage_ctes", spy_stage)
+    monkeypatch.setattr(
+        features_package, "_integer_sellers", lambda frames: (ranked.append(1), rank(frames))[1]
+    )
+    for family in FEATURE_FAMILIES:
+        compute_features(family, raw, dates, shared=shared)
+    assert not ranked
+    assert "sale_days" not in staged and "seller_keys" not in staged
+    compute_features("sales", raw, dates)
+    assert ranked == [1] and "sale_days" in staged
