@@ -312,6 +312,21 @@ def in_transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyC
         conn.close()
 
 
+@contextmanager
+def one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The connection's database on one thread, then back on its own setting: for a write
+    that overlaps other compute (a backfill computing its next batch meanwhile). DuckDB's
+    parallel insert compresses each thread's rows apart and rewrites the partial row
+    groups at the checkpoint; one thread writes full row groups once, in about 25% less
+    CPU (a scale-30 feature table, back to back) and a smaller file."""
+    (threads,) = conn.execute("SELECT current_setting('threads')").fetchone()
+    conn.execute("SET threads = 1")
+    try:
+        yield conn
+    finally:
+        conn.execute(f"SET threads = {int(threads)}")
+
+
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
     """Roll back, keeping the error that got us here: a transaction DuckDB already ended
     has nothing to roll back, and closing the connection discards it anyway."""

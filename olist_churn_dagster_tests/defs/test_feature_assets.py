@@ -1,7 +1,5 @@
-import os
 import subprocess
 import sys
-import threading
 from datetime import date
 from pathlib import Path
 
@@ -9,7 +7,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES, lower_thread_priority
+from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.tags import range_tags
@@ -199,28 +197,6 @@ def test_feature_checks_are_one_step_that_evaluates_what_the_run_built(
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.asset_key == sales and evaluation.passed
     assert evaluation.metadata["duplicate_keys"].value == 0
-
-
-def test_the_background_compute_thread_and_its_workers_run_at_a_lower_priority():
-    # Linux niceness is per thread: the step's own thread (Dagster's recording) keeps its own.
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    step = niceness()
-    seen: dict[str, int] = {}
-
-    def background() -> None:
-        lower_thread_priority(5)
-        seen["thread"] = niceness()
-        worker = threading.Thread(target=lambda: seen.update(worker=niceness()))
-        worker.start()
-        worker.join()
-
-    thread = threading.Thread(target=background)
-    thread.start()
-    thread.join()
-    assert seen == {"thread": min(19, step + 5), "worker": min(19, step + 5)}
-    assert niceness() == step
 
 
 def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(

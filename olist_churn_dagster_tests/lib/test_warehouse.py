@@ -12,6 +12,7 @@ from olist_churn_dagster.lib.warehouse import (
     count_duplicate_keys,
     count_non_finite_rows,
     is_file_database,
+    one_thread,
     open_warehouse,
     read_tables,
     sql_text,
@@ -83,6 +84,22 @@ def test_failed_transaction_keeps_previous_rows(tmp_path):
         raise RuntimeError("killed halfway")
     with duckdb.connect(str(path)) as conn:
         assert conn.execute("SELECT count(*) FROM features.t").fetchone()[0] == 2
+
+
+def test_one_thread_writes_on_one_thread_and_gives_the_setting_back(tmp_path):
+    def threads(conn: duckdb.DuckDBPyConnection) -> int:
+        return int(conn.execute("SELECT current_setting('threads')").fetchone()[0])
+
+    with transaction(tmp_path / "w.duckdb") as conn:
+        conn.execute("SET threads = 3")
+        with one_thread(conn):
+            assert threads(conn) == 1
+            write_frame(conn, "features", "t", _frame("2024-01-01", [1.0, 2.0]))
+        assert threads(conn) == 3
+        with pytest.raises(RuntimeError), one_thread(conn):
+            raise RuntimeError("the write failed")
+        assert threads(conn) == 3
+        assert conn.execute("SELECT sum(value) FROM features.t").fetchone()[0] == 3.0
 
 
 def test_replace_follows_the_new_schema(tmp_path):

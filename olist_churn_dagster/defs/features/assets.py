@@ -13,9 +13,6 @@ and written while Dagster records the previous one's partitions (see `feature_ta
 
 import contextvars
 import itertools
-import os
-import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +44,8 @@ from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
-from olist_churn_dagster.lib.warehouse import read_tables
+from olist_churn_dagster.lib.threads import lower_thread_priority, read_ahead
+from olist_churn_dagster.lib.warehouse import one_thread, read_tables
 
 FEATURE_GROUP = "feature_store"
 PARTITION_COLUMN = PARTITION_METADATA["partition_expr"]
@@ -116,25 +114,6 @@ def _one_date(
 # take about half the time of sales at scale 1.
 RANGE_ORDER: tuple[str, ...] = ("reviews", *(f for f in FEATURE_FAMILIES if f != "reviews"))
 
-# How much the background thread of `feature_tables` lowers its CPU priority (Linux nice).
-BACKGROUND_NICENESS = 10
-
-
-def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
-    """Lowers the calling thread's CPU priority (on Linux niceness is per thread), and so
-    that of the DuckDB and polars worker threads it starts, which inherit it. The scheduler
-    weighs priorities only between threads that compete for a core: while Dagster's thread
-    records a family's materializations, it is served before the next family's compute;
-    when it waits, the compute still has every core. Elsewhere, or when refused, nothing."""
-    if sys.platform != "linux":
-        return
-    thread = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + niceness))
-    except OSError:
-        pass
-
 
 @dataclass
 class _Shared:
@@ -149,8 +128,9 @@ def _range(
     family: str, keys: list[str], warehouse: WarehouseResource, shared: _Shared
 ) -> dict[str, object]:
     """Every date of a range: the family's timeline is built once from the raw history
-    (here, on the first batch), the later batches are computed while they are written, and
-    the range's rows are replaced in one transaction. What the range's families share
+    (here, on the first batch), each later batch is computed while the previous one is
+    written (by one DuckDB thread, so the compute keeps a core), and the range's rows are
+    replaced in one transaction. What the range's families share
     (the sellers' ranks and sale runs, the batches' sizes) is built by the first and kept
     in `shared` for the next. Returns the metadata to record."""
     settings = load_settings()
@@ -167,14 +147,17 @@ def _range(
         )
     counts = shared.active_counts
     batches = date_batches(dates, rows_per_date=max(counts), max_rows=settings.feature_batch_rows)
-    frames = feature_batches(
-        family,
-        raw,
-        batches,
-        window_days=settings.feature_window_days,
-        horizon_days=settings.churn_horizon_days,
-        sales=sales,
-        shared=shared.backfill,
+    # Each batch is computed while the previous one is written.
+    frames = read_ahead(
+        feature_batches(
+            family,
+            raw,
+            batches,
+            window_days=settings.feature_window_days,
+            horizon_days=settings.churn_horizon_days,
+            sales=sales,
+            shared=shared.backfill,
+        )
     )
     del raw, sales  # the frames hold what they need (see `feature_batches`)
     first = next(frames)  # builds the family's timeline, for every batch
@@ -185,7 +168,7 @@ def _range(
         "batches": len(batches),
         "preview": dg.MetadataValue.md(frame_to_markdown(first)),
     }
-    with warehouse.transaction() as conn:
+    with warehouse.transaction() as conn, one_thread(conn):  # the compute has the cores
         return replace_partitions(
             conn,
             feature_table(family),
