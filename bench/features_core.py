@@ -5,10 +5,16 @@
 
 Data comes from `--data` (a folder the loader reads), else from the built-in generator
 (`--scale`, `--seed`), cached under the system temp folder. With `--synthetic` a quick
-numpy stand-in of the same size is used instead (no generator needed). Prints one line
-per family: dates, rows, wall and CPU seconds (all threads), and the process's peak RSS
-so far. The total counts the six families and what they share (`lib.features.backfill`:
-the sellers' ranks, the sale runs); the spine line is for reference, inside each family.
+numpy stand-in of the same size is used instead (no generator needed).
+
+Each family is read in batches of dates sized as the feature assets size them (about
+`OLIST_CHURN_FEATURE_BATCH_ROWS` rows each, from the most sellers active on any date), one
+frame at a time, so the figures are those of the path a backfill takes, memory included;
+`--one-batch` computes every date as one frame instead. Prints the number of batches, then
+one line per family: dates, rows, wall and CPU seconds (all threads), and the process's
+peak RSS so far. The total counts the six families and what they share
+(`lib.features.backfill`: the sellers' ranks, the sale runs; and the batches' sizes); the
+spine line is for reference, inside each family.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
+    active_seller_counts,
     active_sellers,
     backfill,
-    compute_features,
+    feature_batches,
 )
 from olist_churn_dagster.lib.ingest import schema
+from olist_churn_dagster.lib.sales import sale_items
+from olist_churn_dagster.lib.settings import load_settings
 
 
 def _peak_rss_mb() -> float:
@@ -182,9 +192,9 @@ def generated(scale: float, seed: int) -> dict[str, pl.DataFrame]:
     return load_dataset(folder)
 
 
-def _line(name: str, n_dates: int, out: pl.DataFrame, seconds: float, cpu: float) -> None:
+def _line(name: str, n_dates: int, rows: int, cols: int, seconds: float, cpu: float) -> None:
     print(
-        f"{name:<10} {n_dates:>6} {out.height:>10} {out.width:>5} {seconds:>8.2f} "
+        f"{name:<10} {n_dates:>6} {rows:>10} {cols:>5} {seconds:>8.2f} "
         f"{cpu:>8.2f} {_peak_rss_mb():>8.0f}"
     )
 
@@ -197,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="a folder with the nine CSV files")
     parser.add_argument("--synthetic", action="store_true", help="use the numpy stand-in")
     parser.add_argument("--families", nargs="*", default=list(FEATURE_FAMILIES))
+    parser.add_argument(
+        "--one-batch",
+        action="store_true",
+        help="every date as one frame per family, instead of the feature assets' batches",
+    )
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -216,23 +231,43 @@ def main(argv: list[str] | None = None) -> int:
         f"{raw['order_items']['seller_id'].n_unique()} sellers (ready in {load_s:.1f} s); "
         f"dates {dates[0]} .. {dates[-1]}"
     )
+    settings = load_settings()
+    window, horizon = settings.feature_window_days, settings.churn_horizon_days
     header = ("family", "dates", "rows", "cols", "seconds", "cpu s", "peak MB")
-    print("{:<10} {:>6} {:>10} {:>5} {:>8} {:>8} {:>8}".format(*header))
-    total = total_cpu = 0.0
     t, c = time.perf_counter(), time.process_time()
-    spine = active_sellers(raw["orders"], raw["order_items"], dates)
-    _line("(spine)", len(dates), spine, time.perf_counter() - t, time.process_time() - c)
+    spine = active_sellers(raw["orders"], raw["order_items"], dates, horizon_days=horizon)
+    spine_line = (spine.height, spine.width, time.perf_counter() - t, time.process_time() - c)
+    del spine
+    # What the families share, counted in the total: as the assets do, once per backfill.
     t, c = time.perf_counter(), time.process_time()
-    shared = backfill(raw, dates)  # what the families share: counted in the total
+    sales = sale_items(raw["orders"], raw["order_items"])
+    shared = backfill(raw, dates, horizon_days=horizon, sales=sales)
+    if args.one_batch:
+        batches, how = [dates], "--one-batch"
+    else:
+        most = max(active_seller_counts(sales, dates, horizon_days=horizon))
+        batches = date_batches(dates, rows_per_date=most, max_rows=settings.feature_batch_rows)
+        how = f"up to {most:,} active sellers a date, {settings.feature_batch_rows:,} rows a batch"
+    del sales
     total, total_cpu = time.perf_counter() - t, time.process_time() - c
-    _line("(shared)", len(dates), shared.runs.runs, total, total_cpu)
+    print(f"batches: {len(batches)} of up to {len(batches[0])} dates ({how})")
+    print("{:<10} {:>6} {:>10} {:>5} {:>8} {:>8} {:>8}".format(*header))
+    _line("(spine)", len(dates), *spine_line)
+    runs = shared.runs.runs
+    _line("(shared)", len(dates), runs.height, runs.width, total, total_cpu)
     for family in args.families:
         t, c = time.perf_counter(), time.process_time()
-        out = compute_features(family, raw, dates, shared=shared)
+        rows = cols = 0
+        # One frame at a time, as the asset writes them: only the timeline and one batch
+        # are held at once.
+        for frame in feature_batches(
+            family, raw, batches, window_days=window, horizon_days=horizon, shared=shared
+        ):
+            rows, cols = rows + frame.height, frame.width
+            del frame
         s, cpu = time.perf_counter() - t, time.process_time() - c
         total, total_cpu = total + s, total_cpu + cpu
-        _line(family, len(dates), out, s, cpu)
-        del out
+        _line(family, len(dates), rows, cols, s, cpu)
     print(f"{'total':<10} {'':>6} {'':>10} {'':>5} {total:>8.2f} {total_cpu:>8.2f}")
     return 0
 

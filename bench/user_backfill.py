@@ -12,14 +12,15 @@ and end). The feature tables are computed and written in a background thread whi
 Dagster records the previous table's materializations, so their compute shows only as the
 time the step waits for the next table, and their writes not at all. The floor runs with the
 project's executor (in process by default), so the two differ only by what the project
-does. `--repeat N` times N project/floor pairs back to back and prints the median ratio.
+does. Each row also gives the CLI process's CPU seconds and its peak resident memory: with
+the in-process executor the run executes in that process, so it is the run's peak.
+`--repeat N` times N project/floor pairs back to back and prints the median ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -38,31 +39,32 @@ def _env(data: Path) -> dict[str, str]:
     return env
 
 
-def _cpu_seconds() -> float:
-    """User and system CPU seconds of this process's finished children."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _dagster(env: dict, *args: str) -> tuple[float, float, float]:
+def _dagster(env: dict, *args: str) -> tuple[float, float, float, float]:
     """Runs the dagster CLI; returns its wall seconds, its CPU seconds (less sensitive than
-    wall time to other work on a shared machine) and the clock time it started."""
+    wall time to other work on a shared machine), its peak resident memory in GB and the
+    clock time it started.
+
+    The child is reaped with `wait4`, whose usage is that child's alone (with whatever it
+    started and waited for): `RUSAGE_CHILDREN`'s peak is the largest of every child so
+    far, so it would hide a smaller second run behind the first."""
     # Dirty pages of earlier work (the generated data, the raw load, the previous run's
     # warehouse) are flushed first: their writeback would slow this run's SQLite commits.
     os.sync()
-    launched, started, cpu = time.time(), time.perf_counter(), _cpu_seconds()
-    subprocess.run(
-        [str(REPO / ".venv/bin/dagster"), *args],
-        env=env,
-        cwd=REPO,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    command = [str(REPO / ".venv/bin/dagster"), *args]
+    launched, started = time.time(), time.perf_counter()
+    child = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    return time.perf_counter() - started, _cpu_seconds() - cpu, launched
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
+    peak_gb = usage.ru_maxrss * 1024 / 1e9  # KB on Linux
+    return wall, usage.ru_utime + usage.ru_stime, peak_gb, launched
 
 
-def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, float]:
+def _split(env: dict, wall: float, cpu: float, peak_gb: float, launched: float) -> dict[str, float]:
     """Where the newest run's wall time went, from its events.
 
     compute: each asset step's time up to each of its outputs (after the previous output
@@ -141,12 +143,14 @@ def _split(env: dict, wall: float, cpu: float, launched: float) -> dict[str, flo
         "start": first_step - launched if first_step else 0.0,
         "materializations": materializations,
         "cpu": cpu,
+        "peak_gb": peak_gb,
     }
 
 
 def _row(label: str, split: dict[str, float]) -> None:
     print(
         f"{label:44s} wall {split['wall']:6.1f} s  CPU {split['cpu']:6.1f} s  "
+        f"peak {split['peak_gb']:5.2f} GB  "
         f"compute {split['compute']:5.1f} s  "
         f"writes {split['writes']:5.1f} s  bookkeeping {split['bookkeeping']:5.1f} s "
         f"(of which {split['materializations']:,} partition materializations "
@@ -198,13 +202,13 @@ def main() -> None:
     ratios, cpu_ratios = [], []
     for _ in range(args.repeat):  # back to back, so both see the same load
         load = os.getloadavg()[0]
-        wall, cpu, launched = _dagster(env, "asset", "materialize", *module,
-                                       "--select", FEATURES, "--partition-range", span)  # fmt: skip
-        project = _split(env, wall, cpu, launched)
+        run = _dagster(env, "asset", "materialize", *module,
+                       "--select", FEATURES, "--partition-range", span)  # fmt: skip
+        project = _split(env, *run)
         _row("feature backfill (6 assets)", project)
-        wall, cpu, launched = _dagster(env, "asset", "materialize", *floor_module,
-                                       "--select", FLOOR, "--partition-range", span)  # fmt: skip
-        floor = _split(env, wall, cpu, launched)
+        run = _dagster(env, "asset", "materialize", *floor_module,
+                       "--select", FLOOR, "--partition-range", span)  # fmt: skip
+        floor = _split(env, *run)
         _row("Dagster's floor (6 assets that do nothing)", floor)
         ratios.append(project["wall"] / floor["wall"])
         cpu_ratios.append(project["cpu"] / floor["cpu"])
