@@ -179,6 +179,19 @@ def test_count_non_finite_rows(tmp_path):
         assert count_non_finite_rows(conn, "features.t", on(3)) == 0
 
 
+def test_non_finite_rows_are_told_from_finite_values_whose_sum_overflows(tmp_path):
+    frame = pl.DataFrame(
+        {
+            "a": [1e308, float("inf"), None, 1.0],
+            "b": [1e308, float("-inf"), float("nan"), None],
+        }
+    )
+    with transaction(tmp_path / "w.duckdb") as conn:
+        write_frame(conn, "features", "t", frame)
+        assert count_non_finite_rows(conn, "features.t") == 2  # the 2nd and 3rd rows
+        assert count_non_finite_rows(conn, "features.t", "a = 1e308") == 0
+
+
 @pytest.mark.parametrize(
     ("database", "is_file"),
     [
