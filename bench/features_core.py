@@ -13,7 +13,7 @@ frame at a time, so the figures are those of the path a backfill takes, memory i
 `--one-batch` computes every date as one frame instead. Prints the number of batches, then
 one line per family: dates, rows, wall and CPU seconds (all threads), and the process's
 peak RSS so far. The total counts the six families and what they share
-(`lib.features.backfill`: the sellers' ranks, the sale runs; and the batches' sizes); the
+(`lib.features.Backfill`: the sellers' ranks, the sale runs; and the batches' sizes); the
 spine line is for reference, inside each family.
 """
 
@@ -30,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
-    active_seller_counts,
+    Backfill,
     active_sellers,
-    backfill,
     feature_batches,
 )
 from olist_churn_dagster.lib.ingest import schema
@@ -241,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     # What the families share, counted in the total: as the assets do, once per backfill.
     t, c = time.perf_counter(), time.process_time()
     sales = sale_items(raw["orders"], raw["order_items"])
-    shared = backfill(raw, dates, horizon_days=horizon, sales=sales)
+    shared = Backfill(raw, dates, horizon_days=horizon, sales=sales)
     if args.one_batch:
         batches, how = [dates], "--one-batch"
     else:
-        most = max(active_seller_counts(sales, dates, horizon_days=horizon))
-        batches = date_batches(dates, rows_per_date=most, max_rows=settings.feature_batch_rows)
+        batches = shared.batches(settings.feature_batch_rows)
+        most = max(shared.active_counts)
         how = f"up to {most:,} active sellers a date, {settings.feature_batch_rows:,} rows a batch"
     del sales
     total, total_cpu = time.perf_counter() - t, time.process_time() - c

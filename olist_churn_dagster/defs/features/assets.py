@@ -29,12 +29,9 @@ from olist_churn_dagster.defs.warehouse import (
     replace_partitions,
     table_asset_key,
 )
-from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
     Backfill,
-    active_seller_counts,
-    backfill,
     feature_batches,
     incremental,
     source_columns,
@@ -117,11 +114,10 @@ RANGE_ORDER: tuple[str, ...] = ("reviews", *(f for f in FEATURE_FAMILIES if f !=
 
 @dataclass
 class _Shared:
-    """What the families of one range compute the same way: built by the first family's
-    `_range`, used by the next ones."""
+    """What the families of one range compute the same way (`lib.features.Backfill`):
+    built by the first family's `_range`, in the background thread, used by the next."""
 
     backfill: Backfill | None = None
-    active_counts: list[int] | None = None  # active sellers per date: the batches' sizes
 
 
 def _range(
@@ -130,23 +126,19 @@ def _range(
     """Every date of a range: the family's timeline is built once from the raw history
     (here, on the first batch), each later batch is computed while the previous one is
     written (by one DuckDB thread, so the compute keeps a core), and the range's rows are
-    replaced in one transaction. What the range's families share
-    (the sellers' ranks and sale runs, the batches' sizes) is built by the first and kept
-    in `shared` for the next. Returns the metadata to record."""
+    replaced in one transaction. What the range's families share (the sellers' ranks and
+    sale runs, the batches' sizes) is built by the first and kept in `shared` for the
+    next. Returns the metadata to record."""
     settings = load_settings()
     dates = sorted(date.fromisoformat(key) for key in keys)
     with warehouse.get_connection() as conn:
         raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
     sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
-    if shared.active_counts is None:
-        shared.backfill = backfill(
+    if shared.backfill is None:
+        shared.backfill = Backfill(
             raw, dates, horizon_days=settings.churn_horizon_days, sales=sales
         )
-        shared.active_counts = active_seller_counts(
-            sales, dates, horizon_days=settings.churn_horizon_days
-        )
-    counts = shared.active_counts
-    batches = date_batches(dates, rows_per_date=max(counts), max_rows=settings.feature_batch_rows)
+    batches = shared.backfill.batches(settings.feature_batch_rows)
     # Each batch is computed while the previous one is written.
     frames = read_ahead(
         feature_batches(

@@ -21,6 +21,7 @@ from datetime import date
 import duckdb
 import polars as pl
 
+from olist_churn_dagster.lib.calendar import date_batches
 from olist_churn_dagster.lib.features.engine import (
     FamilyPlan,
     FeatureSpec,
@@ -46,7 +47,6 @@ __all__ = [
     "FeatureSpec",
     "active_seller_counts",
     "active_sellers",
-    "backfill",
     "catalogue_markdown",
     "compute_features",
     "feature_batches",
@@ -224,7 +224,7 @@ def compute_features(
     state; only the tables the family needs are read. `sales` is `sale_items` of raw's
     orders and items, for a caller that computes several families from the same raw
     tables (computed here when not given); `shared`, what the families of one backfill
-    share (see `backfill`). The result has reference_date,
+    share (see `Backfill`). The result has reference_date,
     seller_id and then `feature_columns(family)`, always with the same dtypes; ratios with
     a zero denominator are null (never NaN or inf).
     """
@@ -258,7 +258,7 @@ def feature_batches(
     it, so the batches bound the rows held at once and not the cost. Each batch's
     dates must all come after the previous batch's; the frames equal what
     `compute_features` returns for each batch on its own. Once the timeline is built,
-    the generator holds no reference to `raw` or `sales`. `shared` (see `backfill`) is
+    the generator holds no reference to `raw` or `sales`. `shared` (see `Backfill`) is
     used when it was built for the same dates and horizon, and ignored otherwise.
     """
     _check_family(family)
@@ -359,37 +359,50 @@ def _timeline_sources(
 
 
 class Backfill:
-    """What every family of one backfill computes the same way, computed once: the
-    sellers' integer ranks and the spine's tables and sale runs (`engine.SaleRuns`).
+    """What every family of one backfill over `dates` computes the same way, computed once:
+    the sellers' integer ranks, the spine's tables and sale runs (`engine.SaleRuns`), and
+    how many sellers are active at each date (`active_counts`: the rows each family's
+    table gets, which size its batches, see `batches`).
 
-    The ranks are those of every seller of the order items (and of `sellers`, when
-    given), so they number any family's sellers in the same order as its own ranks
+    The ranks are those of every seller of raw's order items (and of its sellers, when
+    there), so they number any family's sellers in the same order as its own ranks
     would: the rows come out the same. A family whose tables hold a seller outside them,
     or a backfill over other days (see `fits`), computes its own instead.
     """
 
     def __init__(
         self,
-        order_items: pl.DataFrame,
-        sales: pl.DataFrame,
+        raw: Mapping[str, pl.DataFrame],
         dates: Sequence[date],
         *,
         horizon_days: int = 45,
-        sellers: pl.DataFrame | None = None,
+        sales: pl.DataFrame | None = None,
     ) -> None:
-        """From the raw order items (and sellers), their `sale_items` and the dates."""
-        seen = [order_items.get_column("seller_id")]
-        if sellers is not None:
-            seen.append(sellers.get_column("seller_id"))
+        """From raw's order items (and sellers), their sales (`sale_items` of raw's orders
+        and items, computed here when not given) and the dates."""
+        if not dates:
+            raise ValueError("a backfill needs at least one reference date")
+        if sales is None:
+            sales = sale_items(raw["orders"], raw["order_items"])
+        seen = [raw["order_items"].get_column("seller_id")]
+        if "sellers" in raw:
+            seen.append(raw["sellers"].get_column("seller_id"))
         self.ids = pl.concat(seen).unique().sort()
         self._ranks = pl.Enum(self.ids)
-        lo, hi = _day_range(dates)
+        self.dates = sorted(set(dates))
+        self.active_counts = active_seller_counts(sales, self.dates, horizon_days=horizon_days)
+        lo, hi = _day_range(self.dates)
         sales = sales.select("seller_id", "order_purchase_timestamp")
-        con = _connect(self.ranked({"sale_items": sales}), dates)
+        con = _connect(self.ranked({"sale_items": sales}), self.dates)
         try:
             self.runs = sale_runs(con, horizon_days=horizon_days, lo=lo, hi=hi)
         finally:
             con.close()
+
+    def batches(self, max_rows: int) -> list[list[date]]:
+        """The dates in consecutive batches of at most about `max_rows` rows of a feature
+        table (`calendar.date_batches`, sized by the busiest date)."""
+        return date_batches(self.dates, rows_per_date=max(self.active_counts), max_rows=max_rows)
 
     def fits(self, lo: int, hi: int, horizon_days: int) -> bool:
         """Whether its runs serve a family over reference days [lo, hi] with this
@@ -406,25 +419,6 @@ class Backfill:
             else frame
             for name, frame in frames.items()
         }
-
-
-def backfill(
-    raw: Mapping[str, pl.DataFrame],
-    dates: Sequence[date],
-    *,
-    horizon_days: int = 45,
-    sales: pl.DataFrame | None = None,
-) -> Backfill | None:
-    """The work the families of a backfill over `dates` share (`Backfill`), from raw's
-    order items (and sellers, when there) and their sales (`sale_items` of raw's orders
-    and items, computed here when not given); None when there are no dates."""
-    if not dates:
-        return None
-    if sales is None:
-        sales = sale_items(raw["orders"], raw["order_items"])
-    return Backfill(
-        raw["order_items"], sales, dates, horizon_days=horizon_days, sellers=raw.get("sellers")
-    )
 
 
 def _integer_sellers(

@@ -18,9 +18,9 @@ from olist_churn_dagster.generator.marketplace import generate_dataset
 from olist_churn_dagster.lib import features as features_package
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
+    Backfill,
     active_seller_counts,
     active_sellers,
-    backfill,
     compute_features,
     engine,
     feature_batches,
@@ -111,9 +111,26 @@ def test_active_seller_counts_match_the_spine(raw: dict[str, pl.DataFrame]) -> N
     assert max(counts) > 0
 
 
+def test_a_backfill_cuts_its_dates_into_batches_sized_by_the_busiest_date(
+    raw: dict[str, pl.DataFrame],
+) -> None:
+    dates = _dates(raw)
+    shared = Backfill(raw, list(reversed(dates)))
+    assert shared.active_counts == active_seller_counts(
+        sale_items(raw["orders"], raw["order_items"]), dates
+    )
+    busiest = max(shared.active_counts)
+    batches = shared.batches(max_rows=8 * busiest)  # a batch holds at least 7 dates
+    assert [d for batch in batches for d in batch] == dates
+    assert len(batches) > 1
+    assert [len(batch) for batch in batches[:-1]] == [8] * (len(batches) - 1)
+    with pytest.raises(ValueError, match="at least one reference date"):
+        Backfill(raw, [])
+
+
 @pytest.mark.parametrize("family", FEATURE_FAMILIES)
 def test_a_shared_backfill_gives_the_same_rows(raw: dict[str, pl.DataFrame], family: str) -> None:
-    """What the families share (`backfill`: seller ranks, sale runs) changes no row: in
+    """What the families share (`Backfill`: seller ranks, sale runs) changes no row: in
     batches, with ranks that lack a seller of the family's tables (a seller without
     sales, ranked only by the customers family, which then ranks its own), and with a
     backfill built for other dates (ignored)."""
@@ -122,16 +139,16 @@ def test_a_shared_backfill_gives_the_same_rows(raw: dict[str, pl.DataFrame], fam
     raw = {**raw, "sellers": pl.concat([sellers, extra])}
     dates = _dates(raw)
     alone = compute_features(family, raw, dates)
-    shared = backfill(raw, dates)
-    assert shared is not None and shared.runs.runs.height > 0
+    shared = Backfill(raw, dates)
+    assert shared.runs.runs.height > 0
     batches = _split(dates, [3, 1, 5])
     in_batches = pl.concat(list(feature_batches(family, raw, batches, shared=shared)))
     assert_frame_equal(in_batches, alone, check_exact=True)
     # as the first family of a backfill builds it when it reads no sellers table
-    narrow = backfill({t: f for t, f in raw.items() if t != "sellers"}, dates)
-    assert narrow is not None and narrow.ids.len() == shared.ids.len() - 1
+    narrow = Backfill({t: f for t, f in raw.items() if t != "sellers"}, dates)
+    assert narrow.ids.len() == shared.ids.len() - 1
     assert_frame_equal(compute_features(family, raw, dates, shared=narrow), alone, check_exact=True)
-    other = backfill(raw, dates[1:])
+    other = Backfill(raw, dates[1:])
     assert_frame_equal(compute_features(family, raw, dates, shared=other), alone, check_exact=True)
 
 
@@ -142,7 +159,7 @@ def test_a_shared_backfill_is_used_when_it_fits(
     once each: with the shared backfill, no family ranks its own sellers nor stages the
     sale days."""
     dates = _dates(raw)
-    shared = backfill(raw, dates)
+    shared = Backfill(raw, dates)
     staged: list[str] = []
     ranked: list[int] = []
     stage = engine.stage_ctes
