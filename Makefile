@@ -106,7 +106,7 @@ test-fast: install  ## unit and in-process tests only: no server, no browser, no
 # BENCH_MARKDOWN=docs/benchmarks.md also writes the stage table into that file.
 BENCH_SCALES ?= 1 10 30
 BENCH_MARKDOWN ?=
-BENCH_USER_SCALES ?= 1
+BENCH_USER_SCALES ?= 1 30
 BENCH_LIVE_SCALES ?= 1
 BENCH_LIVE_SNAPSHOTS ?= 3
 BENCH_LIVE_HOLD ?= 60
