@@ -164,6 +164,9 @@ def test_count_duplicate_keys(tmp_path):
         on = "reference_date = DATE '2024-01-0{}'".format
         assert count_duplicate_keys(conn, "features.t", keys, on(1)) == 1
         assert count_duplicate_keys(conn, "features.t", keys, on(2)) == 0
+        # one key value three times, another twice: two duplicate keys, three extra rows
+        write_frame(conn, "features", "t", _frame("2024-01-01", [4.0, 5.0]), append=True)
+        assert count_duplicate_keys(conn, "features.t", keys, on(1)) == 2
 
 
 def test_count_non_finite_rows(tmp_path):
