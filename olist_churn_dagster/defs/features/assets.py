@@ -14,11 +14,12 @@ and written while Dagster records the previous one's partitions (see `feature_ta
 import contextvars
 import itertools
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import date
 
 import dagster as dg
+import polars as pl
 
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
@@ -112,12 +113,39 @@ def _one_date(
 RANGE_ORDER: tuple[str, ...] = ("reviews", *(f for f in FEATURE_FAMILIES if f != "reviews"))
 
 
+def _read_raw(
+    family: str, warehouse: WarehouseResource
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """The raw tables a family reads (only its columns, see `source_columns`) and their
+    sales (`sale_items`), which every batch of the family uses."""
+    with warehouse.get_connection() as conn:
+        raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
+    return raw, sale_items(raw["orders"], raw["order_items"])
+
+
 @dataclass
 class _Shared:
-    """What the families of one range compute the same way (`lib.features.Backfill`):
-    built by the first family's `_range`, in the background thread, used by the next."""
+    """What the families of one range share: the `lib.features.Backfill` the first
+    family's `_range` builds, and, with a `reader` thread, the next family's raw tables,
+    read while the current family writes (its single-threaded write of a wide table
+    leaves a core idle; a read during a timeline's build would add to its peak memory)."""
 
+    families: list[str] = field(default_factory=list)  # in the order the range runs them
+    reader: ThreadPoolExecutor | None = None
     backfill: Backfill | None = None
+    reads: dict[str, Future] = field(default_factory=dict)
+
+    def raw(self, family: str, warehouse: WarehouseResource) -> tuple[dict, pl.DataFrame]:
+        """The family's raw tables and sales: read ahead, or read now."""
+        ahead = self.reads.pop(family, None)
+        return ahead.result() if ahead else _read_raw(family, warehouse)
+
+    def read_next(self, family: str, warehouse: WarehouseResource) -> None:
+        """Starts reading the raw tables of the family after `family`, if any."""
+        later = self.families[self.families.index(family) + 1 :] if family in self.families else []
+        if later and self.reader is not None:
+            run = contextvars.copy_context().run
+            self.reads[later[0]] = self.reader.submit(run, _read_raw, later[0], warehouse)
 
 
 def _range(
@@ -128,12 +156,11 @@ def _range(
     written (by one DuckDB thread, so the compute keeps a core), and the range's rows are
     replaced in one transaction. What the range's families share (the sellers' ranks and
     sale runs, the batches' sizes) is built by the first and kept in `shared` for the
-    next. Returns the metadata to record."""
+    next, which also reads the next family's raw tables while this one writes. Returns the
+    metadata to record."""
     settings = load_settings()
     dates = sorted(date.fromisoformat(key) for key in keys)
-    with warehouse.get_connection() as conn:
-        raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
-    sales = sale_items(raw["orders"], raw["order_items"])  # once, for every batch
+    raw, sales = shared.raw(family, warehouse)
     if shared.backfill is None:
         shared.backfill = Backfill(
             raw, dates, horizon_days=settings.churn_horizon_days, sales=sales
@@ -153,6 +180,7 @@ def _range(
     )
     del raw, sales  # the frames hold what they need (see `feature_batches`)
     first = next(frames)  # builds the family's timeline, for every batch
+    shared.read_next(family, warehouse)
     summary = {  # recorded once per run, not once per partition (see `_result`)
         "reference_dates": len(dates),
         "first_date": str(dates[0]),
@@ -206,12 +234,14 @@ def feature_tables(
             yield _result(context, family, keys, metadata)
         return
     families = sorted(families, key=RANGE_ORDER.index)
-    pool = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="feature-tables", initializer=lower_thread_priority
-    )
+    pool, reader = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"feature-{role}",
+                           initializer=lower_thread_priority)
+        for role in ("tables", "reads")
+    )  # fmt: skip
     try:
         # Each in the step's context, so a locked warehouse still asks Dagster for a retry.
-        shared = _Shared()  # filled by the first family, in the thread
+        shared = _Shared(families=families, reader=reader)  # filled in the threads
         written = [
             pool.submit(contextvars.copy_context().run, _range, family, keys, warehouse, shared)
             for family in families
@@ -220,6 +250,7 @@ def feature_tables(
             yield _result(context, family, keys, metadata.result())
     finally:  # a failed step writes no further table
         pool.shutdown(wait=True, cancel_futures=True)
+        reader.shutdown(wait=True, cancel_futures=True)
 
 
 def _result(
