@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -7,10 +8,12 @@ import dagster as dg
 import duckdb
 import pytest
 
+from olist_churn_dagster.defs.features import assets
 from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.defs.warehouse import WarehouseResource
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 
@@ -249,12 +252,15 @@ def test_a_backfill_computes_writes_and_checks_its_tables_without_pandas(backfil
     _, window, _ = backfilled
     code = f"""
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from olist_churn_dagster.defs.features.assets import RANGE_ORDER, _range, _Shared
 from olist_churn_dagster.defs.warehouse import WarehouseResource
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
 warehouse = WarehouseResource(database=load_settings().warehouse)
-shared = _Shared()  # as in a run: the first family builds it, the next ones use it
+# as in a run: the first family builds the backfill, the next ones use it, and each
+# family's raw tables are read while the one before writes
+shared = _Shared(families=list(RANGE_ORDER), reader=ThreadPoolExecutor(max_workers=1))
 for family in RANGE_ORDER:
     _range(family, {window!r}, warehouse, shared)
     with warehouse.get_connection() as conn:
@@ -265,3 +271,27 @@ print(sorted(m for m in ("pandas", "pyarrow.dataset") if m in sys.modules))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_range_reads_the_next_familys_raw_tables_while_it_writes(
+    backfilled, data_dir, monkeypatch
+):
+    _, window, _ = backfilled
+    warehouse = WarehouseResource(database=str(data_dir / "warehouse.duckdb"))
+    read: list[str] = []
+    read_raw = assets._read_raw
+    monkeypatch.setattr(
+        assets, "_read_raw", lambda family, wh: (read.append(family), read_raw(family, wh))[1]
+    )
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        shared = assets._Shared(families=["reviews", "sales"], reader=reader)
+        assets._range("reviews", window, warehouse, shared)
+        assert set(shared.reads) == {"sales"}  # started once the timeline was built
+        shared.reads["sales"].result()
+        assert read == ["reviews", "sales"]
+        assets._range("sales", window, warehouse, shared)
+        assert read == ["reviews", "sales"] and shared.reads == {}  # not read twice
+    # without a reader thread, each family reads its own tables
+    alone = assets._Shared(families=["reviews", "sales"])
+    assets._range("reviews", window, warehouse, alone)
+    assert read[2:] == ["reviews"] and alone.reads == {}

@@ -226,7 +226,8 @@ def feature_tables(
     (one event and one commit per date): the tables' compute and writes overlap Dagster's
     bookkeeping instead of adding to it. The thread holds one family's timeline at a time,
     and runs at a lower CPU priority, so that on two cores its compute does not slow the
-    recording (see `lower_thread_priority`)."""
+    recording (see `lower_thread_priority`); a second one reads the next family's raw
+    tables while the current family writes (see `_Shared`)."""
     keys = sorted(context.partition_keys, key=date.fromisoformat)
     families = [f for f in FEATURE_FAMILIES if feature_asset_key(f) in context.selected_asset_keys]
     if len(keys) == 1:
