@@ -284,6 +284,12 @@ def test_a_range_reads_the_next_familys_raw_tables_while_it_writes(
         assets, "_read_raw", lambda family, wh: (read.append(family), read_raw(family, wh))[1]
     )
     with ThreadPoolExecutor(max_workers=1) as reader:
+        # one batch is written at once: nothing to read meanwhile
+        shared = assets._Shared(families=["reviews", "sales"], reader=reader)
+        assets._range("reviews", window, warehouse, shared)
+        assert read == ["reviews"] and shared.reads == {}
+        monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")  # 10 dates: 2 batches
+        read.clear()
         shared = assets._Shared(families=["reviews", "sales"], reader=reader)
         assets._range("reviews", window, warehouse, shared)
         assert set(shared.reads) == {"sales"}  # started once the timeline was built
