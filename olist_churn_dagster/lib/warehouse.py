@@ -453,15 +453,15 @@ def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str, where: st
     ]
     if not floats:
         return 0
+
     # A NaN or an infinity makes the row's sum of its floats non-finite (nulls count as
     # 0): one sum per row costs half the time of testing each column. Only when a sum is
     # non-finite (or overflows) is each column tested.
+    def count(condition: str) -> int:
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE ({where}) AND ({condition})")
+        return int(row.fetchone()[0])
+
     total = " + ".join(f'coalesce("{c}", 0)' for c in floats)
-    condition = " OR ".join(f'NOT isfinite("{c}")' for c in floats)
-    rows = 0
-    for test in (f"NOT isfinite({total})", condition):
-        row = conn.execute(f"SELECT count(*) FROM {table} WHERE ({where}) AND ({test})").fetchone()
-        rows = int(row[0]) if row else 0
-        if not rows:
-            break
-    return rows
+    if not count(f"NOT isfinite({total})"):
+        return 0
+    return count(" OR ".join(f'NOT isfinite("{c}")' for c in floats))

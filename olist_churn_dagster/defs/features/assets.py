@@ -142,10 +142,12 @@ class _Shared:
 
     def read_next(self, family: str, warehouse: WarehouseResource) -> None:
         """Starts reading the raw tables of the family after `family`, if any."""
-        later = self.families[self.families.index(family) + 1 :] if family in self.families else []
-        if later and self.reader is not None:
-            run = contextvars.copy_context().run
-            self.reads[later[0]] = self.reader.submit(run, _read_raw, later[0], warehouse)
+        if self.reader is None:
+            return
+        after = self.families[self.families.index(family) + 1 :]
+        if after:
+            run = contextvars.copy_context().run  # the step's context, as for `_range`
+            self.reads[after[0]] = self.reader.submit(run, _read_raw, after[0], warehouse)
 
 
 def _range(
@@ -236,11 +238,7 @@ def feature_tables(
             yield _result(context, family, keys, metadata)
         return
     families = sorted(families, key=RANGE_ORDER.index)
-    pool, reader = (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"feature-{role}",
-                           initializer=lower_thread_priority)
-        for role in ("tables", "reads")
-    )  # fmt: skip
+    pool, reader = _background_thread("feature-tables"), _background_thread("feature-reads")
     try:
         # Each in the step's context, so a locked warehouse still asks Dagster for a retry.
         shared = _Shared(families=families, reader=reader)  # filled in the threads
@@ -253,6 +251,13 @@ def feature_tables(
     finally:  # a failed step writes no further table
         pool.shutdown(wait=True, cancel_futures=True)
         reader.shutdown(wait=True, cancel_futures=True)
+
+
+def _background_thread(name: str) -> ThreadPoolExecutor:
+    """One worker thread at a lower CPU priority (see `lower_thread_priority`)."""
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=name, initializer=lower_thread_priority
+    )
 
 
 def _result(

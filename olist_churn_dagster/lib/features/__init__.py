@@ -10,12 +10,13 @@ partitions always line up.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date
 
 import duckdb
@@ -334,11 +335,9 @@ def _timeline_sources(
     lo, hi = _day_range(dates)
     runs = None
     if shared is not None and shared.fits(lo, hi, horizon_days):
-        try:
+        with contextlib.suppress(pl.exceptions.InvalidOperationError):  # a seller outside
             frames, ids, runs = shared.ranked(frames), shared.ids, shared.runs
-        except pl.exceptions.InvalidOperationError:  # a seller outside its ranks
-            frames, ids = _integer_sellers(frames)
-    else:
+    if runs is None:  # the family ranks its own sellers
         frames, ids = _integer_sellers(frames)
     con = _connect(frames, dates)
     try:
@@ -384,10 +383,8 @@ class Backfill:
             raise ValueError("a backfill needs at least one reference date")
         if sales is None:
             sales = sale_items(raw["orders"], raw["order_items"])
-        seen = [raw["order_items"].get_column("seller_id")]
-        if "sellers" in raw:
-            seen.append(raw["sellers"].get_column("seller_id"))
-        self.ids = pl.concat(seen).unique().sort()
+        tables = ("order_items", "sellers")
+        self.ids = _seller_ids(raw[t].get_column("seller_id") for t in tables if t in raw)
         self._ranks = pl.Enum(self.ids)
         self.dates = sorted(set(dates))
         self.active_counts = active_seller_counts(sales, self.dates, horizon_days=horizon_days)
@@ -413,12 +410,7 @@ class Backfill:
     def ranked(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
         """The frames with seller_id as its integer rank (see `_integer_sellers`); raises
         polars' InvalidOperationError on a seller outside the ranks."""
-        return {
-            name: frame.with_columns(pl.col("seller_id").cast(self._ranks).to_physical())
-            if "seller_id" in frame.columns
-            else frame
-            for name, frame in frames.items()
-        }
+        return _ranked(frames, self._ranks)
 
 
 def _integer_sellers(
@@ -430,16 +422,25 @@ def _integer_sellers(
     The family SQL then joins, groups and sorts sellers as integers instead of
     32-character strings, in the same order (ranks follow the strings' order).
     """
-    with_sellers = [f for f in frames.values() if "seller_id" in f.columns]
-    ids = pl.concat([f.get_column("seller_id") for f in with_sellers]).unique().sort()
-    ranks = pl.Enum(ids)
-    out = {
+    with_sellers = (f for f in frames.values() if "seller_id" in f.columns)
+    ids = _seller_ids(f.get_column("seller_id") for f in with_sellers)
+    return _ranked(frames, pl.Enum(ids)), ids
+
+
+def _seller_ids(columns: Iterable[pl.Series]) -> pl.Series:
+    """The distinct seller ids of the columns, sorted: rank i is the i-th."""
+    return pl.concat(list(columns)).unique().sort()
+
+
+def _ranked(frames: Mapping[str, pl.DataFrame], ranks: pl.Enum) -> dict[str, pl.DataFrame]:
+    """The frames with seller_id as its rank in `ranks` (polars raises
+    InvalidOperationError on a seller outside them)."""
+    return {
         name: frame.with_columns(pl.col("seller_id").cast(ranks).to_physical())
         if "seller_id" in frame.columns
         else frame
         for name, frame in frames.items()
     }
-    return out, ids
 
 
 def source_tables(family: str) -> tuple[str, ...]:
