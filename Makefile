@@ -27,11 +27,16 @@ $(UV):
 install: $(UV)  ## the locked environment in .venv
 	@$(UV) sync --frozen --quiet
 
+FEED_DAYS ?= 7
+
+# The demo: the generated marketplace in data/feed/, and data/raw/ as of FEED_DAYS days
+# earlier, so the README's walkthrough can replay those days as a daily feed.
 data: install  ## generate the demo dataset unless data/raw already has one
 	@if [ -n "$$(ls -A $(OLIST_CHURN_DATA_DIR)/raw 2>/dev/null)" ]; then \
 		echo "using the dataset in $(OLIST_CHURN_DATA_DIR)/raw"; \
 	else \
-		$(UV) run --quiet olist-churn generate $(OLIST_CHURN_DATA_DIR)/raw --scale $(SCALE) --seed $(SEED); \
+		$(UV) run --quiet olist-churn generate $(OLIST_CHURN_DATA_DIR)/raw \
+			--feed $(OLIST_CHURN_DATA_DIR)/feed --feed-days $(FEED_DAYS) --scale $(SCALE) --seed $(SEED); \
 	fi
 
 instance:  ## the Dagster instance home with the project's dagster.yaml

@@ -28,22 +28,35 @@ def _every(text: str) -> int:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from olist_churn_dagster.generator.marketplace import default_real_dir, generate_dataset
+    from olist_churn_dagster.generator.marketplace import (
+        default_real_dir,
+        generate_dataset,
+        generate_demo_feed,
+    )
 
     started = time.perf_counter()
-    counts = generate_dataset(
-        args.out_dir,
-        scale=args.scale,
-        seed=args.seed,
-        start=args.start,
-        end=args.end,
-        real_dir=None if args.no_real else default_real_dir(),
-        dynamics=args.dynamics,
-    )
+    options = {
+        "scale": args.scale,
+        "seed": args.seed,
+        "start": args.start,
+        "end": args.end,
+        "real_dir": None if args.no_real else default_real_dir(),
+        "dynamics": args.dynamics,
+    }
+    if args.feed:
+        as_of, counts = generate_demo_feed(
+            args.out_dir, args.feed, feed_days=args.feed_days, **options
+        )
+    else:
+        counts = generate_dataset(args.out_dir, **options)
     seconds = time.perf_counter() - started
     for table, rows in counts.items():
         print(f"{table:22s} {rows:>12,d}")
-    print(f"wrote {args.out_dir} in {seconds:.1f} s")
+    if args.feed:
+        print(f"wrote {args.feed} and {args.out_dir} (as of {as_of}) in {seconds:.1f} s")
+        print(f"`olist-churn replay {args.feed}` delivers the {args.feed_days} days after {as_of}")
+    else:
+        print(f"wrote {args.out_dir} in {seconds:.1f} s")
 
 
 def _replay(args: argparse.Namespace) -> None:
@@ -158,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DYNAMICS),
         default="default",
         help="what drives seller churn: 'default', or 'delivery' (delivery trouble, abrupt exits)",
+    )
+    generate.add_argument(
+        "--feed",
+        type=Path,
+        metavar="DIR",
+        help="write the whole dataset to DIR, and OUT_DIR as of --feed-days before its end "
+        "(declared in OUT_DIR/_SUCCESS), so `replay DIR` can deliver the days after OUT_DIR",
+    )
+    generate.add_argument(
+        "--feed-days", type=int, default=7, metavar="N", help="days the feed holds (default 7)"
     )
     generate.set_defaults(func=_generate)
 

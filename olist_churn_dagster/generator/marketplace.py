@@ -11,6 +11,8 @@ Same arguments give byte-identical files.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -39,6 +41,7 @@ from olist_churn_dagster.lib.ingest.schema import (
     TABLES,
     write_table_csv,
 )
+from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
 
 # Tunes how many products a seller's sales spread over (~33k products at scale 1).
 CATALOGUE_FACTOR = 0.75
@@ -406,3 +409,57 @@ def generate_dataset(
     )
     write_tables(Path(out_dir), tables)
     return {name: df.height for name, df in tables.items()}
+
+
+def generate_demo_feed(
+    raw_dir: Path,
+    feed_dir: Path,
+    *,
+    feed_days: int,
+    scale: float = 1.0,
+    seed: int = 42,
+    start: date | None = None,
+    end: date | None = None,
+    real_dir: Path | None = None,
+    dynamics: str = "default",
+) -> tuple[date, dict[str, int]]:
+    """The demo's export and the feed that follows it, from one marketplace.
+
+    `feed_dir` gets the whole dataset (as of the day after `end`); `raw_dir` gets it as of
+    `feed_days` days earlier, declared in its `_SUCCESS` manifest, so that replaying the
+    last `feed_days` days from `feed_dir` delivers snapshots that are each newer than what
+    was loaded from `raw_dir`. Returns the export's as-of date and the feed's row counts.
+    """
+    if feed_days < 1:
+        raise ValueError(f"feed_days must be at least 1, got {feed_days}")
+    if Path(raw_dir).exists() and any(Path(raw_dir).iterdir()):
+        raise ValueError(f"{raw_dir} is not empty: the demo export goes into an empty folder")
+    start, end = resolve_span(start, end)
+    as_of = end + timedelta(days=1 - feed_days)
+    if as_of <= start:
+        raise ValueError(f"a feed of {feed_days} days leaves nothing before it in {start}..{end}")
+    tables = build_tables(
+        scale=scale,
+        seed=seed,
+        start=start,
+        end=end,
+        ref=load_reference(real_dir),
+        dynamics=dynamics,
+    )
+    write_tables(Path(feed_dir), tables)
+    _write_export(cut_as_of(tables, as_of), Path(raw_dir), as_of)
+    return as_of, {name: df.height for name, df in tables.items()}
+
+
+def _write_export(tables: dict[str, pl.DataFrame], raw_dir: Path, as_of: date) -> None:
+    """Written as a snapshot is (files, then the manifest), beside `raw_dir`, then renamed
+    onto it: an empty or absent `raw_dir` gets a whole export or nothing."""
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{raw_dir.name}-", dir=raw_dir.parent))
+    try:
+        os.replace(write_snapshot(tables, staging, as_of), raw_dir)
+        umask = os.umask(0)
+        os.umask(umask)
+        raw_dir.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's 0700
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Alerts for operators: failed runs and scores that missed their deadline.
+"""Alerts for operators: failed runs, refused snapshots and scores that missed their
+deadline.
 
 Every alert is appended to a JSON-lines file under the data directory (the record that
 survives), and posted to a chat webhook when one is configured (off by default).
@@ -16,7 +17,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # "run_failure" or "scores_stale"
+    kind: str  # "run_failure", "scores_stale" or "snapshot_refused"
     title: str
     detail: str
     fields: dict[str, str] = field(default_factory=dict)

@@ -208,17 +208,25 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
                 launched.append(request.partition_key)
                 cursor = evaluation.cursor
             assert launched == [str(d) for d in days]
-            # Re-running an older snapshot once a newer one is loaded would roll back.
-            older = job.execute_in_process(
-                instance=feed,
-                partition_key=launched[0],
-                run_config=request.run_config
-                | {"ops": {"raw_tables": {"config": {"source": str(snapshots / launched[0])}}}},
-                raise_on_error=False,
+            # An older snapshot landing once a newer one is loaded would roll the raw
+            # tables back: the tick refuses it, and no run is launched.
+            written = cli(
+                [
+                    "replay",
+                    str(data_dir / "raw"),
+                    "--start",
+                    str(days[0] - timedelta(days=1)),
+                    "--end",
+                    str(days[0] - timedelta(days=1)),
+                    "--out",
+                    str(snapshots),
+                ]
             )
-            assert not older.success
-            error = older.failure_data_for_node("raw_tables").error.to_string()
-            assert "would roll them back" in error
+            assert written == 0
+            tick = sensor(dg.build_sensor_context(instance=feed, cursor=cursor))
+            assert not tick.run_requests
+            assert "older than" in tick.skip_reason.skip_message
+            assert len(feed.get_runs()) == len(days)
     finally:
         shutil.rmtree(snapshots)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:

@@ -94,7 +94,7 @@ def test_incomplete_bad_and_older_snapshots(definitions, snapshots, full_tables,
     assert incomplete.name in broken.skip_reason.skip_message
 
 
-def test_a_failed_snapshot_run_is_named_until_a_rerun_succeeds(
+def test_a_failed_snapshot_run_is_named_once_and_counted_until_a_rerun_succeeds(
     definitions, snapshots, full_tables, data_dir
 ):
     day = _last_day(data_dir)
@@ -124,10 +124,51 @@ def test_a_failed_snapshot_run_is_named_until_a_rerun_succeeds(
         assert not tick.run_requests  # its run key is spent: only a re-execution loads it
         expected = f"snapshot {day}: run {failed.run_id[:8]} failed; re-execute it from the UI"
         assert expected in tick.skip_reason.skip_message
+        later = sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+        assert expected not in later.skip_reason.skip_message  # named once, then counted
+        assert "1 failed snapshot run(s) named earlier" in later.skip_reason.skip_message
 
         assert run(path).success  # the re-execution, with the snapshot back in place
-        tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        tick = sensor(dg.build_sensor_context(instance=instance, cursor=later.cursor))
         assert "failed" not in tick.skip_reason.skip_message
+
+
+def test_a_snapshot_not_newer_than_the_raw_tables_is_refused_on_the_tick(
+    definitions, snapshots, full_tables, data_dir
+):
+    """No run, so no partition is marked failed: one snapshot_refused alert, the reason
+    and what to do instead on the tick, then only a count."""
+    from olist_churn_dagster.lib.alerts import read_alerts
+    from olist_churn_dagster.lib.settings import load_settings
+
+    day = _last_day(data_dir)
+    write_snapshot(cut_as_of(full_tables, day), snapshots, day)
+    sensor = definitions.resolve_sensor_def("snapshot_sensor")
+    alerts_file = load_settings().alerts_file
+    before = len(read_alerts(alerts_file))
+    with dg.instance_for_test() as instance:
+        raw_as_of = day + timedelta(days=3)
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=dg.AssetKey(["raw", "orders"]),
+                metadata={"as_of_date": raw_as_of.isoformat()},
+            )
+        )
+        first = sensor(dg.build_sensor_context(instance=instance))
+        assert not first.run_requests and not first.dynamic_partitions_requests
+        message = first.skip_reason.skip_message
+        assert f"refused {day}: older than the raw tables, which hold data as of {raw_as_of}" in (
+            message
+        )
+        assert f"run the score_sellers job for partition {day}" in message
+        again = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        assert not again.run_requests
+        assert "1 snapshot(s) refused earlier" in again.skip_reason.skip_message
+        assert not instance.get_runs()
+    alerts = read_alerts(alerts_file)[before:]
+    assert [(a["kind"], a["fields"]["snapshot"]) for a in alerts] == [
+        ("snapshot_refused", day.isoformat())
+    ]
 
 
 def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computation(

@@ -351,3 +351,39 @@ def test_seller_dynamics_change_the_market_and_are_checked():
         build_tables(
             scale=SCALE, seed=SEED, start=START, end=END, ref=load_reference(None), dynamics="x"
         )
+
+
+def test_the_demo_feed_leaves_its_last_days_for_replay(tmp_path: Path) -> None:
+    """The export in raw/ is the feed as of N days before its end, declared in _SUCCESS,
+    and replaying the feed's last N days gives N snapshots, each newer than the export."""
+    from olist_churn_dagster.lib.ingest.loader import load_dataset
+    from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, declared_as_of, replay
+
+    end = date(2024, 6, 30)
+    raw, feed = tmp_path / "raw", tmp_path / "feed"
+    as_of, counts = generator.generate_demo_feed(
+        raw, feed, feed_days=7, scale=SCALE, seed=3, start=end - timedelta(days=300), end=end
+    )
+    assert as_of == date(2024, 6, 24) == declared_as_of(raw)
+    full = load_dataset(feed)
+    assert counts["orders"] == full["orders"].height
+    exported = load_dataset(raw)
+    expected = cut_as_of(full, as_of)
+    for name, frame in exported.items():
+        assert frame.equals(expected[name]), name
+    last_exported = exported["orders"].get_column("order_purchase_timestamp").max()
+    assert (
+        last_exported
+        < datetime(2024, 6, 24)
+        <= full["orders"].get_column("order_purchase_timestamp").max()
+    )
+    written = replay(
+        feed, as_of + timedelta(days=1), end + timedelta(days=1), out_root=tmp_path / "s"
+    )
+    assert [p.name for p in written] == [
+        (as_of + timedelta(days=n)).isoformat() for n in range(1, 8)
+    ]
+
+    with pytest.raises(ValueError, match="is not empty"):
+        generator.generate_demo_feed(raw, tmp_path / "feed2", feed_days=7, scale=SCALE, end=end)
+    assert not (tmp_path / "feed2").exists()  # refused before any work

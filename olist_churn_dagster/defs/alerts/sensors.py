@@ -14,7 +14,8 @@ from olist_churn_dagster.lib.alerts import Alert, record_alert
 from olist_churn_dagster.lib.settings import load_settings
 
 
-def _send(alert: Alert, log) -> None:
+def send_alert(alert: Alert, log) -> None:
+    """To the log, the alerts file and the webhook when one is set."""
     settings = load_settings()
     log.error(alert.text())
     problem = record_alert(alert, settings.alerts_file, settings.alert_webhook_url)
@@ -31,7 +32,7 @@ def _send(alert: Alert, log) -> None:
 def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
     run = context.dagster_run
     tags = {k: v for k, v in run.tags.items() if k.startswith(("dagster/partition", "olist/"))}
-    _send(
+    send_alert(
         Alert(
             kind="run_failure",
             title=f"Run of {run.job_name} failed ({run.run_id})",
@@ -55,7 +56,7 @@ def scores_freshness_sensor(context: dg.SensorEvaluationContext):
     if state == context.cursor:
         return dg.SkipReason(f"unchanged: {freshness.describe()}")
     if not freshness.passed:
-        _send(
+        send_alert(
             Alert(
                 kind="scores_stale",
                 title="Churn scores are late",

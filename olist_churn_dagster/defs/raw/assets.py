@@ -12,6 +12,7 @@ from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
 from olist_churn_dagster.lib.features import incremental
 from olist_churn_dagster.lib.ingest.delta import TableChange, plan_load
+from olist_churn_dagster.lib.ingest.feed import rolls_back
 from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
 from olist_churn_dagster.lib.markdown import frame_to_markdown
@@ -143,7 +144,7 @@ def raw_tables(
             horizon_days=settings.churn_horizon_days,
         )
         dates = _source_dates(conn, source, settings, is_raw_dir=not config.source)
-        if config.source and loaded and loaded > dates[-1]:
+        if config.source and rolls_back(dates[-1], loaded):  # the sensor refuses it first
             raise dg.Failure(  # raised inside the transaction: nothing is written
                 f"the raw tables hold data as of {loaded}, newer than this source "
                 f"({dates[-1]}): loading it would roll them back. The features and scores "

@@ -1,11 +1,16 @@
 """The snapshot sensor: a complete new snapshot refreshes the raw tables and fills that
 day's feature and score partitions, in one run keyed on the snapshot's content."""
 
+from datetime import date
+
 import dagster as dg
 
+from olist_churn_dagster.defs.alerts.sensors import send_alert
 from olist_churn_dagster.defs.jobs import snapshot_job
 from olist_churn_dagster.defs.partitions import REFERENCE_DATES
-from olist_churn_dagster.lib.ingest.feed import FeedCursor, decide
+from olist_churn_dagster.defs.raw.assets import loaded_as_of
+from olist_churn_dagster.lib.alerts import Alert
+from olist_churn_dagster.lib.ingest.feed import FeedCursor, Refusal, decide, report_failures
 from olist_churn_dagster.lib.settings import load_settings
 
 SNAPSHOT_TAG = "olist/snapshot"
@@ -26,17 +31,34 @@ def loading_snapshot(instance: dg.DagsterInstance) -> str | None:
     return f"{active[0].tags.get(SNAPSHOT_TAG)} (run {active[0].run_id[:8]})" if active else None
 
 
-def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[str]:
-    """One line per snapshot whose latest run failed: its run key is spent, so only a
-    re-execution (from the run's page in the UI) loads it."""
+def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[tuple[date, str]]:
+    """(snapshot date, run id) of each snapshot whose latest run failed: its run key is
+    spent, so only a re-execution (from the run's page in the UI) loads it."""
     latest: dict[str, dg.DagsterRun] = {}
     for run in instance.get_runs(dg.RunsFilter(job_name=snapshot_job.name), limit=limit):
-        latest.setdefault(run.tags.get(SNAPSHOT_TAG, "?"), run)  # newest first
+        if SNAPSHOT_TAG in run.tags:
+            latest.setdefault(run.tags[SNAPSHOT_TAG], run)  # newest first
     return [
-        f"snapshot {day}: run {run.run_id[:8]} failed; re-execute it from the UI"
+        (date.fromisoformat(day), run.run_id)
         for day, run in sorted(latest.items())
         if run.status == dg.DagsterRunStatus.FAILURE
     ]
+
+
+def _alert_refusals(refusals: list[Refusal], log) -> None:
+    for refusal in refusals:
+        send_alert(
+            Alert(
+                kind="snapshot_refused",
+                title=f"Snapshot {refusal.as_of} refused",
+                detail=refusal.text(),
+                fields={
+                    "snapshot": refusal.as_of.isoformat(),
+                    "fingerprint": refusal.fingerprint,
+                },
+            ),
+            log,
+        )
 
 
 @dg.sensor(
@@ -46,16 +68,22 @@ def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[
     description=(
         "Watches $OLIST_CHURN_DATA_DIR/snapshots for complete as-of dumps (marker _SUCCESS), "
         "registers each new one's reference date and loads it, then computes that date's "
-        "features and scores. Its skip reason names snapshots refused or whose run failed."
+        "features and scores. A snapshot that would roll the raw tables back is refused on "
+        "the tick (one snapshot_refused alert), never launched."
     ),
 )
 def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     loading = loading_snapshot(context.instance)
+    raw_as_of = loaded_as_of(context.instance)
     decision = decide(
-        load_settings().snapshots_dir, FeedCursor.parse(context.cursor), limit=0 if loading else 1
+        load_settings().snapshots_dir,
+        FeedCursor.parse(context.cursor),
+        limit=0 if loading else 1,
+        raw_as_of=raw_as_of,
     )
     for reason in decision.skipped:
         context.log.warning(reason)
+    _alert_refusals(decision.refused, context.log)
     requests = [
         dg.RunRequest(
             run_key=launch.run_key,
@@ -73,7 +101,8 @@ def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         partitions_def_name=REFERENCE_DATES,
         partition_keys=[launch.as_of.isoformat() for launch in decision.launches],
     )
-    notes = [decision.summary(), *failed_snapshot_runs(context.instance)]
+    failures = failed_snapshot_runs(context.instance)
+    notes = [decision.summary(), *report_failures(failures, decision.cursor, raw_as_of)]
     if loading:
         notes.insert(0, f"loading snapshot {loading}")
     return dg.SensorResult(
