@@ -58,10 +58,12 @@ def read_alerts(alerts_file: Path) -> list[dict]:
 
 @dataclass(frozen=True)
 class Freshness:
-    """Whether the scores an operator expects by now exist."""
+    """Whether what an operator expects by now is there: the scores of the date due, or
+    (`feed=True`) the source's data for it."""
 
     expected: date
-    newest_scored: date | None
+    newest_scored: date | None  # for the feed: the newest date its data serves
+    feed: bool = False
 
     @property
     def passed(self) -> bool:
@@ -72,17 +74,36 @@ class Freshness:
         return None if self.newest_scored is None else (self.expected - self.newest_scored).days
 
     def describe(self) -> str:
+        newest = self.newest_scored or "none"
+        if self.feed:
+            if self.passed:
+                return f"the feed has delivered the data for {self.expected}"
+            return f"the feed's data for {self.expected} is missing (data as of {newest})"
         if self.passed:
             return f"scores for {self.expected} are there"
-        newest = self.newest_scored or "none"
         return f"scores for {self.expected} are missing (newest scored: {newest})"
 
 
-def scores_freshness(now: datetime, deadline_utc: time, scored_dates: list[str]) -> Freshness:
-    """The day's reference date must be scored by the deadline (UTC): after today's
-    deadline that is today; before it, yesterday (whose deadline has passed)."""
+def due_date(now: datetime, deadline_utc: time) -> date:
+    """The reference date due by `now`: after today's deadline (UTC) today, before it
+    yesterday (whose deadline has passed)."""
     now_utc = now.astimezone(UTC)
     today = now_utc.date()
-    expected = today if now_utc.time() >= deadline_utc else today - timedelta(days=1)
+    return today if now_utc.time() >= deadline_utc else today - timedelta(days=1)
+
+
+def scores_freshness(
+    now: datetime, deadline_utc: time, scored_dates: list[str], delivered: date | None = None
+) -> Freshness:
+    """The date due by the deadline must be scored, once the feed has delivered its data
+    (`delivered`, the raw tables' as-of date): a late feed is the feed's failure
+    (`feed_freshness`), not the scoring's, so it does not also fail the scores."""
+    due = due_date(now, deadline_utc)
+    expected = min(due, delivered) if delivered else due
     newest = max((date.fromisoformat(d) for d in scored_dates), default=None)
     return Freshness(expected=expected, newest_scored=newest)
+
+
+def feed_freshness(now: datetime, deadline_utc: time, delivered: date | None) -> Freshness:
+    """The source's data for the date due by the deadline must have been loaded."""
+    return Freshness(expected=due_date(now, deadline_utc), newest_scored=delivered, feed=True)

@@ -176,26 +176,59 @@ def test_freshness_passes_when_the_day_is_scored_and_fails_when_it_is_late(insta
     assert current_freshness(instance, datetime(2018, 10, 20, 4, 30, tzinfo=UTC)).passed
 
 
-def test_freshness_sensor_reports_the_check_and_alerts_once(definitions, instance, data_dir):
+def _delivered(instance: dg.DagsterInstance, as_of: date) -> None:
+    """Record a raw load of a source as of `as_of`, as the raw asset's metadata says it."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=dg.AssetKey(["raw", "orders"]), metadata={"as_of_date": as_of.isoformat()}
+        )
+    )
+
+
+def test_a_late_feed_fails_the_feed_check_not_the_scores(instance):
+    """Scores are due for the newest date the feed delivered: a late feed is the feed's
+    failure (a warning on raw/orders), not the scoring's."""
+    from olist_churn_dagster.defs.alerts.checks import current_feed_freshness
+
+    register_reference_dates(instance, DAYS)
+    now = datetime(2018, 10, 30, 5, 0, tzinfo=UTC)  # ten days after the last date
+    _delivered(instance, DAYS[-1])
+    _scored(instance, *DAYS[:-1])
+    scores = current_freshness(instance, now)
+    assert not scores.passed and scores.expected == DAYS[-1]
+    _scored(instance, DAYS[-1])
+    assert current_freshness(instance, now).passed
+    feed = current_feed_freshness(instance, now)
+    assert not feed.passed and feed.expected == now.date() and feed.days_behind == 10
+    assert feed.describe() == f"the feed's data for {now.date()} is missing (data as of {DAYS[-1]})"
+    _delivered(instance, now.date())
+    assert current_feed_freshness(instance, now).passed
+    assert not current_freshness(instance, now).passed  # delivered, so now due
+
+
+def test_freshness_sensor_reports_the_checks_and_alerts_once(definitions, instance, data_dir):
     alerts_file = data_dir / "alerts" / "alerts.jsonl"
     before = len(read_alerts(alerts_file))
     register_reference_dates(instance, DAYS)  # scored: nothing, and the days are long past
     sensor = definitions.resolve_sensor_def("scores_freshness")
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-    (evaluation,) = first.asset_events
-    assert isinstance(evaluation, dg.AssetCheckEvaluation)
-    assert evaluation.check_name == "scores_fresh" and not evaluation.passed
-    assert evaluation.asset_key == SCORES
-    assert [a["kind"] for a in read_alerts(alerts_file)[before:]] == ["scores_stale"]
+    checks = {(e.asset_key, e.check_name): e for e in first.asset_events}
+    assert set(checks) == {(SCORES, "scores_fresh"), (dg.AssetKey(["raw", "orders"]), "feed_fresh")}
+    assert all(isinstance(e, dg.AssetCheckEvaluation) for e in checks.values())
+    assert not any(e.passed for e in checks.values())
+    assert checks[(SCORES, "scores_fresh")].severity == dg.AssetCheckSeverity.ERROR
+    assert [a["kind"] for a in read_alerts(alerts_file)[before:]] == ["scores_stale", "feed_late"]
 
     again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
     assert not again.asset_events and "unchanged" in again.skip_message
-    assert len(read_alerts(alerts_file)) == before + 1  # one alert per missed date
+    assert len(read_alerts(alerts_file)) == before + 2  # one alert per late date
 
-    _scored(instance, datetime.now(UTC).date())
+    today = datetime.now(UTC).date()
+    _delivered(instance, today)
+    _scored(instance, today)
     recovered = sensor.evaluate_tick(
         dg.build_sensor_context(instance=instance, cursor=first.cursor)
     )
-    (evaluation,) = recovered.asset_events
-    assert evaluation.passed
-    assert len(read_alerts(alerts_file)) == before + 1
+    assert len(recovered.asset_events) == 2
+    assert all(e.passed for e in recovered.asset_events)
+    assert len(read_alerts(alerts_file)) == before + 2  # passing raises nothing

@@ -88,3 +88,20 @@ def test_freshness_expects_today_after_the_deadline(now, scored, expected, passe
     freshness = scores_freshness(now, DEADLINE, scored)
     assert (freshness.expected, freshness.passed) == (expected, passed)
     assert ("are there" if passed else "are missing") in freshness.describe()
+
+
+def test_scores_are_due_for_the_feeds_newest_date_and_the_feed_for_the_day() -> None:
+    from olist_churn_dagster.lib.alerts import feed_freshness
+
+    now = datetime(2018, 10, 20, 12, 0, tzinfo=UTC)
+    delivered = date(2018, 10, 13)  # the feed is a week late
+    scores = scores_freshness(now, DEADLINE, ["2018-10-13"], delivered)
+    assert scores.passed and scores.expected == delivered
+    assert not scores_freshness(now, DEADLINE, ["2018-10-12"], delivered).passed
+    feed = feed_freshness(now, DEADLINE, delivered)
+    assert not feed.passed and (feed.expected, feed.days_behind) == (date(2018, 10, 20), 7)
+    assert feed_freshness(now, DEADLINE, date(2018, 10, 20)).passed
+    assert (
+        "the feed has delivered the data for 2018-10-20"
+        in feed_freshness(now, DEADLINE, date(2018, 10, 21)).describe()
+    )

@@ -1,16 +1,21 @@
-"""Operators are told: every failed run of the project's jobs, and scores that missed
-their deadline, become alerts (the log, $OLIST_CHURN_DATA_DIR/alerts/alerts.jsonl, and a
+"""Operators are told: every failed run of the project's jobs, and a feed or scores that
+missed their deadline, become alerts (the log, $OLIST_CHURN_DATA_DIR/alerts/alerts.jsonl, and a
 chat webhook when OLIST_CHURN_ALERT_WEBHOOK_URL is set)."""
+
+from dataclasses import dataclass
 
 import dagster as dg
 
 from olist_churn_dagster.defs.alerts.checks import (
+    FEED_CHECK,
+    FEED_KEY,
     FRESHNESS_CHECK,
+    current_feed_freshness,
     current_freshness,
     freshness_metadata,
 )
 from olist_churn_dagster.defs.ml.assets import SCORES_KEY
-from olist_churn_dagster.lib.alerts import Alert, record_alert
+from olist_churn_dagster.lib.alerts import Alert, Freshness, record_alert
 from olist_churn_dagster.lib.settings import load_settings
 
 
@@ -43,34 +48,70 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
     )
 
 
+@dataclass(frozen=True)
+class _Expectation:
+    """One freshness check the sensor evaluates, and the alert it raises when it fails."""
+
+    asset_key: dg.AssetKey
+    check_name: str
+    severity: dg.AssetCheckSeverity
+    alert_kind: str
+    alert_title: str
+
+
+_SCORES = _Expectation(
+    SCORES_KEY,
+    FRESHNESS_CHECK,
+    dg.AssetCheckSeverity.ERROR,
+    "scores_stale",
+    "Churn scores are late",
+)
+_FEED = _Expectation(
+    FEED_KEY, FEED_CHECK, dg.AssetCheckSeverity.WARN, "feed_late", "The source feed is late"
+)
+
+
+def _verdict(freshness: Freshness) -> str:
+    return f"{freshness.expected}:{'pass' if freshness.passed else 'fail'}"
+
+
 @dg.sensor(
     name="scores_freshness",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Evaluates the scores_fresh check on ml/churn_scores from the instance (no "
-    "run, no warehouse) whenever its verdict changes, and alerts once per missed date.",
+    description="Evaluates the feed_fresh check on raw/orders and the scores_fresh check on "
+    "ml/churn_scores from the instance (no run, no warehouse) whenever a verdict changes, "
+    "and alerts once per late date (feed_late, scores_stale).",
 )
 def scores_freshness_sensor(context: dg.SensorEvaluationContext):
-    freshness = current_freshness(context.instance)
-    state = f"{freshness.expected}:{'pass' if freshness.passed else 'fail'}"
-    if state == context.cursor:
-        return dg.SkipReason(f"unchanged: {freshness.describe()}")
-    if not freshness.passed:
-        send_alert(
-            Alert(
-                kind="scores_stale",
-                title="Churn scores are late",
-                detail=freshness.describe(),
-                fields={"expected": freshness.expected.isoformat()},
-            ),
-            context.log,
+    current = {
+        _SCORES: current_freshness(context.instance),
+        _FEED: current_feed_freshness(context.instance),
+    }
+    seen = dict(zip(current, (context.cursor or "").split("|"), strict=False))
+    changed = [(e, f) for e, f in current.items() if _verdict(f) != seen.get(e)]
+    if not changed:
+        return dg.SkipReason("unchanged: " + "; ".join(f.describe() for f in current.values()))
+    events = []
+    for expectation, freshness in changed:
+        if not freshness.passed:
+            send_alert(
+                Alert(
+                    kind=expectation.alert_kind,
+                    title=expectation.alert_title,
+                    detail=freshness.describe(),
+                    fields={"expected": freshness.expected.isoformat()},
+                ),
+                context.log,
+            )
+        events.append(
+            dg.AssetCheckEvaluation(
+                asset_key=expectation.asset_key,
+                check_name=expectation.check_name,
+                passed=freshness.passed,
+                severity=expectation.severity,
+                description=freshness.describe(),
+                metadata=freshness_metadata(freshness),
+            )
         )
-    evaluation = dg.AssetCheckEvaluation(
-        asset_key=SCORES_KEY,
-        check_name=FRESHNESS_CHECK,
-        passed=freshness.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=freshness.describe(),
-        metadata=freshness_metadata(freshness),
-    )
-    return dg.SensorResult(asset_events=[evaluation], cursor=state)
+    return dg.SensorResult(asset_events=events, cursor="|".join(map(_verdict, current.values())))
