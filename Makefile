@@ -105,7 +105,7 @@ test-fast: install  ## unit and in-process tests only: no server, no browser, no
 # - every pipeline stage, in process on an ephemeral instance (bench/pipeline.py);
 # - the feature backfill as a user launches it, through the CLI on the instance `make run`
 #   sets up, beside Dagster's floor (bench/user_backfill.py);
-# - snapshot marker to committed scores under a real `dagster dev` (bench/live_loop.py):
+# - snapshot marker to committed scores and digest under a real `dagster dev` (bench/live_loop.py):
 #   BENCH_LIVE_SNAPSHOTS free snapshots, then one while a reader holds the warehouse
 #   file for BENCH_LIVE_HOLD seconds (0 leaves that one out).
 # BENCH_MARKDOWN=docs/benchmarks.md also writes the stage table into that file.

@@ -1,15 +1,16 @@
 """The daily loop as an operator runs it: a snapshot landing under a real `dagster dev`
-(sensor on, the instance `make run` sets up) until its scores are committed.
+(sensor on, the instance `make run` sets up) until its scores and risk digest are committed.
 
     uv run python bench/live_loop.py [--scale 1] [--snapshots 1] [--hold 60]
         [--root /tmp/olist-live-bench]
 
-Generates the demo data at the scale, runs `olist-churn prepare`, starts `dagster dev`,
-then lands snapshots of the next days, cut from the same data: `--snapshots` of them
-freely, one after the other, then one while a reader holds the warehouse file open for
-`--hold` seconds (as a notebook would; `--hold 0` leaves it out). Prints, for each, the
-seconds from the marker written to the run's sensor launch and to its end (scores
-committed), the run's own time, the step retries, the run's status and the load average.
+Generates the demo data at the scale as `make run` does (the export as of 7 days ago, the
+whole marketplace in data/feed), runs `olist-churn prepare`, starts `dagster dev`, then
+replays the feed's days as the walkthrough does, one snapshot at a time: `--snapshots` of
+them freely, then one while a reader holds the warehouse file open for `--hold` seconds
+(as a notebook would; `--hold 0` leaves it out). Prints, for each, the seconds from the
+marker written to the run's sensor launch and to its end (scores and digest committed),
+the run's own time, the step retries, the run's status and the load average.
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ def _cli(env: dict, *args: str) -> float:
     return time.perf_counter() - started
 
 
+FEED_DAYS = 7  # as `make run`: the export is as of this many days before the feed's end
+
+
 def _land(env: dict, data: Path, day: date) -> float:
-    """Cut and write the snapshot of `day`; returns the wall-clock time its marker was
-    written (the file's own time: the replay process may take a while to exit)."""
-    _cli(env, "replay", str(data / "raw"), "--start", str(day), "--end", str(day))
+    """Cut and write the snapshot of `day` from the feed; returns the wall-clock time its
+    marker was written (the file's own time: the replay process may take a while to exit)."""
+    _cli(env, "replay", str(data / "feed"), "--start", str(day), "--end", str(day))
     return (data / "snapshots" / day.isoformat() / MARKER_FILE).stat().st_mtime
 
 
@@ -73,7 +77,7 @@ def _report(gql: GraphQL, label: str, run: dict, marker: float) -> float:
     retries = sum(e["__typename"] == "ExecutionStepUpForRetryEvent" for e in events)
     print(
         f"{label:34s} {run['status']:8s} to launch {run['creationTime'] - marker:6.1f} s  "
-        f"to scores committed {run['endTime'] - marker:6.1f} s  "
+        f"to digest committed {run['endTime'] - marker:6.1f} s  "
         f"run {run['endTime'] - run['startTime']:6.1f} s  step retries {retries}  "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
@@ -96,7 +100,19 @@ def main() -> None:
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # as `make run` does
     env = environment(data, home)
-    seconds = _cli(env, "generate", str(data / "raw"), "--scale", str(args.scale))
+    if args.snapshots + (args.hold > 0) > FEED_DAYS:
+        parser.error(f"the feed holds {FEED_DAYS} days: --snapshots plus the held one")
+    seconds = _cli(
+        env,
+        "generate",
+        str(data / "raw"),
+        "--feed",
+        str(data / "feed"),
+        "--feed-days",
+        str(FEED_DAYS),
+        "--scale",
+        str(args.scale),
+    )
     print(f"generate scale {args.scale}: {seconds:.1f} s")
     print(f"olist-churn prepare: {_cli(env, 'prepare'):.1f} s", flush=True)
 
@@ -105,22 +121,22 @@ def main() -> None:
     try:
         server.wait_ready(timeout=180)
         gql = GraphQL(server.url)
-        today = date.today()
+        first = date.today() - timedelta(days=FEED_DAYS - 1)  # the day after the export's
         latencies = []
-        for offset in range(1, args.snapshots + 1):
-            free = today + timedelta(days=offset)
+        for offset in range(args.snapshots):
+            free = first + timedelta(days=offset)
             time.sleep(2.0)  # the previous run's end is settled before the next marker
             marker = _land(env, data, free)
             latencies.append(_report(gql, f"snapshot {free}", _wait_run(gql, free), marker))
         if latencies:
             print(
-                f"marker to scores committed, {len(latencies)} free snapshots: median "
+                f"marker to digest committed, {len(latencies)} free snapshots: median "
                 f"{statistics.median(latencies):.1f} s, best {min(latencies):.1f} s",
                 flush=True,
             )
         if args.hold <= 0:
             return
-        held = today + timedelta(days=args.snapshots + 1)
+        held = first + timedelta(days=args.snapshots)
         reader = subprocess.Popen(
             [sys.executable, "-c", READER, str(data / "warehouse.duckdb"), str(args.hold)],
             stdout=subprocess.PIPE,
