@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from olist_churn_dagster.lib.alerts import Alert, read_alerts, record_alert, scores_freshness
+from olist_churn_dagster.lib.alerts import (
+    Alert,
+    post_to_webhook,
+    read_alerts,
+    record_alert,
+    scores_freshness,
+)
 
 DEADLINE = time(4, 0)
 
@@ -72,6 +78,15 @@ def test_an_unreachable_webhook_keeps_the_alert_on_file(tmp_path: Path, webhook)
     problem = record_alert(_alert(), tmp_path / "alerts.jsonl", dead)
     assert problem is not None and "did not take the alert" in problem
     assert len(read_alerts(tmp_path / "alerts.jsonl")) == 1
+
+
+def test_a_message_is_posted_without_being_recorded_as_an_alert(tmp_path: Path, webhook):
+    url, received = webhook
+    assert post_to_webhook(url, "Churn risk digest for 2018-10-20") is None
+    assert received == [{"text": "Churn risk digest for 2018-10-20"}]
+    assert not list(tmp_path.iterdir())
+    dead = url.rsplit(":", 1)[0] + ":9/hook"
+    assert "did not take the digest" in post_to_webhook(dead, "x", what="the digest")
 
 
 @pytest.mark.parametrize(
