@@ -1,10 +1,6 @@
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,31 +14,6 @@ from olist_churn_dagster.lib.alerts import (
 )
 
 DEADLINE = time(4, 0)
-
-
-@pytest.fixture()
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    """A chat webhook stand-in on 127.0.0.1 that keeps what it was posted."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["Content-Length"])
-            received.append(json.loads(self.rfile.read(length)))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hooks/churn", received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _alert() -> Alert:
