@@ -3,7 +3,7 @@
 Runs the project's own jobs in process on the configured Dagster instance, so every run
 shows in the UI's history like any other, and skips each step that is already done:
 raw tables, every feature partition (one single-run backfill), the ABT and a champion
-model, and the scores of the most recent reference dates.
+model, and the scores and risk digest of the most recent reference dates.
 
 The terminal gets one line per stage and per finished step, with elapsed times; Dagster's
 event stream goes to `logs/prepare.log` under the data directory (and to the instance's
@@ -24,7 +24,7 @@ from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.ml.tracking import champion_version, sqlite_store_path
 from olist_churn_dagster.lib.settings import Settings
-from olist_churn_dagster.lib.tables import SCORES_TABLE, feature_table
+from olist_churn_dagster.lib.tables import RISK_DIGEST_TABLE, SCORES_TABLE, feature_table
 from olist_churn_dagster.lib.warehouse import open_warehouse, warehouse_exists
 
 
@@ -248,14 +248,15 @@ def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[...,
     )
     recent = keys[-settings.rescore_days :]
     step(
-        f"churn scores ({len(recent)} latest dates)",
-        lambda: (
+        f"churn scores and risk digest ({len(recent)} latest dates)",
+        lambda: all(
             _count(
                 settings,
-                f"SELECT count(*) FROM {SCORES_TABLE} WHERE reference_date = ?::DATE",
+                f"SELECT count(*) FROM {table} WHERE reference_date = ?::DATE",
                 [recent[-1]],
             )
             > 0
+            for table in (SCORES_TABLE, RISK_DIGEST_TABLE)
         ),
         "rescore_with_champion",
         tags=range_tags(recent[0], recent[-1]),

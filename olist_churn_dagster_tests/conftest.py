@@ -4,9 +4,13 @@ directory prepared here, before anything imports `olist_churn_dagster.definition
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -116,3 +120,28 @@ def postgres_server():
     finally:
         postgres.stop(server.data_dir)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A chat webhook stand-in on 127.0.0.1 that keeps what it was posted."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hooks/churn", received
+    finally:
+        server.shutdown()
+        server.server_close()

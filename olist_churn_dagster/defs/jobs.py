@@ -3,12 +3,14 @@
 import dagster as dg
 
 from olist_churn_dagster.defs.ml.assets import ABT_KEY, BACKTEST_KEY, MODEL_KEY, SCORES_KEY
+from olist_churn_dagster.defs.ml.digest import DIGEST_KEY
 from olist_churn_dagster.defs.ml.monitoring import MONITORING_KEY
 from olist_churn_dagster.defs.partitions import reference_date_partitions
 
 RAW = dg.AssetSelection.groups("raw")
 FEATURES = dg.AssetSelection.groups("feature_store")
-SCORES = dg.AssetSelection.assets(SCORES_KEY, MONITORING_KEY)
+# The scores, then what reads them: the digest of what changed and the monitoring.
+SCORES = dg.AssetSelection.assets(SCORES_KEY, DIGEST_KEY, MONITORING_KEY)
 
 load_raw_tables_job = dg.define_asset_job(
     name="load_raw_tables",
@@ -33,19 +35,21 @@ scoring_job = dg.define_asset_job(
     name="score_sellers",
     selection=FEATURES | SCORES,
     partitions_def=reference_date_partitions,
-    description="Features and churn scores for the selected reference dates.",
+    description="Features, churn scores and risk digest for the selected reference dates.",
 )
 
 rescore_job = dg.define_asset_job(
     name="rescore_with_champion",
     selection=SCORES,
     partitions_def=reference_date_partitions,
-    description="Churn scores only (features already there), e.g. after a new champion.",
+    description="Churn scores and risk digest only (features already there), e.g. after a "
+    "new champion.",
 )
 
 snapshot_job = dg.define_asset_job(
     name="load_snapshot",
     selection=RAW | FEATURES | SCORES,
     partitions_def=reference_date_partitions,
-    description="Refresh the raw tables from one snapshot, then that date's features and scores.",
+    description="Refresh the raw tables from one snapshot, then that date's features, scores "
+    "and risk digest.",
 )

@@ -2,7 +2,8 @@
 deadline.
 
 Every alert is appended to a JSON-lines file under the data directory (the record that
-survives), and posted to a chat webhook when one is configured (off by default).
+survives), and posted to a chat webhook when one is configured (off by default). The same
+poster carries the daily risk digest, which is no alert and is not on file.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ def record_alert(alert: Alert, alerts_file: Path, webhook_url: str | None = None
         handle.write(json.dumps(asdict(alert), sort_keys=True) + "\n")
     if not webhook_url:
         return None
-    body = json.dumps({"text": alert.text()}).encode("utf-8")
+    return post_to_webhook(webhook_url, alert.text(), what="the alert")
+
+
+def post_to_webhook(webhook_url: str, text: str, *, what: str = "the message") -> str | None:
+    """Post `text` to a chat webhook as `{"text": ...}` (what Slack's and Mattermost's
+    incoming webhooks take). Returns why the post failed (`what` names the message), else
+    None: a chat that is down never fails the run that posts."""
+    body = json.dumps({"text": text}).encode("utf-8")
     request = urllib.request.Request(
         webhook_url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
@@ -44,7 +52,7 @@ def record_alert(alert: Alert, alerts_file: Path, webhook_url: str | None = None
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
-        return f"webhook {webhook_url} did not take the alert: {exc}"
+        return f"webhook {webhook_url} did not take {what}: {exc}"
     return None
 
 

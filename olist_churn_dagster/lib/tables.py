@@ -13,6 +13,7 @@ RAW_SCHEMA = "raw"
 FEATURE_SCHEMA = "features"
 ABT_TABLE = "ml.abt"
 SCORES_TABLE = "ml.churn_scores"
+RISK_DIGEST_TABLE = "ml.risk_digest"
 
 
 def feature_table(family: str) -> str:

@@ -16,6 +16,7 @@ from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
+from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.monitoring import PSI_WARN, realized_performance
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
@@ -400,3 +401,69 @@ def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir
     for table in ("gate_candidate_backtest", "gate_champion_backtest"):
         assert metadata[table].value.count("\n| 20") >= 3
     assert champion_version(uri) == "1"
+
+
+def test_risk_digest_follows_the_scores_of_each_date(
+    trained, definitions, data_dir: Path, webhook, monkeypatch
+):
+    """Two dates scored as one range, then the next date alone (the daily run): each digest
+    partition compares with its own previous scored date, is stored and exported, shows as
+    native tables, and the run's newest date is posted to the webhook, not filed as an alert."""
+    from olist_churn_dagster.defs.ml.digest import DIGEST_KEY
+    from olist_churn_dagster.lib.ml.digest import COLUMNS
+    from olist_churn_dagster.lib.settings import load_settings
+
+    url, received = webhook
+    monkeypatch.setenv("OLIST_CHURN_ALERT_WEBHOOK_URL", url)
+    instance, keys, _ = trained
+    first, second, third = keys[-12:-9]
+    rescore = definitions.resolve_job_def("rescore_with_champion")
+    pair = rescore.execute_in_process(instance=instance, tags=range_tags(first, second))
+    assert pair.success
+    digests = pair.asset_materializations_for_node("ml__risk_digest")
+    assert sorted(m.partition for m in digests) == [first, second]
+    (scores,) = [  # a range's metadata is on its last partition
+        m for m in pair.asset_materializations_for_node("ml__churn_scores") if m.partition == second
+    ]
+    assert isinstance(scores.metadata["top_20"], dg.TableMetadataValue)
+    assert "reasons" in {c.name for c in scores.metadata["top_20"].schema.columns}
+    assert isinstance(scores.metadata["sellers_per_band"], dg.TableMetadataValue)
+    assert len(received) == 1  # one post per run: its newest date
+    assert received[0]["text"].startswith(f"Churn risk digest for {second} (compared with {first})")
+
+    daily = rescore.execute_in_process(instance=instance, partition_key=third)
+    assert daily.success
+    latest = instance.get_latest_materialization_event(DIGEST_KEY).asset_materialization
+    assert latest.partition == third
+    metadata = latest.metadata
+    for name in ("top_sales_at_risk", "newly_high_sellers", "band_moves", "moved_sellers"):
+        assert isinstance(metadata[name], dg.TableMetadataValue), name
+    top = metadata["top_sales_at_risk"].records
+    assert [r.data["top_at_risk"] for r in top] == list(range(1, len(top) + 1))
+    assert metadata["previous_date"].value == second
+    assert metadata["webhook"].value == "posted"
+    assert received[-1]["text"] == metadata["summary"].value
+    assert received[-1]["text"].startswith(
+        f"Churn risk digest for {third} (compared with {second})"
+    )
+
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        digest = conn.execute("SELECT * FROM ml.risk_digest").pl()
+        totals = dict(
+            conn.execute(
+                f"SELECT reference_date::VARCHAR, sum(sales_at_risk) FROM {SCORES_TABLE} GROUP BY 1"
+            ).fetchall()
+        )
+    previous = dict(
+        digest.select(pl.col("reference_date", "previous_date").cast(pl.String)).unique().rows()
+    )
+    assert previous[second] == first and previous[third] == second
+    assert metadata["sales_at_risk_change"].value == pytest.approx(totals[third] - totals[second])
+    exports = data_dir / "exports" / "risk_digest"
+    for day in (first, second, third):
+        exported = pl.read_csv(exports / f"{day}.csv", try_parse_dates=True)
+        assert tuple(exported.columns) == COLUMNS
+        assert (
+            exported.height == digest.filter(pl.col("reference_date").cast(pl.String) == day).height
+        )
+    assert not any("digest" in a["title"] for a in read_alerts(load_settings().alerts_file))

@@ -1,42 +1,19 @@
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
-from olist_churn_dagster.lib.alerts import Alert, read_alerts, record_alert, scores_freshness
+from olist_churn_dagster.lib.alerts import (
+    Alert,
+    post_to_webhook,
+    read_alerts,
+    record_alert,
+    scores_freshness,
+)
 
 DEADLINE = time(4, 0)
-
-
-@pytest.fixture()
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    """A chat webhook stand-in on 127.0.0.1 that keeps what it was posted."""
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["Content-Length"])
-            received.append(json.loads(self.rfile.read(length)))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hooks/churn", received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _alert() -> Alert:
@@ -72,6 +49,15 @@ def test_an_unreachable_webhook_keeps_the_alert_on_file(tmp_path: Path, webhook)
     problem = record_alert(_alert(), tmp_path / "alerts.jsonl", dead)
     assert problem is not None and "did not take the alert" in problem
     assert len(read_alerts(tmp_path / "alerts.jsonl")) == 1
+
+
+def test_a_message_is_posted_without_being_recorded_as_an_alert(tmp_path: Path, webhook):
+    url, received = webhook
+    assert post_to_webhook(url, "Churn risk digest for 2018-10-20") is None
+    assert received == [{"text": "Churn risk digest for 2018-10-20"}]
+    assert not list(tmp_path.iterdir())
+    dead = url.rsplit(":", 1)[0] + ":9/hook"
+    assert "did not take the digest" in post_to_webhook(dead, "x", what="the digest")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from olist_churn_dagster.defs.features.assets import (
     feature_asset_key,
     partition_dates,
 )
+from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import (
     PARTITION_METADATA,
@@ -46,7 +47,12 @@ from olist_churn_dagster.lib.ml.model import (
 )
 from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.rhythm import add_rhythm_features, model_frame
-from olist_churn_dagster.lib.ml.scoring import export_scores, score_sellers
+from olist_churn_dagster.lib.ml.scoring import (
+    BAND_ORDER,
+    export_per_date,
+    reasons_in_words,
+    score_sellers,
+)
 from olist_churn_dagster.lib.ml.tracking import (
     CHAMPION_ALIAS,
     GateDecision,
@@ -331,28 +337,29 @@ def churn_scores(
         scored_at=datetime.now(UTC).replace(tzinfo=None),
         calibrator=model.calibrator,
     )
-    exports = export_scores(scores, settings.exports_dir / "churn_scores")
-    bands = scores.group_by("risk_band").agg(pl.len().alias("sellers")).sort("risk_band")
+    exports = export_per_date(scores, settings.exports_dir / "churn_scores")
+    bands = (
+        scores.group_by("risk_band")
+        .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())
+        .sort(pl.col("risk_band").replace_strict(BAND_ORDER), descending=True)
+    )
     context.add_output_metadata(
         {
             "model_version": model.version,
             "mean_probability": float(scores.get_column("churn_probability").mean() or 0.0),
             "sales_at_risk": float(scores.get_column("sales_at_risk").sum()),
-            "sellers_per_band": dg.MetadataValue.md(frame_to_markdown(bands)),
-            "top_20": dg.MetadataValue.md(
-                frame_to_markdown(
-                    scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
-                        "reference_date",
-                        "seller_id",
-                        "churn_probability",
-                        "risk_band",
-                        "sales_at_risk",
-                        "reason_1",
-                        "reason_2",
-                        "reason_3",
-                    ),
-                    max_rows=20,
-                )
+            "sellers_per_band": table_value(bands),
+            "top_20": table_value(
+                scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
+                    "reference_date",
+                    "risk_rank",
+                    "seller_id",
+                    "churn_probability",
+                    "risk_band",
+                    "sales_at_risk",
+                    reasons_in_words(),
+                ),
+                max_rows=20,
             ),
             "exports": dg.MetadataValue.json([str(p) for p in exports[:10]]),
         }

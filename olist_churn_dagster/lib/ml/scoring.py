@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
+from olist_churn_dagster.lib.features import FEATURE_CATALOGUE, FeatureSpec
 from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.model import predict, top_reasons
 from olist_churn_dagster.lib.tables import KEYS
@@ -22,11 +23,16 @@ REVENUE_FEATURE = "sales_revenue"  # trailing-window revenue: the base of sales 
 N_REASONS = 3
 # Risk bands on the churn probability, highest first (documented in the README).
 RISK_BANDS: tuple[tuple[float, str], ...] = ((0.5, "high"), (0.25, "medium"), (0.0, "low"))
+# Bands from lowest to highest risk (0 = low): a move to a larger number is a move up.
+BAND_ORDER: Mapping[str, int] = {band: i for i, (_, band) in enumerate(reversed(RISK_BANDS))}
 # Reasons are explained where there is risk to act on: medium and high bands. TreeSHAP is
 # the costliest step of scoring (its cost per row grows with the model's trees, see
 # `treeshap`), and for a low-risk seller its "what raises the risk most" has nothing to act on.
 REASONS_FROM_PROBABILITY = RISK_BANDS[1][0]
 READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
+UNITS: Mapping[str, str] = {spec.name: spec.unit for spec in FEATURE_CATALOGUE}
+# Units written after the number; counted units (days, orders, ...) are in the meaning.
+SUFFIXED_UNITS = ("cm3", "g")
 # Predictions run on every core: they are independent per row, so the result
 # is the same to the bit with any number of threads, while a model trains on one thread
 # (see `ModelParams.nthread`), which the loaded booster would otherwise keep.
@@ -46,6 +52,70 @@ def _readable(column: str) -> pl.Expr:
         .replace_strict(READABLE, default=pl.col(column), return_dtype=pl.String)
         .alias(f"{column}_meaning")
     )
+
+
+def _label(spec: FeatureSpec) -> str:
+    """The meaning as a reason reads it: without the note on when it is null (a reason has
+    a value or says "none") nor what follows a ";" (how to read the value), with its short
+    window when the meaning does not name it."""
+    label = re.sub(r" \(null [^)]*\)", "", spec.meaning).split("; ")[0]
+    days = re.fullmatch(r"(\d+)d", spec.window)
+    if days and f"{days[1]} days" not in label:
+        label += f" in the last {days[1]} days"
+    return label
+
+
+LABELS: Mapping[str, str] = {spec.name: _label(spec) for spec in FEATURE_CATALOGUE}
+
+
+def decimal_text(value: pl.Expr, places: int, *, trim: bool = True) -> pl.Expr:
+    """`value` with `places` decimals as text (polars casts floats to their shortest form,
+    "31.0", "1e-05"); `trim` drops trailing zeros, so integers show none. Null for null,
+    NaN or infinite values."""
+    scale = 10**places
+    scaled = (value * scale).round(0).cast(pl.Int64, strict=False)
+    magnitude = scaled.abs()
+    text = pl.concat_str(
+        pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit("")),
+        (magnitude // scale).cast(pl.String),
+        pl.lit("."),
+        (magnitude % scale).cast(pl.String).str.zfill(places),
+    )
+    return text.str.replace(r"\.?0+$", "") if trim else text
+
+
+def money_text(value: pl.Expr) -> pl.Expr:
+    """An amount in BRL as text, e.g. "R$ 1234.50"."""
+    return pl.concat_str(pl.lit("R$ "), decimal_text(value, 2, trim=False))
+
+
+def _reason_phrase(i: int) -> pl.Expr:
+    """Reason i as "meaning: value", the value in the feature's unit (shares as %)."""
+    name, value = pl.col(f"reason_{i}"), pl.col(f"reason_{i}_value")
+    unit = name.replace_strict(UNITS, default=None, return_dtype=pl.String)
+    shown = (
+        pl.when(unit == "share")
+        .then(pl.concat_str(decimal_text(value * 100, 1), pl.lit("%")))
+        .when(unit == "BRL")
+        .then(money_text(value))
+        .when(unit.is_in(SUFFIXED_UNITS))
+        .then(pl.concat_str(decimal_text(value, 2), pl.lit(" "), unit))
+        .otherwise(decimal_text(value, 2))
+        .fill_null(pl.lit("none"))
+    )
+    label = name.replace_strict(LABELS, default=name, return_dtype=pl.String)
+    return pl.when(name.is_not_null()).then(pl.concat_str(label, pl.lit(": "), shown))
+
+
+def reasons_in_words(n: int = N_REASONS) -> pl.Expr:
+    """A scores row's reasons as one phrase for people, e.g. "days since the last sale
+    day: 31; share of orders canceled: 12.5%": the catalogue's meaning and the seller's value
+    in its unit (a feature the catalogue lacks goes by its name). Null where there are no
+    reasons (low risk). Reads reason_i and reason_i_value, i = 1..n."""
+    text = pl.concat_str(
+        [_reason_phrase(i) for i in range(1, n + 1)], separator="; ", ignore_nulls=True
+    )
+    return pl.when(text != "").then(text).alias("reasons")
 
 
 def score_sellers(
@@ -123,11 +193,12 @@ def score_sellers(
     )
 
 
-def export_scores(scores: pl.DataFrame, folder: Path) -> list[Path]:
-    """One CSV per reference date in `folder` (`<date>.csv`, replaced atomically)."""
+def export_per_date(table: pl.DataFrame, folder: Path) -> list[Path]:
+    """One CSV per reference date of `table` in `folder` (`<date>.csv`, replaced atomically):
+    the scores' and the digest's exports for the account managers."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for (day,), frame in scores.partition_by("reference_date", as_dict=True).items():
+    for (day,), frame in table.partition_by("reference_date", as_dict=True).items():
         path = folder / f"{day.isoformat()}.csv"
         tmp = path.with_suffix(".csv.tmp")
         frame.write_csv(tmp)

@@ -8,7 +8,8 @@ import xgboost as xgb
 from olist_churn_dagster.lib.ml.model import top_reasons
 from olist_churn_dagster.lib.ml.scoring import (
     REASONS_FROM_PROBABILITY,
-    export_scores,
+    export_per_date,
+    reasons_in_words,
     score_sellers,
 )
 
@@ -120,7 +121,7 @@ def test_calibrator_maps_probabilities_and_keeps_the_ranking(scored):
     assert (shifted["risk_band"] == "high").sum() < (scores["risk_band"] == "high").sum()
 
 
-def test_export_scores_writes_one_csv_per_date(tmp_path):
+def test_export_per_date_writes_one_csv_per_date(tmp_path):
     scores = pl.DataFrame(
         {
             "reference_date": [date(2018, 2, 1), date(2018, 1, 1), date(2018, 2, 1)],
@@ -129,10 +130,55 @@ def test_export_scores_writes_one_csv_per_date(tmp_path):
         }
     )
     folder = tmp_path / "exports" / "churn_scores"
-    paths = export_scores(scores, folder)
+    paths = export_per_date(scores, folder)
     assert [p.name for p in paths] == ["2018-01-01.csv", "2018-02-01.csv"]
     assert pl.read_csv(paths[1]).get_column("seller_id").to_list() == ["a", "c"]
     assert not list(folder.glob("*.tmp"))
+
+
+def _reasons(rows: list[list[tuple[str | None, float | None]]]) -> list[str | None]:
+    """reasons_in_words of rows of (feature, value) reasons, three per row."""
+    columns: dict[str, list] = {}
+    for i in range(3):
+        columns[f"reason_{i + 1}"] = [row[i][0] for row in rows]
+        columns[f"reason_{i + 1}_value"] = [row[i][1] for row in rows]
+    frame = pl.DataFrame(
+        columns, schema={k: pl.Float64 if k.endswith("value") else pl.String for k in columns}
+    )
+    return frame.select(reasons_in_words()).get_column("reasons").to_list()
+
+
+def test_reasons_in_words_use_the_catalogue_meaning_and_unit():
+    none: tuple[None, None] = (None, None)
+    assert _reasons(
+        [
+            [
+                ("sales_recency_days", 31.0),
+                ("delivery_cancel_share", 0.125),
+                ("sales_revenue", 1234.5),
+            ],
+            [
+                ("products_weight_mean", 850.0),
+                ("sales_orders_30d", 2.0),
+                ("sales_mean_gap_days", None),
+            ],
+            [("rhythm_recency_over_gap", 4 / 3), ("delivery_days_ahead_of_promise", -3.456), none],
+            [("sales_trend_30d", 0.5), none, none],
+            [none, none, none],
+        ]
+    ) == [
+        "days since the last sale day: 31; share of orders canceled: 12.5%; "
+        "sum of item prices sold: R$ 1234.50",
+        # a unit beside the number; a 30-day window named; a null remark dropped
+        "mean product weight: 850 g; orders with a sale in the last 30 days: 2; "
+        "mean gap between consecutive sale days: none",
+        # no catalogue entry: the feature's name
+        "rhythm_recency_over_gap: 1.33; "
+        "mean days between delivery and the estimated date (positive = early): -3.46",
+        "orders of the last 30 days over the monthly (30-day) average of the rest of the "
+        "window: 0.5",
+        None,  # low risk: no reasons
+    ]
 
 
 def test_scores_are_the_same_on_one_thread_or_several(scored, monkeypatch):
