@@ -18,6 +18,7 @@ import polars as pl
 from olist_churn_dagster.lib.ml.scoring import (
     BAND_ORDER,
     N_REASONS,
+    REASONS_FOR_TOP_SALES_AT_RISK,
     RISK_BANDS,
     money_text,
     reasons_in_words,
@@ -26,7 +27,7 @@ from olist_churn_dagster.lib.tables import SCORES_TABLE
 from olist_churn_dagster.lib.warehouse import sql_text_list
 
 HIGH = RISK_BANDS[0][1]
-TOP_N = 10  # sellers listed by sales at risk, per date
+TOP_N = REASONS_FOR_TOP_SALES_AT_RISK  # sellers listed by sales at risk (with reasons)
 TOP_IN_TEXT = 3  # of which the chat summary names the first
 SCORE_COLUMNS = (
     "reference_date",

@@ -29,6 +29,9 @@ BAND_ORDER: Mapping[str, int] = {band: i for i, (_, band) in enumerate(reversed(
 # the costliest step of scoring (its cost per row grows with the model's trees, see
 # `treeshap`), and for a low-risk seller its "what raises the risk most" has nothing to act on.
 REASONS_FROM_PROBABILITY = RISK_BANDS[1][0]
+# ... and for the sellers with the most sales at risk on each date, whatever their band:
+# the risk digest lists them, with their reasons, for the account managers.
+REASONS_FOR_TOP_SALES_AT_RISK = 10
 READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
 UNITS: Mapping[str, str] = {spec.name: spec.unit for spec in FEATURE_CATALOGUE}
 # Units written after the number; counted units (days, orders, ...) are in the meaning.
@@ -118,6 +121,22 @@ def reasons_in_words(n: int = N_REASONS) -> pl.Expr:
     return pl.when(text != "").then(text).alias("reasons")
 
 
+def _explained(features: pl.DataFrame, probability: pl.Series) -> pl.Series:
+    """The rows whose reasons are computed: medium and high risk, and each date's largest
+    sales at risk."""
+    sales_at_risk = pl.col(REVENUE_FEATURE).fill_null(0.0) * pl.col("churn_probability")
+    by_money = sales_at_risk.rank("ordinal", descending=True).over("reference_date")
+    return (
+        features.select("reference_date", REVENUE_FEATURE)
+        .with_columns(probability)
+        .select(
+            (pl.col("churn_probability") >= REASONS_FROM_PROBABILITY)
+            | (by_money <= REASONS_FOR_TOP_SALES_AT_RISK)
+        )
+        .to_series()
+    )
+
+
 def score_sellers(
     booster: xgb.Booster,
     feature_names: list[str],
@@ -130,8 +149,9 @@ def score_sellers(
 ) -> pl.DataFrame:
     """One row per seller and date: probability, dense rank within the date (1 = riskiest),
     risk band, sales at risk (trailing-window revenue x probability), the model used and,
-    for medium and high risk, the three features pushing the risk up most (name, meaning,
-    the seller's value, contribution); the reasons of low-risk rows are null. The
+    for medium and high risk and each date's largest sales at risk, the three features
+    pushing the risk up most (name, meaning, the seller's value, contribution); the other
+    rows' reasons are null. The
     probability is the model's, mapped by `calibrator` when given (the one chosen by the
     backtest); reasons stay on the model's own log-odds."""
     missing = [n for n in feature_names if n not in features.columns]
@@ -145,7 +165,7 @@ def score_sellers(
     raw = predict(booster, features, feature_names)
     calibrated = raw if calibrator is None else calibrator.apply(raw)
     probability = pl.Series("churn_probability", calibrated, dtype=pl.Float64)
-    at_risk = features.filter(probability.cast(pl.Float64) >= REASONS_FROM_PROBABILITY)
+    at_risk = features.filter(_explained(features, probability))
     reasons = top_reasons(booster, at_risk, feature_names, k=N_REASONS)
     reason_columns = [_readable(f"reason_{i}") for i in range(1, N_REASONS + 1)]
     return (

@@ -7,6 +7,7 @@ import xgboost as xgb
 
 from olist_churn_dagster.lib.ml.model import top_reasons
 from olist_churn_dagster.lib.ml.scoring import (
+    REASONS_FOR_TOP_SALES_AT_RISK,
     REASONS_FROM_PROBABILITY,
     export_per_date,
     reasons_in_words,
@@ -81,10 +82,13 @@ def test_bands_and_sales_at_risk_follow_the_probability(scored):
     assert scores.get_column("risk_band").n_unique() == 3  # the fixture spans every band
 
 
-def test_reasons_only_for_medium_and_high_risk(scored):
+def test_reasons_for_medium_and_high_risk_and_the_top_sales_at_risk(scored):
     booster, frame, scores = scored
-    low = scores.filter(pl.col("churn_probability") < REASONS_FROM_PROBABILITY)
-    at_risk = scores.filter(pl.col("churn_probability") >= REASONS_FROM_PROBABILITY)
+    top = pl.col("sales_at_risk").rank("ordinal", descending=True).over("reference_date")
+    scores = scores.with_columns((top <= REASONS_FOR_TOP_SALES_AT_RISK).alias("top"))
+    explained = (pl.col("churn_probability") >= REASONS_FROM_PROBABILITY) | pl.col("top")
+    low = scores.filter(~explained)
+    at_risk = scores.filter(explained).drop("top")
     assert low.height and at_risk.height
     reason_columns = [c for c in scores.columns if c.startswith("reason_")]
     assert low.select(pl.all_horizontal(pl.col(reason_columns).is_null())).to_series().all()
@@ -103,6 +107,22 @@ def test_reasons_only_for_medium_and_high_risk(scored):
             joined.get_column(f"reason_{i}_contribution").fill_null(0).to_numpy(),
             joined.get_column(f"reason_{i}_contribution_full").fill_null(0).to_numpy(),
         )
+
+
+def test_the_top_sales_at_risk_get_reasons_in_the_low_band_too(scored):
+    booster, frame, scores = scored
+    low = scores.filter(pl.col("risk_band") == "low").head(4).select("seller_id")
+    rich = frame.with_columns(  # low risk, but the largest sales: on the digest's top list
+        pl.when(pl.col("seller_id").is_in(low.get_column("seller_id").implode()))
+        .then(pl.col("sales_revenue") * 1e4)
+        .otherwise(pl.col("sales_revenue"))
+    )
+    top = pl.col("sales_at_risk").rank("ordinal", descending=True).over("reference_date")
+    rescored = _score(booster, rich).filter(
+        (top <= REASONS_FOR_TOP_SALES_AT_RISK) & (pl.col("risk_band") == "low")
+    )
+    assert rescored.height  # revenue is a feature too: some of the four stay low
+    assert rescored.get_column("reason_1").null_count() == 0
 
 
 def test_calibrator_maps_probabilities_and_keeps_the_ranking(scored):
