@@ -19,6 +19,7 @@ import polars as pl
 
 from olist_churn_dagster.lib.ml import plots
 from olist_churn_dagster.lib.ml.abt import LABEL, feature_columns
+from olist_churn_dagster.lib.ml.calibration import reliability_bins
 from olist_churn_dagster.lib.tables import KEYS
 
 if TYPE_CHECKING:  # imported where used: run workers that never train start faster
@@ -252,38 +253,30 @@ def contributions(
 # --------------------------------------------------------------------------- metrics
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    new_group = np.r_[True, ordered[1:] != ordered[:-1]]
-    starts = np.flatnonzero(new_group)
-    ends = np.r_[starts[1:], values.size]
-    group_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty(values.size)
-    ranks[order] = group_rank[np.cumsum(new_group) - 1]
-    return ranks
+def _both_classes(y: np.ndarray) -> bool:
+    """Whether `y` holds a positive and a negative: scikit-learn raises (ROC AUC) or warns
+    (average precision) otherwise, while a metric table wants NaN for "undefined"."""
+    n_pos = int(y.sum())
+    return 0 < n_pos < y.size
 
 
 def _roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """ROC AUC, ties counted as half (scikit-learn, imported when first scored)."""
+    if not _both_classes(y):
         return float("nan")
-    rank_sum = _average_ranks(s)[y == 1].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))
 
 
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    """Average precision: precision at each distinct threshold weighted by the recall it
+    adds (scikit-learn's step-wise PR AUC, no interpolation)."""
+    if int(y.sum()) == 0:
         return float("nan")
-    order = np.argsort(-s, kind="stable")
-    ys, ss = y[order], s[order]
-    last_of_tie = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(ys)[last_of_tie]
-    seen = np.arange(1, y.size + 1)[last_of_tie]
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * (tp / seen)))
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, s))
 
 
 def _top_share_precision(y: np.ndarray, s: np.ndarray, share: float = 0.1) -> float:
@@ -296,11 +289,11 @@ def _top_share_precision(y: np.ndarray, s: np.ndarray, share: float = 0.1) -> fl
 
 
 def _ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    gap = np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(
-        bins, weights=p, minlength=n_bins
-    )
-    return float(np.abs(gap).sum() / y.size)
+    """Expected calibration error over the reliability diagram's bins: the row-weighted
+    gap between observed and predicted churn per bin. scikit-learn has no ECE, and its
+    `calibration_curve` returns no bin counts, so the bins come from `reliability_bins`."""
+    count, sum_p, sum_y = reliability_bins(y, p, n_bins)
+    return float(np.abs(sum_y - sum_p).sum() / count.sum())
 
 
 def evaluate_scores(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
