@@ -111,7 +111,7 @@ class ModelParams:
     the built-in generator (scale 2: 29k rows x 124 features, 22 monthly cohorts). All 12
     reached a validation ROC AUC of 0.903-0.907, below the noise of ~0.005 on 3.6k rows; the
     top one (depth 6, rate 0.05, weight 1) was 0.907. The defaults below scored 0.905: as
-    good within the noise, with half the fit time and a larger leaf-weight floor.
+    good within the noise, faster to fit and with a larger leaf-weight floor.
     """
 
     max_depth: int = 4
@@ -123,9 +123,9 @@ class ModelParams:
     reg_lambda: float = 1.0
     early_stopping_rounds: int = 50
     seed: int = 42
-    # Not tuned, a resource knob: on a 30k-row ABT one thread fits in ~1 s, while two
-    # OpenMP threads ran 5-8x slower when the CPU was shared with other work (measured on
-    # 2 cores). Raise it for ABTs far larger than that on a machine of its own.
+    # Not tuned, a resource knob: one thread fits the ABT of a marketplace this size
+    # quickly, while two OpenMP threads ran several times slower when the CPU was shared
+    # with other work. Raise it for far larger ABTs on a machine of its own.
     nthread: int = 1
 
     def xgb_params(self) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def fit_booster(
 def predict(booster: xgb.Booster, frame: pl.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
     """Churn probability for each row of `frame`: XGBoost's in-place prediction, the same
     values as through a DMatrix to the bit without building one (a copy of the whole
-    matrix: 2.4 of 6 CPU-s predicting a 30-day backfill at scale 30)."""
+    matrix, a large share of the CPU a backfill spends predicting)."""
     expected = booster.feature_names
     if expected is not None and list(expected) != list(feature_names):
         raise ValueError(
