@@ -25,46 +25,6 @@ DEMO_END = date.today() - timedelta(days=1)
 DEMO_START = DEMO_END - timedelta(days=520)
 
 
-# `make test-fast` runs `pytest -m "not e2e and not slow"`; `make test` runs everything.
-# e2e: a real `dagster dev` and Chromium. slow: about 10 s or more each (processes killed
-# mid-write, lock retries waited out, subprocesses that import Dagster, whole pipelines).
-E2E_DIRS = {"e2e"}
-SLOW = {
-    "e2e/test_stack.py::test_the_deployed_stack_end_to_end",
-    "reliability/test_faults.py",
-    "reliability/test_ducklake_faults.py",
-    "defs/test_ducklake_warehouse.py",
-    "reliability/test_lock_retries.py",
-    "test_bootstrap.py",
-    "test_deploy.py::test_a_job_runs_with_the_multiprocess_executor",
-    "test_deploy.py::test_definitions_load_with_the_deployment_settings",
-    "defs/test_ml_assets.py::test_snapshots_flow_through_the_sensor_to_scores",
-    "defs/test_ml_assets.py::test_champion_gate_compares_mean_backtest_auc",
-    "defs/test_feature_assets.py::test_batched_backfill_writes_the_same_rows",
-    "defs/test_run_latency.py::test_the_code_location_loads_without_the_ml_libraries",
-    "defs/test_snapshot_sensor.py::"
-    "test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computation",
-    "lib/features/test_incremental.py::"
-    "test_daily_snapshots_with_corrections_equal_a_full_recomputation",
-    "lib/ingest/test_delta.py::test_the_frames_a_load_writes_are_freed_before_its_commit",
-}
-
-
-def markers_for(path: str, name: str) -> list[str]:
-    """The markers of test `name` in `path` (relative to the tests folder, with slashes)."""
-    marks = ["e2e"] if path.split("/")[0] in E2E_DIRS else []
-    return [*marks, "slow"] if path in SLOW or f"{path}::{name}" in SLOW else marks
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if not item.path.is_relative_to(TESTS_DIR):
-            continue
-        path = item.path.relative_to(TESTS_DIR).as_posix()
-        for mark in markers_for(path, item.originalname):
-            item.add_marker(getattr(pytest.mark, mark))
-
-
 @pytest.fixture(scope="session")
 def demo_raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset (the same for the whole session)."""

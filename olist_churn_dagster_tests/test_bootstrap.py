@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from olist_churn_dagster_tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def _prepare(data: Path) -> subprocess.CompletedProcess[str]:

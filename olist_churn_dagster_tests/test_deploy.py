@@ -126,6 +126,7 @@ def _clean_environment(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_definitions_load_with_the_deployment_settings(tmp_path: Path):
     settings = _code_location_environment()
     assert settings["OLIST_CHURN_DATA_DIR"] == "/data"
@@ -151,6 +152,7 @@ def test_definitions_load_with_the_deployment_settings(tmp_path: Path):
     assert not any(tmp_path.iterdir()), "loading the definitions must not write state"
 
 
+@pytest.mark.slow
 def test_a_job_runs_with_the_multiprocess_executor(tmp_path: Path, demo_raw_dir: Path):
     """The executor setting is all it takes: a real run, a process per step, on a local
     instance whose `warehouse` pool keeps the DuckDB file to one writer at a time."""

@@ -211,9 +211,9 @@ _DATA_PATH_FIELD = Field(
 class RangeMetadataDbIOManager(DbIOManager):
     """Records the metadata of a write over a range of partitions once. A run over a range
     logs one materialization per partition, and Dagster copies an output's metadata onto
-    every one of them: at scale 1 a feature backfill wrote 3,492 copies of the column
-    schema, the preview and the IO manager's query (which names every date of the range),
-    about 19 KB each, each stored and committed twice in the event log. Here it goes on one
+    every one of them: a feature backfill wrote a copy of the column schema, the preview
+    and the IO manager's query (which names every date of the range) per partition, each
+    stored and committed twice in the event log. Here it goes on one
     partition only, the one whose materialization Dagster records last (it follows
     `asset_partition_keys`), so the UI shows it as the asset's latest materialization."""
 

@@ -20,8 +20,8 @@ _DONE = object()
 
 def read_ahead(items: Iterator[T]) -> Iterator[T]:
     """The items of `items`, each next one computed in a thread while the caller handles
-    the current one: a backfill computes a batch while it writes the previous one (on two
-    cores, about 20 s less of a scale-30 feature backfill's 190 s). Holds one item more
+    the current one: a backfill computes a batch while it writes the previous one, so on
+    two cores a long backfill spends less time waiting on either. Holds one item more
     than the caller; an error of `items` is raised where the caller asks for that item.
     The thread inherits the caller's CPU priority (see `lower_thread_priority`)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:

@@ -317,8 +317,8 @@ def one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     """The connection's database on one thread, then back on its own setting: for a write
     that overlaps other compute (a backfill computing its next batch meanwhile). DuckDB's
     parallel insert compresses each thread's rows apart and rewrites the partial row
-    groups at the checkpoint; one thread writes full row groups once, in about 25% less
-    CPU (a scale-30 feature table, back to back) and a smaller file."""
+    groups at the checkpoint; one thread writes full row groups once, in less CPU and a
+    smaller file."""
     (threads,) = conn.execute("SELECT current_setting('threads')").fetchone()
     conn.execute("SET threads = 1")
     try:
@@ -349,11 +349,11 @@ def write_frame(
     target = f'"{schema}"."{table}"'
     # Read by DuckDB's replacement scan of this local name, not registered: a registered
     # frame is a temporary view, whose unregistering inside a transaction only takes effect
-    # at commit, so each frame a transaction wrote stayed in memory until then (about 2.9 GB
-    # for one scale-30 feature table written in batches). Scanned as a polars LazyFrame:
-    # DuckDB scans an Arrow table or a polars DataFrame through `pyarrow.dataset`, whose
-    # import imports pandas (about a second of CPU, in the first step of a process that
-    # writes a frame, e.g. a backfill's first feature table); a LazyFrame without it.
+    # at commit, so each frame a transaction wrote stayed in memory until then (a whole
+    # feature table, for one written in batches). Scanned as a polars LazyFrame: DuckDB
+    # scans an Arrow table or a polars DataFrame through `pyarrow.dataset`, whose import
+    # imports pandas (CPU spent in the first step of a process that writes a frame, e.g.
+    # a backfill's first feature table); a LazyFrame without it.
     _frame_to_write = frame.lazy()
     if not append or not table_exists(conn, schema, table):
         conn.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _frame_to_write")
@@ -422,8 +422,8 @@ def count_duplicate_keys(
     """How many key values occur more than once in `schema.table` (among the rows matching
     the SQL condition `where`, its values inlined: see `sql_text`).
 
-    Counted first over one integer hash of the key (a third less time than grouping a
-    date and a 32-character seller id, on a scale-30 feature table): equal keys hash
+    Counted first over one integer hash of the key (less time than grouping a date and a
+    32-character seller id, on a large feature table): equal keys hash
     alike, so no repeated hash means no duplicate; only when a hash repeats (a duplicate
     or a collision) are the keys themselves grouped."""
     columns = ", ".join(f'"{c}"' for c in key)
@@ -455,7 +455,7 @@ def count_non_finite_rows(conn: duckdb.DuckDBPyConnection, table: str, where: st
         return 0
 
     # A NaN or an infinity makes the row's sum of its floats non-finite (nulls count as
-    # 0): one sum per row costs half the time of testing each column. Only when a sum is
+    # 0): one sum per row costs less than testing each column. Only when a sum is
     # non-finite (or overflows) is each column tested.
     def count(condition: str) -> int:
         row = conn.execute(f"SELECT count(*) FROM {table} WHERE ({where}) AND ({condition})")

@@ -53,8 +53,8 @@ MLFLOW_DB = "mlflow"
 CATALOG_DB = "ducklake"
 DATABASES = (DAGSTER_DB, MLFLOW_DB, CATALOG_DB)
 
-# MLflow's server would start seven job-queue consumers (~1.4 GB) for its GenAI jobs
-# (LLM judges, trace rollups); the churn model logs runs and models only.
+# MLflow's server would start job-queue consumers for its GenAI jobs (LLM judges, trace
+# rollups), each a process holding memory; the churn model logs runs and models only.
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 # The processes besides Postgres, in start order (stopped in reverse).

@@ -26,6 +26,8 @@ from olist_churn_dagster_tests.reliability.conftest import (
     run_job,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def _resources(lake: Lake) -> dict:
     return warehouse_resources(lake.database, lake.data_path)

@@ -165,6 +165,7 @@ def test_every_family_has_a_partitioned_asset(definitions):
         assert asset.specs_by_key[key].group_name == "feature_store"
 
 
+@pytest.mark.slow
 def test_batched_backfill_writes_the_same_rows(
     definitions, data_dir, monkeypatch, instance_with_raw
 ):

@@ -165,6 +165,7 @@ def test_abt_checks_pass_including_the_as_of_audit(trained):
     assert audit["sellers_checked"].value > 0 and audit["mismatches"].value == 0
 
 
+@pytest.mark.slow
 def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_dir: Path):
     """Generate -> replay three snapshots -> sensor -> its runs -> score partitions."""
     from olist_churn_dagster.cli import main as cli
@@ -368,6 +369,7 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     assert len(history) == cutoffs
 
 
+@pytest.mark.slow
 def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir: Path):
     """The first model was promoted on the backtest; a crippled recipe backtests worse on
     the same cutoffs and is registered but not promoted, with both tables shown."""

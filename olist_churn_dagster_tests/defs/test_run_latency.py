@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
@@ -31,6 +32,7 @@ def test_the_snapshot_sensor_ticks_with_the_daemon_loop(definitions: dg.Definiti
     assert definitions.resolve_sensor_def("snapshot_sensor").minimum_interval_seconds == 5
 
 
+@pytest.mark.slow
 def test_the_code_location_loads_without_the_ml_libraries():
     """Every run worker loads the code location before its first step: MLflow, XGBoost,
     matplotlib, SciPy and pandas (the IO manager's pandas handler) are imported by the

@@ -171,6 +171,7 @@ def test_a_snapshot_not_newer_than_the_raw_tables_is_refused_on_the_tick(
     ]
 
 
+@pytest.mark.slow
 def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computation(
     definitions, snapshots, full_tables, data_dir, tmp_path
 ):

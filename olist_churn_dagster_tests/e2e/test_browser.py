@@ -16,6 +16,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from olist_churn_dagster_tests.e2e.conftest import OUTPUT_DIR, Server
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROME_ARGS = (

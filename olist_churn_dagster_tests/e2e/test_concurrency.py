@@ -8,6 +8,7 @@ import time
 from datetime import date
 
 import polars as pl
+import pytest
 
 from olist_churn_dagster.defs.features.assets import feature_tables
 from olist_churn_dagster_tests.e2e.conftest import Server
@@ -21,6 +22,8 @@ from olist_churn_dagster_tests.e2e.server import (
     wait_until,
 )
 from olist_churn_dagster_tests.e2e.test_dagster_dev import FEATURE_ASSETS, partition_keys
+
+pytestmark = pytest.mark.e2e
 
 POOL = "warehouse"
 INSTANCE = """

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 
+import pytest
+
 from olist_churn_dagster_tests.e2e.conftest import Server
 from olist_churn_dagster_tests.e2e.server import (
     GraphQL,
@@ -16,6 +18,8 @@ from olist_churn_dagster_tests.e2e.server import (
     wait_backfill,
     wait_until,
 )
+
+pytestmark = pytest.mark.e2e
 
 FEATURE_FAMILIES = ("sales", "reviews", "customers", "delivery", "payments", "products")
 FEATURE_ASSETS = [["features", f"seller_{family}"] for family in FEATURE_FAMILIES]

@@ -23,6 +23,8 @@ from olist_churn_dagster_tests.e2e.test_dagster_dev import (
     partition_keys,
 )
 
+pytestmark = pytest.mark.e2e
+
 AS_OF = E2E_END - timedelta(days=30)  # the export's date
 QUIET_DAYS = 10  # no sale in the export's last ten days
 LATER = [AS_OF + timedelta(days=5), AS_OF + timedelta(days=10)]  # the snapshots that land

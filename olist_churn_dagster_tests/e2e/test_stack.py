@@ -43,6 +43,8 @@ from olist_churn_dagster_tests.e2e.test_dagster_dev import (
     partition_keys,
 )
 
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = REPO_ROOT / "test-output"
 MODEL_NAME = "olist-seller-churn"
@@ -105,6 +107,7 @@ def _wait_run(gql: GraphQL, run_id: str, timeout: float) -> dict:
     return run
 
 
+@pytest.mark.slow
 def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Path) -> None:
     gql = GraphQL(stack.webserver_url, timeout=60)
     down = [state.name for state in servers.status(stack.root) if not state.running]

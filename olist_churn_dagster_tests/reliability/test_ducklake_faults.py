@@ -24,6 +24,8 @@ from olist_churn_dagster_tests.reliability.conftest import (
 )
 from olist_churn_dagster_tests.reliability.test_faults import _kill_inside_a_write
 
+pytestmark = pytest.mark.slow
+
 FEATURE_TABLES = [f"seller_{family}" for family in FEATURE_FAMILIES]
 
 

@@ -43,6 +43,8 @@ from olist_churn_dagster_tests.reliability.conftest import (
     warehouse_checksums,
 )
 
+pytestmark = pytest.mark.slow
+
 RECOVERY = "move it aside and rematerialize"
 FEATURE_TABLES = [f"seller_{family}" for family in FEATURE_FAMILIES]
 HOSTILE_SELLER_ID = "evil'); DROP TABLE raw.sellers; --\"x"

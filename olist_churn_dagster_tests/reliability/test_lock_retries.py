@@ -15,6 +15,8 @@ import pytest
 
 from olist_churn_dagster_tests.reliability.conftest import failure_message, run_job
 
+pytestmark = pytest.mark.slow
+
 READER = """
 import sys, time, duckdb
 conn = duckdb.connect(sys.argv[1], read_only=True)

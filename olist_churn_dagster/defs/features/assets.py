@@ -79,8 +79,8 @@ def _one_date(
     """One date (the daily run): from its window's rows and the per-seller state kept in
     the warehouse (`lib.features.incremental`), not from all history; same rows. Every
     family is computed and written in one transaction (one commit and checkpoint instead
-    of one per family: they cost about as much as a family's compute at scale 30); returns
-    each family's metadata to record."""
+    of one per family: on a large warehouse they cost about as much as a family's
+    compute); returns each family's metadata to record."""
     settings = load_settings()
     day = date.fromisoformat(key)
     written: dict[str, dict[str, object]] = {}
@@ -109,7 +109,7 @@ def _one_date(
 # The order in which a range computes the families: the cheapest first, since nothing
 # overlaps the first family's compute (Dagster has no event of the step to record yet);
 # each later one is computed while Dagster records the previous one's partitions. Reviews
-# take about half the time of sales at scale 1.
+# take less time than sales.
 RANGE_ORDER: tuple[str, ...] = ("reviews", *(f for f in FEATURE_FAMILIES if f != "reviews"))
 
 
@@ -264,8 +264,8 @@ def _result(
     context: dg.AssetExecutionContext, family: str, keys: list[str], metadata: dict[str, object]
 ) -> dg.MaterializeResult:
     """A committed table's materialization. Dagster copies a result's metadata onto the
-    event of every partition it covers: at scale 1 that was 3,492 copies of the column
-    schema and the preview, about 19 KB each. Over a range it goes on the partition whose
+    event of every partition it covers: a backfill would store a copy of the column schema
+    and the preview per date. Over a range it goes on the partition whose
     event Dagster records last (see below), which the UI shows as the table's latest
     materialization."""
     key = feature_asset_key(family)

@@ -110,7 +110,7 @@ def _connect(
 
     Its memory is capped (`COMPUTE_MEMORY_LIMIT`): left to its default (80% of the
     machine), DuckDB keeps the intermediate results of a family's history query in memory,
-    about 3.5 GB per million orders; capped, it streams them and spills what does not fit
+    growing with the orders; capped, it streams them and spills what does not fit
     to a temporary folder of its own, removed with the connection (the family's CTEs are
     staged as tables for that, see `engine.stage_ctes`). No query relies on insertion
     order (those whose order matters say ORDER BY), so DuckDB need not preserve it.

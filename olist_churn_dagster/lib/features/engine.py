@@ -25,7 +25,7 @@ and the per-day extremes (one SQL text per family, over all dates) and evaluates
 output expressions; numpy sums the delta rows per seller and day (`summed_deltas`) and
 runs their per-seller running sums, polars the rolling extremes and the spine, and the
 ASOF join is a binary search over (seller, day) keys and a gather, which on this many
-columns is an order of magnitude faster than DuckDB's window operator. The spine's
+columns is far faster than DuckDB's window operator. The spine's
 tables and the sale runs are the same for every family of a backfill: built once
 (`SaleRuns`, through the package's `Backfill`) and handed to each.
 """
@@ -253,11 +253,9 @@ def stage_ctes(
 
     Why tables, not a WITH clause: DuckDB materializes a query's CTEs and holds them
     in memory until the query ends, beyond what it can spill. As one query the sales
-    deltas needed more than 128 MB of DuckDB memory at scale 1 and more than 1 GB at
-    scale 30 and failed under the cap; staged, each CTE is one small query whose table
-    can be spilled, and the deltas run in about 100 MB at scale 1 and under 1 GB at
-    scale 30. The shared CTEs are also computed once for the three queries instead of
-    once per query.
+    deltas outgrew the memory cap and failed; staged, each CTE is one small query whose
+    table can be spilled, and the deltas run within the cap. The shared CTEs are also
+    computed once for the three queries instead of once per query.
     """
     parts = split_ctes(ctes)
     needed: set[str] = set()
@@ -354,16 +352,16 @@ def summed_deltas(
     (p + 1) or leaves (p + window + 1) the window, so those days are rows too.
 
     Why not a DuckDB GROUP BY: one hash aggregate over every block's delta rows (about
-    14 per order for the sales family, each as wide as all the measures) cost about 60%
-    of the family's DuckDB time. Here a (seller, day) pair is one integer key, dense
+    14 per order for the sales family, each as wide as all the measures) cost most of
+    the family's DuckDB time. Here a (seller, day) pair is one integer key, dense
     (seller times the days' span plus the day): the keys in use are marked in a boolean
     array first (from each block's keys only), their running count numbers them in key
     order, and each block's deltas are then summed at their key's number with
     `numpy.bincount`, one block at a time, so no more than one block's rows are held and
     nothing is sorted or searched. The measures are integers: every partial sum is exact
     in float64 whatever the order of addition, so the sums equal the GROUP BY's to the
-    last bit. The marks and numbers cost 5 bytes per seller and day of the span (about
-    360 MB for 94,000 sellers over 763 days), for the length of this call.
+    last bit. The marks and numbers cost 5 bytes per seller and day of the span, for the
+    length of this call.
     """
     base = lo - window_days - 1  # below any day a row can land on
     span = hi - base + 1
@@ -537,7 +535,7 @@ class Timeline:
             )
             .explode("D")
             .filter(pl.col("D").is_in(list(days)))
-            # by date, then seller: one integer key sorts in less than half the time
+            # by date, then seller: one integer key sorts faster than the two columns
             .sort(pl.col("D") * (1 << 32) + pl.col("sk"))
             .select("D", "sk", "seller_id", "last_d", "first_d")
         )

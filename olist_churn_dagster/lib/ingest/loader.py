@@ -689,7 +689,7 @@ def read_files(source: Path) -> Iterator[tuple[TableSpec, bytes]]:
 
 def _positions(buf: np.ndarray, byte: int, chunk: int = 1 << 22) -> np.ndarray:
     """Offsets of `byte` in `buf`, found a few MB at a time: a mask of the whole buffer
-    (hundreds of MB at scale 30) costs more in fresh pages than the comparison itself."""
+    (as large as the file) costs more in fresh pages than the comparison itself."""
     found = [np.flatnonzero(buf[i : i + chunk] == byte) + i for i in range(0, len(buf), chunk)]
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 

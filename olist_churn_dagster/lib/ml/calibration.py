@@ -50,6 +50,26 @@ def _fit_isotonic(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     )
 
 
+def reliability_bins(
+    y: np.ndarray, p: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, summed probability and summed label per equal-width probability bin.
+
+    Bin i holds i/n_bins <= p < (i+1)/n_bins, with p = 1 in the top bin: the one binning
+    that the ECE and the reliability diagram share, so the figure shows the gaps the
+    metric adds up. (scikit-learn's `calibration_curve` closes its bins on the right
+    instead and drops empty ones without their counts.) `p` must lie in [0, 1].
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    return (
+        np.bincount(bins, minlength=n_bins),
+        np.bincount(bins, weights=p, minlength=n_bins),
+        np.bincount(bins, weights=y, minlength=n_bins),
+    )
+
+
 @dataclass(frozen=True)
 class Calibrator:
     """A fitted calibration map; `none` is the identity."""

@@ -19,6 +19,7 @@ import polars as pl
 
 from olist_churn_dagster.lib.ml import plots
 from olist_churn_dagster.lib.ml.abt import LABEL, feature_columns
+from olist_churn_dagster.lib.ml.calibration import reliability_bins
 from olist_churn_dagster.lib.tables import KEYS
 
 if TYPE_CHECKING:  # imported where used: run workers that never train start faster
@@ -110,7 +111,7 @@ class ModelParams:
     the built-in generator (scale 2: 29k rows x 124 features, 22 monthly cohorts). All 12
     reached a validation ROC AUC of 0.903-0.907, below the noise of ~0.005 on 3.6k rows; the
     top one (depth 6, rate 0.05, weight 1) was 0.907. The defaults below scored 0.905: as
-    good within the noise, with half the fit time and a larger leaf-weight floor.
+    good within the noise, faster to fit and with a larger leaf-weight floor.
     """
 
     max_depth: int = 4
@@ -122,9 +123,9 @@ class ModelParams:
     reg_lambda: float = 1.0
     early_stopping_rounds: int = 50
     seed: int = 42
-    # Not tuned, a resource knob: on a 30k-row ABT one thread fits in ~1 s, while two
-    # OpenMP threads ran 5-8x slower when the CPU was shared with other work (measured on
-    # 2 cores). Raise it for ABTs far larger than that on a machine of its own.
+    # Not tuned, a resource knob: one thread fits the ABT of a marketplace this size
+    # quickly, while two OpenMP threads ran several times slower when the CPU was shared
+    # with other work. Raise it for far larger ABTs on a machine of its own.
     nthread: int = 1
 
     def xgb_params(self) -> dict[str, Any]:
@@ -229,7 +230,7 @@ def fit_booster(
 def predict(booster: xgb.Booster, frame: pl.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
     """Churn probability for each row of `frame`: XGBoost's in-place prediction, the same
     values as through a DMatrix to the bit without building one (a copy of the whole
-    matrix: 2.4 of 6 CPU-s predicting a 30-day backfill at scale 30)."""
+    matrix, a large share of the CPU a backfill spends predicting)."""
     expected = booster.feature_names
     if expected is not None and list(expected) != list(feature_names):
         raise ValueError(
@@ -252,38 +253,30 @@ def contributions(
 # --------------------------------------------------------------------------- metrics
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    new_group = np.r_[True, ordered[1:] != ordered[:-1]]
-    starts = np.flatnonzero(new_group)
-    ends = np.r_[starts[1:], values.size]
-    group_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty(values.size)
-    ranks[order] = group_rank[np.cumsum(new_group) - 1]
-    return ranks
+def _both_classes(y: np.ndarray) -> bool:
+    """Whether `y` holds a positive and a negative: scikit-learn raises (ROC AUC) or warns
+    (average precision) otherwise, while a metric table wants NaN for "undefined"."""
+    n_pos = int(y.sum())
+    return 0 < n_pos < y.size
 
 
 def _roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """ROC AUC, ties counted as half (scikit-learn, imported when first scored)."""
+    if not _both_classes(y):
         return float("nan")
-    rank_sum = _average_ranks(s)[y == 1].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s))
 
 
 def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    """Average precision: precision at each distinct threshold weighted by the recall it
+    adds (scikit-learn's step-wise PR AUC, no interpolation)."""
+    if int(y.sum()) == 0:
         return float("nan")
-    order = np.argsort(-s, kind="stable")
-    ys, ss = y[order], s[order]
-    last_of_tie = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(ys)[last_of_tie]
-    seen = np.arange(1, y.size + 1)[last_of_tie]
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * (tp / seen)))
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, s))
 
 
 def _top_share_precision(y: np.ndarray, s: np.ndarray, share: float = 0.1) -> float:
@@ -296,11 +289,11 @@ def _top_share_precision(y: np.ndarray, s: np.ndarray, share: float = 0.1) -> fl
 
 
 def _ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
-    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    gap = np.bincount(bins, weights=y, minlength=n_bins) - np.bincount(
-        bins, weights=p, minlength=n_bins
-    )
-    return float(np.abs(gap).sum() / y.size)
+    """Expected calibration error over the reliability diagram's bins: the row-weighted
+    gap between observed and predicted churn per bin. scikit-learn has no ECE, and its
+    `calibration_curve` returns no bin counts, so the bins come from `reliability_bins`."""
+    count, sum_p, sum_y = reliability_bins(y, p, n_bins)
+    return float(np.abs(sum_y - sum_p).sum() / count.sum())
 
 
 def evaluate_scores(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:

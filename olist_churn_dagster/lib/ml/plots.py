@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from olist_churn_dagster.lib.ml.calibration import reliability_bins
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -26,23 +28,25 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def roc_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct score threshold."""
-    order = np.argsort(-scores, kind="stable")
-    ys, ss = y[order], scores[order]
-    last_of_tie = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(ys)[last_of_tie]
-    fp = np.arange(1, y.size + 1)[last_of_tie] - tp
-    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+    """False- and true-positive rates from (0, 0) through every distinct score threshold
+    (scikit-learn's `roc_curve`, keeping the collinear points too). `y` needs both
+    classes, as every scored block has (the model's `_check_block`)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def pr_points(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Recall and precision at every distinct score threshold."""
-    order = np.argsort(-scores, kind="stable")
-    ys, ss = y[order], scores[order]
-    last_of_tie = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(ys)[last_of_tie]
-    seen = np.arange(1, y.size + 1)[last_of_tie]
-    return tp / max(tp[-1], 1), tp / seen
+    """Recall and precision at every distinct score threshold, highest threshold first.
+
+    scikit-learn's `precision_recall_curve` lists them lowest first and ends on the
+    conventional (recall 0, precision 1) point; the step plot starts at the first real one.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(y, scores)
+    return recall[-2::-1], precision[-2::-1]
 
 
 def roc_pr_figure(y: np.ndarray, scores_by_model: Mapping[str, np.ndarray]) -> Figure:
@@ -62,6 +66,17 @@ def roc_pr_figure(y: np.ndarray, scores_by_model: Mapping[str, np.ndarray]) -> F
     return fig
 
 
+def reliability_points(
+    y: np.ndarray, scores: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean predicted probability and observed rate of each non-empty bin, in the ECE's
+    bins (`reliability_bins`), so the diagram shows the gaps the logged ECE adds up."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    count, sum_p, sum_y = reliability_bins(y, p, n_bins)
+    used = count > 0
+    return sum_p[used] / count[used], sum_y[used] / count[used]
+
+
 def calibration_figure(
     y: np.ndarray, scores_by_model: Mapping[str, np.ndarray], *, n_bins: int = 10
 ) -> Figure:
@@ -70,13 +85,7 @@ def calibration_figure(
     fig = new_figure((5.5, 4.5))
     ax = fig.subplots()
     for name, scores in scores_by_model.items():
-        p = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
-        bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-        count = np.bincount(bins, minlength=n_bins)
-        used = count > 0
-        mean_p = np.bincount(bins, weights=p, minlength=n_bins)[used] / count[used]
-        rate = np.bincount(bins, weights=y, minlength=n_bins)[used] / count[used]
-        ax.plot(mean_p, rate, marker="o", label=name)
+        ax.plot(*reliability_points(y, scores, n_bins), marker="o", label=name)
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
     ax.set(
         xlabel="mean predicted churn probability",

@@ -1,9 +1,9 @@
 """XGBoost's own TreeSHAP, run once per distinct path through each tree instead of per row.
 
 Why: TreeSHAP costs rows x trees x leaves x depth^2, and the champion grows with the data
-(83 trees at scale 1, 308 at scale 30), so explaining a 30-day backfill grew as the square
-of the scale. A tree's contributions for a row depend only on which way the row goes at each
-of the tree's splits (the algorithm reads the node covers, the leaf values and those
+(more trees on more sellers), so explaining a backfill grew as the square of the scale.
+A tree's contributions for a row depend only on which way the row goes at each of the
+tree's splits (the algorithm reads the node covers, the leaf values and those
 decisions, never the value itself), and a depth-4 tree has at most 15 splits, so a few
 hundred distinct decision patterns cover hundreds of thousands of rows. Each tree is
 explained by XGBoost on one representative row per pattern and the results are gathered
@@ -120,7 +120,7 @@ def tree_contributions(
     if trees is None:
         return explain(booster, matrix)
     # One thread in the source too: slicing a tree off a multi-threaded booster starts its
-    # threads each time (3 ms a slice against 0.3 ms, measured on 2 busy cores).
+    # threads each time, which costs more than the slice itself on busy cores.
     source = booster.copy()
     source.set_param({"nthread": 1})
     # Feature-major copies: each split reads, and each feature adds into, one contiguous row.

@@ -204,6 +204,7 @@ def source_tables_full(demo_raw_dir: Path) -> Tables:
     return load_dataset(demo_raw_dir)
 
 
+@pytest.mark.slow
 def test_daily_snapshots_with_corrections_equal_a_full_recomputation(
     source_tables_full: Tables, tmp_path: Path
 ) -> None:

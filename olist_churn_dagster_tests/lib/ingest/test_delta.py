@@ -330,6 +330,7 @@ def test_a_quote_left_open_in_a_new_record_is_refused_with_its_line(
     assert_same_rows(stored(conn), before)
 
 
+@pytest.mark.slow
 def test_the_frames_a_load_writes_are_freed_before_its_commit(tmp_path: Path) -> None:
     """The load writes every table's changes in one transaction: each frame its SQL reads
     must be freed once written, not held until the commit (a frame registered with the

@@ -212,7 +212,8 @@ def test_top_reasons_are_distinct_sorted_and_match_contributions(result, abt, pl
 
 
 def test_evaluate_scores_matches_reference_implementation():
-    # scikit-learn (installed with mlflow) is the reference; the code itself uses numpy only.
+    # The ranking metrics are scikit-learn's own (test_metric_definitions.py checks them
+    # against their definitions); Brier and log loss are numpy, checked against it here.
     from sklearn import metrics as metrics_mod
 
     rng = np.random.default_rng(3)
