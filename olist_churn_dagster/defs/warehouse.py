@@ -7,9 +7,8 @@ the same two resources work on the local DuckDB file and on a DuckLake."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -33,9 +32,7 @@ from olist_churn_dagster.lib.warehouse import (
     is_ducklake,
     lock_backoff_seconds,
     open_warehouse,
-    sql_text_list,
-    table_exists,
-    write_frame,
+    write_frames,
 )
 
 WAREHOUSE_POOL = "warehouse"
@@ -117,75 +114,37 @@ def _row_count_metadata(context, partitioned: bool, rows: int) -> dict[str, int]
     }
 
 
-@dataclass
-class FrameBatches:
-    """An output written as consecutive frames into one table slice, inside the same
-    transaction as the slice's delete: large backfills never hold all rows at once.
-    `metadata` is recorded with the write's own (see `RangeMetadataDbIOManager`)."""
-
-    batches: Iterable[pl.DataFrame]
-    metadata: Mapping[str, object] = field(default_factory=dict)
-
-
 def write_output(
-    conn, schema: str, table: str, obj: pl.DataFrame | FrameBatches, *, partitioned: bool
+    conn, schema: str, table: str, frame: pl.DataFrame, *, partitioned: bool
 ) -> tuple[int, dict[str, object]]:
-    """Writes a frame, or streams a `FrameBatches`' frames, into `schema.table` on the
-    caller's transaction: a whole table is replaced (so its schema follows the code), a
-    partition is inserted by column name. Returns the rows written and the metadata to
-    record (`obj`'s own, the column schema and the table's name)."""
-    batches = obj.batches if isinstance(obj, FrameBatches) else [obj]
-    extra = obj.metadata if isinstance(obj, FrameBatches) else {}
-    row_count, columns = 0, None
-    for batch in batches:
-        # Later batches always append: the first one created or replaced the table.
-        append = partitioned or columns is not None
-        write_frame(conn, schema, table, batch, append=append)
-        row_count += batch.height
-        columns = columns or batch.schema
-    if columns is None:
-        raise ValueError(f"no rows nor schema to write to {table}")
-    return row_count, {
-        **extra,
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(name=name, type=str(dtype)) for name, dtype in columns.items()]
-        ),
+    """Writes a frame into `schema.table` on the caller's transaction: a whole table is
+    replaced (so its schema follows the code), a partition is inserted by column name.
+    Returns the rows written and the metadata to record (the column schema, the table)."""
+    rows, columns = write_frames(conn, schema, table, [frame], append=partitioned)
+    return rows, {
+        "dagster/column_schema": column_schema(columns),
         "dagster/table_name": f"{schema}.{table}",
     }
 
 
-def delete_partitions(conn, schema: str, table: str, column: str, keys: Sequence[str]) -> None:
-    """Deletes the rows whose `column` is one of the partition `keys`, if the table exists
-    (as the IO manager does before it writes a partition)."""
-    if table_exists(conn, schema, table):
-        conn.execute(
-            f'DELETE FROM "{schema}"."{table}" '
-            f'WHERE list_contains({sql_text_list(keys)}, CAST("{column}" AS VARCHAR))'
-        )
+def column_schema(
+    columns: Mapping[str, pl.DataType], descriptions: Mapping[str, str] | None = None
+) -> dg.TableSchema:
+    """A table's columns as the UI shows them, with a description where one is given."""
+    described = descriptions or {}
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=name, type=str(dtype), description=described.get(name))
+            for name, dtype in columns.items()
+        ]
+    )
 
 
-def replace_partitions(
-    conn, table: str, column: str, keys: Sequence[str], obj: FrameBatches
-) -> dict[str, object]:
-    """What the IO manager does for a partitioned output, for an asset that writes its own
-    table (so it can write while Dagster records another table's events): deletes the rows
-    of `keys` (values of `column`), then writes `obj`, on the caller's transaction. Returns
-    the metadata the IO manager records (`_row_count_metadata`'s keys)."""
-    schema, name = table.split(".")
-    delete_partitions(conn, schema, name, column, keys)
-    rows, metadata = write_output(conn, schema, name, obj, partitioned=True)
-    if len(keys) == 1:
-        return {**metadata, "dagster/partition_row_count": rows}
-    return {**metadata, "rows_written_for_range": rows, "partitions_in_range": len(keys)}
-
-
-class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
+class PolarsTableHandler(DbTypeHandler[pl.DataFrame]):
     """Stores polars frames: whole tables are replaced (so their schema follows the code),
     partitions are inserted by column name into the table the partition was deleted from."""
 
-    def handle_output(
-        self, context, table_slice: TableSlice, obj: pl.DataFrame | FrameBatches, connection
-    ):
+    def handle_output(self, context, table_slice: TableSlice, obj: pl.DataFrame, connection):
         partitioned = bool(table_slice.partition_dimensions)
         rows, metadata = write_output(
             connection, table_slice.schema, table_slice.table, obj, partitioned=partitioned
@@ -199,7 +158,7 @@ class PolarsTableHandler(DbTypeHandler[pl.DataFrame | FrameBatches]):
 
     @property
     def supported_types(self):
-        return [pl.DataFrame, FrameBatches]
+        return [pl.DataFrame]
 
 
 _DATA_PATH_FIELD = Field(

@@ -363,6 +363,53 @@ def write_frame(
     conn.execute(f"INSERT INTO {target} BY NAME SELECT * FROM _frame_to_write")
 
 
+def write_frames(
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    frames: Iterable[pl.DataFrame],
+    *,
+    append: bool,
+) -> tuple[int, dict[str, pl.DataType]]:
+    """Write consecutive frames into one table on the caller's transaction (a large
+    output never held whole): the first replaces the table unless `append`, the others
+    append. Returns the rows written and the first frame's schema."""
+    rows, schema_written = 0, None
+    for frame in frames:
+        write_frame(conn, schema, table, frame, append=append or schema_written is not None)
+        rows += frame.height
+        schema_written = schema_written or dict(frame.schema)
+    if schema_written is None:
+        raise ValueError(f"no rows nor schema to write to {schema}.{table}")
+    return rows, schema_written
+
+
+def delete_partition_rows(
+    conn: duckdb.DuckDBPyConnection, schema: str, table: str, column: str, keys: Sequence[str]
+) -> None:
+    """Deletes the rows whose `column` is one of the partition `keys`, if the table exists."""
+    if table_exists(conn, schema, table):
+        conn.execute(
+            f'DELETE FROM "{schema}"."{table}" '
+            f'WHERE list_contains({sql_text_list(keys)}, CAST("{column}" AS VARCHAR))'
+        )
+
+
+def replace_partition_rows(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    column: str,
+    keys: Sequence[str],
+    frames: Iterable[pl.DataFrame],
+) -> tuple[int, dict[str, pl.DataType]]:
+    """What an IO manager does for a partitioned output, for a writer of its own table:
+    deletes the rows of `keys` (values of `column`), then appends `frames`, on the caller's
+    transaction. Returns the rows written and their schema."""
+    schema, name = table.split(".")
+    delete_partition_rows(conn, schema, name, column, keys)
+    return write_frames(conn, schema, name, frames, append=True)
+
+
 def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     """Whether `schema.table` exists in the connection's own catalog."""
     row = conn.execute(

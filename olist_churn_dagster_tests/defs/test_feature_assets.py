@@ -1,6 +1,3 @@
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -8,13 +5,11 @@ import dagster as dg
 import duckdb
 import pytest
 
-from olist_churn_dagster.defs.features import assets
-from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.tags import range_tags
-from olist_churn_dagster.defs.warehouse import WarehouseResource
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
+from olist_churn_dagster.lib.features.writer import FAMILY_SOURCES
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 
 
@@ -65,8 +60,13 @@ def test_backfill_is_one_run_over_the_whole_range(backfilled, data_dir):
     assert metadata["rows_written_for_range"].value == sum(counts["sales"].values())
     assert metadata["partitions_in_range"].value == len(window)
     assert metadata["reference_dates"].value == len(window)
-    assert "| seller_id |" in metadata["preview"].value
-    assert "dagster/column_schema" in metadata
+    preview = metadata["preview"]
+    assert isinstance(preview, dg.TableMetadataValue) and len(preview.records) == 10
+    assert "seller_id" in preview.records[0].data
+    columns = {c.name: c for c in metadata["dagster/column_schema"].schema.columns}
+    described = [c for c in columns.values() if c.description]
+    assert columns["sales_revenue"].description.startswith("sum of item prices")
+    assert len(described) == len(columns) - 2  # all but the keys
 
 
 def test_range_metadata_is_written_once_not_per_partition(backfilled, instance_with_raw):
@@ -243,62 +243,3 @@ def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(
     finally:
         with duckdb.connect(warehouse) as conn:
             conn.execute(planted, [value, other, seller])
-
-
-def test_a_backfill_computes_writes_and_checks_its_tables_without_pandas(backfilled):
-    """DuckDB imports pandas (about a second of CPU) for a bound parameter and, through
-    `pyarrow.dataset`, for a scan of an Arrow table or a polars DataFrame: in a backfill
-    that second fell on the first table's compute, which nothing overlaps. Every family of
-    a range, its writes and its checks' queries, in a fresh process, import neither."""
-    _, window, _ = backfilled
-    code = f"""
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from olist_churn_dagster.defs.features.assets import RANGE_ORDER, _range, _Shared
-from olist_churn_dagster.defs.warehouse import WarehouseResource
-from olist_churn_dagster.lib.settings import load_settings
-from olist_churn_dagster.lib.warehouse import count_duplicate_keys, count_non_finite_rows
-warehouse = WarehouseResource(database=load_settings().warehouse)
-# as in a run: the first family builds the backfill, the next ones use it, and each
-# family's raw tables are read while the one before writes
-shared = _Shared(families=list(RANGE_ORDER), reader=ThreadPoolExecutor(max_workers=1))
-for family in RANGE_ORDER:
-    _range(family, {window!r}, warehouse, shared)
-    with warehouse.get_connection() as conn:
-        count_duplicate_keys(conn, f"features.seller_{{family}}", ["reference_date", "seller_id"])
-        count_non_finite_rows(conn, f"features.seller_{{family}}")
-print(sorted(m for m in ("pandas", "pyarrow.dataset") if m in sys.modules))
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
-
-
-def test_a_range_reads_the_next_familys_raw_tables_while_it_writes(
-    backfilled, data_dir, monkeypatch
-):
-    _, window, _ = backfilled
-    warehouse = WarehouseResource(database=str(data_dir / "warehouse.duckdb"))
-    read: list[str] = []
-    read_raw = assets._read_raw
-    monkeypatch.setattr(
-        assets, "_read_raw", lambda family, wh: (read.append(family), read_raw(family, wh))[1]
-    )
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        # one batch is written at once: nothing to read meanwhile
-        shared = assets._Shared(families=["reviews", "sales"], reader=reader)
-        assets._range("reviews", window, warehouse, shared)
-        assert read == ["reviews"] and shared.reads == {}
-        monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")  # 10 dates: 2 batches
-        read.clear()
-        shared = assets._Shared(families=["reviews", "sales"], reader=reader)
-        assets._range("reviews", window, warehouse, shared)
-        assert set(shared.reads) == {"sales"}  # started once the timeline was built
-        shared.reads["sales"].result()
-        assert read == ["reviews", "sales"]
-        assets._range("sales", window, warehouse, shared)
-        assert read == ["reviews", "sales"] and shared.reads == {}  # not read twice
-    # without a reader thread, each family reads its own tables
-    alone = assets._Shared(families=["reviews", "sales"])
-    assets._range("reviews", window, warehouse, alone)
-    assert read[2:] == ["reviews"] and alone.reads == {}

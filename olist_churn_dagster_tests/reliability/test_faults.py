@@ -153,7 +153,7 @@ def hold(target_schema, target_table, connection):
 
 
 original_delete = defs_warehouse.TransactionalDuckDbClient.delete_table_slice
-original_delete_partitions = defs_warehouse.delete_partitions
+original_delete_partitions = lib_warehouse.delete_partition_rows
 original_write = lib_warehouse.write_frame
 
 
@@ -164,7 +164,7 @@ def delete_then_hold(context, table_slice, connection):
 
 
 def delete_partitions_then_hold(connection, target_schema, target_table, column, keys):
-    # The feature tables delete their partitions themselves (`replace_partitions`).
+    # The feature tables delete their partitions themselves (`replace_partition_rows`).
     original_delete_partitions(connection, target_schema, target_table, column, keys)
     if stage == "after-delete" and targeted(target_schema, target_table):
         hold(target_schema, target_table, connection)
@@ -182,7 +182,7 @@ def held_write(conn, target_schema, target_table, frame, **kwargs):
 
 # Every table of the project is written by `write_frame`, whichever module calls it.
 defs_warehouse.TransactionalDuckDbClient.delete_table_slice = staticmethod(delete_then_hold)
-defs_warehouse.delete_partitions = delete_partitions_then_hold
+lib_warehouse.delete_partition_rows = delete_partitions_then_hold
 for module in (lib_warehouse, defs_warehouse, raw_assets, delta):
     if hasattr(module, "write_frame"):
         module.write_frame = held_write

@@ -17,9 +17,10 @@ from datetime import date
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from olist_churn_dagster.defs.features.assets import PARTITION_COLUMN, feature_asset_key
+from olist_churn_dagster.defs.features.assets import feature_asset_key
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.features.writer import PARTITION_COLUMN
 from olist_churn_dagster.lib.tables import KEYS, feature_table
 from olist_churn_dagster.lib.warehouse import (
     count_duplicate_keys,

@@ -3,9 +3,9 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from olist_churn_dagster.defs.features.assets import FAMILY_SOURCES
 from olist_churn_dagster.defs.ml.assets import ABT_KEY
 from olist_churn_dagster.defs.warehouse import warehouse_check
+from olist_churn_dagster.lib.features.writer import FAMILY_SOURCES
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.ml.consistency import feature_mismatches, recompute_from_snapshot
 from olist_churn_dagster.lib.settings import load_settings

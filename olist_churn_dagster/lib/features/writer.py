@@ -1,0 +1,232 @@
+"""Writing feature partitions into the warehouse: the pipeline behind the feature assets.
+
+One date (the daily run) is computed from its window's rows and the per-seller state
+(`incremental`), every family in one transaction. A range of dates is computed family by
+family in a background thread, so that the caller can record one committed family while
+the next one computes:
+
+- each family's timeline is built once from the raw history and read out in batches of
+  about `batch_rows` rows (bounded memory, cost that follows the data);
+- each batch is computed while the previous one is written, on one DuckDB thread (the
+  compute keeps a core), and the family's rows are replaced in one transaction;
+- what the families share (the sellers' ranks, the batches' sizes: `Backfill`) is built
+  once, and the next family's raw tables are read while the current family writes.
+
+The background threads run at a lower CPU priority (`lower_thread_priority`) and in the
+caller's context (`contextvars`), so a caller that asks for a retry from inside a write
+(a locked warehouse) still can.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import date
+
+import duckdb
+import polars as pl
+
+from olist_churn_dagster.lib.features import (
+    FEATURE_FAMILIES,
+    Backfill,
+    feature_batches,
+    incremental,
+    source_columns,
+    source_tables,
+)
+from olist_churn_dagster.lib.sales import sale_items
+from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
+from olist_churn_dagster.lib.threads import lower_thread_priority, read_ahead
+from olist_churn_dagster.lib.warehouse import one_thread, read_tables, replace_partition_rows
+
+Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+PARTITION_COLUMN = "reference_date"
+ONE_DATE_SOURCE = "the window's rows and the per-seller state"
+
+# The raw tables each family reads (orders and items always: they define the sales).
+FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
+    family: tuple(sorted({"orders", "order_items", *source_tables(family)}))
+    for family in FEATURE_FAMILIES
+}
+# The order in which a range computes the families: the cheapest first, since nothing
+# overlaps the first family's compute (the caller has no family to record yet).
+RANGE_ORDER: tuple[str, ...] = ("reviews", *(f for f in FEATURE_FAMILIES if f != "reviews"))
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    window_days: int
+    horizon_days: int
+    batch_rows: int
+
+
+@dataclass(frozen=True)
+class FamilyWritten:
+    """What a committed write left in one family's table, for the caller to report."""
+
+    family: str
+    dates: list[date]
+    rows: int
+    schema: dict[str, pl.DataType]
+    preview: pl.DataFrame  # the first rows written
+    batches: int | None  # None for one date, computed from its window and the state
+
+    @property
+    def table(self) -> str:
+        return feature_table(self.family)
+
+
+def write_features(
+    read: Connect,
+    write: Connect,
+    families: Sequence[str],
+    dates: Sequence[date],
+    settings: FeatureSettings,
+) -> Iterator[FamilyWritten]:
+    """Replace the partitions of `dates` in each family's table; yields each family once
+    its rows are committed. `read` opens a connection, `write` one inside a transaction."""
+    days = sorted(dates)
+    if len(days) == 1:
+        return iter(_write_one_date(write, families, days[0], settings))
+    return _write_range(read, write, sorted(families, key=RANGE_ORDER.index), days, settings)
+
+
+def _write_one_date(
+    write: Connect, families: Sequence[str], day: date, settings: FeatureSettings
+) -> list[FamilyWritten]:
+    """Every family in one transaction: one commit and checkpoint instead of one each."""
+    written = []
+    with write() as conn:
+        for family in families:
+            frame = incremental.features_at(
+                conn,
+                family,
+                day,
+                window_days=settings.window_days,
+                horizon_days=settings.horizon_days,
+            )
+            rows, schema = _replace(conn, family, [day], [frame])
+            written.append(FamilyWritten(family, [day], rows, schema, frame.head(10), None))
+    return written
+
+
+def _replace(
+    conn: duckdb.DuckDBPyConnection,
+    family: str,
+    days: Sequence[date],
+    frames: Iterator[pl.DataFrame] | list[pl.DataFrame],
+) -> tuple[int, dict[str, pl.DataType]]:
+    keys = [day.isoformat() for day in days]
+    return replace_partition_rows(conn, feature_table(family), PARTITION_COLUMN, keys, frames)
+
+
+def read_family_sources(read: Connect, family: str) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """The raw tables a family reads (only its columns) and their sales, which every batch
+    of the family uses."""
+    with read() as conn:
+        raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
+    return raw, sale_items(raw["orders"], raw["order_items"])
+
+
+@dataclass
+class RangeState:
+    """What the families of one range share: the `Backfill` the first family builds and,
+    with a `reader` thread, the next family's raw tables, read while the current family
+    writes (a read during a timeline's build would add to its peak memory)."""
+
+    read: Connect
+    families: list[str]  # in the order the range runs them
+    reader: ThreadPoolExecutor | None = None
+    backfill: Backfill | None = None
+    reads: dict[str, Future] = field(default_factory=dict)
+    failed: bool = False  # a family failed: the ones queued after it do not start
+
+    def raw(self, family: str) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+        """The family's raw tables and sales: read ahead, or read now."""
+        ahead = self.reads.pop(family, None)
+        return ahead.result() if ahead else read_family_sources(self.read, family)
+
+    def read_next(self, family: str) -> None:
+        """Starts reading the raw tables of the family after `family`, if any."""
+        after = self.families[self.families.index(family) + 1 :]
+        if self.reader is not None and after:
+            run = contextvars.copy_context().run
+            self.reads[after[0]] = self.reader.submit(run, read_family_sources, self.read, after[0])
+
+
+def write_family_range(
+    family: str, days: list[date], write: Connect, state: RangeState, settings: FeatureSettings
+) -> FamilyWritten:
+    """Every date of a range for one family, its rows replaced in one transaction."""
+    raw, sales = state.raw(family)
+    if state.backfill is None:
+        state.backfill = Backfill(raw, days, horizon_days=settings.horizon_days, sales=sales)
+    batches = state.backfill.batches(settings.batch_rows)
+    frames = read_ahead(  # each batch computed while the previous one is written
+        feature_batches(
+            family,
+            raw,
+            batches,
+            window_days=settings.window_days,
+            horizon_days=settings.horizon_days,
+            sales=sales,
+            shared=state.backfill,
+        )
+    )
+    del raw, sales  # the frames hold what they need (see `feature_batches`)
+    first = next(frames)  # builds the family's timeline, for every batch
+    if len(batches) > 1:  # one batch is written too soon for a read to overlap it
+        state.read_next(family)
+    with write() as conn, one_thread(conn):  # the compute has the cores
+        rows, schema = _replace(conn, family, days, itertools.chain([first], frames))
+    return FamilyWritten(family, days, rows, schema, first.head(10), len(batches))
+
+
+def _write_range(
+    read: Connect,
+    write: Connect,
+    families: list[str],
+    days: list[date],
+    settings: FeatureSettings,
+) -> Iterator[FamilyWritten]:
+    """One family after the other in a background thread, yielded as each commits."""
+    pool, reader = _background_thread("feature-tables"), _background_thread("feature-reads")
+    state = RangeState(read, families, reader=reader)
+    try:
+        pending = [
+            pool.submit(
+                contextvars.copy_context().run,
+                _write_unless_failed,
+                *(family, days, write, state, settings),
+            )
+            for family in families
+        ]
+        for written in pending:
+            yield written.result()
+    finally:  # a failed family writes no further table
+        pool.shutdown(wait=True, cancel_futures=True)
+        reader.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_unless_failed(
+    family: str, days: list[date], write: Connect, state: RangeState, settings: FeatureSettings
+) -> FamilyWritten:
+    """`write_family_range`, unless a family before it failed: the range stops there."""
+    if state.failed:
+        raise RuntimeError(f"{family}: not written, since a family before it failed")
+    try:
+        return write_family_range(family, days, write, state, settings)
+    except BaseException:
+        state.failed = True
+        raise
+
+
+def _background_thread(name: str) -> ThreadPoolExecutor:
+    """One worker thread at a lower CPU priority (see `lower_thread_priority`)."""
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=name, initializer=lower_thread_priority
+    )
