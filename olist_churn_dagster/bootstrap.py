@@ -20,7 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from olist_churn_dagster.defs.partitions import registered_dates
+from olist_churn_dagster.defs.partitions import covering_range, registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.ml.tracking import champion_version, sqlite_store_path
 from olist_churn_dagster.lib.settings import Settings
@@ -233,7 +233,7 @@ def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[...,
         f"feature store ({len(missing)} of {len(keys)} reference dates)",
         lambda: not missing,
         "build_feature_store",
-        tags=range_tags(missing[0], missing[-1]) if missing else {},
+        tags=range_tags(*covering_range(instance, missing)) if missing else {},
     )
     tracking_uri = settings.mlflow_tracking_uri
     store = sqlite_store_path(tracking_uri)
@@ -259,5 +259,5 @@ def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[...,
             for table in (SCORES_TABLE, RISK_DIGEST_TABLE)
         ),
         "rescore_with_champion",
-        tags=range_tags(recent[0], recent[-1]),
+        tags=range_tags(*covering_range(instance, recent)),
     )
