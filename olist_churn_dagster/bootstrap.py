@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
-from olist_churn_dagster.defs.partitions import registered_dates
+from olist_churn_dagster.defs.partitions import covering_range, registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.ml.tracking import champion_version, sqlite_store_path
 from olist_churn_dagster.lib.settings import Settings
@@ -68,47 +70,46 @@ def log_path(settings: Settings) -> Path:
     return settings.data_dir / "logs" / "prepare.log"
 
 
-def _event(record: logging.LogRecord) -> dg.DagsterEvent | None:
-    # Dagster hands a @logger's records their event under `dagster_meta`, the attribute its
-    # own JSON console logger reads; 1.13 has no public accessor for it.
-    meta = getattr(record, "dagster_meta", None) or {}
-    return meta.get("dagster_event")
+_PROGRESS_EVENTS = {
+    dg.DagsterEventType.ASSET_MATERIALIZATION,
+    dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+    dg.DagsterEventType.STEP_SUCCESS,
+}
 
 
-class StepProgress(logging.Handler):
+class StepProgress:
     """A line when an asset is materialized (its name, the partitions and the time since
     the stage started; a step of several unpartitioned assets gets one line), a line per
     failed check; passed checks are counted for the stage's closing line."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
-        super().__init__(level=logging.DEBUG)
         self.log = log
         self.restart()
 
     def restart(self) -> None:
-        self.started = time.perf_counter()
+        self.started = time.time()
         self.materialized: dict[str, int] = {}  # step -> unpartitioned assets materialized
         self.partitions: dict[str, set[str]] = {}  # asset -> partitions materialized
         self.current: dict[str, str] = {}  # step -> asset whose partitions it is recording
         self.checks_passed = 0
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    def elapsed(self, at: float | None = None) -> float:
+        return (time.time() if at is None else at) - self.started
 
-    def _asset_done(self, asset: str) -> None:
-        self.log(f"  {asset} ({len(self.partitions[asset])} dates, {self.elapsed():.1f} s)")
+    def _asset_done(self, asset: str, at: float) -> None:
+        self.log(f"  {asset} ({len(self.partitions[asset])} dates, {self.elapsed(at):.1f} s)")
 
-    def emit(self, record: logging.LogRecord) -> None:
-        event = _event(record)
-        if event is None or event.step_key is None:
-            return
+    def handle(self, event: dg.DagsterEvent, at: float) -> None:
+        """Account for one event of the run, recorded at `at` (epoch seconds)."""
         key = event.step_key
+        if key is None:
+            return
         if event.is_step_materialization and event.partition is not None:
             # A multi-asset step records one asset's partitions after the other.
             asset = event.asset_key.to_user_string()
             previous = self.current.get(key)
             if previous is not None and previous != asset:
-                self._asset_done(previous)
+                self._asset_done(previous, at)
             self.current[key] = asset
             self.partitions.setdefault(asset, set()).add(event.partition)
         elif event.is_step_materialization:
@@ -120,17 +121,51 @@ class StepProgress(logging.Handler):
             else:
                 name = f"{check.asset_key.to_user_string()} {check.check_name}"
                 severity = check.severity.value
-                self.log(f"  check failed ({severity}): {name} ({self.elapsed():.1f} s)")
+                self.log(f"  check failed ({severity}): {name} ({self.elapsed(at):.1f} s)")
         elif event.is_step_success and key in self.current:
-            self._asset_done(self.current.pop(key))
+            self._asset_done(self.current.pop(key), at)
         elif event.is_step_success and key in self.materialized:
             assets = self.materialized.pop(key)
             what = f"{assets} assets, " if assets > 1 else ""
-            self.log(f"  {key.replace('__', '/')} ({what}{self.elapsed():.1f} s)")
+            self.log(f"  {key.replace('__', '/')} ({what}{self.elapsed(at):.1f} s)")
+
+
+class RunWatcher(threading.Thread):
+    """Feeds a run's progress events, read from the instance's event log as the run writes
+    them, to a StepProgress; `stop` reads the last ones. (A @logger sees Dagster's events
+    only through private attributes of its log records.)"""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, progress: StepProgress):
+        super().__init__(name=f"progress-{run_id[:8]}", daemon=True)
+        self.instance, self.run_id, self.progress = instance, run_id, progress
+        self.cursor: str | None = None
+        self.done = threading.Event()
+
+    def read(self) -> None:
+        """Hand every event recorded since the last read to the progress lines."""
+        has_more = True
+        while has_more:
+            page = self.instance.get_records_for_run(
+                self.run_id, cursor=self.cursor, of_type=_PROGRESS_EVENTS, limit=1000
+            )
+            for record in page.records:
+                entry = record.event_log_entry
+                if entry.dagster_event is not None:
+                    self.progress.handle(entry.dagster_event, entry.timestamp)
+            self.cursor, has_more = page.cursor, page.has_more
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            self.read()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.read()
 
 
 def _prepare_logger(handlers: list[logging.Handler]) -> dg.LoggerDefinition:
-    @dg.logger(description="Dagster's events to the prepare log file and step progress.")
+    @dg.logger(description="Dagster's events to the prepare log file.")
     def prepare_logger(_context: dg.InitLoggerContext) -> logging.Logger:
         logger = logging.Logger("olist_churn.prepare", level=logging.DEBUG)
         for handler in handlers:
@@ -158,18 +193,26 @@ def _run(
     instance: dg.DagsterInstance,
     job_name: str,
     handlers: list[logging.Handler],
+    progress: StepProgress,
     **kwargs,
 ) -> None:
     # The job's own loggers (Dagster's DEBUG console) are swapped for one that writes the
-    # event log file and the progress lines; the run and its events in the instance are
-    # the same as those of any launch.
+    # event log file; the progress lines come from the run's events in the instance, which
+    # are the same as those of any launch.
     job = defs.resolve_job_def(job_name).with_logger_defs({"prepare": _prepare_logger(handlers)})
-    result = job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"prepare": {}}},
-        **kwargs,
-    )
+    run_id = str(uuid.uuid4())
+    watcher = RunWatcher(instance, run_id, progress)
+    watcher.start()
+    try:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"prepare": {}}},
+            run_id=run_id,
+            **kwargs,
+        )
+    finally:
+        watcher.stop()
     if not result.success:
         raise JobFailed(
             f"job {job_name} failed (run {result.run_id}; its page in the UI has the events)\n"
@@ -205,7 +248,7 @@ def prepare(
         # What libraries print to stderr during the run (MLflow's store setup and model
         # registration, warnings) joins Dagster's events in the log file.
         with contextlib.redirect_stderr(file_handler.stream):
-            _run(defs, instance, job_name, [file_handler, progress], **kwargs)
+            _run(defs, instance, job_name, [file_handler], progress, **kwargs)
         passed = progress.checks_passed
         checks = f", {passed} check{'s' * (passed != 1)} passed" if passed else ""
         log(f"{name}: done in {progress.elapsed():.1f} s{checks}")
@@ -233,7 +276,7 @@ def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[...,
         f"feature store ({len(missing)} of {len(keys)} reference dates)",
         lambda: not missing,
         "build_feature_store",
-        tags=range_tags(missing[0], missing[-1]) if missing else {},
+        tags=range_tags(*covering_range(instance, missing)) if missing else {},
     )
     tracking_uri = settings.mlflow_tracking_uri
     store = sqlite_store_path(tracking_uri)
@@ -259,5 +302,5 @@ def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[...,
             for table in (SCORES_TABLE, RISK_DIGEST_TABLE)
         ),
         "rescore_with_champion",
-        tags=range_tags(recent[0], recent[-1]),
+        tags=range_tags(*covering_range(instance, recent)),
     )

@@ -10,18 +10,23 @@ code location loads:
 
 A time-window definition is fixed when the code location loads: open to today it would
 fill the UI with empty days for an old extract, closed it would refuse tomorrow's snapshot.
-Keys are kept in date order (see `registration_plan`), so a range in the UI or a backfill
-covers consecutive days.
+
+Keys are only ever added: deleting one, even to re-add it at once, leaves its partition
+unknown meanwhile to any run, sensor or UI reading the instance. Dagster keeps the keys in
+the order they were added, which is date order unless an older date is registered after
+newer ones (a snapshot before its history, a filled gap): code that needs the newest dates
+reads `registered_dates` (sorted), a range run takes its bounds from `covering_range`
+(Dagster's order), and the UI lists such a key last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 
 import dagster as dg
 
-from olist_churn_dagster.lib.calendar import registration_plan
+from olist_churn_dagster.lib import calendar
 
 REFERENCE_DATES = "reference_date"
 # Metadata of a partitioned asset: the warehouse column its partition key is stored in (the
@@ -31,17 +36,25 @@ PARTITION_METADATA = {"partition_expr": "reference_date"}
 reference_date_partitions = dg.DynamicPartitionsDefinition(name=REFERENCE_DATES)
 
 
-def registered_dates(instance: dg.DagsterInstance) -> list[str]:
-    """The reference dates that have a partition, oldest first."""
+def registered_keys(instance: dg.DagsterInstance) -> list[str]:
+    """The reference dates that have a partition, in Dagster's order (the order they were
+    added), which its partition ranges follow."""
     return list(instance.get_dynamic_partitions(REFERENCE_DATES))
 
 
+def registered_dates(instance: dg.DagsterInstance) -> list[str]:
+    """The reference dates that have a partition, oldest first (ISO keys sort as dates)."""
+    return sorted(registered_keys(instance))
+
+
+def covering_range(instance: dg.DagsterInstance, keys: Sequence[str]) -> tuple[str, str]:
+    """Bounds of a partition range whose run covers every one of `keys`."""
+    return calendar.covering_range(registered_keys(instance), keys)
+
+
 def register_reference_dates(instance: dg.DagsterInstance, dates: Iterable[date]) -> list[str]:
-    """Give each date its partition (idempotent); returns the keys that were new."""
-    existing = registered_dates(instance)
-    stale, fresh = registration_plan(existing, [d.isoformat() for d in dates])
-    for key in stale:
-        instance.delete_dynamic_partition(REFERENCE_DATES, key)
+    """Give each date its partition (idempotent, adds only); returns the new keys."""
+    fresh = calendar.keys_to_add(registered_keys(instance), [d.isoformat() for d in dates])
     if fresh:
         instance.add_dynamic_partitions(REFERENCE_DATES, fresh)
-    return sorted(set(fresh) - set(existing))
+    return fresh

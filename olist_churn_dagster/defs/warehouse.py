@@ -177,13 +177,35 @@ class RangeMetadataDbIOManager(DbIOManager):
     `asset_partition_keys`), so the UI shows it as the asset's latest materialization."""
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
-        super().handle_output(context, obj)
-        if context.has_asset_partitions and not context.has_partition_key:
-            context.step_context.add_asset_metadata(
-                context.consume_logged_metadata(),
-                asset_key=context.asset_key,
-                partition_key=context.asset_partition_keys[-1],
-            )
+        if not context.has_asset_partitions or context.has_partition_key:
+            super().handle_output(context, obj)
+            return
+        collecting = _CollectingOutputContext(context)
+        super().handle_output(collecting, obj)  # type: ignore[arg-type]
+        # The step's own context records metadata for one partition; an OutputContext can
+        # only record it for all of them.
+        dg.AssetExecutionContext.get().add_asset_metadata(
+            collecting.metadata,
+            asset_key=context.asset_key,
+            partition_key=context.asset_partition_keys[-1],
+        )
+
+
+class _CollectingOutputContext:
+    """An OutputContext whose `add_output_metadata` keeps the metadata instead of recording
+    it on the output (which would copy it onto every partition of a range). A key added
+    twice keeps its first value, as Dagster's DbIOManager expects of the table name it adds
+    after the handler's."""
+
+    def __init__(self, context: dg.OutputContext) -> None:
+        self._context = context
+        self.metadata: dict[str, object] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._context, name)
+
+    def add_output_metadata(self, metadata: Mapping[str, object]) -> None:
+        self.metadata = {**metadata, **self.metadata}
 
 
 class _CreatedOnFirstUse(dg.IOManager):

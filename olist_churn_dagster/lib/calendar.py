@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
 
 
@@ -41,19 +41,21 @@ def day_range(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def registration_plan(
-    existing: Sequence[str], wanted: Sequence[str]
-) -> tuple[list[str], list[str]]:
-    """(keys to delete, keys to add) so that the registered keys hold `wanted` too, in
-    date order. Keys are listed in the order they were added; when a wanted key sorts
-    before one already there, everything is re-added sorted so ranges stay chronological."""
-    missing = sorted(set(wanted) - set(existing))
-    if not missing:
-        return [], []
-    in_order = list(existing) == sorted(existing)
-    if in_order and (not existing or missing[0] > existing[-1]):
-        return [], missing
-    return list(existing), sorted({*existing, *missing})
+def keys_to_add(existing: Iterable[str], wanted: Iterable[str]) -> list[str]:
+    """The wanted keys not registered yet, oldest first. Registered keys are not deleted to
+    re-sort them: meanwhile their partitions would be unknown to runs reading the instance."""
+    return sorted(set(wanted) - set(existing))
+
+
+def covering_range(order: Sequence[str], keys: Iterable[str]) -> tuple[str, str]:
+    """The first and last of `keys` in `order`, the order Dagster holds the keys in: a run
+    over the range between them covers every one of `keys` (and any key registered out of
+    date order between them), whatever order the keys were registered in."""
+    position = {key: i for i, key in enumerate(order)}
+    ranked = sorted(keys, key=position.__getitem__)
+    if not ranked:
+        raise ValueError("covering_range needs at least one key")
+    return ranked[0], ranked[-1]
 
 
 def date_batches(dates: list[date], *, rows_per_date: int, max_rows: int) -> list[list[date]]:

@@ -14,7 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from olist_churn_dagster.defs.alerts.checks import current_freshness
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
-from olist_churn_dagster.defs.partitions import register_reference_dates, registered_dates
+from olist_churn_dagster.defs.partitions import (
+    reference_date_partitions,
+    register_reference_dates,
+    registered_dates,
+)
 from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME
 
@@ -127,6 +131,36 @@ def test_champion_sensor_adopts_skips_then_rescores_once(
     assert request.tags["dagster/asset_partition_range_start"] == recent[0]
     assert request.tags["dagster/asset_partition_range_end"] == recent[-1]
     assert definitions.resolve_sensor_def("champion_sensor").job_name == "rescore_with_champion"
+
+
+def test_an_older_date_registered_later_deletes_nothing_and_the_newest_is_still_used(
+    definitions, instance, registry, tmp_path: Path
+):
+    """A date registered after newer ones (a snapshot before its history, a filled gap) is
+    appended: every earlier key keeps its place, and the consumers still read date order."""
+    uri, client = registry
+    gap = DAYS[-3]
+    register_reference_dates(instance, [d for d in DAYS if d != gap])
+    before = instance.get_dynamic_partitions("reference_date")
+    assert register_reference_dates(instance, [gap, *DAYS[:2]]) == [gap.isoformat()]
+    after = instance.get_dynamic_partitions("reference_date")
+    assert after == [*before, gap.isoformat()]  # nothing deleted nor moved
+    assert registered_dates(instance) == [d.isoformat() for d in DAYS]
+
+    at_three = datetime(2018, 10, 21, 3, tzinfo=UTC)
+    (request,) = _tick(definitions, "daily_scoring", instance, at_three).run_requests
+    assert request.partition_key == DAYS[-1].isoformat()
+
+    first = _new_champion(client, tmp_path)
+    _new_champion(client, tmp_path)
+    (rescore,) = _champion_tick(definitions, instance, uri, first).run_requests
+    bounds = dg.PartitionKeyRange(
+        rescore.tags["dagster/asset_partition_range_start"],
+        rescore.tags["dagster/asset_partition_range_end"],
+    )
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        covered = reference_date_partitions.get_partition_keys_in_range(bounds)
+    assert set(covered) == {d.isoformat() for d in DAYS[-7:]}
 
 
 # ----------------------------------------------------------------------------- alerts

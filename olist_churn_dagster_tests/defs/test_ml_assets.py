@@ -129,6 +129,16 @@ def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         scores = conn.execute("SELECT * FROM ml.churn_scores").pl()
     assert sorted(str(d) for d in scores.get_column("reference_date").unique()) == recent
+    # The range's write metadata goes on the partition recorded last, not on each one.
+    events = [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["ml", "churn_scores"])
+    ]
+    assert sorted(e.partition for e in events) == recent
+    assert all("dagster/table_name" not in e.metadata for e in events[:-1])
+    assert events[-1].metadata["partitions_in_range"].value == len(recent)
+    assert "dagster/column_schema" in events[-1].metadata
     assert scores.get_column("churn_probability").is_between(0, 1).all()
     assert scores.get_column("risk_band").is_in(["high", "medium", "low"]).all()
     for day, frame in scores.group_by("reference_date"):

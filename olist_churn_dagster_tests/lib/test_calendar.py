@@ -4,8 +4,9 @@ import pytest
 
 from olist_churn_dagster.lib.calendar import (
     AsOfError,
+    covering_range,
+    keys_to_add,
     reference_dates,
-    registration_plan,
     resolve_as_of,
 )
 
@@ -33,21 +34,22 @@ def test_reference_dates_run_from_a_full_window_to_the_as_of_date():
     ]
 
 
-def test_registration_appends_in_order_and_resorts_when_needed():
-    assert registration_plan([], ["2018-01-02", "2018-01-01"]) == (
-        [],
-        ["2018-01-01", "2018-01-02"],
-    )
-    assert registration_plan(["2018-01-01"], ["2018-01-01"]) == ([], [])
-    assert registration_plan(["2018-01-01"], ["2018-01-01", "2018-01-03"]) == (
-        [],
-        ["2018-01-03"],
-    )
-    # A snapshot registered first, its history after: everything re-added in date order.
-    assert registration_plan(["2018-01-05"], ["2018-01-04", "2018-01-05"]) == (
-        ["2018-01-05"],
-        ["2018-01-04", "2018-01-05"],
-    )
+def test_keys_to_add_are_the_missing_ones_oldest_first():
+    assert keys_to_add([], ["2018-01-02", "2018-01-01"]) == ["2018-01-01", "2018-01-02"]
+    assert keys_to_add(["2018-01-01"], ["2018-01-01"]) == []
+    assert keys_to_add(["2018-01-01"], ["2018-01-03", "2018-01-01"]) == ["2018-01-03"]
+    # A snapshot registered first, its history after: only the history is added.
+    assert keys_to_add(["2018-01-05"], ["2018-01-04", "2018-01-05"]) == ["2018-01-04"]
+
+
+def test_covering_range_follows_the_registration_order():
+    order = ["2018-01-03", "2018-01-04", "2018-01-05", "2018-01-01", "2018-01-02"]
+    assert covering_range(order, ["2018-01-04", "2018-01-05"]) == ("2018-01-04", "2018-01-05")
+    # Keys registered after newer ones: the range ends on the last one registered.
+    assert covering_range(order, ["2018-01-01", "2018-01-05"]) == ("2018-01-05", "2018-01-01")
+    assert covering_range(order, ["2018-01-02"]) == ("2018-01-02", "2018-01-02")
+    with pytest.raises(ValueError):
+        covering_range(order, [])
 
 
 def test_date_batches_bound_the_rows_and_keep_every_date():

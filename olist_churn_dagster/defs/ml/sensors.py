@@ -4,7 +4,7 @@ import dagster as dg
 
 from olist_churn_dagster.defs.jobs import rescore_job
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
-from olist_churn_dagster.defs.partitions import registered_dates
+from olist_churn_dagster.defs.partitions import covering_range, registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.ml.tracking import champion_version
 from olist_churn_dagster.lib.settings import load_settings
@@ -33,5 +33,8 @@ def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTracking)
         return dg.SkipReason(f"champion is version {version}; no reference dates to rescore")
     return dg.RunRequest(
         run_key=f"champion-{version}",
-        tags={**range_tags(recent[0], recent[-1]), "olist/champion_version": version},
+        tags={
+            **range_tags(*covering_range(context.instance, recent)),
+            "olist/champion_version": version,
+        },
     )

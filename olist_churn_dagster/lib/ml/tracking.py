@@ -100,28 +100,39 @@ def mlflow_uri(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at `tracking_uri` for the block only, then restore.
 
     The fluent API (start_run, log_model, load_model) reads a process-wide URI; the lock
-    keeps two threads from swapping it under each other.
+    keeps two threads from swapping it under each other. Runs, metrics and the registry go
+    through an `MlflowClient` given the URI; only model logging and loading need this.
     """
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     with _URI_LOCK:
         env_before = {k: os.environ.get(k) for k in _URI_ENV}
-        tracking_before = tracking_utils._tracking_uri
-        registry_before = registry_utils._registry_uri
+        tracking_before, registry_before = _set_uris()
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(tracking_before)
-            registry_utils._registry_uri = registry_before
+            # None unsets: MLflow's setters take it back to "not set", where its getters
+            # would return their default (`sqlite:///mlflow.db` in the working directory).
+            mlflow.set_tracking_uri(tracking_before)  # type: ignore[arg-type]
+            mlflow.set_registry_uri(registry_before)  # type: ignore[arg-type]
             for key, value in env_before.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+def _set_uris() -> tuple[str | None, str | None]:
+    """The tracking and registry URIs set in the process, None for one left unset. MLflow's
+    setters mirror a URI into its environment variable, so an unset variable means the
+    getter would only return a default."""
+    import mlflow
+
+    tracking = mlflow.get_tracking_uri() if os.environ.get(_URI_ENV[0]) else None
+    registry = mlflow.get_registry_uri() if os.environ.get(_URI_ENV[1]) else None
+    return tracking, registry
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -356,14 +367,14 @@ def log_calibration(tracking_uri: str, run_id: str, version: str, calibrator: Ca
 def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:
     """The run's calibration map; the identity for a run logged without one (older
     versions keep scoring as they did)."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     if not run_id:
         return Calibrator()
     try:
-        with mlflow_uri(tracking_uri):
-            data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CALIBRATION_ARTIFACT}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = _client(tracking_uri).download_artifacts(run_id, CALIBRATION_ARTIFACT, tmp)
+            data = json.loads(Path(path).read_text())
     except (MlflowException, OSError):
         return Calibrator()
     return Calibrator.from_dict(data)

@@ -71,6 +71,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> st
 
 def test_log_and_register_records_run_artifacts_and_version(store, results, tmp_path):
     result = results["good"]
+    defaults = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     info = log_and_register(
         result,
         tracking_uri=store,
@@ -104,7 +105,8 @@ def test_log_and_register_records_run_artifacts_and_version(store, results, tmp_
     assert info.model_uri == f"models:/{MODEL_NAME}/{info.model_version}"
     # The fluent API was only borrowed: no URI is left set in the process.
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert not mlflow.tracking._tracking_service.utils._tracking_uri
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == defaults
 
 
 def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, results, data):
