@@ -243,3 +243,38 @@ def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(
     finally:
         with duckdb.connect(warehouse) as conn:
             conn.execute(planted, [value, other, seller])
+
+
+def test_a_changed_window_marks_the_feature_partitions_stale(
+    backfilled, definitions, instance_with_raw
+):
+    """Each feature table's code version carries its family's code and the window: with
+    another window, Dagster (whose own staleness the UI shows) marks the partitions stale."""
+    # Test-only: Dagster's staleness resolver, the one behind the UI's "stale" badge.
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from olist_churn_dagster.defs.features.assets import feature_tables
+    from olist_churn_dagster.lib.versions import feature_code_version
+
+    _, window, _ = backfilled
+    key = dg.AssetKey(["features", "seller_sales"])
+    assert definitions.resolve_asset_graph().get(key).code_version == feature_code_version(
+        "sales", window_days=180, horizon_days=45
+    )
+
+    def with_window(days: int) -> dg.AssetsDefinition:
+        def versioned(spec: dg.AssetSpec) -> dg.AssetSpec:
+            family = spec.key.path[-1].removeprefix("seller_")
+            return spec.replace_attributes(
+                code_version=feature_code_version(family, window_days=days, horizon_days=45)
+            )
+
+        return feature_tables.map_asset_specs(versioned)
+
+    for days, expected in ((180, StaleStatus.FRESH), (90, StaleStatus.STALE)):
+        resolver = get_stale_status_resolver(instance_with_raw, [with_window(days)])
+        assert resolver.get_status(key, window[0]) == expected, days
+        if expected == StaleStatus.STALE:
+            (cause,) = resolver.get_stale_causes(key, window[0])
+            assert cause.reason == "has a new code version"

@@ -15,6 +15,7 @@ import dagster as dg
 from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.versions import feature_version
 from olist_churn_dagster.defs.warehouse import (
     WAREHOUSE_POOL,
     WarehouseResource,
@@ -68,6 +69,7 @@ def partition_dates(context: dg.AssetExecutionContext) -> list[date]:
             deps=[raw_asset_key(t) for t in FAMILY_SOURCES[family]],
             metadata=PARTITION_METADATA,
             kinds={"duckdb", "polars"},
+            code_version=feature_version(family),
         )
         for family in FEATURE_FAMILIES
     ],

@@ -22,6 +22,7 @@ from olist_churn_dagster.defs.partitions import (
     registered_dates,
 )
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.versions import ABT_VERSION, MODEL_VERSION, SCORES_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
 from olist_churn_dagster.lib.features.store import read_feature_tables
@@ -93,6 +94,7 @@ def mature_cohorts(keys: list[str], last_purchase: date) -> list[date]:
 @dg.asset(
     key=ABT_KEY,
     group_name=MODEL_GROUP,
+    code_version=ABT_VERSION,
     description="Monthly cohorts of active sellers: all six feature tables, the rhythm "
     "features derived from them, and the churn label; mature rows only.",
     deps=[*FEATURE_KEYS, raw_asset_key("orders"), raw_asset_key("order_items")],
@@ -239,6 +241,7 @@ def backtest_gate(
 @dg.asset(
     key=MODEL_KEY,
     group_name=MODEL_GROUP,
+    code_version=MODEL_VERSION,
     description="XGBoost churn model: trained on earlier cohorts, early-stopped on later "
     "ones, tested out of time; logged and registered in MLflow, promoted to "
     f"'{CHAMPION_ALIAS}' only when its mean walk-forward backtest AUC is not worse than the "
@@ -307,6 +310,7 @@ def churn_model(
 @dg.asset(
     key=SCORES_KEY,
     group_name=SCORING_GROUP,
+    code_version=SCORES_VERSION,
     description="Daily churn risk per active seller: probability, rank, band, sales at "
     "risk, the top three reasons for medium and high risk, and the champion model version.",
     partitions_def=reference_date_partitions,

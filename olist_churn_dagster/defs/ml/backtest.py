@@ -16,6 +16,7 @@ from olist_churn_dagster.defs.ml.assets import (
     TrainingConfig,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
+from olist_churn_dagster.defs.versions import BACKTEST_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
 from olist_churn_dagster.lib.ml.backtest import (
@@ -108,6 +109,7 @@ def backtest_metadata(
 @dg.asset(
     key=BACKTEST_KEY,
     group_name=MODEL_GROUP,
+    code_version=BACKTEST_VERSION,
     description="Walk-forward backtest over the last N mature monthly cutoffs: for each, "
     "the model and a small GBM on plain seller aggregates are trained on matured cohorts "
     "only and scored on the cutoff, beside the recency rule. Per-cutoff table, mean gap "

@@ -10,6 +10,7 @@ from olist_churn_dagster.defs.features.assets import partition_dates
 from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.ml.assets import SCORES_KEY, SCORING_GROUP
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
+from olist_churn_dagster.defs.versions import DIGEST_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.alerts import post_to_webhook
 from olist_churn_dagster.lib.ml.digest import Digest, read_scores, risk_digest
@@ -83,6 +84,7 @@ def digest_metadata(digest: Digest, day: date) -> dict[str, object]:
 @dg.asset(
     key=DIGEST_KEY,
     group_name=SCORING_GROUP,
+    code_version=DIGEST_VERSION,
     description="What changed since the previous scored date, for the account managers: "
     "sellers newly at high risk, band moves, the top sellers by sales at risk with their "
     "reasons, and the total sales at risk with its change. A CSV per date in "
