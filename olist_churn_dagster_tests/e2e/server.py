@@ -291,7 +291,10 @@ class DagsterDev:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     command: list[str] | None = None
+    # SIGINT is what Ctrl-C sends a terminal's foreground group (`make run` says so).
+    stop_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = None
+    killed: bool = False  # whether `stop` had to SIGKILL what the stop signal left
 
     @property
     def url(self) -> str:
@@ -371,7 +374,7 @@ class DagsterDev:
         return info
 
     def stop(self, grace: float = 30.0) -> list[str]:
-        """SIGTERM the process group, SIGKILL what is left after `grace` seconds.
+        """`stop_signal` to the process group, SIGKILL what is left after `grace` seconds.
 
         Returns a description of every process of the tree still alive afterwards (zombies
         awaiting their parent's reaping do not count: they hold no resources but a pid).
@@ -383,11 +386,12 @@ class DagsterDev:
         except psutil.NoSuchProcess:
             tree = []
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.killpg(pgid, self.stop_signal)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace)
         _, alive = psutil.wait_procs(tree, timeout=max(1.0, grace / 3))
         if alive or self.process.poll() is None:
+            self.killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             self.process.wait(timeout=10)
