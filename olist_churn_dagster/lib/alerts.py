@@ -79,7 +79,9 @@ class Freshness:
 
     @property
     def days_behind(self) -> int | None:
-        return None if self.newest_scored is None else (self.expected - self.newest_scored).days
+        if self.newest_scored is None:
+            return None
+        return max(0, (self.expected - self.newest_scored).days)  # ahead of the due date: 0
 
     def describe(self) -> str:
         newest = self.newest_scored or "none"

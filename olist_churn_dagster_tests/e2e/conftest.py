@@ -69,17 +69,25 @@ class Server:
         return done
 
 
+def operator_environment() -> dict[str, str]:
+    """An operator's shell: this one without any OLIST_CHURN_ setting, Dagster home or
+    active virtualenv, so `make` and the README's commands find their own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLIST_CHURN_")}
+    for name in ("DAGSTER_HOME", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def environment(data_dir: Path, dagster_home: Path) -> dict[str, str]:
     """The environment `make run` gives its processes, on these folders (no other
     OLIST_CHURN_ setting leaks in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OLIST_CHURN_")}
+    env = operator_environment()
     env.update(
         OLIST_CHURN_DATA_DIR=str(data_dir),
         DAGSTER_HOME=str(dagster_home),
-        PYTHONUNBUFFERED="1",
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
-    env.pop("VIRTUAL_ENV", None)
     return env
 
 

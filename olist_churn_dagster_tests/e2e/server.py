@@ -282,22 +282,30 @@ def run_failure_text(gql: GraphQL, run_id: str) -> str:
 
 @dataclass
 class DagsterDev:
-    """`dagster dev` as a subprocess in its own process group."""
+    """`dagster dev` as a subprocess in its own process group: by default the server
+    itself, or any `command` that ends up serving the UI on `port` (e.g. `make run`)."""
 
     repo_root: Path
     env: dict[str, str]
     log_path: Path
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
+    command: list[str] | None = None
+    # SIGINT is what Ctrl-C sends a terminal's foreground group (`make run` says so).
+    stop_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen[bytes] | None = None
+    killed: bool = False  # whether `stop` had to SIGKILL what the stop signal left
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> None:
+    def argv(self) -> list[str]:
+        """The command started: `command` when given, else `dagster dev` on the port."""
+        if self.command is not None:
+            return list(self.command)
         dagster = self.repo_root / ".venv" / "bin" / "dagster"
-        command = [
+        return [
             str(dagster),
             "dev",
             "-h",
@@ -307,9 +315,11 @@ class DagsterDev:
             "-w",
             str(self.repo_root / "workspace.yaml"),
         ]
+
+    def start(self) -> None:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            command,
+            self.argv(),
             cwd=self.repo_root,
             env=self.env,
             stdout=self._log,
@@ -325,7 +335,7 @@ class DagsterDev:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(
-                f"dagster dev exited with {self.process.returncode} before answering:\n"
+                f"{self.argv()[0]} exited with {self.process.returncode} before answering:\n"
                 + self.log_tail()
             )
         try:
@@ -364,7 +374,7 @@ class DagsterDev:
         return info
 
     def stop(self, grace: float = 30.0) -> list[str]:
-        """SIGTERM the process group, SIGKILL what is left after `grace` seconds.
+        """`stop_signal` to the process group, SIGKILL what is left after `grace` seconds.
 
         Returns a description of every process of the tree still alive afterwards (zombies
         awaiting their parent's reaping do not count: they hold no resources but a pid).
@@ -376,11 +386,12 @@ class DagsterDev:
         except psutil.NoSuchProcess:
             tree = []
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.killpg(pgid, self.stop_signal)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace)
         _, alive = psutil.wait_procs(tree, timeout=max(1.0, grace / 3))
         if alive or self.process.poll() is None:
+            self.killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             self.process.wait(timeout=10)
