@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster_tests.e2e.browser import chromium, open_and_wait
@@ -298,6 +300,7 @@ def sort_newest_first(browser: webdriver.Chrome) -> None:
     choice = "//*[normalize-space(text())='Reverse alphabetical sort']"
     wait_until("the sort menu", lambda: browser.find_elements(By.XPATH, choice) or None, timeout=10)
     browser.find_element(By.XPATH, choice).click()
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()  # the menu off the list
 
 
 def asset_status(gql: GraphQL, path: list[str]) -> dict[str, Any]:
