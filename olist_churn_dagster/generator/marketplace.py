@@ -398,8 +398,15 @@ def generate_dataset(
     longer span keeps adding orders at the mature market's daily rate. `dynamics` names a
     preset of `sellers.DYNAMICS` (what drives churn and how abruptly it comes).
     """
-    start, end = resolve_span(start, end)
-    tables = build_tables(
+    tables = _marketplace(scale, seed, *resolve_span(start, end), real_dir, dynamics)
+    write_tables(Path(out_dir), tables)
+    return {name: df.height for name, df in tables.items()}
+
+
+def _marketplace(
+    scale: float, seed: int, start: date, end: date, real_dir: Path | None, dynamics: str
+) -> dict[str, pl.DataFrame]:
+    return build_tables(
         scale=scale,
         seed=seed,
         start=start,
@@ -407,8 +414,6 @@ def generate_dataset(
         ref=load_reference(real_dir),
         dynamics=dynamics,
     )
-    write_tables(Path(out_dir), tables)
-    return {name: df.height for name, df in tables.items()}
 
 
 def generate_demo_feed(
@@ -438,14 +443,7 @@ def generate_demo_feed(
     as_of = end + timedelta(days=1 - feed_days)
     if as_of <= start:
         raise ValueError(f"a feed of {feed_days} days leaves nothing before it in {start}..{end}")
-    tables = build_tables(
-        scale=scale,
-        seed=seed,
-        start=start,
-        end=end,
-        ref=load_reference(real_dir),
-        dynamics=dynamics,
-    )
+    tables = _marketplace(scale, seed, start, end, real_dir, dynamics)
     write_tables(Path(feed_dir), tables)
     _write_export(cut_as_of(tables, as_of), Path(raw_dir), as_of)
     return as_of, {name: df.height for name, df in tables.items()}

@@ -49,10 +49,13 @@ def freshness_metadata(freshness: Freshness) -> dict[str, dg.MetadataValue]:
     "scores_freshness sensor, which raises an alert when it fails.",
 )
 def scores_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    freshness = current_freshness(context.instance)
+    return _result(current_freshness(context.instance), dg.AssetCheckSeverity.ERROR)
+
+
+def _result(freshness: Freshness, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=freshness.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=severity,
         description=freshness.describe(),
         metadata=freshness_metadata(freshness),
     )
@@ -66,10 +69,4 @@ def scores_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     "late. Also evaluated by the scores_freshness sensor, which alerts once per late date.",
 )
 def feed_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    freshness = current_feed_freshness(context.instance)
-    return dg.AssetCheckResult(
-        passed=freshness.passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=freshness.describe(),
-        metadata=freshness_metadata(freshness),
-    )
+    return _result(current_feed_freshness(context.instance), dg.AssetCheckSeverity.WARN)
