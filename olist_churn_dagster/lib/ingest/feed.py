@@ -113,16 +113,14 @@ class FeedDecision:
         return ". ".join(parts) or "no new complete snapshot"
 
 
-def _refusal(info_as_of: date, key_launched: bool, newest: date | None, raw_as_of: date | None):
+def _refusal(info_as_of: date, newest: date | None, raw_as_of: date | None) -> str | None:
     """Why a complete snapshot is not loaded, or None when it is: older than the newest
-    snapshot launched, or not newer than the raw tables (the same date only as a
-    correction of a snapshot this feed launched)."""
+    snapshot launched, or than the raw tables. One of the raw tables' own date is loaded:
+    it may correct what they hold, and dropping it would lose those corrections."""
     if newest and info_as_of < newest:
         return f"older than {newest} already loaded (no roll-back)"
     if rolls_back(info_as_of, raw_as_of):
         return f"older than the raw tables, which hold data as of {raw_as_of} (no roll-back)"
-    if raw_as_of == info_as_of and not key_launched:
-        return f"the raw tables already hold data as of {raw_as_of}"
     return None
 
 
@@ -154,7 +152,7 @@ def decide(
         if info.fingerprint in (cursor.launched.get(key), cursor.refused.get(key)):
             continue
         assert info.fingerprint is not None
-        reason = _refusal(info.as_of, key in cursor.launched, state.newest, raw_as_of)
+        reason = _refusal(info.as_of, state.newest, raw_as_of)
         if reason:
             decision.refused.append(Refusal(info.as_of, info.fingerprint, reason))
             state.refused[key] = info.fingerprint
