@@ -47,6 +47,17 @@ def keys_to_add(existing: Iterable[str], wanted: Iterable[str]) -> list[str]:
     return sorted(set(wanted) - set(existing))
 
 
+def keys_through(existing: Sequence[str], day: date) -> list[str]:
+    """The keys to add so that `day` has its partition and the keys stay in date order:
+    every day after the newest registered one through `day` (reference dates that a load
+    as of `day` registers anyway), or `day` alone when it falls before the newest."""
+    newest = max(existing, default=None)
+    if newest is None or day.isoformat() <= newest:
+        return keys_to_add(existing, [day.isoformat()])
+    after = date.fromisoformat(newest) + timedelta(days=1)
+    return [d.isoformat() for d in day_range(after, day)]
+
+
 def covering_range(order: Sequence[str], keys: Iterable[str]) -> tuple[str, str]:
     """The first and last of `keys` in `order`, the order Dagster holds the keys in: a run
     over the range between them covers every one of `keys` (and any key registered out of

@@ -65,3 +65,14 @@ def test_date_batches_bound_the_rows_and_keep_every_date():
         dates[i : i + 7] for i in range(0, 100, 7)
     ]
     assert date_batches(dates, rows_per_date=1, max_rows=10**6) == [dates]
+
+
+def test_keys_through_a_day_fill_the_gap_after_the_newest_in_date_order():
+    from olist_churn_dagster.lib.calendar import keys_through
+
+    existing = ["2018-10-01", "2018-10-03", "2018-10-02"]
+    assert keys_through(existing, date(2018, 10, 6)) == ["2018-10-04", "2018-10-05", "2018-10-06"]
+    assert keys_through(existing, date(2018, 10, 4)) == ["2018-10-04"]
+    assert keys_through(existing, date(2018, 10, 2)) == []  # registered already
+    assert keys_through(existing, date(2018, 9, 30)) == ["2018-09-30"]  # before: itself only
+    assert keys_through([], date(2018, 10, 6)) == ["2018-10-06"]

@@ -7,9 +7,10 @@ import dagster as dg
 
 from olist_churn_dagster.defs.alerts.sensors import send_alert
 from olist_churn_dagster.defs.jobs import snapshot_job
-from olist_churn_dagster.defs.partitions import REFERENCE_DATES
+from olist_churn_dagster.defs.partitions import REFERENCE_DATES, registered_dates
 from olist_churn_dagster.defs.raw.assets import loaded_as_of
 from olist_churn_dagster.lib.alerts import Alert
+from olist_churn_dagster.lib.calendar import keys_through
 from olist_churn_dagster.lib.ingest.feed import FeedCursor, Refusal, decide, report_failures
 from olist_churn_dagster.lib.settings import load_settings
 
@@ -96,10 +97,14 @@ def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         )
         for launch in decision.launches
     ]
-    # Added before the runs are launched, so each run's partition exists.
+    # Added before the run is launched, so its partition exists; with the days before it
+    # that are not registered yet, in date order (the UI and ranges follow that order).
+    registered = registered_dates(context.instance)
     partitions = dg.AddDynamicPartitionsRequest(
         partitions_def_name=REFERENCE_DATES,
-        partition_keys=[launch.as_of.isoformat() for launch in decision.launches],
+        partition_keys=[
+            key for launch in decision.launches for key in keys_through(registered, launch.as_of)
+        ],
     )
     failures = failed_snapshot_runs(context.instance)
     notes = [decision.summary(), *report_failures(failures, decision.cursor, raw_as_of)]
