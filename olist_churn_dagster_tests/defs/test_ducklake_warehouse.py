@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-import olist_churn_dagster.defs.warehouse as defs_warehouse
+import olist_churn_dagster.lib.warehouse as lib_warehouse
 from olist_churn_dagster.defs.warehouse import warehouse_resources
 from olist_churn_dagster.lib.warehouse import close_ducklakes, in_transaction, open_warehouse
 from olist_churn_dagster_tests.conftest import REPO_ROOT
@@ -87,7 +87,7 @@ def test_a_commit_lost_to_a_concurrent_writer_is_retried_and_lands(
     Dagster (`RetryRequested`) on the new snapshot, and the run succeeds."""
     resources = _resources(lake)
     _build(definitions, resources, [spans["first"], spans["b"]])
-    original = defs_warehouse.write_frame
+    original = lib_warehouse.write_frame
     interfered: list[str] = []
 
     def write_after_another_writer(conn, schema, table, frame, **kwargs):
@@ -104,7 +104,7 @@ def test_a_commit_lost_to_a_concurrent_writer_is_retried_and_lands(
                 other.execute(f"INSERT INTO {schema}.{table} SELECT * FROM same_rows")
         return original(conn, schema, table, frame, **kwargs)
 
-    monkeypatch.setattr(defs_warehouse, "write_frame", write_after_another_writer)
+    monkeypatch.setattr(lib_warehouse, "write_frame", write_after_another_writer)
     result = run_job(
         definitions, "build_feature_store", resources=resources, partition_range=spans["a"]
     )
@@ -130,14 +130,14 @@ from pathlib import Path
 
 import dagster as dg
 
-import olist_churn_dagster.defs.warehouse as defs_warehouse
+import olist_churn_dagster.lib.warehouse as lib_warehouse
 from olist_churn_dagster.bootstrap import load_definitions
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.calendar import day_range
 
 first, last, barrier, me = sys.argv[1:5]
-original = defs_warehouse.write_frame
+original = lib_warehouse.write_frame
 arrived = []
 
 
@@ -153,7 +153,7 @@ def write_with_the_other(conn, schema, table, frame, **kwargs):
     return original(conn, schema, table, frame, **kwargs)
 
 
-defs_warehouse.write_frame = write_with_the_other
+lib_warehouse.write_frame = write_with_the_other
 instance = dg.DagsterInstance.ephemeral()
 register_reference_dates(instance, day_range(date.fromisoformat(first), date.fromisoformat(last)))
 result = load_definitions().resolve_job_def("build_feature_store").execute_in_process(
