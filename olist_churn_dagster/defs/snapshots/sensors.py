@@ -11,7 +11,13 @@ from olist_churn_dagster.defs.partitions import REFERENCE_DATES, registered_date
 from olist_churn_dagster.defs.raw.assets import loaded_as_of
 from olist_churn_dagster.lib.alerts import Alert
 from olist_churn_dagster.lib.calendar import keys_through
-from olist_churn_dagster.lib.ingest.feed import FeedCursor, Refusal, decide, report_failures
+from olist_churn_dagster.lib.ingest.feed import (
+    FeedCursor,
+    Refusal,
+    SnapshotLaunch,
+    decide,
+    report_failures,
+)
 from olist_churn_dagster.lib.settings import load_settings
 
 SNAPSHOT_TAG = "olist/snapshot"
@@ -62,6 +68,32 @@ def _alert_refusals(refusals: list[Refusal], log) -> None:
         )
 
 
+def _run_request(launch: SnapshotLaunch) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=launch.run_key,
+        partition_key=launch.as_of.isoformat(),
+        run_config={"ops": {"raw_tables": {"config": {"source": str(launch.path)}}}},
+        tags={
+            SNAPSHOT_TAG: launch.as_of.isoformat(),
+            "olist/snapshot_fingerprint": launch.fingerprint,
+        },
+    )
+
+
+def _partitions_request(
+    instance: dg.DagsterInstance, launches: list[SnapshotLaunch]
+) -> dg.AddDynamicPartitionsRequest:
+    """Each launched date's partition, added before its run is launched, with the days
+    before it not registered yet, in date order (the UI and ranges follow that order)."""
+    registered = registered_dates(instance)
+    return dg.AddDynamicPartitionsRequest(
+        partitions_def_name=REFERENCE_DATES,
+        partition_keys=[
+            key for launch in launches for key in keys_through(registered, launch.as_of)
+        ],
+    )
+
+
 @dg.sensor(
     job=snapshot_job,
     minimum_interval_seconds=5,  # the sensor daemon's own loop: a snapshot waits 5 s at most
@@ -85,27 +117,8 @@ def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     for reason in decision.skipped:
         context.log.warning(reason)
     _alert_refusals(decision.refused, context.log)
-    requests = [
-        dg.RunRequest(
-            run_key=launch.run_key,
-            partition_key=launch.as_of.isoformat(),
-            run_config={"ops": {"raw_tables": {"config": {"source": str(launch.path)}}}},
-            tags={
-                SNAPSHOT_TAG: launch.as_of.isoformat(),
-                "olist/snapshot_fingerprint": launch.fingerprint,
-            },
-        )
-        for launch in decision.launches
-    ]
-    # Added before the run is launched, so its partition exists; with the days before it
-    # that are not registered yet, in date order (the UI and ranges follow that order).
-    registered = registered_dates(context.instance)
-    partitions = dg.AddDynamicPartitionsRequest(
-        partitions_def_name=REFERENCE_DATES,
-        partition_keys=[
-            key for launch in decision.launches for key in keys_through(registered, launch.as_of)
-        ],
-    )
+    requests = [_run_request(launch) for launch in decision.launches]
+    partitions = _partitions_request(context.instance, decision.launches)
     failures = failed_snapshot_runs(context.instance)
     notes = [decision.summary(), *report_failures(failures, decision.cursor, raw_as_of)]
     if loading:
