@@ -110,8 +110,14 @@ def _write_one_date(
                 horizon_days=settings.horizon_days,
             )
             rows, schema = _replace(conn, family, [day], [frame])
-            written.append(FamilyWritten(family, [day], rows, schema, frame.head(10), None))
+            written.append(FamilyWritten(family, [day], rows, schema, _preview(frame), None))
     return written
+
+
+def _preview(frame: pl.DataFrame, rows: int = 10) -> pl.DataFrame:
+    """The first rows, copied: a slice (`head`) would keep the whole batch's buffers alive
+    for as long as the caller holds the preview."""
+    return pl.DataFrame(frame.head(rows).to_dicts(), schema=frame.schema)
 
 
 def _replace(
@@ -183,7 +189,7 @@ def write_family_range(
         state.read_next(family)
     with write() as conn, one_thread(conn):  # the compute has the cores
         rows, schema = _replace(conn, family, days, itertools.chain([first], frames))
-    return FamilyWritten(family, days, rows, schema, first.head(10), len(batches))
+    return FamilyWritten(family, days, rows, schema, _preview(first), len(batches))
 
 
 def _write_range(
