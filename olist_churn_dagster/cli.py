@@ -103,7 +103,7 @@ FEATURES_DOC = Path("docs") / "features.md"
 
 
 def _catalogue(args: argparse.Namespace) -> None:
-    from olist_churn_dagster.lib.features import catalogue_markdown
+    from olist_churn_dagster.lib.ml.catalogue import catalogue_markdown
 
     if args.write:
         args.write.write_text(

@@ -39,19 +39,15 @@ from olist_churn_dagster.lib.ml.calibration import Calibrator, fit_calibrator
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.model import (
     ModelParams,
-    SplitPlan,
     TrainResult,
-    evaluate_scores,
     plan_time_split,
-    predict,
     train_churn_model,
 )
-from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.rhythm import add_rhythm_features, model_frame
 from olist_churn_dagster.lib.ml.scoring import (
     BAND_ORDER,
+    account_manager_view,
     export_per_date,
-    reasons_in_words,
     score_sellers,
 )
 from olist_churn_dagster.lib.ml.tracking import (
@@ -159,31 +155,24 @@ class TrainingConfig(dg.Config):
         )
 
 
-def calibrate(
-    abt: pl.DataFrame, plan: SplitPlan, result: TrainResult, backtest: pl.DataFrame
-) -> tuple[Calibrator, dict[str, Any]]:
-    """Fit the calibration the backtest chose (lowest mean ECE over the cutoffs) on the
-    model's validation cohorts, the latest before the test block; show its effect on the
-    out-of-time cohorts as a reliability curve."""
+def calibrate(result: TrainResult, backtest: pl.DataFrame) -> tuple[Calibrator, dict[str, Any]]:
+    """Fit the calibration the backtest chose (lowest mean ECE on cutoffs it was not fitted
+    on) on the model's out-of-time cohorts: the latest matured labels, scored by this very
+    booster, which never trained on them."""
     method = choose_calibration(backtest)
-    valid = abt.filter(pl.col("reference_date").is_in(plan.valid))
     calibrator = fit_calibrator(
-        valid.get_column("churned").to_numpy(),
-        predict(result.booster, valid, result.feature_names),
+        result.test_frame.get_column("churned").to_numpy(),
+        result.test_frame.get_column("score").to_numpy(),
         method,
     )
-    y = result.test_frame.get_column("churned").to_numpy()
-    raw = result.test_frame.get_column("score").to_numpy()
-    calibrated = calibrator.apply(raw)
-    figure = calibration_figure(y, {"model": raw, f"model, {method}": calibrated})
+    chosen = calibration_table(backtest).filter(pl.col("method") == method)
     return calibrator, {
         "calibration": method,
         "oot_ece": result.metrics["ece"],
-        "oot_ece_calibrated": evaluate_scores(y, calibrated)["ece"],
+        "backtest_ece_unseen_cutoffs": float(chosen["ece"][0]) if chosen.height else float("nan"),
         "calibration_by_backtest": dg.MetadataValue.md(
             frame_to_markdown(calibration_table(backtest))
         ),
-        "reliability": dg.MetadataValue.md(png_markdown({"reliability (OOT)": figure})),
     }
 
 
@@ -275,7 +264,7 @@ def churn_model(
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
     )
-    calibrator, calibration_metadata = calibrate(abt, plan, result, backtest)
+    calibrator, calibration_metadata = calibrate(result, backtest)
     log_calibration(uri, registered.run_id, registered.model_version, calibrator)
     decision, gate_tables = backtest_gate(
         abt, backtest, config, uri=uri, candidate_version=registered.model_version
@@ -341,7 +330,7 @@ def churn_scores(
         scored_at=datetime.now(UTC).replace(tzinfo=None),
         calibrator=model.calibrator,
     )
-    exports = export_per_date(scores, settings.exports_dir / "churn_scores")
+    exports = export_per_date(account_manager_view(scores), settings.exports_dir / "churn_scores")
     bands = (
         scores.group_by("risk_band")
         .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())
@@ -361,7 +350,7 @@ def churn_scores(
                     "churn_probability",
                     "risk_band",
                     "sales_at_risk",
-                    reasons_in_words(),
+                    "reasons",
                 ),
                 max_rows=20,
             ),

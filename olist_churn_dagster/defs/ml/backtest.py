@@ -31,6 +31,7 @@ from olist_churn_dagster.lib.ml.backtest import (
     mean_table,
     params_key,
 )
+from olist_churn_dagster.lib.ml.calibration import METHODS
 from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.tracking import log_backtest
 from olist_churn_dagster.lib.settings import load_settings
@@ -56,23 +57,17 @@ def backtest_metadata(
     table = result.table
     vs_simple, vs_recency = gap(table), gap(table, baseline=RECENCY_RULE)
     chosen = result.chosen_calibration()
-    scores = result.scores
+    # The cutoffs where the calibrations were judged (fitted on earlier ones), pooled.
+    names = [MODEL, *(calibrated_name(MODEL, m) for m in METHODS[1:]), SIMPLE_BASELINE]
+    scores = result.scores.drop_nulls(names)
     y = scores.get_column("churned").to_numpy()
-    reliability = {
-        name: scores.get_column(name).to_numpy()
-        for name in (
-            MODEL,
-            calibrated_name(MODEL, "platt"),
-            calibrated_name(MODEL, "isotonic"),
-            SIMPLE_BASELINE,
-        )
-    }
+    reliability = {name: scores.get_column(name).to_numpy() for name in names}
     figures = {
         "backtest": backtest_figure(table, vs_simple),
-        "reliability (all cutoffs pooled)": calibration_figure(y, reliability),
+        "reliability (judged cutoffs pooled)": calibration_figure(y, reliability),
     }
     wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
-    calibrated = table.filter(pl.col("scorer") == calibrated_name(MODEL, chosen))
+    calibrated = result.calibration().filter(pl.col("method") == chosen)
     summary = {
         "mean_roc_auc_model": float(wide.get_column(MODEL).mean()),
         "mean_roc_auc_simple_gbm": float(wide.get_column(SIMPLE_BASELINE).mean()),
@@ -81,7 +76,7 @@ def backtest_metadata(
         "gap_vs_simple_gbm_ci_low": vs_simple.ci_low,
         "gap_vs_simple_gbm_ci_high": vs_simple.ci_high,
         "gap_vs_recency_rule": vs_recency.mean,
-        "mean_ece_calibrated": float(calibrated.get_column("ece").mean()),
+        "mean_ece_calibrated": float(calibrated["ece"][0]) if calibrated.height else float("nan"),
         "seconds": result.seconds,
     }
     return (

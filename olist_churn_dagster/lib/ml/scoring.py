@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
-from olist_churn_dagster.lib.features import FEATURE_CATALOGUE, FeatureSpec
+from olist_churn_dagster.lib.features import FeatureSpec
 from olist_churn_dagster.lib.ml.calibration import Calibrator
+from olist_churn_dagster.lib.ml.catalogue import MODEL_CATALOGUE, REASON_TEMPLATES
 from olist_churn_dagster.lib.ml.model import predict, top_reasons
 from olist_churn_dagster.lib.tables import KEYS
 
@@ -32,10 +33,24 @@ REASONS_FROM_PROBABILITY = RISK_BANDS[1][0]
 # ... and for the sellers with the most sales at risk on each date, whatever their band:
 # the risk digest lists them, with their reasons, for the account managers.
 REASONS_FOR_TOP_SALES_AT_RISK = 10
-READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in FEATURE_CATALOGUE}
-UNITS: Mapping[str, str] = {spec.name: spec.unit for spec in FEATURE_CATALOGUE}
+READABLE: Mapping[str, str] = {spec.name: spec.meaning for spec in MODEL_CATALOGUE}
+UNITS: Mapping[str, str] = {spec.name: spec.unit for spec in MODEL_CATALOGUE}
 # Units written after the number; counted units (days, orders, ...) are in the meaning.
 SUFFIXED_UNITS = ("cm3", "g")
+PERCENT_UNITS = ("share", "probability")  # shown as "12.5%"
+ONE_DECIMAL_UNITS = ("days", "ratio", "standard deviations")  # "3.5 days", "10.3 times"
+# The columns of the CSV per date for the account managers (`account_manager_view`).
+EXPORT_COLUMNS = (
+    "reference_date",
+    "risk_rank",
+    "seller_id",
+    "churn_probability",
+    "risk_band",
+    "trailing_revenue",
+    "sales_at_risk",
+    "reasons",
+    "model_version",
+)
 # Predictions run on every core: they are independent per row, so the result
 # is the same to the bit with any number of threads, while a model trains on one thread
 # (see `ModelParams.nthread`), which the loaded booster would otherwise keep.
@@ -68,7 +83,7 @@ def _label(spec: FeatureSpec) -> str:
     return label
 
 
-LABELS: Mapping[str, str] = {spec.name: _label(spec) for spec in FEATURE_CATALOGUE}
+LABELS: Mapping[str, str] = {spec.name: _label(spec) for spec in MODEL_CATALOGUE}
 
 
 def decimal_text(value: pl.Expr, places: int, *, trim: bool = True) -> pl.Expr:
@@ -92,33 +107,78 @@ def money_text(value: pl.Expr) -> pl.Expr:
     return pl.concat_str(pl.lit("R$ "), decimal_text(value, 2, trim=False))
 
 
-def _reason_phrase(i: int) -> pl.Expr:
-    """Reason i as "meaning: value", the value in the feature's unit (shares as %)."""
-    name, value = pl.col(f"reason_{i}"), pl.col(f"reason_{i}_value")
-    unit = name.replace_strict(UNITS, default=None, return_dtype=pl.String)
-    shown = (
-        pl.when(unit == "share")
+def _shown(value: pl.Expr, unit: pl.Expr) -> pl.Expr:
+    """`value` as text in `unit` (a feature's catalogue unit): shares and probabilities
+    as %, money as R$, grams and cm3 after the number; null for null."""
+    return (
+        pl.when(unit.is_in(PERCENT_UNITS))
         .then(pl.concat_str(decimal_text(value * 100, 1), pl.lit("%")))
         .when(unit == "BRL")
         .then(money_text(value))
         .when(unit.is_in(SUFFIXED_UNITS))
         .then(pl.concat_str(decimal_text(value, 2), pl.lit(" "), unit))
+        .when(unit.is_in(ONE_DECIMAL_UNITS))
+        .then(decimal_text(value, 1))
         .otherwise(decimal_text(value, 2))
-        .fill_null(pl.lit("none"))
     )
+
+
+def _placeholders(template: str) -> list[str]:
+    return re.findall(r"\{(\w+)\}", template)
+
+
+def _sentence(feature: str, value: pl.Expr) -> pl.Expr:
+    """The feature's REASON_TEMPLATES sentence: `{value}` is `value`, `{name}` the row's
+    column `name`, each in its feature's unit; null when any of them is null."""
+    pieces = re.split(r"\{(\w+)\}", REASON_TEMPLATES[feature])  # text, name, text, ...
+
+    def shown(name: str) -> pl.Expr:
+        column = value if name == "value" else pl.col(name).cast(pl.Float64)
+        return _shown(column, pl.lit(UNITS[feature if name == "value" else name]))
+
+    return pl.concat_str([shown(p) if k % 2 else pl.lit(p) for k, p in enumerate(pieces)])
+
+
+def _reason_phrase(i: int, available: Collection[str]) -> pl.Expr:
+    """Reason i as its catalogue sentence when it has one (and the row has the columns
+    the sentence names), else as "meaning: value", the value in the feature's unit."""
+    name, value = pl.col(f"reason_{i}"), pl.col(f"reason_{i}_value")
+    unit = name.replace_strict(UNITS, default=None, return_dtype=pl.String)
     label = name.replace_strict(LABELS, default=name, return_dtype=pl.String)
-    return pl.when(name.is_not_null()).then(pl.concat_str(label, pl.lit(": "), shown))
+    plain = pl.concat_str(label, pl.lit(": "), _shown(value, unit).fill_null(pl.lit("none")))
+    sentences = [
+        pl.when(name == feature).then(_sentence(feature, value))
+        for feature, template in REASON_TEMPLATES.items()
+        if set(_placeholders(template)) - {"value"} <= set(available)
+    ]
+    # The feature's sentence; "meaning: value" without one, or when a value it names is null.
+    phrase = pl.coalesce(*sentences, plain)
+    return pl.when(name.is_not_null()).then(phrase)
 
 
-def reasons_in_words(n: int = N_REASONS) -> pl.Expr:
-    """A scores row's reasons as one phrase for people, e.g. "days since the last sale
-    day: 31; share of orders canceled: 12.5%": the catalogue's meaning and the seller's value
-    in its unit (a feature the catalogue lacks goes by its name). Null where there are no
-    reasons (low risk). Reads reason_i and reason_i_value, i = 1..n."""
+def reasons_in_words(available: Collection[str] = (), n: int = N_REASONS) -> pl.Expr:
+    """A row's reasons as one text for people, e.g. "no sale for 31 days, about 10.3 times
+    this seller's usual gap of 3 days; share of orders canceled: 12.5%": the catalogue's
+    sentence for the feature where it has one and the row holds the columns it names
+    (`available`), else its meaning and the seller's value in its unit (a feature the
+    catalogue lacks goes by its name). Null where there are no reasons (low risk). Reads
+    reason_i and reason_i_value, i = 1..n."""
     text = pl.concat_str(
-        [_reason_phrase(i) for i in range(1, n + 1)], separator="; ", ignore_nulls=True
+        [_reason_phrase(i, available) for i in range(1, n + 1)], separator="; ", ignore_nulls=True
     )
     return pl.when(text != "").then(text).alias("reasons")
+
+
+def _with_reasons_in_words(reasons: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """`reasons` (top_reasons of `rows`, in their order) plus the `reasons` text, its
+    sentences filled from the rows' own features."""
+    named = {p for t in REASON_TEMPLATES.values() for p in _placeholders(t)} & set(rows.columns)
+    context = rows.select(sorted(named - set(reasons.columns)))
+    return (
+        pl.concat([reasons, context], how="horizontal")
+        .with_columns(reasons_in_words(named))
+        .drop(context.columns)
+    )
 
 
 def _explained(features: pl.DataFrame, probability: pl.Series) -> pl.Series:
@@ -147,13 +207,14 @@ def score_sellers(
     scored_at: datetime,
     calibrator: Calibrator | None = None,
 ) -> pl.DataFrame:
-    """One row per seller and date: probability, dense rank within the date (1 = riskiest),
-    risk band, sales at risk (trailing-window revenue x probability), the model used and,
-    for medium and high risk and each date's largest sales at risk, the three features
-    pushing the risk up most (name, meaning, the seller's value, contribution); the other
-    rows' reasons are null. The
-    probability is the model's, mapped by `calibrator` when given (the one chosen by the
-    backtest); reasons stay on the model's own log-odds."""
+    """One row per seller and date: the model's score and its dense rank within the date
+    (1 = riskiest; sellers tie only where their scores are equal), the churn probability
+    (the score mapped by `calibrator`, the one chosen by the backtest; the identity when
+    none is given, within [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] either way), risk
+    band, sales at risk (trailing-window revenue x probability), the model used and, for
+    medium and high risk and each date's largest sales at risk, the three features pushing
+    the risk up most (name, meaning, the seller's value, contribution) and those reasons in
+    words; the other rows' reasons are null. Reasons stay on the model's own log-odds."""
     missing = [n for n in feature_names if n not in features.columns]
     if missing:
         raise ValueError(
@@ -163,17 +224,20 @@ def score_sellers(
     booster = booster.copy()
     booster.set_param({"nthread": SCORING_THREADS})
     raw = predict(booster, features, feature_names)
-    calibrated = raw if calibrator is None else calibrator.apply(raw)
-    probability = pl.Series("churn_probability", calibrated, dtype=pl.Float64)
+    probability = pl.Series(
+        "churn_probability", (calibrator or Calibrator()).apply(raw), dtype=pl.Float64
+    )
     at_risk = features.filter(_explained(features, probability))
-    reasons = top_reasons(booster, at_risk, feature_names, k=N_REASONS)
+    reasons = _with_reasons_in_words(
+        top_reasons(booster, at_risk, feature_names, k=N_REASONS), at_risk
+    )
     reason_columns = [_readable(f"reason_{i}") for i in range(1, N_REASONS + 1)]
     return (
         features.select(*KEYS, REVENUE_FEATURE)
-        .with_columns(probability.cast(pl.Float64))
+        .with_columns(probability, pl.Series("model_score", raw, dtype=pl.Float64))
         .join(reasons, on=KEYS, how="left")
         .with_columns(
-            pl.col("churn_probability")
+            pl.col("model_score")
             .rank(method="dense", descending=True)
             .over("reference_date")
             .cast(pl.Int64)
@@ -190,8 +254,9 @@ def score_sellers(
         .rename({REVENUE_FEATURE: "trailing_revenue"})
         .select(
             *KEYS,
-            "churn_probability",
             "risk_rank",
+            "model_score",
+            "churn_probability",
             "risk_band",
             "trailing_revenue",
             "sales_at_risk",
@@ -205,11 +270,22 @@ def score_sellers(
                     f"reason_{i}_contribution",
                 )
             ],
+            "reasons",
             "model_version",
             "model_alias",
             "scored_at",
         )
         .sort("reference_date", "risk_rank", "seller_id")
+    )
+
+
+def account_manager_view(scores: pl.DataFrame) -> pl.DataFrame:
+    """The score table as the account managers' CSV shows it (EXPORT_COLUMNS): rank,
+    probability (3 decimals: never 0 nor 1, see PROBABILITY_FLOOR), band, sales at risk
+    and the reasons in words, riskiest first."""
+    return scores.select(EXPORT_COLUMNS).with_columns(
+        pl.col("churn_probability").round(3),
+        pl.col("trailing_revenue", "sales_at_risk").round(2),
     )
 
 

@@ -14,6 +14,7 @@ from olist_churn_dagster.lib.ml.backtest import (
     gap,
     mean_table,
     run_backtest,
+    walk_forward_calibration,
     walk_forward_plans,
 )
 from olist_churn_dagster.lib.ml.model import ModelParams, plan_time_split
@@ -78,15 +79,20 @@ def result(abt, recipes):
 
 def test_backtest_reports_every_cutoff_and_scorer(result, abt):
     table = result.table
-    assert table.height == 4 * 5
+    # 3 scorers at the 4 cutoffs; 3 calibrations at the 2 cutoffs with a cutoff 45 days
+    # or more before them to fit on.
+    assert table.height == 4 * 3 + 2 * 3
     assert set(table.get_column("scorer")) == {
         MODEL,
         "model_platt",
+        "model_beta",
         "model_isotonic",
         SIMPLE_BASELINE,
         RECENCY_RULE,
     }
     cutoffs = sorted(abt.get_column("reference_date").unique())[-4:]
+    judged = table.filter(pl.col("scorer") == "model_beta").get_column("cutoff").to_list()
+    assert judged == cutoffs[2:]
     assert result.cutoffs() == cutoffs
     per_cutoff = abt.group_by("reference_date").len()
     for row in table.filter(pl.col("scorer") == MODEL).iter_rows(named=True):
@@ -97,12 +103,36 @@ def test_backtest_reports_every_cutoff_and_scorer(result, abt):
         per_cutoff.filter(pl.col("reference_date").is_in(cutoffs))["len"]
     )
     calibration = result.calibration()
-    assert calibration["method"].sort().to_list() == ["isotonic", "none", "platt"]
+    assert calibration["method"].sort().to_list() == ["beta", "isotonic", "none", "platt"]
+    assert calibration["cutoffs"].to_list() == [2] * 4  # `none` on the judged cutoffs too
     assert calibration["ece"].is_sorted()
     assert result.chosen_calibration() == calibration["method"][0]
-    platt = table.filter(pl.col("scorer") == "model_platt")["roc_auc"].to_numpy()
-    raw = table.filter(pl.col("scorer") == MODEL)["roc_auc"].to_numpy()
-    np.testing.assert_allclose(platt, raw, atol=1e-9)  # Platt is monotone: same ranking
+    raw = table.filter(pl.col("scorer") == MODEL, pl.col("cutoff").is_in(judged))
+    for method in ("platt", "beta"):  # monotone: the same ranking
+        mapped = table.filter(pl.col("scorer") == f"model_{method}")["roc_auc"].to_numpy()
+        np.testing.assert_allclose(mapped, raw["roc_auc"].to_numpy(), atol=1e-9)
+    assert result.scores.filter(pl.col("cutoff").is_in(judged))["model_beta"].null_count() == 0
+    assert result.scores.filter(~pl.col("cutoff").is_in(judged))["model_beta"].null_count() > 0
+
+
+def test_calibration_at_a_cutoff_reads_no_label_of_the_45_days_before_it(result):
+    """Flipping every label later than cutoff - 45 days leaves the cutoff's calibrated
+    scores as they were: each method is fitted on matured earlier cutoffs only."""
+    cutoff = result.cutoffs()[-1]
+    scores = result.scores.select("cutoff", "seller_id", "churned", MODEL)
+    flipped = scores.with_columns(
+        pl.when(pl.col("cutoff") > cutoff - timedelta(days=45))
+        .then(1 - pl.col("churned"))
+        .otherwise(pl.col("churned"))
+    )
+    rows, again = walk_forward_calibration(flipped, MODEL, horizon_days=45)
+    for method in ("platt", "beta", "isotonic"):
+        name = f"model_{method}"
+        before = result.scores.filter(pl.col("cutoff") == cutoff)[name].to_numpy()
+        np.testing.assert_allclose(
+            again.filter(pl.col("cutoff") == cutoff)[name].to_numpy(), before
+        )
+    assert {r["cutoff"] for r in rows} == set(result.cutoffs()[2:])
 
 
 def test_model_with_the_signal_beats_the_weak_baseline(result):
