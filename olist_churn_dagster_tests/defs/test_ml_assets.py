@@ -17,8 +17,10 @@ from polars.testing import assert_frame_equal
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.alerts import read_alerts
+from olist_churn_dagster.lib.ml.calibration import METHODS, PROBABILITY_FLOOR
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.monitoring import PSI_WARN, realized_performance
+from olist_churn_dagster.lib.ml.scoring import EXPORT_COLUMNS
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
 
@@ -139,11 +141,14 @@ def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
     assert all("dagster/table_name" not in e.metadata for e in events[:-1])
     assert events[-1].metadata["partitions_in_range"].value == len(recent)
     assert "dagster/column_schema" in events[-1].metadata
-    assert scores.get_column("churn_probability").is_between(0, 1).all()
+    floor = PROBABILITY_FLOOR
+    assert scores.get_column("churn_probability").is_between(floor, 1 - floor).all()
     assert scores.get_column("risk_band").is_in(["high", "medium", "low"]).all()
     for day, frame in scores.group_by("reference_date"):
         ranks = frame.get_column("risk_rank").unique().sort().to_list()
         assert ranks == list(range(1, len(ranks) + 1)), day  # dense ranks
+        # ... of the model's score: a rank is shared by equal scores only
+        assert len(ranks) == frame.get_column("model_score").n_unique(), day
     # The scores carry the version the registry's champion alias points at.
     uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
     champion = MlflowClient(tracking_uri=uri).get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
@@ -151,9 +156,10 @@ def test_scores_for_recent_partitions(trained, definitions, data_dir: Path):
     assert scores.get_column("model_alias").unique().to_list() == [CHAMPION_ALIAS]
     assert scores.filter(pl.col("reason_1").is_null()).height < scores.height
     assert_sales_at_risk_from_raw_revenue(scores, data_dir / "raw")
-    exported = data_dir / "exports" / "churn_scores" / f"{recent[-1]}.csv"
+    exported = pl.read_csv(data_dir / "exports" / "churn_scores" / f"{recent[-1]}.csv")
+    assert tuple(exported.columns) == EXPORT_COLUMNS
     assert (
-        pl.read_csv(exported).height
+        exported.height
         == scores.filter(pl.col("reference_date").cast(pl.String) == recent[-1]).height
     )
 
@@ -352,7 +358,7 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     assert metadata["plots"].value.count("data:image/png;base64") == 2
     low, high = metadata["gap_vs_simple_gbm_ci95"].value
     assert low <= metadata["gap_vs_simple_gbm"].value <= high
-    assert metadata["calibration"].value in {"none", "platt", "isotonic"}
+    assert metadata["calibration"].value in METHODS
     (check,) = [
         e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "backtest"
     ]
@@ -361,7 +367,10 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     assert check.passed == (metadata["gap_vs_simple_gbm"].value > 0)
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         table = conn.execute("SELECT * FROM ml.backtest").pl()
-    assert table.height == cutoffs * 5
+    # 3 scorers per cutoff, and 3 calibrations per cutoff with an earlier matured one
+    judged = table.filter(pl.col("scorer") == "model_beta").height
+    assert 0 < judged < cutoffs
+    assert table.height == cutoffs * 3 + judged * 3
     assert table.get_column("roc_auc").is_between(0, 1).all()
     assert table.filter(pl.col("scorer") == "model")["model_params"].null_count() == 0
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
@@ -387,8 +396,8 @@ def test_champion_gate_compares_mean_backtest_auc(trained, definitions, data_dir
     (model,) = first.asset_materializations_for_node("ml__churn_model")
     assert "gate_candidate_backtest" in model.metadata
     method = model.metadata["calibration"].value
-    assert method in {"none", "platt", "isotonic"}
-    assert "data:image/png;base64" in model.metadata["reliability"].value
+    assert method in METHODS
+    assert 0 <= model.metadata["backtest_ece_unseen_cutoffs"].value < 0.5
     uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
     from olist_churn_dagster.lib.ml.tracking import load_champion
 

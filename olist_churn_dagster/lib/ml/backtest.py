@@ -181,10 +181,33 @@ def calibration_table(table: pl.DataFrame, scorer: str | None = MODEL) -> pl.Dat
 
 
 def choose_calibration(table: pl.DataFrame, scorer: str | None = MODEL) -> str:
-    """The calibration method with the lowest mean ECE on the cutoffs it was not fitted on
-    (Brier breaks ties); `none` when the table holds no calibrated variants."""
-    ranked = calibration_table(table, scorer)
-    return str(ranked["method"][0]) if ranked.height else "none"
+    """The simplest calibration (METHODS order: Platt, beta, isotonic) whose mean ECE on
+    the cutoffs it was not fitted on is within one standard error of the best one's (the
+    error of their per-cutoff differences); `none` when the table holds no calibrated
+    variants. `none` itself is the reference, never chosen: a fitted map follows the churn
+    rate of the latest matured cohorts, the model's own probabilities do not.
+
+    Why not simply the lowest ECE: with a handful of cutoffs the methods' ECEs differ by
+    less than they move from cutoff to cutoff, and a flexible map (isotonic) saturates at
+    the extreme scores, where its blocks are smallest."""
+    if scorer is None:
+        return "none"
+    names = {calibrated_name(scorer, m): m for m in METHODS[1:]}
+    wide = (
+        table.filter(pl.col("scorer").is_in(list(names)))
+        .pivot(on="scorer", index="cutoff", values="ece")
+        .drop_nulls()
+    )
+    if wide.height == 0:
+        return "none"
+    ece = {m: wide.get_column(n).to_numpy() for n, m in names.items() if n in wide.columns}
+    best = min(ece, key=lambda m: float(ece[m].mean()))
+    for method, values in ece.items():  # simplest first
+        diff = values - ece[best]
+        error = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if float(diff.mean()) <= error:
+            return method
+    return best
 
 
 @dataclass
@@ -209,7 +232,8 @@ class BacktestResult:
         return calibration_table(self.table, self.calibrated)
 
     def chosen_calibration(self) -> str:
-        """The method with the lowest mean ECE on unseen cutoffs (Brier breaks ties)."""
+        """The simplest method within one standard error of the lowest mean ECE on
+        unseen cutoffs (`choose_calibration`)."""
         return choose_calibration(self.table, self.calibrated)
 
 

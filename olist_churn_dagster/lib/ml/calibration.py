@@ -1,6 +1,6 @@
 """Probability calibration of the model's scores: Platt or beta (logistic maps of the
-score's logs) or isotonic (monotone, linear between its knots), fitted on scores whose
-labels have matured and applied to later scores.
+score's logs) or isotonic (centred: linear between the pooled blocks' centres), fitted on
+scores whose labels have matured and applied to later scores.
 
 Why: early stopping on log loss keeps XGBoost's probabilities roughly honest, but the
 churn rate drifts between cohorts, and the account managers read the probability itself
@@ -60,12 +60,20 @@ def _fit_beta(y: np.ndarray, s: np.ndarray) -> tuple[float, float, float]:
 
 
 def _fit_isotonic(y: np.ndarray, s: np.ndarray) -> tuple[list[float], list[float]]:
-    """Knots (score, calibrated probability) of the isotonic fit (pool adjacent violators),
-    between which `apply` interpolates linearly."""
+    """Knots of the centred isotonic fit (Oron and Flournoy, 2017): each block of the pool
+    adjacent violators fit (scikit-learn) becomes one knot, at its mean score, with its
+    churn rate; `apply` interpolates linearly between knots. Unlike the step function
+    itself, the map rises strictly between the first and the last knot, so scores the
+    model tells apart keep apart probabilities."""
     from sklearn.isotonic import IsotonicRegression
 
-    model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y)
-    return model.X_thresholds_.tolist(), model.y_thresholds_.tolist()
+    order = np.argsort(s, kind="stable")
+    scores = s[order]
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(scores, y[order])
+    rates, starts = np.unique(fitted, return_index=True)  # fitted rises: one run per rate
+    sizes = np.diff(np.append(starts, fitted.size))
+    centres = np.add.reduceat(scores, starts) / sizes
+    return centres.tolist(), rates.tolist()
 
 
 def reliability_bins(

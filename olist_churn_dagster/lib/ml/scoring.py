@@ -13,7 +13,11 @@ import polars as pl
 
 from olist_churn_dagster.lib.features import FeatureSpec
 from olist_churn_dagster.lib.ml.calibration import Calibrator
-from olist_churn_dagster.lib.ml.catalogue import MODEL_CATALOGUE, REASON_TEMPLATES
+from olist_churn_dagster.lib.ml.catalogue import (
+    MISSING_REASONS,
+    MODEL_CATALOGUE,
+    REASON_TEMPLATES,
+)
 from olist_churn_dagster.lib.ml.model import predict, top_reasons
 from olist_churn_dagster.lib.tables import KEYS
 
@@ -107,12 +111,21 @@ def money_text(value: pl.Expr) -> pl.Expr:
     return pl.concat_str(pl.lit("R$ "), decimal_text(value, 2, trim=False))
 
 
+def _percent(value: pl.Expr) -> pl.Expr:
+    return pl.concat_str(decimal_text(value * 100, 1), pl.lit("%"))
+
+
 def _shown(value: pl.Expr, unit: pl.Expr) -> pl.Expr:
-    """`value` as text in `unit` (a feature's catalogue unit): shares and probabilities
-    as %, money as R$, grams and cm3 after the number; null for null."""
+    """`value` as text in `unit` (a feature's catalogue unit): shares as %, probabilities
+    as % but never 0% nor 100% ("under 0.1%", "over 99.9%": a model's chance is no
+    certainty), money as R$, grams and cm3 after the number; null for null."""
     return (
-        pl.when(unit.is_in(PERCENT_UNITS))
-        .then(pl.concat_str(decimal_text(value * 100, 1), pl.lit("%")))
+        pl.when((unit == "probability") & (value > 0.999))
+        .then(pl.lit("over 99.9%"))
+        .when((unit == "probability") & (value < 0.001))
+        .then(pl.lit("under 0.1%"))
+        .when(unit.is_in(PERCENT_UNITS))
+        .then(_percent(value))
         .when(unit == "BRL")
         .then(money_text(value))
         .when(unit.is_in(SUFFIXED_UNITS))
@@ -123,37 +136,69 @@ def _shown(value: pl.Expr, unit: pl.Expr) -> pl.Expr:
     )
 
 
-def _placeholders(template: str) -> list[str]:
-    return re.findall(r"\{(\w+)\}", template)
+_PLACEHOLDER = r"\{(\w+)(?::(percent))?\}"  # {name} or {name:percent}
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for name, _ in re.findall(_PLACEHOLDER, template)}
 
 
 def _sentence(feature: str, value: pl.Expr) -> pl.Expr:
     """The feature's REASON_TEMPLATES sentence: `{value}` is `value`, `{name}` the row's
-    column `name`, each in its feature's unit; null when any of them is null."""
-    pieces = re.split(r"\{(\w+)\}", REASON_TEMPLATES[feature])  # text, name, text, ...
+    column `name`, each in its feature's unit (or as a percentage); null when any of them
+    is null."""
+    pieces = re.split(_PLACEHOLDER, REASON_TEMPLATES[feature])  # text, name, spec, text, ...
 
-    def shown(name: str) -> pl.Expr:
+    def shown(name: str, spec: str | None) -> pl.Expr:
         column = value if name == "value" else pl.col(name).cast(pl.Float64)
-        return _shown(column, pl.lit(UNITS[feature if name == "value" else name]))
+        unit = UNITS[feature if name == "value" else name]
+        return _percent(column) if spec else _shown(column, pl.lit(unit))
 
-    return pl.concat_str([shown(p) if k % 2 else pl.lit(p) for k, p in enumerate(pieces)])
+    parts = [pl.lit(pieces[0])]
+    for name, spec, text in zip(pieces[1::3], pieces[2::3], pieces[3::3], strict=True):
+        parts += [shown(name, spec), pl.lit(text)]
+    return pl.concat_str(parts)
 
 
-def _reason_phrase(i: int, available: Collection[str]) -> pl.Expr:
+def _usable(available: Collection[str]) -> dict[str, set[str]]:
+    """The features whose sentence the rows can fill, with the other features it names."""
+    named = {f: _placeholders(t) - {"value"} for f, t in REASON_TEMPLATES.items()}
+    return {f: others for f, others in named.items() if others <= set(available)}
+
+
+def _told_elsewhere(i: int, n: int, usable: Mapping[str, set[str]]) -> pl.Expr:
+    """Whether another reason of the row has a sentence that names reason i's feature
+    (and a value to fill it), so reason i would repeat it."""
+    tellers: dict[str, list[str]] = {}  # feature -> the features whose sentence names it
+    for teller, others in usable.items():
+        for feature in others:
+            tellers.setdefault(feature, []).append(teller)
+    name = pl.col(f"reason_{i}")
+    told = [
+        (name == feature)
+        & pl.col(f"reason_{j}").is_in(names)
+        & pl.col(f"reason_{j}_value").is_not_null()
+        for feature, names in tellers.items()
+        for j in range(1, n + 1)
+        if j != i
+    ]
+    return pl.any_horizontal(told) if told else pl.lit(False)
+
+
+def _reason_phrase(i: int, n: int, usable: Mapping[str, set[str]]) -> pl.Expr:
     """Reason i as its catalogue sentence when it has one (and the row has the columns
-    the sentence names), else as "meaning: value", the value in the feature's unit."""
+    the sentence names), or as the catalogue's words for its missing value, else as
+    "meaning: value", the value in the feature's unit; null where another reason's
+    sentence already tells it."""
     name, value = pl.col(f"reason_{i}"), pl.col(f"reason_{i}_value")
     unit = name.replace_strict(UNITS, default=None, return_dtype=pl.String)
     label = name.replace_strict(LABELS, default=name, return_dtype=pl.String)
+    missing = name.replace_strict(MISSING_REASONS, default=None, return_dtype=pl.String)
     plain = pl.concat_str(label, pl.lit(": "), _shown(value, unit).fill_null(pl.lit("none")))
-    sentences = [
-        pl.when(name == feature).then(_sentence(feature, value))
-        for feature, template in REASON_TEMPLATES.items()
-        if set(_placeholders(template)) - {"value"} <= set(available)
-    ]
-    # The feature's sentence; "meaning: value" without one, or when a value it names is null.
-    phrase = pl.coalesce(*sentences, plain)
-    return pl.when(name.is_not_null()).then(phrase)
+    sentences = [pl.when(name == feature).then(_sentence(feature, value)) for feature in usable]
+    # The sentence; the words for a missing value; "meaning: value" without either.
+    phrase = pl.coalesce(*sentences, pl.when(value.is_null()).then(missing), plain)
+    return pl.when(name.is_not_null() & ~_told_elsewhere(i, n, usable)).then(phrase)
 
 
 def reasons_in_words(available: Collection[str] = (), n: int = N_REASONS) -> pl.Expr:
@@ -161,18 +206,19 @@ def reasons_in_words(available: Collection[str] = (), n: int = N_REASONS) -> pl.
     this seller's usual gap of 3 days; share of orders canceled: 12.5%": the catalogue's
     sentence for the feature where it has one and the row holds the columns it names
     (`available`), else its meaning and the seller's value in its unit (a feature the
-    catalogue lacks goes by its name). Null where there are no reasons (low risk). Reads
-    reason_i and reason_i_value, i = 1..n."""
-    text = pl.concat_str(
-        [_reason_phrase(i, available) for i in range(1, n + 1)], separator="; ", ignore_nulls=True
-    )
+    catalogue lacks goes by its name); a reason another one's sentence tells, or the same
+    words twice, once. Null where there are no reasons (low risk). Reads reason_i and
+    reason_i_value, i = 1..n."""
+    usable = _usable(available)
+    phrases = pl.concat_list(_reason_phrase(i, n, usable) for i in range(1, n + 1))
+    text = phrases.list.drop_nulls().list.unique(maintain_order=True).list.join("; ")
     return pl.when(text != "").then(text).alias("reasons")
 
 
 def _with_reasons_in_words(reasons: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
     """`reasons` (top_reasons of `rows`, in their order) plus the `reasons` text, its
     sentences filled from the rows' own features."""
-    named = {p for t in REASON_TEMPLATES.values() for p in _placeholders(t)} & set(rows.columns)
+    named = set().union(*map(_placeholders, REASON_TEMPLATES.values())) & set(rows.columns)
     context = rows.select(sorted(named - set(reasons.columns)))
     return (
         pl.concat([reasons, context], how="horizontal")

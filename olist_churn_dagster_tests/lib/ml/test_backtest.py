@@ -11,6 +11,7 @@ from olist_churn_dagster.lib.ml.backtest import (
     SIMPLE_BASELINE,
     Recipe,
     backtest_figure,
+    choose_calibration,
     gap,
     mean_table,
     run_backtest,
@@ -106,13 +107,40 @@ def test_backtest_reports_every_cutoff_and_scorer(result, abt):
     assert calibration["method"].sort().to_list() == ["beta", "isotonic", "none", "platt"]
     assert calibration["cutoffs"].to_list() == [2] * 4  # `none` on the judged cutoffs too
     assert calibration["ece"].is_sorted()
-    assert result.chosen_calibration() == calibration["method"][0]
+    assert result.chosen_calibration() in ("platt", "beta", "isotonic")
     raw = table.filter(pl.col("scorer") == MODEL, pl.col("cutoff").is_in(judged))
     for method in ("platt", "beta"):  # monotone: the same ranking
         mapped = table.filter(pl.col("scorer") == f"model_{method}")["roc_auc"].to_numpy()
         np.testing.assert_allclose(mapped, raw["roc_auc"].to_numpy(), atol=1e-9)
     assert result.scores.filter(pl.col("cutoff").is_in(judged))["model_beta"].null_count() == 0
     assert result.scores.filter(~pl.col("cutoff").is_in(judged))["model_beta"].null_count() > 0
+
+
+def _ece_table(ece: dict[str, list[float]]) -> pl.DataFrame:
+    """A backtest table of ECEs only: method -> one value per cutoff."""
+    cutoffs = MONTHLY[: len(next(iter(ece.values())))]
+    return pl.DataFrame(
+        [
+            {"cutoff": c, "scorer": MODEL if m == "none" else f"{MODEL}_{m}", "ece": e}
+            for m, values in ece.items()
+            for c, e in zip(cutoffs, values, strict=True)
+        ]
+    )
+
+
+def test_the_simplest_calibration_within_the_noise_of_the_best_is_chosen():
+    noisy = {
+        "none": [0.030, 0.031, 0.029, 0.030],
+        "platt": [0.026, 0.027, 0.021, 0.025],
+        "beta": [0.025, 0.028, 0.019, 0.029],
+        "isotonic": [0.022, 0.025, 0.017, 0.031],  # lowest mean, by less than the noise
+    }
+    assert choose_calibration(_ece_table(noisy)) == "platt"
+    clear = {**noisy, "isotonic": [0.012, 0.014, 0.011, 0.013]}
+    assert choose_calibration(_ece_table(clear)) == "isotonic"
+    # none is the reference, never chosen over a fitted map; no fitted map: none.
+    assert choose_calibration(_ece_table({**noisy, "none": [0.01] * 4})) == "platt"
+    assert choose_calibration(_ece_table({"none": noisy["none"]})) == "none"
 
 
 def test_calibration_at_a_cutoff_reads_no_label_of_the_45_days_before_it(result):

@@ -6,6 +6,7 @@ from olist_churn_dagster.lib.features import FEATURE_FAMILIES, feature_schema
 from olist_churn_dagster.lib.ml.abt import feature_columns
 from olist_churn_dagster.lib.ml.catalogue import (
     DIRECTIONS,
+    MISSING_REASONS,
     MODEL_CATALOGUE,
     REASON_TEMPLATES,
     RISK_DIRECTION,
@@ -33,18 +34,19 @@ def test_every_feature_the_model_reads_has_a_meaning_a_unit_and_a_direction():
 
 def test_a_feature_without_an_entry_or_a_direction_is_undocumented(monkeypatch):
     assert undocumented(["sales_orders", "sales_orders_7d"]) == ["sales_orders_7d"]
-    monkeypatch.delitem(RISK_DIRECTION, "rhythm_recency_z")  # type: ignore[attr-defined]
+    monkeypatch.delitem(RISK_DIRECTION, "rhythm_recency_z")
     assert undocumented(["rhythm_recency_z", "rhythm_recency_over_gap"]) == ["rhythm_recency_z"]
-    monkeypatch.setitem(RISK_DIRECTION, "sales_orders", "sideways")  # type: ignore[arg-type]
+    monkeypatch.setitem(RISK_DIRECTION, "sales_orders", "sideways")
     assert undocumented(["sales_orders"]) == ["sales_orders"]
 
 
 def test_reason_sentences_name_catalogued_features_only():
     for feature, template in REASON_TEMPLATES.items():
         assert feature in SPECS, feature
-        assert "{value}" in template, feature
-        named = set(re.findall(r"\{(\w+)\}", template)) - {"value"}
-        assert named <= set(SPECS), (feature, named - set(SPECS))
+        named = set(re.findall(r"\{(\w+)(?::percent)?\}", template))
+        assert "value" in named, feature
+        assert named - {"value"} <= set(SPECS), (feature, named - set(SPECS))
+    assert set(MISSING_REASONS) <= set(SPECS)
 
 
 def test_the_markdown_has_a_table_per_family_with_each_direction():

@@ -209,7 +209,7 @@ def test_reasons_in_words_use_the_catalogue_meaning_and_unit():
             [
                 ("customers_distinct", 2.0),
                 ("delivery_days_ahead_of_promise", -3.456),
-                ("sales_std_gap_days", None),
+                ("reviews_score_min", None),
             ],
             [("not_in_the_catalogue", 4 / 3), NONE, NONE],
             [NONE, NONE, NONE],
@@ -220,7 +220,7 @@ def test_reasons_in_words_use_the_catalogue_meaning_and_unit():
         # days to one decimal; a null remark dropped, a null value as "none"
         "distinct customers (customer_unique_id): 2; "
         "mean days between delivery and the estimated date (positive = early): -3.5; "
-        "sample standard deviation of the gaps between sale days: none",
+        "lowest review score: none",
         "not_in_the_catalogue: 1.33",  # no catalogue entry: the feature's name
         None,  # low risk: no reasons
     ]
@@ -230,7 +230,7 @@ def test_reasons_in_words_are_sentences_with_the_sellers_own_figures():
     rows = [
         [("rhythm_recency_over_gap", 31 / 3), ("rhythm_p_no_sale_left_30d", 0.953), NONE],
         [("rhythm_orders_30d_vs_window", 0.25), ("sales_orders_30d", 2.0), NONE],
-        [("rhythm_recency_over_gap", None), NONE, NONE],
+        [("rhythm_recency_over_gap", None), ("rhythm_p_no_sale_left_30d", 1.0), NONE],
     ]
     context = {
         "sales_recency_days": [31.0, 5.0, 12.0],
@@ -239,18 +239,40 @@ def test_reasons_in_words_are_sentences_with_the_sellers_own_figures():
     }
     assert _reasons(rows, **context) == [
         "no sale for 31 days, about 10.3 times this seller's usual gap of 3 days; "
-        "at its pace of the last 30 days, a 95.3% chance of no new sale before it counts "
+        "at its pace of the last 30 days, 95.3% chance of no new sale before it counts "
         "as churned",
-        "orders in the last 30 days at 0.2 times its usual pace (now 2); "
-        "orders with a sale in the last 30 days: 2",
-        # a sentence whose figures are missing falls back to "meaning: value"
-        "days since the last sale day over the mean gap between sale days: none",
+        # a percentage where the template asks; a reason the sentence tells, once
+        "orders in the last 30 days: 2, 25% of its usual pace",
+        # a missing value in the catalogue's words; a model's chance never 100%
+        "too few sale days in the window to know its usual gap between sales; "
+        "at its pace of the last 30 days, over 99.9% chance of no new sale before it "
+        "counts as churned",
     ]
     # Without the columns a sentence names, the reason reads "meaning: value".
     assert _reasons(rows[:1]) == [
         "days since the last sale day over the mean gap between sale days: 10.3; "
-        "at its pace of the last 30 days, a 95.3% chance of no new sale before it counts "
+        "at its pace of the last 30 days, 95.3% chance of no new sale before it counts "
         "as churned"
+    ]
+
+
+def test_a_reason_told_by_another_reasons_sentence_or_said_twice_comes_once():
+    context = {
+        "sales_recency_days": [31.0, 40.0],
+        "sales_mean_gap_days": [3.0, None],
+        "sales_std_gap_days": [2.0, None],
+    }
+    told = [("sales_recency_days", 31.0), ("rhythm_recency_over_gap", 31 / 3)]
+    missing = [("sales_mean_gap_days", None), ("sales_std_gap_days", None)]
+    rows = [
+        # the days without a sale and the usual gap are in the ratio's sentence
+        [*told, ("sales_mean_gap_days", 3.0)],
+        # two missing rhythms say the same words: once; the days stand on their own
+        [*missing, ("sales_recency_days", 40.0)],
+    ]
+    assert _reasons(rows, **context) == [
+        "no sale for 31 days, about 10.3 times this seller's usual gap of 3 days",
+        "too few sale days in the window to know its usual gap between sales; no sale for 40 days",
     ]
 
 
