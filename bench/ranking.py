@@ -47,15 +47,16 @@ from olist_churn_dagster.lib.ml.model import (
     split_frames,
 )
 from olist_churn_dagster.lib.ml.rhythm import model_frame
-from olist_churn_dagster.lib.ml.tracking import load_champion
+from olist_churn_dagster.lib.ml.tracking import LoadedModel, load_champion
 from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
 
 
-def model_scores(conn: duckdb.DuckDBPyConnection, data_dir: Path, dates: list) -> pl.DataFrame:
+def model_scores(
+    conn: duckdb.DuckDBPyConnection, champion: LoadedModel, dates: list
+) -> pl.DataFrame:
     """The champion booster's score of every scored seller, from the stored features."""
     settings = load_settings()
-    champion = load_champion(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
     features = model_frame(
         read_feature_tables(conn, dates),
         horizon_days=settings.churn_horizon_days,
@@ -188,7 +189,8 @@ def report(data_dir: Path) -> None:
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         table = conn.execute(f"SELECT * FROM {SCORES_TABLE}").pl()
         dates = table.get_column("reference_date").unique().sort().to_list()
-        scored = table.join(model_scores(conn, data_dir, dates), on=KEYS, how="left")
+        champion = load_champion(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
+        scored = table.join(model_scores(conn, champion, dates), on=KEYS, how="left")
         backtest = conn.execute("SELECT * FROM ml.backtest").pl()
     newest = scored.filter(pl.col("reference_date") == dates[-1])
     export = pl.read_csv(data_dir / "exports" / "churn_scores" / f"{dates[-1]}.csv")
@@ -215,7 +217,10 @@ def report(data_dir: Path) -> None:
         f"{auc[MODEL]:.4f}, {SIMPLE_BASELINE} {auc[SIMPLE_BASELINE]:.4f} "
         f"(gap {auc[MODEL] - auc[SIMPLE_BASELINE]:+.4f})"
     )
-    print("- calibration methods, ECE on the cutoffs where each was judged:\n")
+    print(
+        f"- calibration methods, ECE on the cutoffs where each was judged (the champion's: "
+        f"{champion.calibrator.method}):\n"
+    )
     print(frame_to_markdown(calibration_table(backtest)))
     print()
 
