@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,25 +115,25 @@ def _percent(value: pl.Expr) -> pl.Expr:
     return pl.concat_str(decimal_text(value * 100, 1), pl.lit("%"))
 
 
-def _shown(value: pl.Expr, unit: pl.Expr) -> pl.Expr:
+def _shown(value: pl.Expr, unit: str | None) -> pl.Expr:
     """`value` as text in `unit` (a feature's catalogue unit): shares as %, probabilities
     as % but never 0% nor 100% ("under 0.1%", "over 99.9%": a model's chance is no
     certainty), money as R$, grams and cm3 after the number; null for null."""
-    return (
-        pl.when((unit == "probability") & (value > 0.999))
-        .then(pl.lit("over 99.9%"))
-        .when((unit == "probability") & (value < 0.001))
-        .then(pl.lit("under 0.1%"))
-        .when(unit.is_in(PERCENT_UNITS))
-        .then(_percent(value))
-        .when(unit == "BRL")
-        .then(money_text(value))
-        .when(unit.is_in(SUFFIXED_UNITS))
-        .then(pl.concat_str(decimal_text(value, 2), pl.lit(" "), unit))
-        .when(unit.is_in(ONE_DECIMAL_UNITS))
-        .then(decimal_text(value, 1))
-        .otherwise(decimal_text(value, 2))
-    )
+    if unit == "probability":
+        return (
+            pl.when(value > 0.999)
+            .then(pl.lit("over 99.9%"))
+            .when(value < 0.001)
+            .then(pl.lit("under 0.1%"))
+            .otherwise(_percent(value))
+        )
+    if unit in PERCENT_UNITS:
+        return _percent(value)
+    if unit == "BRL":
+        return money_text(value)
+    if unit in SUFFIXED_UNITS:
+        return pl.concat_str(decimal_text(value, 2), pl.lit(f" {unit}"))
+    return decimal_text(value, 1 if unit in ONE_DECIMAL_UNITS else 2)
 
 
 _PLACEHOLDER = r"\{(\w+)(?::(percent))?\}"  # {name} or {name:percent}
@@ -143,16 +143,25 @@ def _placeholders(template: str) -> set[str]:
     return {name for name, _ in re.findall(_PLACEHOLDER, template)}
 
 
-def _sentence(feature: str, value: pl.Expr) -> pl.Expr:
-    """The feature's REASON_TEMPLATES sentence: `{value}` is `value`, `{name}` the row's
-    column `name`, each in its feature's unit (or as a percentage); null when any of them
-    is null."""
+# Feature -> the other features its sentence names (whose reasons it tells as well).
+NAMED: Mapping[str, set[str]] = {
+    f: _placeholders(t) - {"value"} for f, t in REASON_TEMPLATES.items()
+}
+
+
+def _sentence(feature: str) -> pl.Expr:
+    """The feature's REASON_TEMPLATES sentence: `{value}` is the reason's value, `{name}`
+    the row's column `name`, each in its feature's unit (or as a percentage); null when
+    any of them is null."""
     pieces = re.split(_PLACEHOLDER, REASON_TEMPLATES[feature])  # text, name, spec, text, ...
 
     def shown(name: str, spec: str | None) -> pl.Expr:
-        column = value if name == "value" else pl.col(name).cast(pl.Float64)
-        unit = UNITS[feature if name == "value" else name]
-        return _percent(column) if spec else _shown(column, pl.lit(unit))
+        column = pl.col(name).cast(pl.Float64)
+        return (
+            _percent(column)
+            if spec
+            else _shown(column, UNITS[feature if name == "value" else name])
+        )
 
     parts = [pl.lit(pieces[0])]
     for name, spec, text in zip(pieces[1::3], pieces[2::3], pieces[3::3], strict=True):
@@ -160,71 +169,76 @@ def _sentence(feature: str, value: pl.Expr) -> pl.Expr:
     return pl.concat_str(parts)
 
 
-def _usable(available: Collection[str]) -> dict[str, set[str]]:
-    """The features whose sentence the rows can fill, with the other features it names."""
-    named = {f: _placeholders(t) - {"value"} for f, t in REASON_TEMPLATES.items()}
-    return {f: others for f, others in named.items() if others <= set(available)}
+def _phrase(feature: str, in_a_sentence: bool) -> pl.Expr:
+    """How a reason of `feature` reads, over rows with its value in `value` (and the
+    columns its sentence names, when `in_a_sentence`): the catalogue's sentence, or its
+    words for a missing value, else "meaning: value" in its unit."""
+    value = pl.col("value")
+    label = pl.lit(f"{LABELS.get(feature, feature)}: ")
+    plain = pl.concat_str(label, _shown(value, UNITS.get(feature)).fill_null(pl.lit("none")))
+    phrases = [_sentence(feature)] if in_a_sentence else []
+    if feature in MISSING_REASONS:
+        phrases.append(pl.when(value.is_null()).then(pl.lit(MISSING_REASONS[feature])))
+    return pl.coalesce(*phrases, plain)
 
 
-def _told_elsewhere(i: int, n: int, usable: Mapping[str, set[str]]) -> pl.Expr:
-    """Whether another reason of the row has a sentence that names reason i's feature
-    (and a value to fill it), so reason i would repeat it."""
-    tellers: dict[str, list[str]] = {}  # feature -> the features whose sentence names it
-    for teller, others in usable.items():
-        for feature in others:
-            tellers.setdefault(feature, []).append(teller)
-    name = pl.col(f"reason_{i}")
-    told = [
-        (name == feature)
-        & pl.col(f"reason_{j}").is_in(names)
-        & pl.col(f"reason_{j}_value").is_not_null()
-        for feature, names in tellers.items()
-        for j in range(1, n + 1)
-        if j != i
+def _long_reasons(rows: pl.DataFrame, n: int, context: list[str]) -> pl.DataFrame:
+    """One row per row of `rows` (`row`, its index) and reason: slot, feature, value and
+    the `context` columns."""
+    return pl.concat(
+        rows.select(
+            pl.int_range(pl.len()).alias("row"),
+            pl.lit(i, dtype=pl.Int64).alias("slot"),
+            pl.col(f"reason_{i}").alias("feature"),
+            pl.col(f"reason_{i}_value").cast(pl.Float64).alias("value"),
+            *context,
+        )
+        for i in range(1, n + 1)
+    ).filter(pl.col("feature").is_not_null())
+
+
+def reasons_in_words(rows: pl.DataFrame, n: int = N_REASONS) -> pl.Series:
+    """Each row's reasons as one text for people, e.g. "no sale for 31 days, about 10.3
+    times this seller's usual gap of 3 days; share of orders canceled: 12.5%": the
+    catalogue's sentence for the feature where it has one and the row holds the columns it
+    names, else its meaning and the seller's value in its unit (a feature the catalogue
+    lacks goes by its name); a reason another one's sentence tells, or the same words
+    twice, once. Null where there are no reasons (low risk). Reads reason_i and
+    reason_i_value, i = 1..n, and the columns the sentences name.
+
+    The reasons are written feature by feature (one long row per row and reason), so each
+    costs its own sentence only, not a branch for every sentence of the catalogue."""
+    tellers = {f: sorted(names) for f, names in NAMED.items() if names <= set(rows.columns)}
+    long = _long_reasons(rows, n, sorted(set().union(*tellers.values())))
+    # A reason whose figure the filled sentence of another of the row's reasons names.
+    told = (
+        long.filter(pl.col("feature").is_in(list(tellers)) & pl.col("value").is_not_null())
+        .select("row", pl.col("feature").replace_strict(tellers, return_dtype=pl.List(pl.String)))
+        .explode("feature")
+    )
+    kept = long.join(told, on=["row", "feature"], how="anti")
+    words = [
+        part.select("row", "slot", _phrase(feature, feature in tellers).alias("phrase"))
+        for (feature,), part in kept.partition_by("feature", as_dict=True).items()
     ]
-    return pl.any_horizontal(told) if told else pl.lit(False)
-
-
-def _reason_phrase(i: int, n: int, usable: Mapping[str, set[str]]) -> pl.Expr:
-    """Reason i as its catalogue sentence when it has one (and the row has the columns
-    the sentence names), or as the catalogue's words for its missing value, else as
-    "meaning: value", the value in the feature's unit; null where another reason's
-    sentence already tells it."""
-    name, value = pl.col(f"reason_{i}"), pl.col(f"reason_{i}_value")
-    unit = name.replace_strict(UNITS, default=None, return_dtype=pl.String)
-    label = name.replace_strict(LABELS, default=name, return_dtype=pl.String)
-    missing = name.replace_strict(MISSING_REASONS, default=None, return_dtype=pl.String)
-    plain = pl.concat_str(label, pl.lit(": "), _shown(value, unit).fill_null(pl.lit("none")))
-    sentences = [pl.when(name == feature).then(_sentence(feature, value)) for feature in usable]
-    # The sentence; the words for a missing value; "meaning: value" without either.
-    phrase = pl.coalesce(*sentences, pl.when(value.is_null()).then(missing), plain)
-    return pl.when(name.is_not_null() & ~_told_elsewhere(i, n, usable)).then(phrase)
-
-
-def reasons_in_words(available: Collection[str] = (), n: int = N_REASONS) -> pl.Expr:
-    """A row's reasons as one text for people, e.g. "no sale for 31 days, about 10.3 times
-    this seller's usual gap of 3 days; share of orders canceled: 12.5%": the catalogue's
-    sentence for the feature where it has one and the row holds the columns it names
-    (`available`), else its meaning and the seller's value in its unit (a feature the
-    catalogue lacks goes by its name); a reason another one's sentence tells, or the same
-    words twice, once. Null where there are no reasons (low risk). Reads reason_i and
-    reason_i_value, i = 1..n."""
-    usable = _usable(available)
-    phrases = pl.concat_list(_reason_phrase(i, n, usable) for i in range(1, n + 1))
-    text = phrases.list.drop_nulls().list.unique(maintain_order=True).list.join("; ")
-    return pl.when(text != "").then(text).alias("reasons")
+    schema = {"row": pl.Int64, "slot": pl.Int64, "phrase": pl.String}
+    text = (
+        pl.concat([pl.DataFrame(schema=schema), *words])
+        .sort("row", "slot")
+        .unique(["row", "phrase"], keep="first", maintain_order=True)
+        .group_by("row", maintain_order=True)
+        .agg(pl.col("phrase").str.join("; ").alias("reasons"))
+    )
+    every = rows.select(pl.int_range(pl.len()).alias("row"))
+    return every.join(text, on="row", how="left", maintain_order="left").get_column("reasons")
 
 
 def _with_reasons_in_words(reasons: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
     """`reasons` (top_reasons of `rows`, in their order) plus the `reasons` text, its
     sentences filled from the rows' own features."""
-    named = set().union(*map(_placeholders, REASON_TEMPLATES.values())) & set(rows.columns)
-    context = rows.select(sorted(named - set(reasons.columns)))
-    return (
-        pl.concat([reasons, context], how="horizontal")
-        .with_columns(reasons_in_words(named))
-        .drop(context.columns)
-    )
+    named = (set().union(*NAMED.values()) & set(rows.columns)) - set(reasons.columns)
+    both = pl.concat([reasons, rows.select(sorted(named))], how="horizontal")
+    return reasons.with_columns(reasons_in_words(both))
 
 
 def _explained(features: pl.DataFrame, probability: pl.Series) -> pl.Series:

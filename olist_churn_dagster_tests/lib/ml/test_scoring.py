@@ -192,7 +192,7 @@ def _reasons(
     frame = pl.DataFrame(
         columns, schema={k: pl.Float64 if k.endswith("value") else pl.String for k in columns}
     ).with_columns(pl.Series(name, values, dtype=pl.Float64) for name, values in context.items())
-    return frame.select(reasons_in_words(frame.columns)).get_column("reasons").to_list()
+    return reasons_in_words(frame).to_list()
 
 
 NONE: tuple[None, None] = (None, None)
