@@ -26,7 +26,7 @@ from olist_churn_dagster.lib.features import (
     incremental,
     source_tables,
 )
-from olist_churn_dagster.lib.ingest.delta import TableChange, plan_load
+from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
@@ -54,10 +54,7 @@ def assert_raw_equal(conn: duckdb.DuckDBPyConnection, expected: Tables) -> None:
 def load(conn: duckdb.DuckDBPyConnection, snapshot: Path, *, full: bool) -> dict:
     conn.execute("BEGIN TRANSACTION")
     try:
-        plan = plan_load(conn, snapshot, full=full)
-        changes = incremental.apply_keeping_state(
-            conn, plan, window_days=WINDOW, horizon_days=HORIZON
-        )
+        changes = apply_load(conn, plan_load(conn, snapshot, full=full))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
