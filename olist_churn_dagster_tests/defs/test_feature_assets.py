@@ -203,6 +203,22 @@ def test_feature_checks_are_one_step_that_evaluates_what_the_run_built(
     assert evaluation.metadata["duplicate_keys"].value == 0
 
 
+def test_a_daily_run_reports_what_it_did_to_the_lifetime_state(definitions, instance_with_raw):
+    """A one-date run catches the per-seller lifetime state up with the raw loads since the
+    last run and says so on the table that reads it; the next run finds nothing to do."""
+    job = definitions.resolve_job_def("build_feature_store")
+    sales = dg.AssetKey(["features", "seller_sales"])
+    reports = []
+    for day in registered_dates(instance_with_raw)[-2:]:
+        result = job.execute_in_process(
+            instance=instance_with_raw, partition_key=day, asset_selection=[sales]
+        )
+        (materialization,) = _materializations(result, "sales")
+        reports.append(materialization.metadata["lifetime_state"].value)
+    assert all(isinstance(report, str) and report for report in reports)
+    assert reports[1] == "unchanged (no sale changed since the last run)"
+
+
 def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(
     data_dir, backfilled, instance_with_raw
 ):

@@ -94,12 +94,16 @@ def feature_tables(
         ),
     )
     for family in written:
+        if family.lifetime_state:
+            context.log.info(f"per-seller lifetime state: {family.lifetime_state}")
         yield _result(context, family)
 
 
 def _metadata(written: FamilyWritten) -> dict[str, object]:
     dates = written.dates
     how = {"batches": written.batches} if written.batches else {"computed_from": ONE_DATE_SOURCE}
+    if written.lifetime_state:
+        how["lifetime_state"] = written.lifetime_state
     rows = (
         {"dagster/partition_row_count": written.rows}
         if len(dates) == 1

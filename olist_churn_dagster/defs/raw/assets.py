@@ -10,8 +10,7 @@ from pydantic import Field
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
-from olist_churn_dagster.lib.features import incremental
-from olist_churn_dagster.lib.ingest.delta import TableChange, plan_load
+from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
 from olist_churn_dagster.lib.ingest.feed import rolls_back
 from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
@@ -137,12 +136,7 @@ def raw_tables(
     loaded = loaded_as_of(context.instance)
     with warehouse.transaction() as conn:
         plan = plan_load(conn, source, full=full)
-        changes = incremental.apply_keeping_state(
-            conn,
-            plan,
-            window_days=settings.feature_window_days,
-            horizon_days=settings.churn_horizon_days,
-        )
+        changes = apply_load(conn, plan)  # logs the sellers whose sales changed
         dates = _source_dates(conn, source, settings, is_raw_dir=not config.source)
         if config.source and rolls_back(dates[-1], loaded):  # the sensor refuses it first
             raise dg.Failure(  # raised inside the transaction: nothing is written
