@@ -1,4 +1,4 @@
-"""A feed that looks like the real extract, against its own real `dagster dev`: an as-of
+"""A feed that looks like the real extract, against its own real `dg dev`: an as-of
 export whose last sale lies ten days before its date, then two later snapshots landing
 together. Every date is scored, in order; a snapshot older than the newest loaded is
 refused with its reason; nothing is skipped silently."""
