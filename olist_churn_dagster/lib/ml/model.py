@@ -94,11 +94,6 @@ def split_frames(abt: pl.DataFrame, plan: SplitPlan) -> dict[str, pl.DataFrame]:
     }
 
 
-def oot_rows(abt: pl.DataFrame, plan: SplitPlan) -> pl.DataFrame:
-    """The out-of-time test rows (features and label): what the champion gate scores."""
-    return split_frames(abt, plan)["test"]
-
-
 # --------------------------------------------------------------------------- params
 
 
