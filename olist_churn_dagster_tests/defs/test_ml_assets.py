@@ -16,11 +16,11 @@ from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
-from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.monitoring import PSI_WARN, realized_performance
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
+from olist_churn_dagster_tests.conftest import read_alerts
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
 

@@ -31,7 +31,6 @@ Keeping the state right (the feature path owns the state: the raw load never wri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 
 import duckdb
@@ -320,14 +319,6 @@ def _window_queries(start: int, end: int) -> dict[str, str]:
     }
 
 
-def window_tables(
-    conn: duckdb.DuckDBPyConnection, tables: Iterable[str], start: int, end: int
-) -> dict[str, pl.DataFrame]:
-    """The raw rows the features of a date read (see `_window_queries`), as frames."""
-    queries = _window_queries(start, end)
-    return {t: conn.execute(queries[t]).pl() for t in tables}
-
-
 # `lib.sales.sale_items` in SQL, for the views over the warehouse (a test holds them equal).
 SALE_ITEMS_SQL = f"""SELECT i.*, o.order_purchase_timestamp,
        CAST(o.order_purchase_timestamp AS DATE) AS sale_date
@@ -403,28 +394,6 @@ def _conform(family: str, result: pl.DataFrame) -> pl.DataFrame:
     out = result.select(pl.col(c).cast(t) for c, t in schema.items())
     floats = [c for c, t in schema.items() if t == pl.Float64]
     return out.with_columns(pl.col(floats).fill_nan(None))
-
-
-def features_from(
-    family: str,
-    raw: dict[str, pl.DataFrame],
-    reference_date: date,
-    state: pl.DataFrame | None,
-    *,
-    window_days: int,
-    horizon_days: int,
-) -> pl.DataFrame:
-    """One family's rows for one date from raw frames covering its reach (`window_tables`)
-    and, for a family that reads before it, the state at the rows' cutoff."""
-    plan = PLANS[family](window_days)
-    con = duckdb.connect(":memory:")
-    try:
-        for table in plan.tables:
-            con.register(table, raw[table])
-        con.register("sale_items", sale_items(raw["orders"], raw["order_items"]))
-        return _point(con, family, plan, reference_date, state, window_days, horizon_days)
-    finally:
-        con.close()
 
 
 def _point(

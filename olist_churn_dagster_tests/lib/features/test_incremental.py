@@ -26,7 +26,6 @@ from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
     compute_features,
     incremental,
-    source_tables,
 )
 from olist_churn_dagster.lib.features.writer import FamilyWritten, FeatureSettings, write_features
 from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
@@ -40,10 +39,6 @@ from olist_churn_dagster.lib.warehouse import open_warehouse, transaction
 WINDOW, HORIZON = 180, 45
 SETTINGS = FeatureSettings(WINDOW, HORIZON, batch_rows=1_500_000)
 Tables = dict[str, pl.DataFrame]
-
-
-def family_tables(family: str) -> list[str]:
-    return sorted({"orders", "order_items", *source_tables(family)})
 
 
 def sorted_frame(frame: pl.DataFrame) -> pl.DataFrame:
@@ -317,8 +312,8 @@ def stored_frames(conn: duckdb.DuckDBPyConnection) -> Tables:
 def test_one_date_from_its_window_and_the_state_equals_the_engine(
     source_tables_full: Tables,
 ) -> None:
-    """The single-date evaluation (`point_sql`) over the window's rows plus the state gives
-    the engine's rows over all history, on dates far apart."""
+    """The single-date evaluation (`features_at`: `point_sql` over views of the window's
+    rows plus the state) gives the engine's rows over all history, on dates far apart."""
     tables = source_tables_full
     conn = duckdb.connect(":memory:")
     try:
@@ -329,19 +324,8 @@ def test_one_date_from_its_window_and_the_state_equals_the_engine(
             conn.unregister("_frame")
         last = tables["orders"]["order_purchase_timestamp"].max().date() + timedelta(days=1)
         for day in (last - timedelta(days=150), last):
-            end = incremental.epoch_day(day)
-            start = end - incremental.reach_days(WINDOW, HORIZON)
-            state = incremental.state_at(conn, start, window_days=WINDOW, horizon_days=HORIZON)
             for family in FEATURE_FAMILIES:
-                window = incremental.window_tables(conn, family_tables(family), start, end)
-                got = incremental.features_from(
-                    family,
-                    window,
-                    day,
-                    state if incremental.needs_state(family, WINDOW) else None,
-                    window_days=WINDOW,
-                    horizon_days=HORIZON,
-                )
+                got = incremental_features(conn, family, day)
                 want = compute_features(
                     family, tables, [day], window_days=WINDOW, horizon_days=HORIZON
                 )
