@@ -62,6 +62,19 @@ def definitions(data_dir: Path):
     return load_definitions()
 
 
+def settings_resource(definitions) -> dict[str, object]:
+    """The code location's settings resource, for a context or a run built by hand (the
+    daemon and the code location's jobs get it from the Definitions)."""
+    return {"settings": definitions.resources["settings"]}
+
+
+def sensor_context(definitions, **kwargs):
+    """`dg.build_sensor_context(**kwargs)` with the code location's settings resource."""
+    import dagster as dg
+
+    return dg.build_sensor_context(resources=settings_resource(definitions), **kwargs)
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on now."""
     import socket

@@ -7,6 +7,7 @@ import pytest
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.settings import churn_settings
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.features.writer import FAMILY_SOURCES
@@ -177,7 +178,11 @@ def test_batched_backfill_writes_the_same_rows(
     assert job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1])).success
     one_pass = _counts(data_dir / "warehouse.duckdb")
     monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")
-    result = job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1]))
+    result = job.execute_in_process(
+        instance=instance,
+        tags=range_tags(keys[0], keys[-1]),
+        resources={"settings": churn_settings()},  # as loaded with the tiny batch size
+    )
     assert result.success
     *_, materialization = _materializations(result, "sales")
     assert materialization.metadata["batches"].value == 3  # 15 dates, 7 per batch at least

@@ -10,12 +10,12 @@ from olist_churn_dagster.defs.features.assets import partition_dates
 from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.ml.assets import SCORES_KEY, SCORING_GROUP
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import DIGEST_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.alerts import post_to_webhook
 from olist_churn_dagster.lib.ml.digest import Digest, read_scores, risk_digest
 from olist_churn_dagster.lib.ml.scoring import export_per_date
-from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import RISK_DIGEST_TABLE
 
 DIGEST_KEY = table_asset_key(RISK_DIGEST_TABLE)
@@ -96,13 +96,14 @@ def digest_metadata(digest: Digest, day: date) -> dict[str, object]:
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
 )
-def risk_digest_asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+def risk_digest_asset(
+    context: dg.AssetExecutionContext, warehouse: DuckDBResource, settings: ChurnSettings
+) -> pl.DataFrame:
     dates = partition_dates(context)
-    settings = load_settings()
     with warehouse.get_connection() as conn:
         scores = read_scores(conn, dates)
     digest = risk_digest(scores, dates)
-    exports = export_per_date(digest.sellers, settings.exports_dir / EXPORT_FOLDER)
+    exports = export_per_date(digest.sellers, settings.to_settings().exports_dir / EXPORT_FOLDER)
     newest = dates[-1]
     metadata = digest_metadata(digest, newest)
     metadata["exports"] = dg.MetadataValue.json([str(p) for p in exports[-10:]])

@@ -8,6 +8,7 @@ import duckdb
 from pydantic import Field
 
 from olist_churn_dagster.defs.partitions import register_reference_dates
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
 from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
@@ -15,7 +16,7 @@ from olist_churn_dagster.lib.ingest.feed import rolls_back
 from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.settings import Settings, load_settings
+from olist_churn_dagster.lib.settings import Settings
 from olist_churn_dagster.lib.tables import RAW_SCHEMA
 
 RAW_GROUP = "raw"
@@ -121,7 +122,10 @@ def _source_dates(
     pool=WAREHOUSE_POOL,
 )
 def raw_tables(
-    context: dg.AssetExecutionContext, config: RawSourceConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: RawSourceConfig,
+    warehouse: WarehouseResource,
+    settings: ChurnSettings,
 ):
     """Read and check the source, then bring every raw table to it in one transaction: bad
     input is refused whole, and a run stopped halfway (killed, out of memory) leaves every
@@ -129,15 +133,14 @@ def raw_tables(
     config) is applied as the rows that changed since the last load (`lib.ingest.delta`),
     with the same checks; the export in raw/, a first load or `full_reload` replace the
     tables. Once committed, the source's reference dates get their partitions."""
-    settings = load_settings()
-    source = Path(config.source) if config.source else settings.raw_dir
+    source = Path(config.source) if config.source else settings.to_settings().raw_dir
     full = config.full_reload or not config.source
     context.log.info(f"loading source tables from {source} ({'whole' if full else 'changes'})")
     loaded = loaded_as_of(context.instance)
     with warehouse.transaction() as conn:
         plan = plan_load(conn, source, full=full)
         changes = apply_load(conn, plan)  # logs the sellers whose sales changed
-        dates = _source_dates(conn, source, settings, is_raw_dir=not config.source)
+        dates = _source_dates(conn, source, settings.to_settings(), is_raw_dir=not config.source)
         if config.source and rolls_back(dates[-1], loaded):  # the sensor refuses it first
             raise dg.Failure(  # raised inside the transaction: nothing is written
                 f"the raw tables hold data as of {loaded}, newer than this source "
