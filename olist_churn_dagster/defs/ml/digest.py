@@ -26,55 +26,16 @@ def digest_metadata(digest: Digest, day: date) -> dict[str, object]:
     """What the UI shows of the digest of `day` (the run's newest date), as native tables;
     `per_date` has every date of the run."""
     summary = digest.summary.filter(pl.col("reference_date") == day).row(0, named=True)
-    sellers = digest.sellers.filter(pl.col("reference_date") == day)
-    moved = sellers.filter(pl.col("move").is_not_null())
     previous = summary["previous_date"]
+    counts = ("newly_high", "moved_up", "moved_down")
     return {
         "reference_date": day.isoformat(),
         "previous_date": previous.isoformat() if previous else "none: every seller counts as new",
         "sales_at_risk": float(summary["sales_at_risk"]),
         "sales_at_risk_change": float(summary["sales_at_risk_change"]),
-        "newly_high": int(summary["newly_high"]),
-        "moved_up": int(summary["moved_up"]),
-        "moved_down": int(summary["moved_down"]),
+        **{name: int(summary[name]) for name in counts},
         "summary": dg.MetadataValue.text(summary["text"]),
-        "newly_high_sellers": table_value(
-            sellers.filter(pl.col("newly_high")).select(
-                "seller_id",
-                "risk_band_before",
-                "churn_probability",
-                "sales_at_risk",
-                "reasons",
-            )
-        ),
-        "band_moves": table_value(
-            digest.moves.filter(pl.col("reference_date") == day).select(
-                pl.col("risk_band_before").alias("from"), pl.col("risk_band").alias("to"), "sellers"
-            )
-        ),
-        "moved_sellers": table_value(
-            moved.select(
-                "seller_id",
-                pl.col("risk_band_before").alias("from"),
-                pl.col("risk_band").alias("to"),
-                "probability_before",
-                "churn_probability",
-                "sales_at_risk",
-                "reasons",
-            )
-        ),
-        "top_sales_at_risk": table_value(
-            sellers.filter(pl.col("top_at_risk").is_not_null())
-            .sort("top_at_risk")
-            .select(
-                "top_at_risk",
-                "seller_id",
-                "risk_band",
-                "churn_probability",
-                "sales_at_risk",
-                "reasons",
-            )
-        ),
+        **{name: table_value(frame) for name, frame in digest.lists(day).items()},
         "per_date": table_value(
             digest.summary.drop("text").sort("reference_date", descending=True), max_rows=31
         ),

@@ -108,6 +108,23 @@ def _source_dates(
     )
 
 
+def _rollback_refused(loaded: date | None, as_of: date) -> dg.Failure:
+    """The failure of a source older than the raw tables: never retried, it would not pass."""
+    return dg.Failure(
+        f"the raw tables hold data as of {loaded}, newer than this source ({as_of}): loading "
+        f"it would roll them back. The features and scores of {as_of} need no reload (only "
+        "data before a date is used): run the score_sellers job for that partition instead.",
+        allow_retries=False,
+    )
+
+
+def _change_text(change: TableChange) -> str:
+    return (
+        f"{change.mode}, {change.inserted} inserted, {change.updated} updated, "
+        f"{change.deleted} deleted"
+    )
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -133,28 +150,20 @@ def raw_tables(
     config) is applied as the rows that changed since the last load (`lib.ingest.delta`),
     with the same checks; the export in raw/, a first load or `full_reload` replace the
     tables. Once committed, the source's reference dates get their partitions."""
-    source = Path(config.source) if config.source else settings.to_settings().raw_dir
+    core = settings.to_settings()
+    source = Path(config.source) if config.source else core.raw_dir
     full = config.full_reload or not config.source
     context.log.info(f"loading source tables from {source} ({'whole' if full else 'changes'})")
     loaded = loaded_as_of(context.instance)
     with warehouse.transaction() as conn:
         plan = plan_load(conn, source, full=full)
         changes = apply_load(conn, plan)  # logs the sellers whose sales changed
-        dates = _source_dates(conn, source, settings.to_settings(), is_raw_dir=not config.source)
+        dates = _source_dates(conn, source, core, is_raw_dir=not config.source)
         if config.source and rolls_back(dates[-1], loaded):  # the sensor refuses it first
-            raise dg.Failure(  # raised inside the transaction: nothing is written
-                f"the raw tables hold data as of {loaded}, newer than this source "
-                f"({dates[-1]}): loading it would roll them back. The features and scores "
-                f"of {dates[-1]} need no reload (only data before a date is used): run the "
-                "score_sellers job for that partition instead.",
-                allow_retries=False,
-            )
+            raise _rollback_refused(loaded, dates[-1])  # inside the transaction: no write
         metadata = {name: _table_metadata(conn, TABLES[name], changes[name]) for name in TABLES}
     for name, change in changes.items():
-        context.log.info(
-            f"raw.{name}: {change.mode}, {change.inserted} inserted, {change.updated} updated, "
-            f"{change.deleted} deleted"
-        )
+        context.log.info(f"raw.{name}: {_change_text(change)}")
     new = register_reference_dates(context.instance, dates)
     context.log.info(f"reference dates {dates[0]} .. {dates[-1]}: {len(new)} new partition(s)")
     served = {
