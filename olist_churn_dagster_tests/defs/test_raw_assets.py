@@ -53,7 +53,9 @@ def test_raw_materializations_carry_metadata(loaded):
     by_key = {e.asset_key: e.metadata for e in event}
     orders = by_key[dg.AssetKey(["raw", "orders"])]
     assert orders["dagster/row_count"].value > 0
-    assert "preview" in orders and "| order_id |" in orders["preview"].value
+    preview = orders["preview"]
+    assert isinstance(preview, dg.TableMetadataValue) and len(preview.records) == 10
+    assert "order_id" in [c.name for c in preview.schema.columns]
     assert "first_timestamp" in orders and "last_timestamp" in orders
 
 

@@ -7,6 +7,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.partitions import register_reference_dates
 from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
@@ -15,7 +16,6 @@ from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_l
 from olist_churn_dagster.lib.ingest.feed import rolls_back
 from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
-from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.settings import Settings
 from olist_churn_dagster.lib.tables import RAW_SCHEMA
 
@@ -52,9 +52,7 @@ def _table_metadata(
     rows = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     metadata: dict[str, dg.MetadataValue] = {
         "source_file": dg.MetadataValue.text(spec.file_name),
-        "preview": dg.MetadataValue.md(
-            frame_to_markdown(conn.execute(f"SELECT * FROM {table} LIMIT 10").pl())
-        ),
+        "preview": table_value(conn.execute(f"SELECT * FROM {table} LIMIT 10").pl()),
         "dagster/row_count": dg.MetadataValue.int(rows),
         "dagster/table_name": dg.MetadataValue.text(f"{RAW_SCHEMA}.{spec.name}"),
         "dagster/column_schema": dg.MetadataValue.table_schema(
