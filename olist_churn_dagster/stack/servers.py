@@ -260,7 +260,7 @@ def code_location_settings(config: StackConfig) -> dict[str, str]:
 def _environment(config: StackConfig, extra: Mapping[str, str]) -> dict[str, str]:
     """A server's environment: the caller's, the stack's settings and the Postgres password
     as `PGPASSWORD` (Dagster's instance references it; libpq in MLflow and DuckDB reads it)."""
-    env = {k: v for k, v in os.environ.items() if k not in OWNED_SETTINGS}
+    env = {k: v for k, v in os.environ.items() if k not in (*OWNED_SETTINGS, PASSWORD_ENV)}
     env.pop("VIRTUAL_ENV", None)
     bin_dir = str(Path(sys.executable).parent)
     env.update(

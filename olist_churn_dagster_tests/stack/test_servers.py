@@ -92,6 +92,9 @@ def test_the_password_is_the_environments_when_given(config: servers.StackConfig
     monkeypatch.setenv(servers.PASSWORD_ENV, "from-the-environment")
     assert config.postgres.password == "from-the-environment"
     assert not config.password_file.exists()
+    env = servers._environment(config, {})
+    assert env[postgres.PASSWORD_ENV] == "from-the-environment"
+    assert servers.PASSWORD_ENV not in env, "the servers get it under one name only"
     monkeypatch.delenv(servers.PASSWORD_ENV)
     generated = config.postgres.password
     assert generated == config.password_file.read_text().strip() != "from-the-environment"
