@@ -86,22 +86,30 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A real Postgres server for the session, in a folder of its own (stopped at the end).
+    """A real Postgres server for the session, in a folder of its own (stopped at the end),
+    with a random password that the session's processes and their children get as
+    `PGPASSWORD`, as the stack's servers do.
 
     The folder is under the system temp dir, world-traversable, because as root Postgres
     runs as the `postgres` user, who cannot enter pytest's private temp folders."""
+    import secrets
     import tempfile
 
     from olist_churn_dagster.stack import postgres
 
     root = Path(tempfile.mkdtemp(prefix="olist-churn-pg-"))
     root.chmod(0o711)
-    server = postgres.start(root / "data", free_port())
+    server = postgres.start(root / "data", free_port(), secrets.token_urlsafe(16))
+    before = os.environ.get(postgres.PASSWORD_ENV)
+    os.environ.update(server.client_env)
     try:
         yield server
     finally:
         postgres.stop(server.data_dir)
         shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop(postgres.PASSWORD_ENV)
+        if before is not None:
+            os.environ[postgres.PASSWORD_ENV] = before
 
 
 @pytest.fixture()

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 import polars as pl
 
+from olist_churn_dagster.lib.exports import write_csv_for_people
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.model import (
@@ -197,11 +198,11 @@ def _write_artifacts(result: TrainResult, folder: Path) -> None:
     for name, figure in result.figures.items():
         figure.savefig(plots_dir / f"{name}.png", dpi=110)
     table = result.comparison_table()
-    table.write_csv(eval_dir / "metrics_vs_baselines.csv")
+    write_csv_for_people(table, eval_dir / "metrics_vs_baselines.csv")
     (eval_dir / "metrics_vs_baselines.md").write_text(
         frame_to_markdown(table, max_rows=table.height)
     )
-    result.importance.write_csv(eval_dir / "feature_importance.csv")
+    write_csv_for_people(result.importance, eval_dir / "feature_importance.csv")
     (eval_dir / "feature_importance.md").write_text(
         frame_to_markdown(result.importance, max_rows=result.importance.height)
     )
@@ -321,7 +322,7 @@ def log_backtest(
                 )
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
-                table.write_csv(folder / "backtest_per_cutoff.csv")
+                write_csv_for_people(table, folder / "backtest_per_cutoff.csv")
                 (folder / "backtest_per_cutoff.md").write_text(
                     frame_to_markdown(table, max_rows=table.height)
                 )
