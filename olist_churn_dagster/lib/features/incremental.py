@@ -36,10 +36,11 @@ from datetime import date, datetime, time, timedelta
 import duckdb
 import polars as pl
 
-from olist_churn_dagster.lib.features import feature_schema
+from olist_churn_dagster.lib.features import feature_schema, source_tables
 from olist_churn_dagster.lib.features.engine import (
     Additive,
     FamilyPlan,
+    cte_list,
     day,
     spine_ctes,
     to_date,
@@ -134,7 +135,7 @@ def summarize(
         ).pl()
         for family in PLANS:
             plan = PLANS[family](window_days)
-            with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days, 0, _FAR), plan.ctes])
+            with_sql = "WITH " + cte_list([*spine_ctes(horizon_days, 0, _FAR), *plan.ctes])
             for block in lifetime_blocks(plan):
                 sums = ", ".join(
                     f"sum(CAST({expr} AS DOUBLE)) AS {name}"
@@ -332,14 +333,14 @@ def point_sql(
     plan: FamilyPlan, reference_day: int, *, window_days: int, horizon_days: int, carried: bool
 ) -> str:
     """SQL of one family's rows at one reference day D, from the same plan the engine runs
-    over many dates (`engine.run_plan`), evaluated at D directly: an additive measure is the
+    over many dates (`lib.features.engine`), evaluated at D directly: an additive measure is the
     sum over the rows whose interval [start, end] holds D (the engine's running sum read
     at D), an extreme the min or max over the rows of days [D - W, D - 1] (its rolling
     window at D). With `carried`, the table `_state` adds the lifetime measures of the rows
     before the input's cutoff and the earlier first sale day. Every measure is an integer
     carried as DOUBLE, so the sums are exact in any order: the rows equal the engine's."""
     d = reference_day
-    ctes = [spine_ctes(horizon_days, d, d), plan.ctes]
+    ctes = [cte_list([*spine_ctes(horizon_days, d, d), *plan.ctes])]
     measures: dict[str, list[str]] = {}
     for i, block in enumerate(plan.additive):
         cols = ", ".join(f"CAST({e} AS DOUBLE) AS {n}" for n, e in block.measures.items())
@@ -441,9 +442,10 @@ def features_at(
     if needs_state(family, window_days):
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
     views = _window_queries(start, end)
-    names = [*plan.tables, "sale_items"]
+    tables = source_tables(family)
+    names = [*tables, "sale_items"]
     try:
-        for table in plan.tables:
+        for table in tables:
             conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {views[table]}")
         conn.execute(f"CREATE OR REPLACE TEMP VIEW sale_items AS {SALE_ITEMS_SQL}")
         return _point(conn, family, plan, reference_date, state, window_days, horizon_days)

@@ -50,8 +50,7 @@ ONE_DATE_SOURCE = "the window's rows and the per-seller state"
 
 # The raw tables each family reads (orders and items always: they define the sales).
 FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
-    family: tuple(sorted({"orders", "order_items", *source_tables(family)}))
-    for family in FEATURE_FAMILIES
+    family: tuple(sorted(source_tables(family))) for family in FEATURE_FAMILIES
 }
 # The order in which a range computes the families: the cheapest first, since nothing
 # overlaps the first family's compute (the caller has no family to record yet).
