@@ -97,8 +97,12 @@ stack-status: install  ## which servers of the stack run, and where
 test: install browser postgres  ## the whole test suite (CI runs this)
 	$(UV) run --quiet pytest
 
+# The fast loop runs its modules on TEST_WORKERS processes (pytest-xdist), a module's tests
+# on one of them, so its module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow
-	$(UV) run --quiet pytest -m "not e2e and not slow"
+	$(UV) run --quiet pytest -m "not e2e and not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # `make bench` runs three benchmarks, each skipped when its scales are empty
 # (e.g. `make bench BENCH_SCALES= BENCH_LIVE_SCALES=` runs only the user's backfill):
