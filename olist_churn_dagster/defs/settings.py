@@ -22,6 +22,10 @@ def _env(name: str, meaning: str) -> str:
     return f"{ENV_PREFIX}{name}: {meaning}"
 
 
+WEBHOOK = "alert_webhook_url"
+WEBHOOK_ENV = f"{ENV_PREFIX}ALERT_WEBHOOK_URL"
+
+
 class ChurnSettings(dg.ConfigurableResource):
     """The settings of `lib.settings.Settings`, as config values (paths, dates and times as
     text); `to_settings` gives them back typed for the core."""
@@ -52,11 +56,20 @@ class ChurnSettings(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChurnSettings:
-        return cls(**{f.name: _config_value(getattr(settings, f.name)) for f in fields(Settings)})
+        values = {f.name: _config_value(getattr(settings, f.name)) for f in fields(Settings)}
+        if settings.alert_webhook_url and os.environ.get(WEBHOOK_ENV) == values[WEBHOOK]:
+            # A webhook URL is a credential: the UI shows the variable's name, not its value.
+            values[WEBHOOK] = dg.EnvVar(WEBHOOK_ENV)
+        return cls(**values)
+
+    @property
+    def webhook_url(self) -> str | None:
+        """The chat webhook, read from its variable when the field names one."""
+        return _resolved(self.alert_webhook_url)  # type: ignore[return-value]
 
     def to_settings(self) -> Settings:
         """The typed settings the core's functions take (and their derived paths)."""
-        values = {f.name: getattr(self, f.name) for f in fields(Settings)}
+        values = {f.name: _resolved(getattr(self, f.name)) for f in fields(Settings)}
         return Settings(
             **{
                 **values,
@@ -66,6 +79,12 @@ class ChurnSettings(dg.ConfigurableResource):
                 "scores_deadline_utc": time.fromisoformat(self.scores_deadline_utc),
             }
         )
+
+
+def _resolved(value: object) -> object:
+    """A field's value; an `EnvVar` (set outside a run, where Dagster has not resolved it)
+    read from the environment."""
+    return value.get_value() if isinstance(value, dg.EnvVar) else value
 
 
 def _config_value(value: object) -> object:

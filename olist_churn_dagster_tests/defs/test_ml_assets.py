@@ -431,7 +431,7 @@ def test_risk_digest_follows_the_scores_of_each_date(
     url, received = webhook
     monkeypatch.setenv("OLIST_CHURN_ALERT_WEBHOOK_URL", url)
     settings = churn_settings()  # as a code location loaded with the webhook set
-    assert settings.alert_webhook_url == url
+    assert settings.webhook_url == url
     instance, keys, _ = trained
     first, second, third = keys[-12:-9]
     rescore = definitions.resolve_job_def("rescore_with_champion")

@@ -80,3 +80,22 @@ def test_only_the_settings_resource_and_the_cli_read_the_environment():
     """Assets, checks, sensors and definition-time code take the settings resource (or
     `churn_settings`), so one read serves the whole code location."""
     assert _modules_calling("load_settings") == {"defs/settings.py", "cli.py"}
+
+
+def test_the_webhook_is_shown_by_its_variable_and_read_from_it(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A webhook URL is a credential: the resource page names the variable, while the
+    alerts and the digest still post to the URL it holds."""
+    from olist_churn_dagster.bootstrap import load_definitions
+
+    url = "https://chat.example/hooks/T000/B000/secret-token"
+    monkeypatch.setenv("OLIST_CHURN_ALERT_WEBHOOK_URL", url)
+    definitions = load_definitions()
+    shown = _configured(definitions, "settings")
+    assert url not in repr(shown)
+    assert shown["alert_webhook_url"] == {"env": "OLIST_CHURN_ALERT_WEBHOOK_URL"}
+    resource = definitions.resources["settings"]
+    assert resource.webhook_url == url and resource.to_settings().alert_webhook_url == url
+    with dg.build_resources({"settings": resource}) as built:
+        assert built.settings.webhook_url == url

@@ -23,7 +23,7 @@ def send_alert(alert: Alert, log, settings: ChurnSettings) -> None:
     """To the log, the alerts file and the webhook when one is set."""
     log.error(alert.text())
     alerts_file = settings.to_settings().alerts_file
-    problem = record_alert(alert, alerts_file, settings.alert_webhook_url)
+    problem = record_alert(alert, alerts_file, settings.webhook_url)
     if problem:
         log.warning(problem)
 

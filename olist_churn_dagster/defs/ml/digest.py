@@ -68,10 +68,10 @@ def risk_digest_asset(
     newest = dates[-1]
     metadata = digest_metadata(digest, newest)
     metadata["exports"] = dg.MetadataValue.json([str(p) for p in exports[-10:]])
-    if settings.alert_webhook_url:
+    if settings.webhook_url:
         # One post per run, the newest date's: a backfill does not flood the chat.
         text = digest.summary.filter(pl.col("reference_date") == newest).item(0, "text")
-        problem = post_to_webhook(settings.alert_webhook_url, text, what="the digest")
+        problem = post_to_webhook(settings.webhook_url, text, what="the digest")
         if problem:
             context.log.warning(problem)
         metadata["webhook"] = problem or "posted"
