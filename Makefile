@@ -39,16 +39,16 @@ data: install  ## generate the demo dataset unless data/raw already has one
 			--feed $(OLIST_CHURN_DATA_DIR)/feed --feed-days $(FEED_DAYS) --scale $(SCALE) --seed $(SEED); \
 	fi
 
-instance:  ## the Dagster instance home with the project's dagster.yaml
+instance:  ## the Dagster instance home with the project's instance/dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
-	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 prepare: data instance  ## materialize what the UI should show ready (skipped when done)
 	@$(UV) run --quiet olist-churn prepare --ui http://$(HOST):$(PORT)
 
 run: prepare  ## set up everything, then the Dagster UI on http://$(HOST):$(PORT)
 	@echo "starting the Dagster UI on http://$(HOST):$(PORT) (Ctrl-C stops it)"
-	@$(UV) run --quiet dagster dev -h $(HOST) -p $(PORT)
+	@$(UV) run --quiet dg dev -h $(HOST) -p $(PORT)
 
 CHROMIUM := /usr/bin/chromium
 CHROMEDRIVER := /usr/bin/chromedriver
@@ -97,15 +97,19 @@ stack-status: install  ## which servers of the stack run, and where
 test: install browser postgres  ## the whole test suite (CI runs this)
 	$(UV) run --quiet pytest
 
+# The fast loop runs its modules on TEST_WORKERS processes (pytest-xdist), a module's tests
+# on one of them, so its module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow
-	$(UV) run --quiet pytest -m "not e2e and not slow"
+	$(UV) run --quiet pytest -m "not e2e and not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # `make bench` runs three benchmarks, each skipped when its scales are empty
 # (e.g. `make bench BENCH_SCALES= BENCH_LIVE_SCALES=` runs only the user's backfill):
 # - every pipeline stage, in process on an ephemeral instance (bench/pipeline.py);
 # - the feature backfill as a user launches it, through the CLI on the instance `make run`
 #   sets up, beside Dagster's floor (bench/user_backfill.py);
-# - snapshot marker to committed scores and digest under a real `dagster dev` (bench/live_loop.py):
+# - snapshot marker to committed scores and digest under a real `dg dev` (bench/live_loop.py):
 #   BENCH_LIVE_SNAPSHOTS free snapshots, then one while a reader holds the warehouse
 #   file for BENCH_LIVE_HOLD seconds (0 leaves that one out).
 # BENCH_MARKDOWN=docs/benchmarks.md also writes the stage table into that file.
@@ -125,7 +129,7 @@ bench-pipeline: install  ## every pipeline stage at scale 1, 10 and 30 if it fit
 bench-user: install  ## the feature backfill through the CLI, beside Dagster's floor
 	$(foreach scale,$(BENCH_USER_SCALES),$(UV) run python bench/user_backfill.py --scale $(scale) &&) true
 
-bench-live: install  ## snapshot marker to committed scores under `dagster dev`
+bench-live: install  ## snapshot marker to committed scores under `dg dev`
 	$(foreach scale,$(BENCH_LIVE_SCALES),$(UV) run python bench/live_loop.py --scale $(scale) \
 		--snapshots $(BENCH_LIVE_SNAPSHOTS) --hold $(BENCH_LIVE_HOLD) &&) true
 

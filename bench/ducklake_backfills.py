@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -193,7 +194,8 @@ def main() -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        server = postgres.start(args.root / "pg", port)
+        server = postgres.start(args.root / "pg", port, secrets.token_urlsafe(16))
+        os.environ.update(server.client_env)  # this process and the backfills it starts
     try:
 
         def warehouse(kind: str) -> tuple[dict[str, str], list[str]]:

@@ -1,11 +1,11 @@
-"""The daily loop as an operator runs it: a snapshot landing under a real `dagster dev`
+"""The daily loop as an operator runs it: a snapshot landing under a real `dg dev`
 (sensor on, the instance `make run` sets up) until its scores and risk digest are committed.
 
     uv run python bench/live_loop.py [--scale 1] [--snapshots 1] [--hold 60]
         [--root /tmp/olist-live-bench]
 
 Generates the demo data at the scale as `make run` does (the export as of 7 days ago, the
-whole marketplace in data/feed), runs `olist-churn prepare`, starts `dagster dev`, then
+whole marketplace in data/feed), runs `olist-churn prepare`, starts `dg dev`, then
 replays the feed's days as the walkthrough does, one snapshot at a time: `--snapshots` of
 them freely, then one while a reader holds the warehouse file open for `--hold` seconds
 (as a notebook would; `--hold 0` leaves it out). Prints, for each, the seconds from the
@@ -98,7 +98,7 @@ def main() -> None:
     data = args.root / "data"
     home = data / "dagster_home"
     home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # as `make run` does
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")  # as `make run` does
     env = environment(data, home)
     if args.snapshots + (args.hold > 0) > FEED_DAYS:
         parser.error(f"the feed holds {FEED_DAYS} days: --snapshots plus the held one")

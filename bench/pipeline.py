@@ -252,7 +252,10 @@ def daily_snapshot_to_scores(defs, data: Path, raw: Path, day: date) -> Callable
         if (watched / name).exists():  # a previous run's: replaced, as write_snapshot does
             shutil.rmtree(watched / name)
         os.rename(staged / name, watched / name)
-        evaluation = sensor(dg.build_sensor_context(instance=instance, cursor=cursor[0]))
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor[0], resources={"settings": defs.resources["settings"]}
+        )
+        evaluation = sensor(context)
         (request,) = evaluation.run_requests
         for partitions in evaluation.dynamic_partitions_requests:  # as the daemon does
             instance.add_dynamic_partitions(

@@ -44,6 +44,7 @@ def setup(root: Path, scale: float, raw: Path | None, model_from: Path | None) -
     from olist_churn_dagster.bootstrap import load_definitions
     from olist_churn_dagster.defs.ml.assets import mature_cohorts
     from olist_churn_dagster.defs.partitions import registered_dates
+    from olist_churn_dagster.defs.settings import churn_settings
     from olist_churn_dagster.lib.ingest.loader import purchase_date_range
 
     defs = load_definitions()
@@ -61,7 +62,14 @@ def setup(root: Path, scale: float, raw: Path | None, model_from: Path | None) -
         shutil.copytree(model_from / "template" / "mlflow", template / "mlflow")
         _copy_abt(model_from / "template" / "warehouse.duckdb", template / "warehouse.duckdb")
     else:
-        for cohort in mature_cohorts(keys, purchase_date_range(template / "raw")[1]):
+        settings = churn_settings()
+        cohorts = mature_cohorts(
+            keys,
+            purchase_date_range(template / "raw")[1],
+            horizon_days=settings.churn_horizon_days,
+            cohort_day=settings.cohort_day,
+        )
+        for cohort in cohorts:
             run("build_feature_store", partition_key=cohort.isoformat())
         run("train_churn_model")
     (template / "bench.json").write_text(json.dumps({"day": keys[-1], "scale": scale}))

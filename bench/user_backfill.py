@@ -1,5 +1,5 @@
 """The feature backfill as a user launches it: one `dagster asset materialize` over every
-reference date, on the instance `make run` sets up (the repository's dagster.yaml), next to
+reference date, on the instance `make run` sets up (instance/dagster.yaml), next to
 Dagster's own floor (six assets that do nothing, same partitions, same instance and CLI).
 
     uv run python bench/user_backfill.py [--scale 1] [--repeat 1] [--root /tmp/olist-user-backfill]
@@ -176,7 +176,7 @@ def main() -> None:
     shutil.rmtree(args.root, ignore_errors=True)
     data = args.root / "data"
     (data / "dagster_home").mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", data / "dagster_home" / "dagster.yaml")
+    shutil.copy(REPO / "instance" / "dagster.yaml", data / "dagster_home" / "dagster.yaml")
     env = _env(data)
     if args.planned_subset:
         env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "1"
@@ -196,7 +196,7 @@ def main() -> None:
     with dg.DagsterInstance.get() as instance:
         keys = registered_dates(instance)
     span = f"{keys[0]}...{keys[-1]}"
-    print(f"scale {args.scale}: {len(keys)} reference dates, one run each, CLI on dagster.yaml")
+    print(f"scale {args.scale}: {len(keys)} reference dates, one run each, CLI on instance/")
 
     floor_module = ["-f", str(REPO / "bench" / "trivial_location.py")]
     ratios, cpu_ratios = [], []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.defs.settings import churn_settings
 
 # `in_process` (default): one process per run, since a local DuckDB file has one writer
 # process and the heavy work inside each step is already vectorised over all cores.
@@ -20,5 +20,5 @@ EXECUTOR_DEFS: dict[str, dg.ExecutorDefinition] = {
 def defs() -> dg.Definitions:
     return dg.Definitions.merge(
         dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-        dg.Definitions(executor=EXECUTOR_DEFS[load_settings().executor]),
+        dg.Definitions(executor=EXECUTOR_DEFS[churn_settings().executor]),
     )

@@ -19,6 +19,15 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 REAL_DIR = REPO_ROOT.parent / "shared" / "olist-real"
 
+
+def read_alerts(alerts_file: Path) -> list[dict]:
+    """The alerts on file (one JSON object a line), oldest first; an absent file: none."""
+    if not alerts_file.exists():
+        return []
+    lines = alerts_file.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 DEMO_SCALE = 0.08
 DEMO_SEED = 7
 DEMO_END = date.today() - timedelta(days=1)
@@ -53,6 +62,19 @@ def definitions(data_dir: Path):
     return load_definitions()
 
 
+def settings_resource(definitions) -> dict[str, object]:
+    """The code location's settings resource, for a context or a run built by hand (the
+    daemon and the code location's jobs get it from the Definitions)."""
+    return {"settings": definitions.resources["settings"]}
+
+
+def sensor_context(definitions, **kwargs):
+    """`dg.build_sensor_context(**kwargs)` with the code location's settings resource."""
+    import dagster as dg
+
+    return dg.build_sensor_context(resources=settings_resource(definitions), **kwargs)
+
+
 def free_port() -> int:
     """A loopback TCP port nothing listens on now."""
     import socket
@@ -64,22 +86,30 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A real Postgres server for the session, in a folder of its own (stopped at the end).
+    """A real Postgres server for the session, in a folder of its own (stopped at the end),
+    with a random password that the session's processes and their children get as
+    `PGPASSWORD`, as the stack's servers do.
 
     The folder is under the system temp dir, world-traversable, because as root Postgres
     runs as the `postgres` user, who cannot enter pytest's private temp folders."""
+    import secrets
     import tempfile
 
     from olist_churn_dagster.stack import postgres
 
     root = Path(tempfile.mkdtemp(prefix="olist-churn-pg-"))
     root.chmod(0o711)
-    server = postgres.start(root / "data", free_port())
+    server = postgres.start(root / "data", free_port(), secrets.token_urlsafe(16))
+    before = os.environ.get(postgres.PASSWORD_ENV)
+    os.environ.update(server.client_env)
     try:
         yield server
     finally:
         postgres.stop(server.data_dir)
         shutil.rmtree(root, ignore_errors=True)
+        os.environ.pop(postgres.PASSWORD_ENV)
+        if before is not None:
+            os.environ[postgres.PASSWORD_ENV] = before
 
 
 @pytest.fixture()

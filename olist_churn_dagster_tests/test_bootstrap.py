@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def _prepare(data: Path) -> subprocess.CompletedProcess[str]:
     home = data / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "OLIST_CHURN_DATA_DIR": str(data),

@@ -159,7 +159,7 @@ def test_a_job_runs_with_the_multiprocess_executor(tmp_path: Path, demo_raw_dir:
     data_dir, home = tmp_path / "data", tmp_path / "dagster_home"
     shutil.copytree(demo_raw_dir, data_dir / "raw")
     home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
     done = subprocess.run(
         [
             str(Path(sys.executable).parent / "dagster"),

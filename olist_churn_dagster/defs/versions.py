@@ -2,10 +2,10 @@
 change to the code that computes an asset, or to the window or horizon, Dagster marks its
 materialized partitions stale (see `lib.versions`)."""
 
-from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.defs.settings import churn_settings
 from olist_churn_dagster.lib.versions import code_version, feature_code_version
 
-_SETTINGS = load_settings()
+_SETTINGS = churn_settings()
 _WINDOW = {
     "window_days": _SETTINGS.feature_window_days,
     "horizon_days": _SETTINGS.churn_horizon_days,

@@ -24,7 +24,7 @@ from dagster_duckdb import DuckDBIOManager, DuckDBResource
 from dagster_duckdb.io_manager import DbIOManager, DbTypeHandler, DuckDbClient, TableSlice
 from pydantic import Field
 
-from olist_churn_dagster.lib.settings import load_settings
+from olist_churn_dagster.defs.settings import ChurnSettings, churn_settings
 from olist_churn_dagster.lib.warehouse import (
     WarehouseConflictError,
     WarehouseLockedError,
@@ -53,12 +53,14 @@ def table_asset_key(table: str) -> dg.AssetKey:
 
 
 @contextmanager
-def retry_when_contended() -> Iterator[None]:
+def retry_when_contended(retries: int, backoff_seconds: int) -> Iterator[None]:
     """A step that meets another process in the warehouse fails with Dagster's own retry
-    (`RetryRequested`), up to OLIST_CHURN_LOCK_RETRIES times, with no operator action:
+    (`RetryRequested`), up to `retries` times (OLIST_CHURN_LOCK_RETRIES), with no operator
+    action:
 
     - a local file locked by another process (a reader such as a notebook blocks writers
-      too): the step runs again after a doubling wait from OLIST_CHURN_LOCK_BACKOFF_SECONDS;
+      too): the step runs again after a doubling wait from `backoff_seconds`
+      (OLIST_CHURN_LOCK_BACKOFF_SECONDS);
     - a DuckLake commit refused for a concurrent writer of the same table: nothing was
       committed and the other writer is done, so the step runs again after a short doubling
       wait (1 s, 2 s, ...) on the new snapshot.
@@ -68,22 +70,23 @@ def retry_when_contended() -> Iterator[None]:
     try:
         yield
     except (WarehouseLockedError, WarehouseConflictError) as exc:
-        settings = load_settings()
         try:
             attempt = dg.OpExecutionContext.get().retry_number
         except dg.DagsterInvariantViolationError:  # outside a step: nothing to retry
             raise exc from None
-        base = settings.lock_backoff_seconds if isinstance(exc, WarehouseLockedError) else 1
+        base = backoff_seconds if isinstance(exc, WarehouseLockedError) else 1
         wait = lock_backoff_seconds(attempt, base, cap_seconds=120)
         dg.OpExecutionContext.get().log.warning(f"{exc} Retrying in {wait} s.")
-        raise dg.RetryRequested(max_retries=settings.lock_retries, seconds_to_wait=wait) from exc
+        raise dg.RetryRequested(max_retries=retries, seconds_to_wait=wait) from exc
 
 
 @contextmanager
-def warehouse_transaction(database: str, data_path: str | None = None) -> Iterator:
+def warehouse_transaction(
+    database: str, data_path: str | None, *, retries: int, backoff_seconds: int
+) -> Iterator:
     """A connection inside one transaction (`lib.warehouse.in_transaction`), opened and
     committed with the retry of `retry_when_contended`."""
-    with retry_when_contended():
+    with retry_when_contended(retries, backoff_seconds):
         conn = open_warehouse(database, data_path=data_path)
         with in_transaction(conn):
             yield conn
@@ -97,7 +100,12 @@ class TransactionalDuckDbClient(DuckDbClient):
     @contextmanager
     def connect(context, _table_slice) -> Iterator:
         config = context.resource_config
-        with warehouse_transaction(config["database"], config.get("data_path")) as conn:
+        with warehouse_transaction(
+            config["database"],
+            config.get("data_path"),
+            retries=config["lock_retries"],
+            backoff_seconds=config["lock_backoff_seconds"],
+        ) as conn:
             yield conn
 
 
@@ -165,6 +173,8 @@ _DATA_PATH_FIELD = Field(
     default=None,
     description="Where a DuckLake warehouse keeps its Parquet files (ignored for a file).",
 )
+_LOCK_RETRIES_FIELD = Field(description="Retries of a step that met another process.")
+_LOCK_BACKOFF_FIELD = Field(description="First wait before such a retry, doubled each time.")
 
 
 class RangeMetadataDbIOManager(DbIOManager):
@@ -238,6 +248,8 @@ class WarehouseIOManager(DuckDBIOManager):
     not each time the code location loads."""
 
     data_path: str | None = _DATA_PATH_FIELD
+    lock_retries: int = _LOCK_RETRIES_FIELD
+    lock_backoff_seconds: int = _LOCK_BACKOFF_FIELD
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
@@ -267,15 +279,22 @@ class WarehouseResource(DuckDBResource):
     (clear errors at once for a damaged or locked file, not minutes of blind retries)."""
 
     data_path: str | None = _DATA_PATH_FIELD
+    lock_retries: int = _LOCK_RETRIES_FIELD
+    lock_backoff_seconds: int = _LOCK_BACKOFF_FIELD
 
     @contextmanager
     def transaction(self) -> Iterator:
-        with warehouse_transaction(self.database, self.data_path) as conn:
+        with warehouse_transaction(
+            self.database,
+            self.data_path,
+            retries=self.lock_retries,
+            backoff_seconds=self.lock_backoff_seconds,
+        ) as conn:
             yield conn
 
     @contextmanager
     def get_connection(self) -> Iterator:
-        with retry_when_contended():
+        with retry_when_contended(self.lock_retries, self.lock_backoff_seconds):
             conn = open_warehouse(self.database, data_path=self.data_path)
         try:
             yield conn
@@ -284,15 +303,21 @@ class WarehouseResource(DuckDBResource):
 
 
 def warehouse_resources(
-    database: str | Path, data_path: str | Path | None = None
+    database: str | Path,
+    data_path: str | Path | None = None,
+    settings: ChurnSettings | None = None,
 ) -> dict[str, dg.ConfigurableResource | object]:
     """The IO manager and the query resource, both on the same warehouse: a local DuckDB
     file, or when deployed a DuckLake (whose files go under `data_path`, by default the
-    OLIST_CHURN_WAREHOUSE_DATA_PATH setting) or a server database (`md:<name>`)."""
+    OLIST_CHURN_WAREHOUSE_DATA_PATH setting) or a server database (`md:<name>`). Their lock
+    retries come from `settings` (by default the environment's)."""
+    settings = settings or churn_settings()
     if data_path is None and is_ducklake(database):
-        data_path = load_settings().warehouse_data_path
-    path = str(data_path) if data_path is not None else None
-    return {
-        "io_manager": WarehouseIOManager(database=str(database), data_path=path),
-        "warehouse": WarehouseResource(database=str(database), data_path=path),
+        data_path = settings.warehouse_data_path
+    config = {
+        "database": str(database),
+        "data_path": str(data_path) if data_path is not None else None,
+        "lock_retries": settings.lock_retries,
+        "lock_backoff_seconds": settings.lock_backoff_seconds,
     }
+    return {"io_manager": WarehouseIOManager(**config), "warehouse": WarehouseResource(**config)}

@@ -56,14 +56,6 @@ def post_to_webhook(webhook_url: str, text: str, *, what: str = "the message") -
     return None
 
 
-def read_alerts(alerts_file: Path) -> list[dict]:
-    """The alerts on file, oldest first (an absent file: none)."""
-    if not alerts_file.exists():
-        return []
-    lines = alerts_file.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 @dataclass(frozen=True)
 class Freshness:
     """Whether what an operator expects by now is there: the scores of the date due, or

@@ -148,7 +148,7 @@ def sql_text_list(values: Iterable[str]) -> str:
 
 
 # One in-memory DuckDB per process and DuckLake, the lake attached: loading the extensions
-# and attaching cost about a second, so every `open_warehouse` hands out a cursor of it (a
+# and attaching cost more than most queries, so every `open_warehouse` hands out a cursor of it (a
 # connection of its own, with its own transactions). Keyed by process id too, so a forked
 # child never shares its parent's Postgres sessions.
 _LAKES: dict[tuple[int, str, bool, str | None], duckdb.DuckDBPyConnection] = {}

@@ -2,21 +2,29 @@
 
 The deployed stack keeps Dagster's instance, MLflow's backend store and the DuckLake
 catalog in Postgres. Locally (`make stack`, the stack tests) the server runs from a data
-folder the caller names, on a loopback port, with trust authentication: nothing system
-wide is touched. Postgres refuses to run as root, so as root its commands run as the
-`postgres` user that Debian's package creates.
+folder the caller names, on a loopback port: nothing system wide is touched. Every
+connection, over TCP or the socket in the data folder, needs the superuser's password
+(`scram-sha-256`): any local user could otherwise reach the instance, the registry and the
+catalog. Clients get the password from `PGPASSWORD` (libpq's variable), never from a
+connection string, so it shows in no setting, command line or log. Postgres refuses to run
+as root, so as root its commands run as the `postgres` user that Debian's package creates.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
+AUTH_METHOD = "scram-sha-256"
+PASSWORD_ENV = "PGPASSWORD"  # read by every libpq client: psql, psycopg2, DuckDB's extensions
 
 
 class PostgresError(RuntimeError):
@@ -25,10 +33,12 @@ class PostgresError(RuntimeError):
 
 @dataclass(frozen=True)
 class PostgresServer:
-    """A running server: where its files are and how to reach it."""
+    """A running server: where its files are and how to reach it. The URL and the libpq
+    string hold no password: a client takes it from `client_env` (`PGPASSWORD`)."""
 
     data_dir: Path
     port: int
+    password: str = field(repr=False)
 
     def url(self, database: str) -> str:
         """SQLAlchemy URL (Dagster's instance, MLflow's backend store)."""
@@ -37,6 +47,34 @@ class PostgresServer:
     def libpq(self, database: str) -> str:
         """libpq keyword string (DuckDB's postgres and ducklake extensions)."""
         return f"dbname={database} host={HOST} port={self.port} user={SUPERUSER}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment a client needs beside the URL or libpq string."""
+        return {PASSWORD_ENV: self.password}
+
+
+def read_or_create_password(path: Path) -> str:
+    """The password kept in `path`; a new random one written there first if it is missing.
+    The file is the owner's only (mode 0600): a readable one is refused, not used."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_password(path)
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+def _read_password(path: Path) -> str:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PostgresError(f"{path} is readable by others (mode {mode:o}): `chmod 600 {path}`")
+    password = path.read_text().strip()
+    if not password:
+        raise PostgresError(f"{path} is empty: remove it only with the server's folder")
+    return password
 
 
 def bin_dir() -> Path:
@@ -68,9 +106,14 @@ def _as_server_user(command: list[str]) -> list[str]:
     return [runuser, "-u", SUPERUSER, "--", *command]
 
 
-def _run(command: list[str], what: str) -> str:
+def _run(command: list[str], what: str, env: Mapping[str, str] | None = None) -> str:
     done = subprocess.run(
-        _as_server_user(command), capture_output=True, text=True, check=False, cwd="/"
+        _as_server_user(command),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+        env=None if env is None else {**os.environ, **env},
     )
     if done.returncode != 0:
         raise PostgresError(
@@ -102,26 +145,56 @@ def is_running(data_dir: Path) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-def start(data_dir: Path, port: int) -> PostgresServer:
-    """Initialise `data_dir` if empty and start a server on 127.0.0.1:`port` (idempotent)."""
-    data_dir = data_dir.resolve()
-    binaries = bin_dir()
-    server = PostgresServer(data_dir=data_dir, port=port)
-    if not (data_dir / "PG_VERSION").exists():
-        _prepare_folder(data_dir)
+def _initdb(data_dir: Path, password: str) -> None:
+    """A new cluster whose superuser has `password`, which every connection must give.
+    initdb reads it from a file: a 0600 one beside the folder, removed at once."""
+    _prepare_folder(data_dir)
+    fd, name = tempfile.mkstemp(dir=data_dir.parent, prefix=".pwfile-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(name, user=SUPERUSER, group=SUPERUSER)
         _run(
             [
-                str(binaries / "initdb"),
+                str(bin_dir() / "initdb"),
                 "-D",
                 str(data_dir),
                 "-U",
                 SUPERUSER,
-                "--auth=trust",
+                f"--pwfile={name}",
+                f"--auth-local={AUTH_METHOD}",
+                f"--auth-host={AUTH_METHOD}",
                 "--encoding=UTF8",
                 "--no-instructions",
             ],
             f"initdb in {data_dir}",
         )
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _check_password_auth(data_dir: Path) -> None:
+    """Refuse a folder whose pg_hba.conf lets a connection in without a password (one made
+    with `--auth=trust`): every local user could reach its databases."""
+    rules = (data_dir / "pg_hba.conf").read_text().splitlines()
+    trusting = [r for r in rules if "trust" in r.split() and not r.lstrip().startswith("#")]
+    if trusting:
+        raise PostgresError(
+            f"{data_dir} accepts connections without a password ({trusting[0].strip()!r} in "
+            "pg_hba.conf): remove the folder to start a server with password authentication"
+        )
+
+
+def start(data_dir: Path, port: int, password: str) -> PostgresServer:
+    """Initialise `data_dir` if empty, its superuser with `password`, and start a server
+    on 127.0.0.1:`port` (idempotent). `password` must be the one the folder was made with."""
+    data_dir = data_dir.resolve()
+    binaries = bin_dir()
+    server = PostgresServer(data_dir=data_dir, port=port, password=password)
+    if not (data_dir / "PG_VERSION").exists():
+        _initdb(data_dir, password)
+    _check_password_auth(data_dir)
     if is_running(data_dir):
         return server
     options = f"-p {port} -k {data_dir} -c listen_addresses={HOST} -c max_connections=200"
@@ -168,6 +241,11 @@ def create_database(server: PostgresServer, name: str) -> None:
             f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
         ],
         f"looking up database {name}",
+        server.client_env,
     )
     if exists.strip() != "1":
-        _run([str(binaries / "createdb"), *connect, name], f"creating database {name}")
+        _run(
+            [str(binaries / "createdb"), *connect, name],
+            f"creating database {name}",
+            server.client_env,
+        )

@@ -11,6 +11,7 @@ Layout of the stack folder (`data/stack` for `make stack`), which is also the co
 location's data directory (`OLIST_CHURN_DATA_DIR`):
 
     stack.json      ports and warehouse of the running stack (read by `down`, `status`)
+    secrets/postgres_password   the Postgres password (mode 0600; see `postgres_password`)
     pids/, logs/    a pid file and a log per server
     postgres/       the Postgres data folder (its own log: postgres/server.log)
     dagster_home/   dagster.yaml (derived from deploy/dagster.yaml), workspace.yaml
@@ -52,6 +53,10 @@ DAGSTER_DB = "dagster"
 MLFLOW_DB = "mlflow"
 CATALOG_DB = "ducklake"
 DATABASES = (DAGSTER_DB, MLFLOW_DB, CATALOG_DB)
+
+# Where an operator may give the Postgres password instead of the generated file: the
+# deployment's name for it (deploy/.env).
+PASSWORD_ENV = "DAGSTER_PG_PASSWORD"
 
 # MLflow's server would start job-queue consumers for its GenAI jobs (LLM judges, trace
 # rollups), each a process holding memory; the churn model logs runs and models only.
@@ -130,8 +135,15 @@ class StackConfig:
         return self.root / "pids"
 
     @property
+    def password_file(self) -> Path:
+        return self.root / "secrets" / "postgres_password"
+
+    @property
     def postgres(self) -> postgres.PostgresServer:
-        return postgres.PostgresServer(data_dir=self.postgres_dir, port=self.ports.postgres)
+        """The stack's Postgres server, with its password (see `postgres_password`)."""
+        return postgres.PostgresServer(
+            data_dir=self.postgres_dir, port=self.ports.postgres, password=postgres_password(self)
+        )
 
     @property
     def webserver_url(self) -> str:
@@ -160,6 +172,17 @@ class StackConfig:
 
 
 STATE_FILE = "stack.json"
+
+
+def postgres_password(config: StackConfig) -> str:
+    """`$DAGSTER_PG_PASSWORD` when set, else the stack's secret file, generated on first use
+    (mode 0600 in a 0700 folder). Every server gets it as `PGPASSWORD` only: no
+    configuration file, command line, setting or log of the stack holds it."""
+    given = os.environ.get(PASSWORD_ENV)
+    if given:
+        return given
+    config.password_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return postgres.read_or_create_password(config.password_file)
 
 
 def save_state(config: StackConfig) -> None:
@@ -195,13 +218,21 @@ def load_state(root: Path) -> StackConfig:
 
 def instance_config(config: StackConfig) -> dict[str, Any]:
     """The deployment's instance file with what differs here: storage on the local
-    Postgres, the default run launcher (a run is a subprocess of the code server, not a
-    container), compute logs in the stack folder, and the pool the warehouse allows."""
+    Postgres (its password read from `PGPASSWORD` when the instance loads), the default run
+    launcher (a run is a subprocess of the code server, not a container), compute logs in
+    the stack folder, and the pool the warehouse allows."""
     try:
         instance = yaml.safe_load(DEPLOY_INSTANCE.read_text())
     except FileNotFoundError:
         raise StackError(f"{DEPLOY_INSTANCE} is missing: run the stack from a checkout") from None
-    instance["storage"] = {"postgres": {"postgres_url": config.postgres.url(DAGSTER_DB)}}
+    database = {
+        "hostname": HOST,
+        "port": config.ports.postgres,
+        "db_name": DAGSTER_DB,
+        "username": postgres.SUPERUSER,
+        "password": {"env": postgres.PASSWORD_ENV},
+    }
+    instance["storage"] = {"postgres": {"postgres_db": database}}
     instance.pop("run_launcher", None)
     instance["compute_logs"]["config"]["base_dir"] = str(config.dagster_home / "compute_logs")
     instance["concurrency"]["pools"]["default_limit"] = config.pool_limit
@@ -227,13 +258,16 @@ def code_location_settings(config: StackConfig) -> dict[str, str]:
 
 
 def _environment(config: StackConfig, extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in OWNED_SETTINGS}
+    """A server's environment: the caller's, the stack's settings and the Postgres password
+    as `PGPASSWORD` (Dagster's instance references it; libpq in MLflow and DuckDB reads it)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*OWNED_SETTINGS, PASSWORD_ENV)}
     env.pop("VIRTUAL_ENV", None)
     bin_dir = str(Path(sys.executable).parent)
     env.update(
         DAGSTER_HOME=str(config.dagster_home),
         PYTHONUNBUFFERED="1",
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        **config.postgres.client_env,
         **extra,
     )
     return env
@@ -546,15 +580,29 @@ def up(config: StackConfig, *, timeout: float = 180.0, log: Callable[[str], None
         raise
 
 
+def start_postgres(config: StackConfig) -> postgres.PostgresServer:
+    """The stack's Postgres server running, with its three databases."""
+    server = config.postgres
+    postgres.start(server.data_dir, server.port, server.password)
+    try:
+        for database in DATABASES:
+            postgres.create_database(server, database)
+    except postgres.PostgresError as exc:
+        source = f"${PASSWORD_ENV}" if os.environ.get(PASSWORD_ENV) else config.password_file
+        raise StackError(
+            f"{exc}\nThe password comes from {source}: it must be the one {config.postgres_dir} "
+            "was created with"
+        ) from exc
+    return server
+
+
 def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
 
     def done(what: str) -> None:
         log(f"{what:<46} {time.perf_counter() - started:6.1f} s")
 
-    server = postgres.start(config.postgres_dir, config.ports.postgres)
-    for database in DATABASES:
-        postgres.create_database(server, database)
+    start_postgres(config)
     done(f"postgres      {HOST}:{config.ports.postgres} ({', '.join(DATABASES)})")
 
     cmd = commands(config)

@@ -5,7 +5,7 @@ alerts and the scores' freshness expectation."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -19,11 +19,12 @@ from olist_churn_dagster.defs.partitions import (
     register_reference_dates,
     registered_dates,
 )
-from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME
+from olist_churn_dagster_tests.conftest import read_alerts, sensor_context, settings_resource
 
 SCORES = dg.AssetKey(["ml", "churn_scores"])
 DAYS = [date(2018, 10, 1) + timedelta(days=i) for i in range(20)]
+DEADLINE = time(4)  # OLIST_CHURN_SCORES_DEADLINE_UTC's default
 
 
 @pytest.fixture()
@@ -102,7 +103,9 @@ def _new_champion(client: MlflowClient, folder: Path) -> str:
 
 def _champion_tick(definitions, instance, uri: str, cursor: str | None):
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"mlflow": MlflowTracking(tracking_uri=uri)}
+        instance=instance,
+        cursor=cursor,
+        resources={"mlflow": MlflowTracking(tracking_uri=uri), **settings_resource(definitions)},
     )
     sensor = definitions.resolve_sensor_def("champion_sensor")
     return sensor.evaluate_tick(context)
@@ -185,6 +188,7 @@ def test_a_failed_run_becomes_an_alert_on_file(definitions, instance, data_dir: 
         dagster_event=failure.event_log_entry.dagster_event,
         dagster_instance=instance,
         dagster_run=run,
+        resources=settings_resource(definitions),
     ).for_run_failure()
     definitions.resolve_sensor_def("run_failure_alerts")(context)
 
@@ -201,13 +205,13 @@ def test_freshness_passes_when_the_day_is_scored_and_fails_when_it_is_late(insta
     register_reference_dates(instance, DAYS)
     _scored(instance, *DAYS[:-1])
     # 2018-10-20 04:30 UTC: the deadline (04:00) has passed, 2018-10-20 is due.
-    late = current_freshness(instance, datetime(2018, 10, 20, 4, 30, tzinfo=UTC))
+    late = current_freshness(instance, DEADLINE, datetime(2018, 10, 20, 4, 30, tzinfo=UTC))
     assert not late.passed and late.expected == DAYS[-1] and late.days_behind == 1
     # Before the deadline, yesterday's scores are what is due: there.
-    early = current_freshness(instance, datetime(2018, 10, 20, 3, 59, tzinfo=UTC))
+    early = current_freshness(instance, DEADLINE, datetime(2018, 10, 20, 3, 59, tzinfo=UTC))
     assert early.passed and early.expected == DAYS[-2]
     _scored(instance, DAYS[-1])
-    assert current_freshness(instance, datetime(2018, 10, 20, 4, 30, tzinfo=UTC)).passed
+    assert current_freshness(instance, DEADLINE, datetime(2018, 10, 20, 4, 30, tzinfo=UTC)).passed
 
 
 def _delivered(instance: dg.DagsterInstance, as_of: date) -> None:
@@ -228,16 +232,16 @@ def test_a_late_feed_fails_the_feed_check_not_the_scores(instance):
     now = datetime(2018, 10, 30, 5, 0, tzinfo=UTC)  # ten days after the last date
     _delivered(instance, DAYS[-1])
     _scored(instance, *DAYS[:-1])
-    scores = current_freshness(instance, now)
+    scores = current_freshness(instance, DEADLINE, now)
     assert not scores.passed and scores.expected == DAYS[-1]
     _scored(instance, DAYS[-1])
-    assert current_freshness(instance, now).passed
-    feed = current_feed_freshness(instance, now)
+    assert current_freshness(instance, DEADLINE, now).passed
+    feed = current_feed_freshness(instance, DEADLINE, now)
     assert not feed.passed and feed.expected == now.date() and feed.days_behind == 10
     assert feed.describe() == f"the feed's data for {now.date()} is missing (data as of {DAYS[-1]})"
     _delivered(instance, now.date())
-    assert current_feed_freshness(instance, now).passed
-    assert not current_freshness(instance, now).passed  # delivered, so now due
+    assert current_feed_freshness(instance, DEADLINE, now).passed
+    assert not current_freshness(instance, DEADLINE, now).passed  # delivered, so now due
 
 
 def test_freshness_sensor_reports_the_checks_and_alerts_once(definitions, instance, data_dir):
@@ -245,7 +249,7 @@ def test_freshness_sensor_reports_the_checks_and_alerts_once(definitions, instan
     before = len(read_alerts(alerts_file))
     register_reference_dates(instance, DAYS)  # scored: nothing, and the days are long past
     sensor = definitions.resolve_sensor_def("scores_freshness")
-    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    first = sensor.evaluate_tick(sensor_context(definitions, instance=instance))
     checks = {(e.asset_key, e.check_name): e for e in first.asset_events}
     assert set(checks) == {(SCORES, "scores_fresh"), (dg.AssetKey(["raw", "orders"]), "feed_fresh")}
     assert all(isinstance(e, dg.AssetCheckEvaluation) for e in checks.values())
@@ -253,7 +257,9 @@ def test_freshness_sensor_reports_the_checks_and_alerts_once(definitions, instan
     assert checks[(SCORES, "scores_fresh")].severity == dg.AssetCheckSeverity.ERROR
     assert [a["kind"] for a in read_alerts(alerts_file)[before:]] == ["scores_stale", "feed_late"]
 
-    again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    again = sensor.evaluate_tick(
+        sensor_context(definitions, instance=instance, cursor=first.cursor)
+    )
     assert not again.asset_events and "unchanged" in again.skip_message
     assert len(read_alerts(alerts_file)) == before + 2  # one alert per late date
 
@@ -261,7 +267,7 @@ def test_freshness_sensor_reports_the_checks_and_alerts_once(definitions, instan
     _delivered(instance, today)
     _scored(instance, today)
     recovered = sensor.evaluate_tick(
-        dg.build_sensor_context(instance=instance, cursor=first.cursor)
+        sensor_context(definitions, instance=instance, cursor=first.cursor)
     )
     assert len(recovered.asset_events) == 2
     assert all(e.passed for e in recovered.asset_events)

@@ -7,6 +7,7 @@ import pytest
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.settings import churn_settings
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features
 from olist_churn_dagster.lib.features.writer import FAMILY_SOURCES
@@ -177,7 +178,11 @@ def test_batched_backfill_writes_the_same_rows(
     assert job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1])).success
     one_pass = _counts(data_dir / "warehouse.duckdb")
     monkeypatch.setenv("OLIST_CHURN_FEATURE_BATCH_ROWS", "1")
-    result = job.execute_in_process(instance=instance, tags=range_tags(keys[0], keys[-1]))
+    result = job.execute_in_process(
+        instance=instance,
+        tags=range_tags(keys[0], keys[-1]),
+        resources={"settings": churn_settings()},  # as loaded with the tiny batch size
+    )
     assert result.success
     *_, materialization = _materializations(result, "sales")
     assert materialization.metadata["batches"].value == 3  # 15 dates, 7 per batch at least
@@ -201,6 +206,22 @@ def test_feature_checks_are_one_step_that_evaluates_what_the_run_built(
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.asset_key == sales and evaluation.passed
     assert evaluation.metadata["duplicate_keys"].value == 0
+
+
+def test_a_daily_run_reports_what_it_did_to_the_lifetime_state(definitions, instance_with_raw):
+    """A one-date run catches the per-seller lifetime state up with the raw loads since the
+    last run and says so on the table that reads it; the next run finds nothing to do."""
+    job = definitions.resolve_job_def("build_feature_store")
+    sales = dg.AssetKey(["features", "seller_sales"])
+    reports = []
+    for day in registered_dates(instance_with_raw)[-2:]:
+        result = job.execute_in_process(
+            instance=instance_with_raw, partition_key=day, asset_selection=[sales]
+        )
+        (materialization,) = _materializations(result, "sales")
+        reports.append(materialization.metadata["lifetime_state"].value)
+    assert all(isinstance(report, str) and report for report in reports)
+    assert reports[1] == "unchanged (no sale changed since the last run)"
 
 
 def test_feature_checks_look_at_the_run_dates_and_all_of_them_when_run_alone(

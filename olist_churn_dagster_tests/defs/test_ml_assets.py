@@ -16,13 +16,13 @@ from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.defs.partitions import registered_dates
 from olist_churn_dagster.defs.tags import range_tags
-from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ml.calibration import METHODS, PROBABILITY_FLOOR
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.monitoring import PSI_WARN, realized_performance
 from olist_churn_dagster.lib.ml.scoring import EXPORT_COLUMNS
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
 from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
+from olist_churn_dagster_tests.conftest import read_alerts, sensor_context
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
 
@@ -211,7 +211,7 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
         launched, cursor = [], None
         with dg.instance_for_test() as feed:
             for _ in days:  # one snapshot a tick, each after the previous one's run
-                evaluation = sensor(dg.build_sensor_context(instance=feed, cursor=cursor))
+                evaluation = sensor(sensor_context(definitions, instance=feed, cursor=cursor))
                 (request,) = evaluation.run_requests
                 (partitions,) = evaluation.dynamic_partitions_requests
                 assert partitions.partition_keys == [request.partition_key]
@@ -241,7 +241,7 @@ def test_snapshots_flow_through_the_sensor_to_scores(trained, definitions, data_
                 ]
             )
             assert written == 0
-            tick = sensor(dg.build_sensor_context(instance=feed, cursor=cursor))
+            tick = sensor(sensor_context(definitions, instance=feed, cursor=cursor))
             assert not tick.run_requests
             assert "older than" in tick.skip_reason.skip_message
             assert len(feed.get_runs()) == len(days)
@@ -267,7 +267,8 @@ def test_drift_check_passes_on_the_same_distribution_and_warns_on_a_shift(
     of the newest scored date's own features: it passes; then two features of that date
     move and it fails, as a warning, naming exactly those two."""
     from olist_churn_dagster.defs.ml.monitoring import scores_feature_drift
-    from olist_churn_dagster.defs.warehouse import WarehouseResource
+    from olist_churn_dagster.defs.settings import churn_settings
+    from olist_churn_dagster.defs.warehouse import warehouse_resources
     from olist_churn_dagster.lib.features.store import read_feature_tables
     from olist_churn_dagster.lib.ml.abt import join_features
     from olist_churn_dagster.lib.warehouse import write_frame
@@ -288,7 +289,9 @@ def test_drift_check_passes_on_the_same_distribution_and_warns_on_a_shift(
         )
 
     def evaluate() -> dg.AssetCheckResult:
-        return scores_feature_drift(warehouse=WarehouseResource(database=str(copy)))
+        return scores_feature_drift(
+            warehouse=warehouse_resources(copy)["warehouse"], settings=churn_settings()
+        )
 
     same = evaluate()
     assert same.passed is True
@@ -431,15 +434,19 @@ def test_risk_digest_follows_the_scores_of_each_date(
     partition compares with its own previous scored date, is stored and exported, shows as
     native tables, and the run's newest date is posted to the webhook, not filed as an alert."""
     from olist_churn_dagster.defs.ml.digest import DIGEST_KEY
+    from olist_churn_dagster.defs.settings import churn_settings
     from olist_churn_dagster.lib.ml.digest import COLUMNS
-    from olist_churn_dagster.lib.settings import load_settings
 
     url, received = webhook
     monkeypatch.setenv("OLIST_CHURN_ALERT_WEBHOOK_URL", url)
+    settings = churn_settings()  # as a code location loaded with the webhook set
+    assert settings.webhook_url == url
     instance, keys, _ = trained
     first, second, third = keys[-12:-9]
     rescore = definitions.resolve_job_def("rescore_with_champion")
-    pair = rescore.execute_in_process(instance=instance, tags=range_tags(first, second))
+    pair = rescore.execute_in_process(
+        instance=instance, tags=range_tags(first, second), resources={"settings": settings}
+    )
     assert pair.success
     digests = pair.asset_materializations_for_node("ml__risk_digest")
     assert sorted(m.partition for m in digests) == [first, second]
@@ -452,7 +459,9 @@ def test_risk_digest_follows_the_scores_of_each_date(
     assert len(received) == 1  # one post per run: its newest date
     assert received[0]["text"].startswith(f"Churn risk digest for {second} (compared with {first})")
 
-    daily = rescore.execute_in_process(instance=instance, partition_key=third)
+    daily = rescore.execute_in_process(
+        instance=instance, partition_key=third, resources={"settings": settings}
+    )
     assert daily.success
     latest = instance.get_latest_materialization_event(DIGEST_KEY).asset_materialization
     assert latest.partition == third
@@ -487,4 +496,4 @@ def test_risk_digest_follows_the_scores_of_each_date(
         assert (
             exported.height == digest.filter(pl.col("reference_date").cast(pl.String) == day).height
         )
-    assert not any("digest" in a["title"] for a in read_alerts(load_settings().alerts_file))
+    assert not any("digest" in a["title"] for a in read_alerts(settings.to_settings().alerts_file))

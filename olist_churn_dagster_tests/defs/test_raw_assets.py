@@ -7,8 +7,11 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
+from olist_churn_dagster.lib.features import incremental
 from olist_churn_dagster.lib.ingest.schema import TABLES
+from olist_churn_dagster.lib.warehouse import transaction
 
 
 def _table_counts(warehouse: Path) -> dict[str, int]:
@@ -50,7 +53,9 @@ def test_raw_materializations_carry_metadata(loaded):
     by_key = {e.asset_key: e.metadata for e in event}
     orders = by_key[dg.AssetKey(["raw", "orders"])]
     assert orders["dagster/row_count"].value > 0
-    assert "preview" in orders and "| order_id |" in orders["preview"].value
+    preview = orders["preview"]
+    assert isinstance(preview, dg.TableMetadataValue) and len(preview.records) == 10
+    assert "order_id" in [c.name for c in preview.schema.columns]
     assert "first_timestamp" in orders and "last_timestamp" in orders
 
 
@@ -75,3 +80,25 @@ def test_bad_source_is_refused_and_changes_nothing(loaded, definitions, data_dir
     failure = result.failure_data_for_node("raw_tables")
     assert TABLES["order_items"].file_name in failure.error.to_string()
     assert _table_counts(data_dir / "warehouse.duckdb") == before
+
+
+def test_a_raw_load_logs_its_sale_changes_and_leaves_the_lifetime_state(
+    loaded, definitions, data_dir
+):
+    """The per-seller lifetime state belongs to the feature run: a raw load writes none of
+    it and logs that the sale tables were replaced whole, for the next feature run."""
+    warehouse = data_dir / "warehouse.duckdb"
+    with transaction(warehouse) as conn:
+        last = conn.execute("SELECT max(order_purchase_timestamp) FROM raw.orders").fetchone()[0]
+        cutoff = incremental.epoch_day(last.date()) - 200
+        state = incremental.state_at(conn, cutoff, window_days=180, horizon_days=45)
+    result = definitions.resolve_job_def("load_raw_tables").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        kept = conn.execute(f"SELECT * FROM {incremental.LIFETIME_TABLE}").pl()
+        assert incremental.state_cutoff(conn) == cutoff
+        logged = conn.execute(f"SELECT * FROM {incremental.CHANGES_TABLE}").fetchall()
+    assert_frame_equal(kept, state, check_exact=True)
+    assert logged == [(None, None)]  # state_at read the earlier entries

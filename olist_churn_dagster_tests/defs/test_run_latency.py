@@ -16,7 +16,7 @@ LAZY_LIBRARIES = ("mlflow", "xgboost", "matplotlib", "sklearn", "scipy", "shap",
 
 
 def test_the_instance_dequeues_runs_every_second_and_keeps_its_limits(tmp_path: Path):
-    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "instance" / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_coordinator.dequeue_interval_seconds == 1

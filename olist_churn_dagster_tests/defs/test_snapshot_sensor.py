@@ -11,6 +11,7 @@ import pytest
 
 from olist_churn_dagster.lib.ingest.loader import load_dataset, purchase_date_range
 from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE, cut_as_of, write_snapshot
+from olist_churn_dagster_tests.conftest import sensor_context, settings_resource
 
 
 @pytest.fixture()
@@ -30,7 +31,7 @@ def full_tables(data_dir: Path) -> dict[str, pl.DataFrame]:
 def _evaluate(definitions: dg.Definitions, cursor: str | None = None):
     sensor = definitions.resolve_sensor_def("snapshot_sensor")
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, cursor=cursor)
+        context = sensor_context(definitions, instance=instance, cursor=cursor)
         return sensor(context)
 
 
@@ -103,7 +104,7 @@ def test_a_failed_snapshot_run_is_named_once_and_counted_until_a_rerun_succeeds(
     job = definitions.resolve_job_def("load_snapshot")
     raw_keys = list(definitions.resolve_assets_def(dg.AssetKey(["raw", "orders"])).keys)
     with dg.instance_for_test() as instance:
-        first = sensor(dg.build_sensor_context(instance=instance))
+        first = sensor(sensor_context(definitions, instance=instance))
         (request,) = first.run_requests
         (partitions,) = first.dynamic_partitions_requests
         instance.add_dynamic_partitions(partitions.partitions_def_name, partitions.partition_keys)
@@ -120,16 +121,16 @@ def test_a_failed_snapshot_run_is_named_once_and_counted_until_a_rerun_succeeds(
 
         failed = run(path.parent / "moved-away")  # the folder is gone when the run starts
         assert not failed.success
-        tick = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        tick = sensor(sensor_context(definitions, instance=instance, cursor=first.cursor))
         assert not tick.run_requests  # its run key is spent: only a re-execution loads it
         expected = f"snapshot {day}: run {failed.run_id[:8]} failed; re-execute it from the UI"
         assert expected in tick.skip_reason.skip_message
-        later = sensor(dg.build_sensor_context(instance=instance, cursor=tick.cursor))
+        later = sensor(sensor_context(definitions, instance=instance, cursor=tick.cursor))
         assert expected not in later.skip_reason.skip_message  # named once, then counted
         assert "1 failed snapshot run(s) named earlier" in later.skip_reason.skip_message
 
         assert run(path).success  # the re-execution, with the snapshot back in place
-        tick = sensor(dg.build_sensor_context(instance=instance, cursor=later.cursor))
+        tick = sensor(sensor_context(definitions, instance=instance, cursor=later.cursor))
         assert "failed" not in tick.skip_reason.skip_message
 
 
@@ -138,8 +139,8 @@ def test_a_snapshot_not_newer_than_the_raw_tables_is_refused_on_the_tick(
 ):
     """No run, so no partition is marked failed: one snapshot_refused alert, the reason
     and what to do instead on the tick, then only a count."""
-    from olist_churn_dagster.lib.alerts import read_alerts
     from olist_churn_dagster.lib.settings import load_settings
+    from olist_churn_dagster_tests.conftest import read_alerts
 
     day = _last_day(data_dir)
     write_snapshot(cut_as_of(full_tables, day), snapshots, day)
@@ -154,14 +155,14 @@ def test_a_snapshot_not_newer_than_the_raw_tables_is_refused_on_the_tick(
                 metadata={"as_of_date": raw_as_of.isoformat()},
             )
         )
-        first = sensor(dg.build_sensor_context(instance=instance))
+        first = sensor(sensor_context(definitions, instance=instance))
         assert not first.run_requests and not first.dynamic_partitions_requests
         message = first.skip_reason.skip_message
         assert f"refused {day}: older than the raw tables, which hold data as of {raw_as_of}" in (
             message
         )
         assert f"run the score_sellers job for partition {day}" in message
-        again = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+        again = sensor(sensor_context(definitions, instance=instance, cursor=first.cursor))
         assert not again.run_requests
         assert "1 snapshot(s) refused earlier" in again.skip_reason.skip_message
         assert not instance.get_runs()
@@ -208,7 +209,7 @@ def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computa
                 old = day - timedelta(days=settings.feature_window_days + 30)
                 source = move_and_delete(cancel_and_reprice(source, old), old)
             write_snapshot(cut_as_of(source, day), snapshots, day)
-            evaluation = sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+            evaluation = sensor(sensor_context(definitions, instance=instance, cursor=cursor))
             (request,) = evaluation.run_requests
             instance.add_dynamic_partitions("reference_date", [request.partition_key])
             result = dg.materialize(
@@ -217,7 +218,7 @@ def test_snapshot_runs_load_changes_and_compute_features_equal_to_a_full_computa
                 partition_key=request.partition_key,
                 run_config=request.run_config,
                 tags=request.tags,
-                resources=warehouse_resources(path),
+                resources={**warehouse_resources(path), **settings_resource(definitions)},
             )
             assert result.success
             cursor = evaluation.cursor

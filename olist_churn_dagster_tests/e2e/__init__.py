@@ -1,1 +1,1 @@
-"""End-to-end tests: a real `dagster dev` server, its GraphQL API and a headless browser."""
+"""End-to-end tests: a real `dg dev` server, its GraphQL API and a headless browser."""

@@ -1,9 +1,9 @@
-"""One real `dagster dev` for the whole end-to-end session, on a prepared warehouse.
+"""One real `dg dev` for the whole end-to-end session, on a prepared warehouse.
 
 The fixture builds what `make run` builds, in temporary folders: a small generated
-dataset, a Dagster instance home with the repository's `dagster.yaml`, `olist-churn
+dataset, a Dagster instance home with the repository's `instance/dagster.yaml`, `olist-churn
 prepare` (raw tables, every feature partition, a champion model, recent scores) run as a
-subprocess, then `dagster dev` in its own process group. Teardown stops the group and
+subprocess, then `dg dev` in its own process group. Teardown stops the group and
 fails if any process of it survives.
 """
 
@@ -98,11 +98,11 @@ def _timed(label: str, started: float) -> None:
 @contextlib.contextmanager
 def serve(root: Path, setup: Callable[[Server], None]) -> Iterator[Server]:
     """A data directory under `root` filled by `setup` (given a server-less `Server` to
-    run the CLI with), then `dagster dev` on it until the block ends."""
+    run the CLI with), then `dg dev` on it until the block ends."""
     data_dir = root / "data"
     dagster_home = data_dir / "dagster_home"
     dagster_home.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "instance" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = environment(data_dir, dagster_home)
     setup(Server("", data_dir, dagster_home, env, GraphQL("")))
 
@@ -111,15 +111,15 @@ def serve(root: Path, setup: Callable[[Server], None]) -> Iterator[Server]:
     server.start()
     try:
         server.wait_ready(timeout=120)
-        _timed(f"dagster dev ready at {server.url}", started)
+        _timed(f"dg dev ready at {server.url}", started)
         yield Server(server.url, data_dir, dagster_home, env, GraphQL(server.url))
     finally:
         started = time.perf_counter()
         left = server.stop()
-        _timed("dagster dev stopped", started)
+        _timed("dg dev stopped", started)
         OUTPUT_DIR.mkdir(exist_ok=True)
         shutil.copy(server.log_path, OUTPUT_DIR / f"{root.name}-dagster-dev.log")
-    assert not left, "processes of dagster dev left after teardown:\n" + "\n".join(left)
+    assert not left, "processes of dg dev left after teardown:\n" + "\n".join(left)
 
 
 def generate_demo(bootstrap: Server, out: Path) -> None:

@@ -1,4 +1,4 @@
-"""A real `dagster dev` for the end-to-end tests: start, wait, talk GraphQL, stop cleanly.
+"""A real `dg dev` for the end-to-end tests: start, wait, talk GraphQL, stop cleanly.
 
 Nothing here imports the code location: the server loads it in its own processes, with
 the environment given to `DagsterDev.start`, exactly as `make run` does.
@@ -282,7 +282,7 @@ def run_failure_text(gql: GraphQL, run_id: str) -> str:
 
 @dataclass
 class DagsterDev:
-    """`dagster dev` as a subprocess in its own process group: by default the server
+    """`dg dev` as a subprocess in its own process group: by default the server
     itself, or any `command` that ends up serving the UI on `port` (e.g. `make run`)."""
 
     repo_root: Path
@@ -301,20 +301,12 @@ class DagsterDev:
         return f"http://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        """The command started: `command` when given, else `dagster dev` on the port."""
+        """The command started: `command` when given, else `dg dev` on the port, as
+        `make run` starts it (the code location from pyproject's [tool.dg])."""
         if self.command is not None:
             return list(self.command)
-        dagster = self.repo_root / ".venv" / "bin" / "dagster"
-        return [
-            str(dagster),
-            "dev",
-            "-h",
-            self.host,
-            "-p",
-            str(self.port),
-            "-w",
-            str(self.repo_root / "workspace.yaml"),
-        ]
+        dg_cli = self.repo_root / ".venv" / "bin" / "dg"
+        return [str(dg_cli), "dev", "-h", self.host, "-p", str(self.port)]
 
     def start(self) -> None:
         self._log = self.log_path.open("wb")

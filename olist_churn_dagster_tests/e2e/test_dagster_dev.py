@@ -1,4 +1,4 @@
-"""The code location served by a real `dagster dev`, driven through its GraphQL API."""
+"""The code location served by a real `dg dev`, driven through its GraphQL API."""
 
 from __future__ import annotations
 

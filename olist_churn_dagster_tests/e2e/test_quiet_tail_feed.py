@@ -1,4 +1,4 @@
-"""A feed that looks like the real extract, against its own real `dagster dev`: an as-of
+"""A feed that looks like the real extract, against its own real `dg dev`: an as-of
 export whose last sale lies ten days before its date, then two later snapshots landing
 together. Every date is scored, in order; a snapshot older than the newest loaded is
 refused with its reason; nothing is skipped silently."""
@@ -12,9 +12,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+from olist_churn_dagster_tests.conftest import read_alerts
 from olist_churn_dagster_tests.e2e.conftest import E2E_END, Server, generate_demo, serve
 from olist_churn_dagster_tests.e2e.server import GraphQL, query_warehouse, runs, wait_until
 from olist_churn_dagster_tests.e2e.test_dagster_dev import (

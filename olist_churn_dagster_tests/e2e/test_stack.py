@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from olist_churn_dagster.stack import servers
+from olist_churn_dagster.stack import postgres, servers
 from olist_churn_dagster_tests.e2e.conftest import E2E_END, E2E_SCALE, E2E_SEED, E2E_START
 from olist_churn_dagster_tests.e2e.server import (
     GraphQL,
@@ -108,8 +110,12 @@ def _wait_run(gql: GraphQL, run_id: str, timeout: float) -> dict:
 
 
 @pytest.mark.slow
-def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Path) -> None:
+def test_the_deployed_stack_end_to_end(
+    stack: servers.StackConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gql = GraphQL(stack.webserver_url, timeout=60)
+    # This test reads Postgres and the DuckLake as the servers do: password in PGPASSWORD.
+    monkeypatch.setenv(postgres.PASSWORD_ENV, stack.postgres.password)
     down = [state.name for state in servers.status(stack.root) if not state.running]
     assert not down, f"servers not running after `up`: {down}"
 
@@ -202,6 +208,35 @@ def test_the_deployed_stack_end_to_end(stack: servers.StackConfig, tmp_path: Pat
         )[0]
         assert commits > len(FEATURE_ASSETS), "DuckLake's catalog lacks the commits"
         assert list(stack.lake_dir.rglob("*.parquet")), f"no Parquet files in {stack.lake_dir}"
+    _assert_the_password_is_nowhere(stack, gql)
+
+
+RUN_SETTINGS = """
+{ runsOrError { ... on Runs { results { runId runConfigYaml tags { key value } } } } }
+"""
+
+
+def _assert_the_password_is_nowhere(stack: servers.StackConfig, gql: GraphQL) -> None:
+    """The Postgres password is in no file of the stack but its secret (configuration,
+    logs, compute logs), no database (runs with their tags and run config, events, ticks,
+    MLflow's runs, the catalog), and not in the UI's run configuration or instance page."""
+    password = stack.postgres.password
+    files = [f for f in stack.root.rglob("*") if f.is_file() and f != stack.password_file]
+    holding = [str(f) for f in files if password.encode() in f.read_bytes()]
+    assert not holding, f"the password is written in {holding}"
+    assert len([f for f in files if f.suffix == ".log"]) >= len(servers.SERVICES)
+    for database in servers.DATABASES:
+        dump = subprocess.run(
+            [str(postgres.bin_dir() / "pg_dump"), "-h", postgres.HOST, "-p",
+             str(stack.ports.postgres), "-U", postgres.SUPERUSER, database],
+            capture_output=True, check=True, env={**os.environ, **stack.postgres.client_env},
+        ).stdout  # fmt: skip
+        assert b"CREATE TABLE" in dump, database
+        assert password.encode() not in dump, f"the password is stored in database {database}"
+    shown = gql(RUN_SETTINGS)["runsOrError"]["results"]
+    assert len(shown) >= 5, shown
+    assert password not in json.dumps(shown), "the password shows in a run's config or tags"
+    assert password not in gql("{ instance { info } }")["instance"]["info"]
 
 
 def _warehouse_row(stack: servers.StackConfig, sql: str, params: list | None = None) -> tuple:

@@ -8,10 +8,10 @@ import pytest
 from olist_churn_dagster.lib.alerts import (
     Alert,
     post_to_webhook,
-    read_alerts,
     record_alert,
     scores_freshness,
 )
+from olist_churn_dagster_tests.conftest import read_alerts
 
 DEADLINE = time(4, 0)
 

@@ -53,7 +53,7 @@ def test_frames_written_in_one_transaction_are_freed_before_its_commit(tmp_path)
     """A backfill writes all of a table's batches in one transaction: each batch must be
     freed once written, not held until the commit (with DuckDB's buffers capped here, the
     process would otherwise grow by about a batch per batch)."""
-    rows, batches = 2_000_000, 10
+    rows, batches = 1_000_000, 10
     batch_bytes = rows * 6 * 8
     conn = duckdb.connect(str(tmp_path / "w.duckdb"), config={"memory_limit": "64MB"})
     conn.execute("BEGIN")

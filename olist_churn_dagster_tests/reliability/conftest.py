@@ -23,6 +23,7 @@ from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.calendar import day_range, reference_dates
 from olist_churn_dagster.lib.ingest.loader import load_dataset, purchase_date_range
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+from olist_churn_dagster_tests.conftest import sensor_context
 
 
 def _quote_identifier(name: str) -> str:
@@ -107,7 +108,7 @@ def evaluate_snapshot_sensor(
     definitions: dg.Definitions, cursor: str | None = None
 ) -> dg.SensorResult:
     sensor = definitions.resolve_sensor_def("snapshot_sensor")
-    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor)
+    context = sensor_context(definitions, instance=dg.DagsterInstance.ephemeral(), cursor=cursor)
     result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from olist_churn_dagster.defs.warehouse import warehouse_resources
 from olist_churn_dagster_tests.reliability.conftest import failure_message, run_job
 
 pytestmark = pytest.mark.slow
@@ -51,22 +52,25 @@ def _step_events(result: dg.ExecuteInProcessResult, kind: dg.DagsterEventType) -
     return [e for e in result.all_events if e.event_type == kind]
 
 
-def _blocked_raw_load(definitions, hold_warehouse, monkeypatch, *, hold: float, retries: int):
+def _blocked_raw_load(
+    definitions, warehouse, hold_warehouse, monkeypatch, *, hold: float, retries: int
+):
     """The raw load while a reader holds the file for `hold` seconds: (reader, result,
     seconds the run took). Waits start at 1 s and double."""
     monkeypatch.setenv("OLIST_CHURN_LOCK_BACKOFF_SECONDS", "1")
     monkeypatch.setenv("OLIST_CHURN_LOCK_RETRIES", str(retries))
     reader = hold_warehouse(hold)
     started = time.monotonic()
-    result = run_job(definitions, "load_raw_tables")
+    # The warehouse as a code location loaded with these settings has it.
+    result = run_job(definitions, "load_raw_tables", resources=warehouse_resources(warehouse))
     return reader, result, time.monotonic() - started
 
 
 def test_a_run_blocked_by_a_reader_succeeds_once_the_reader_closes(
-    definitions, hold_warehouse, monkeypatch: pytest.MonkeyPatch
+    definitions, warehouse, hold_warehouse, monkeypatch: pytest.MonkeyPatch
 ):
     reader, result, elapsed = _blocked_raw_load(
-        definitions, hold_warehouse, monkeypatch, hold=4, retries=8
+        definitions, warehouse, hold_warehouse, monkeypatch, hold=4, retries=8
     )
     assert result.success, failure_message(result)
     assert reader.poll() is not None  # the reader had closed before the run could finish
@@ -78,10 +82,10 @@ def test_a_run_blocked_by_a_reader_succeeds_once_the_reader_closes(
 
 
 def test_a_reader_that_never_closes_fails_the_run_naming_it(
-    definitions, hold_warehouse, monkeypatch: pytest.MonkeyPatch
+    definitions, warehouse, hold_warehouse, monkeypatch: pytest.MonkeyPatch
 ):
     reader, result, elapsed = _blocked_raw_load(
-        definitions, hold_warehouse, monkeypatch, hold=120, retries=2
+        definitions, warehouse, hold_warehouse, monkeypatch, hold=120, retries=2
     )
     assert not result.success
     message = failure_message(result)

@@ -3,18 +3,24 @@ stack runs in e2e/test_stack.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from olist_churn_dagster.stack import servers
+from olist_churn_dagster.stack import postgres, servers
+from olist_churn_dagster_tests.conftest import free_port
+from olist_churn_dagster_tests.stack.test_postgres import psql
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -29,8 +35,11 @@ def config(tmp_path: Path) -> servers.StackConfig:
 def test_instance_is_the_deployments_on_the_local_postgres(config: servers.StackConfig):
     deployed = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     local = servers.instance_config(config)
+    database = {"hostname": "127.0.0.1", "port": 15432, "db_name": "dagster"}
     assert local["storage"] == {
-        "postgres": {"postgres_url": "postgresql://postgres@127.0.0.1:15432/dagster"}
+        "postgres": {
+            "postgres_db": {**database, "username": "postgres", "password": {"env": "PGPASSWORD"}}
+        }
     }
     assert "run_launcher" not in local, "the default launcher: runs are code-server subprocesses"
     assert local["compute_logs"]["config"]["base_dir"].startswith(str(config.root))
@@ -54,7 +63,8 @@ def test_webserver_and_daemon_reach_the_code_server_over_grpc(config: servers.St
 
 def test_mlflow_server_on_postgres_serving_its_artifacts(config: servers.StackConfig):
     mlflow = servers.commands(config)["mlflow"]
-    assert mlflow[mlflow.index("--backend-store-uri") + 1].endswith("@127.0.0.1:15432/mlflow")
+    backend = mlflow[mlflow.index("--backend-store-uri") + 1]
+    assert backend == "postgresql://postgres@127.0.0.1:15432/mlflow"  # PGPASSWORD has the password
     assert "--serve-artifacts" in mlflow
     assert mlflow[mlflow.index("--artifacts-destination") + 1] == str(config.artifacts_dir)
     settings = servers.code_location_settings(config)
@@ -76,6 +86,71 @@ def test_state_round_trips_and_a_missing_stack_is_named(config: servers.StackCon
     assert servers.load_state(config.root) == config
     instance = yaml.safe_load((config.dagster_home / "dagster.yaml").read_text())
     assert instance == servers.instance_config(config)
+
+
+def test_the_password_is_the_environments_when_given(config: servers.StackConfig, monkeypatch):
+    monkeypatch.setenv(servers.PASSWORD_ENV, "from-the-environment")
+    assert config.postgres.password == "from-the-environment"
+    assert not config.password_file.exists()
+    env = servers._environment(config, {})
+    assert env[postgres.PASSWORD_ENV] == "from-the-environment"
+    assert servers.PASSWORD_ENV not in env, "the servers get it under one name only"
+    monkeypatch.delenv(servers.PASSWORD_ENV)
+    generated = config.postgres.password
+    assert generated == config.password_file.read_text().strip() != "from-the-environment"
+    assert config.password_file.stat().st_mode & 0o777 == 0o600
+    assert config.password_file.parent.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.fixture
+def stack_postgres(monkeypatch) -> Iterator[servers.StackConfig]:
+    """The stack's own Postgres (only it) started by the stack's code, with its dagster.yaml
+    written, in a world-traversable folder (as root the server runs as `postgres`)."""
+    monkeypatch.delenv(servers.PASSWORD_ENV, raising=False)
+    parent = Path(tempfile.mkdtemp(prefix="olist-churn-stack-pg-"))
+    parent.chmod(0o711)
+    config = servers.StackConfig(root=parent / "stack", ports=servers.Ports(postgres=free_port()))
+    try:
+        servers.write_configuration(config)
+        servers.start_postgres(config)
+        yield config
+    finally:
+        postgres.stop(config.postgres_dir)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_the_stacks_postgres_asks_every_client_for_the_generated_password(
+    stack_postgres: servers.StackConfig, monkeypatch
+):
+    from dagster import DagsterInstance, DagsterInvalidConfigError
+
+    config, server = stack_postgres, stack_postgres.postgres
+    for host in (postgres.HOST, str(server.data_dir)):  # TCP and the socket
+        assert "no password supplied" in psql(server, host, None)
+        assert "password authentication failed" in psql(server, host, "guessed")
+        assert psql(server, host, server.password) == "in"
+
+    # Dagster's instance as the servers load it: the password from PGPASSWORD, or nothing.
+    monkeypatch.delenv(postgres.PASSWORD_ENV, raising=False)
+    with pytest.raises(DagsterInvalidConfigError) as refused:
+        DagsterInstance.from_config(str(config.dagster_home))
+    unset = f'environment variable "{postgres.PASSWORD_ENV}" which is not set'
+    assert any(unset in error.message for error in refused.value.errors)
+    env = servers._environment(config, servers.code_location_settings(config))
+    assert env[postgres.PASSWORD_ENV] == server.password
+    monkeypatch.setenv(postgres.PASSWORD_ENV, env[postgres.PASSWORD_ENV])
+    with DagsterInstance.from_config(str(config.dagster_home)) as instance:
+        assert instance.get_runs_count() == 0
+
+    # Nothing the stack writes or passes on the command line holds it.
+    said = json.dumps([servers.commands(config), servers.code_location_settings(config)])
+    assert server.password not in said
+    server_log = server.data_dir / "server.log"
+    assert "password authentication failed" in server_log.read_text()
+    files = [f for f in config.root.rglob("*") if f.is_file() and f != config.password_file]
+    assert {config.dagster_home / "dagster.yaml", server_log} <= set(files)
+    holding = [str(f) for f in files if server.password.encode() in f.read_bytes()]
+    assert not holding, f"the password is written in {holding}"
 
 
 def test_a_taken_port_is_named_before_anything_starts(config: servers.StackConfig):

@@ -3,40 +3,42 @@ is scored, by the deadline. Evaluated from the Dagster instance alone (the raw t
 as-of date, which partitions were scored), so they never open the warehouse and run in
 any run, or in the freshness sensor."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 
 import dagster as dg
 
 from olist_churn_dagster.defs.ml.assets import SCORES_KEY
 from olist_churn_dagster.defs.raw.assets import loaded_as_of, raw_asset_key
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.lib.alerts import Freshness, feed_freshness, scores_freshness
-from olist_churn_dagster.lib.settings import load_settings
 
 FRESHNESS_CHECK = "scores_fresh"
 FEED_CHECK = "feed_fresh"
 FEED_KEY = raw_asset_key("orders")  # its materializations carry the source's as-of date
 
 
-def current_freshness(instance: dg.DagsterInstance, now: datetime | None = None) -> Freshness:
+def current_freshness(
+    instance: dg.DagsterInstance, deadline: time, now: datetime | None = None
+) -> Freshness:
     scored = instance.get_materialized_partitions(SCORES_KEY)
-    deadline = load_settings().scores_deadline_utc
     delivered = loaded_as_of(instance)
     return scores_freshness(now or datetime.now(UTC), deadline, sorted(scored), delivered)
 
 
-def current_feed_freshness(instance: dg.DagsterInstance, now: datetime | None = None) -> Freshness:
-    deadline = load_settings().scores_deadline_utc
+def current_feed_freshness(
+    instance: dg.DagsterInstance, deadline: time, now: datetime | None = None
+) -> Freshness:
     return feed_freshness(now or datetime.now(UTC), deadline, loaded_as_of(instance))
 
 
-def freshness_metadata(freshness: Freshness) -> dict[str, dg.MetadataValue]:
+def freshness_metadata(freshness: Freshness, deadline: time) -> dict[str, dg.MetadataValue]:
     behind = freshness.days_behind
     newest = "newest_delivered_date" if freshness.feed else "newest_scored_date"
     return {
         "expected_reference_date": dg.MetadataValue.text(freshness.expected.isoformat()),
         newest: dg.MetadataValue.text(str(freshness.newest_scored or "none")),
         "days_behind": dg.MetadataValue.int(behind) if behind is not None else "n/a",
-        "deadline_utc": dg.MetadataValue.text(load_settings().scores_deadline_utc.isoformat()),
+        "deadline_utc": dg.MetadataValue.text(deadline.isoformat()),
     }
 
 
@@ -48,16 +50,22 @@ def freshness_metadata(freshness: Freshness) -> dict[str, dg.MetadataValue]:
     "feed is late (that is feed_fresh's failure). Also evaluated every few minutes by the "
     "scores_freshness sensor, which raises an alert when it fails.",
 )
-def scores_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    return _result(current_freshness(context.instance), dg.AssetCheckSeverity.ERROR)
+def scores_fresh(
+    context: dg.AssetCheckExecutionContext, settings: ChurnSettings
+) -> dg.AssetCheckResult:
+    deadline = settings.to_settings().scores_deadline_utc
+    freshness = current_freshness(context.instance, deadline)
+    return _result(freshness, deadline, dg.AssetCheckSeverity.ERROR)
 
 
-def _result(freshness: Freshness, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+def _result(
+    freshness: Freshness, deadline: time, severity: dg.AssetCheckSeverity
+) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=freshness.passed,
         severity=severity,
         description=freshness.describe(),
-        metadata=freshness_metadata(freshness),
+        metadata=freshness_metadata(freshness, deadline),
     )
 
 
@@ -68,5 +76,9 @@ def _result(freshness: Freshness, severity: dg.AssetCheckSeverity) -> dg.AssetCh
     "OLIST_CHURN_SCORES_DEADLINE_UTC (before it, yesterday's): a warning that the feed is "
     "late. Also evaluated by the scores_freshness sensor, which alerts once per late date.",
 )
-def feed_fresh(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    return _result(current_feed_freshness(context.instance), dg.AssetCheckSeverity.WARN)
+def feed_fresh(
+    context: dg.AssetCheckExecutionContext, settings: ChurnSettings
+) -> dg.AssetCheckResult:
+    deadline = settings.to_settings().scores_deadline_utc
+    freshness = current_feed_freshness(context.instance, deadline)
+    return _result(freshness, deadline, dg.AssetCheckSeverity.WARN)

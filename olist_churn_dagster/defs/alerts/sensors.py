@@ -15,15 +15,15 @@ from olist_churn_dagster.defs.alerts.checks import (
     freshness_metadata,
 )
 from olist_churn_dagster.defs.ml.assets import SCORES_KEY
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.lib.alerts import Alert, Freshness, record_alert
-from olist_churn_dagster.lib.settings import load_settings
 
 
-def send_alert(alert: Alert, log) -> None:
+def send_alert(alert: Alert, log, settings: ChurnSettings) -> None:
     """To the log, the alerts file and the webhook when one is set."""
-    settings = load_settings()
     log.error(alert.text())
-    problem = record_alert(alert, settings.alerts_file, settings.alert_webhook_url)
+    alerts_file = settings.to_settings().alerts_file
+    problem = record_alert(alert, alerts_file, settings.webhook_url)
     if problem:
         log.warning(problem)
 
@@ -34,7 +34,7 @@ def send_alert(alert: Alert, log) -> None:
     minimum_interval_seconds=15,
     description="Records every failed run of this code location's jobs as an alert.",
 )
-def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
+def run_failure_alerts(context: dg.RunFailureSensorContext, settings: ChurnSettings) -> None:
     run = context.dagster_run
     tags = {k: v for k, v in run.tags.items() if k.startswith(("dagster/partition", "olist/"))}
     send_alert(
@@ -45,6 +45,7 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
             fields={"run_id": run.run_id, "job": run.job_name, **tags},
         ),
         context.log,
+        settings,
     )
 
 
@@ -83,10 +84,11 @@ def _verdict(freshness: Freshness) -> str:
     "ml/churn_scores from the instance (no run, no warehouse) whenever a verdict changes, "
     "and alerts once per late date (feed_late, scores_stale).",
 )
-def scores_freshness_sensor(context: dg.SensorEvaluationContext):
+def scores_freshness_sensor(context: dg.SensorEvaluationContext, settings: ChurnSettings):
+    deadline = settings.to_settings().scores_deadline_utc
     current = {
-        _SCORES: current_freshness(context.instance),
-        _FEED: current_feed_freshness(context.instance),
+        _SCORES: current_freshness(context.instance, deadline),
+        _FEED: current_feed_freshness(context.instance, deadline),
     }
     seen = dict(zip(current, (context.cursor or "").split("|"), strict=False))
     changed = [(e, f) for e, f in current.items() if _verdict(f) != seen.get(e)]
@@ -103,6 +105,7 @@ def scores_freshness_sensor(context: dg.SensorEvaluationContext):
                     fields={"expected": freshness.expected.isoformat()},
                 ),
                 context.log,
+                settings,
             )
         events.append(
             dg.AssetCheckEvaluation(
@@ -111,7 +114,7 @@ def scores_freshness_sensor(context: dg.SensorEvaluationContext):
                 passed=freshness.passed,
                 severity=expectation.severity,
                 description=freshness.describe(),
-                metadata=freshness_metadata(freshness),
+                metadata=freshness_metadata(freshness, deadline),
             )
         )
     return dg.SensorResult(asset_events=events, cursor="|".join(map(_verdict, current.values())))

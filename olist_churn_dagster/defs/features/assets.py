@@ -15,6 +15,7 @@ import dagster as dg
 from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import feature_version
 from olist_churn_dagster.defs.warehouse import (
     WAREHOUSE_POOL,
@@ -30,7 +31,6 @@ from olist_churn_dagster.lib.features.writer import (
     FeatureSettings,
     write_features,
 )
-from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import feature_table
 
 FEATURE_GROUP = "feature_store"
@@ -79,10 +79,9 @@ def partition_dates(context: dg.AssetExecutionContext) -> list[date]:
     pool=WAREHOUSE_POOL,
 )
 def feature_tables(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, settings: ChurnSettings
 ) -> Iterator[dg.MaterializeResult]:
     """The selected feature tables for the run's reference dates."""
-    settings = load_settings()
     families = [f for f in FEATURE_FAMILIES if feature_asset_key(f) in context.selected_asset_keys]
     written = write_features(
         warehouse.get_connection,
@@ -94,12 +93,16 @@ def feature_tables(
         ),
     )
     for family in written:
+        if family.lifetime_state:
+            context.log.info(f"per-seller lifetime state: {family.lifetime_state}")
         yield _result(context, family)
 
 
 def _metadata(written: FamilyWritten) -> dict[str, object]:
     dates = written.dates
     how = {"batches": written.batches} if written.batches else {"computed_from": ONE_DATE_SOURCE}
+    if written.lifetime_state:
+        how["lifetime_state"] = written.lifetime_state
     rows = (
         {"dagster/partition_row_count": written.rows}
         if len(dates) == 1

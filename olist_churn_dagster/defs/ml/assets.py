@@ -22,6 +22,7 @@ from olist_churn_dagster.defs.partitions import (
     registered_dates,
 )
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import ABT_VERSION, MODEL_VERSION, SCORES_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES
@@ -58,7 +59,6 @@ from olist_churn_dagster.lib.ml.tracking import (
     log_and_register,
     log_calibration,
 )
-from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
 from olist_churn_dagster.lib.warehouse import read_tables
 
@@ -72,17 +72,18 @@ FEATURE_KEYS = [feature_asset_key(f) for f in FEATURE_FAMILIES]
 _DEFAULTS = ModelParams()
 
 
-def mature_cohorts(keys: list[str], last_purchase: date) -> list[date]:
-    """First-of-month reference dates (among the registered `keys`) whose labels have all
-    matured by the data's end."""
-    settings = load_settings()
+def mature_cohorts(
+    keys: list[str], last_purchase: date, *, horizon_days: int, cohort_day: int
+) -> list[date]:
+    """Monthly cohort dates (among the registered `keys`) whose labels have all matured by
+    the data's end."""
     if not keys:
         raise ValueError("no reference dates registered yet: materialize the raw tables first")
     first, last = date.fromisoformat(keys[0]), date.fromisoformat(keys[-1])
-    horizon = timedelta(days=settings.churn_horizon_days)
+    horizon = timedelta(days=horizon_days)
     return [
         d
-        for d in cohort_dates(first, last, day=settings.cohort_day)
+        for d in cohort_dates(first, last, day=cohort_day)
         if d - timedelta(days=1) + horizon < last_purchase
     ]
 
@@ -97,12 +98,18 @@ def mature_cohorts(keys: list[str], last_purchase: date) -> list[date]:
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
 )
-def abt(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
-    settings = load_settings()
+def abt(
+    context: dg.AssetExecutionContext, warehouse: DuckDBResource, settings: ChurnSettings
+) -> pl.DataFrame:
     with warehouse.get_connection() as conn:
         raw = read_tables(conn, RAW_SCHEMA, ["orders", "order_items"])
         last_purchase = raw["orders"].get_column("order_purchase_timestamp").max().date()
-        cohorts = mature_cohorts(registered_dates(context.instance), last_purchase)
+        cohorts = mature_cohorts(
+            registered_dates(context.instance),
+            last_purchase,
+            horizon_days=settings.churn_horizon_days,
+            cohort_day=settings.cohort_day,
+        )
         tables = read_feature_tables(conn, cohorts)
     spine = tables["sales"].select(KEYS)
     labels = churn_labels(
@@ -183,11 +190,11 @@ def backtest_gate(
     *,
     uri: str,
     candidate_version: str,
+    horizon_days: int,
 ) -> tuple[GateDecision, dict[str, dg.MetadataValue]]:
     """The champion gate on the backtest's cutoffs: the candidate's per-cutoff rows come
     from ml/backtest when it backtested this recipe (else they are rerun); the champion's
     recipe is rerun on the same cutoffs. Returns the decision and both tables."""
-    settings = load_settings()
     rows = backtest.filter(pl.col("scorer") == MODEL_SCORER)
     params = config.model_params()
 
@@ -197,7 +204,7 @@ def backtest_gate(
             recipe,
             n_cutoffs=rows.height,
             n_valid=config.n_valid_cohorts,
-            horizon_days=settings.churn_horizon_days,
+            horizon_days=horizon_days,
             features=features,
             baselines=False,
         )
@@ -245,6 +252,7 @@ def churn_model(
     abt: pl.DataFrame,
     backtest: pl.DataFrame,
     mlflow: MlflowTracking,
+    settings: ChurnSettings,
 ) -> dg.MaterializeResult:
     cohorts = abt.get_column("reference_date").unique().sort().to_list()
     plan = plan_time_split(
@@ -252,7 +260,7 @@ def churn_model(
         n_test=config.n_test_cohorts,
         n_valid=config.n_valid_cohorts,
         gap=config.gap_cohorts,
-        horizon_days=load_settings().churn_horizon_days,
+        horizon_days=settings.churn_horizon_days,
     )
     result = train_churn_model(abt, plan, config.model_params())
     uri = mlflow.ready_uri()
@@ -267,7 +275,12 @@ def churn_model(
     calibrator, calibration_metadata = calibrate(result, backtest)
     log_calibration(uri, registered.run_id, registered.model_version, calibrator)
     decision, gate_tables = backtest_gate(
-        abt, backtest, config, uri=uri, candidate_version=registered.model_version
+        abt,
+        backtest,
+        config,
+        uri=uri,
+        candidate_version=registered.model_version,
+        horizon_days=settings.churn_horizon_days,
     )
     comparison = result.comparison_table()
     return dg.MaterializeResult(
@@ -310,12 +323,14 @@ def churn_model(
     pool=WAREHOUSE_POOL,
 )
 def churn_scores(
-    context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowTracking
+    context: dg.AssetExecutionContext,
+    warehouse: DuckDBResource,
+    mlflow: MlflowTracking,
+    settings: ChurnSettings,
 ) -> pl.DataFrame:
     dates = partition_dates(context)
     model = load_champion(mlflow.ready_uri())
     with warehouse.get_connection() as conn:
-        settings = load_settings()
         features = model_frame(
             read_feature_tables(conn, dates),
             horizon_days=settings.churn_horizon_days,
@@ -330,7 +345,9 @@ def churn_scores(
         scored_at=datetime.now(UTC).replace(tzinfo=None),
         calibrator=model.calibrator,
     )
-    exports = export_per_date(account_manager_view(scores), settings.exports_dir / "churn_scores")
+    exports = export_per_date(
+        account_manager_view(scores), settings.to_settings().exports_dir / "churn_scores"
+    )
     bands = (
         scores.group_by("risk_band")
         .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())

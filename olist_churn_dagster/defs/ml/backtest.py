@@ -16,6 +16,7 @@ from olist_churn_dagster.defs.ml.assets import (
     TrainingConfig,
 )
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import BACKTEST_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
@@ -34,7 +35,6 @@ from olist_churn_dagster.lib.ml.backtest import (
 from olist_churn_dagster.lib.ml.calibration import METHODS
 from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.tracking import log_backtest
-from olist_churn_dagster.lib.settings import load_settings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -118,8 +118,8 @@ def backtest(
     config: BacktestConfig,
     abt: pl.DataFrame,
     mlflow: MlflowTracking,
+    settings: ChurnSettings,
 ) -> pl.DataFrame:
-    settings = load_settings()
     result = backtest_model(
         abt,
         config.model_params(),

@@ -4,11 +4,11 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.ml.assets import ABT_KEY
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.warehouse import warehouse_check
 from olist_churn_dagster.lib.features.writer import FAMILY_SOURCES
 from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.ml.consistency import feature_mismatches, recompute_from_snapshot
-from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import count_duplicate_keys, read_tables
 
@@ -31,8 +31,8 @@ def abt_unique_rows(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     name="labels_mature",
     description="Every label's 45-day mark lies before the last purchase in the data.",
 )
-def abt_labels_mature(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-    horizon = load_settings().churn_horizon_days
+def abt_labels_mature(warehouse: DuckDBResource, settings: ChurnSettings) -> dg.AssetCheckResult:
+    horizon = settings.churn_horizon_days
     with warehouse.get_connection() as conn:
         immature = conn.execute(
             f"SELECT count(*) FROM {ABT_TABLE} WHERE (reference_date + ?::INTEGER - 1)::TIMESTAMP "
@@ -48,8 +48,7 @@ def abt_labels_mature(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     description=f"For up to {AUDIT_SELLERS} sellers of the latest cohort, every feature "
     "equals its recomputation from an as-of snapshot cut of the raw tables.",
 )
-def abt_matches_snapshot(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-    settings = load_settings()
+def abt_matches_snapshot(warehouse: DuckDBResource, settings: ChurnSettings) -> dg.AssetCheckResult:
     tables = sorted({t for sources in FAMILY_SOURCES.values() for t in sources})
     with warehouse.get_connection() as conn:
         day = conn.execute(f"SELECT max(reference_date) FROM {ABT_TABLE}").fetchone()[0]

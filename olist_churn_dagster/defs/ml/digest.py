@@ -10,12 +10,12 @@ from olist_churn_dagster.defs.features.assets import partition_dates
 from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.ml.assets import SCORES_KEY, SCORING_GROUP
 from olist_churn_dagster.defs.partitions import PARTITION_METADATA, reference_date_partitions
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import DIGEST_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.alerts import post_to_webhook
 from olist_churn_dagster.lib.ml.digest import Digest, read_scores, risk_digest
 from olist_churn_dagster.lib.ml.scoring import export_per_date
-from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import RISK_DIGEST_TABLE
 
 DIGEST_KEY = table_asset_key(RISK_DIGEST_TABLE)
@@ -26,55 +26,16 @@ def digest_metadata(digest: Digest, day: date) -> dict[str, object]:
     """What the UI shows of the digest of `day` (the run's newest date), as native tables;
     `per_date` has every date of the run."""
     summary = digest.summary.filter(pl.col("reference_date") == day).row(0, named=True)
-    sellers = digest.sellers.filter(pl.col("reference_date") == day)
-    moved = sellers.filter(pl.col("move").is_not_null())
     previous = summary["previous_date"]
+    counts = ("newly_high", "moved_up", "moved_down")
     return {
         "reference_date": day.isoformat(),
         "previous_date": previous.isoformat() if previous else "none: every seller counts as new",
         "sales_at_risk": float(summary["sales_at_risk"]),
         "sales_at_risk_change": float(summary["sales_at_risk_change"]),
-        "newly_high": int(summary["newly_high"]),
-        "moved_up": int(summary["moved_up"]),
-        "moved_down": int(summary["moved_down"]),
+        **{name: int(summary[name]) for name in counts},
         "summary": dg.MetadataValue.text(summary["text"]),
-        "newly_high_sellers": table_value(
-            sellers.filter(pl.col("newly_high")).select(
-                "seller_id",
-                "risk_band_before",
-                "churn_probability",
-                "sales_at_risk",
-                "reasons",
-            )
-        ),
-        "band_moves": table_value(
-            digest.moves.filter(pl.col("reference_date") == day).select(
-                pl.col("risk_band_before").alias("from"), pl.col("risk_band").alias("to"), "sellers"
-            )
-        ),
-        "moved_sellers": table_value(
-            moved.select(
-                "seller_id",
-                pl.col("risk_band_before").alias("from"),
-                pl.col("risk_band").alias("to"),
-                "probability_before",
-                "churn_probability",
-                "sales_at_risk",
-                "reasons",
-            )
-        ),
-        "top_sales_at_risk": table_value(
-            sellers.filter(pl.col("top_at_risk").is_not_null())
-            .sort("top_at_risk")
-            .select(
-                "top_at_risk",
-                "seller_id",
-                "risk_band",
-                "churn_probability",
-                "sales_at_risk",
-                "reasons",
-            )
-        ),
+        **{name: table_value(frame) for name, frame in digest.lists(day).items()},
         "per_date": table_value(
             digest.summary.drop("text").sort("reference_date", descending=True), max_rows=31
         ),
@@ -96,20 +57,21 @@ def digest_metadata(digest: Digest, day: date) -> dict[str, object]:
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
 )
-def risk_digest_asset(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
+def risk_digest_asset(
+    context: dg.AssetExecutionContext, warehouse: DuckDBResource, settings: ChurnSettings
+) -> pl.DataFrame:
     dates = partition_dates(context)
-    settings = load_settings()
     with warehouse.get_connection() as conn:
         scores = read_scores(conn, dates)
     digest = risk_digest(scores, dates)
-    exports = export_per_date(digest.sellers, settings.exports_dir / EXPORT_FOLDER)
+    exports = export_per_date(digest.sellers, settings.to_settings().exports_dir / EXPORT_FOLDER)
     newest = dates[-1]
     metadata = digest_metadata(digest, newest)
     metadata["exports"] = dg.MetadataValue.json([str(p) for p in exports[-10:]])
-    if settings.alert_webhook_url:
+    if settings.webhook_url:
         # One post per run, the newest date's: a backfill does not flood the chat.
         text = digest.summary.filter(pl.col("reference_date") == newest).item(0, "text")
-        problem = post_to_webhook(settings.alert_webhook_url, text, what="the digest")
+        problem = post_to_webhook(settings.webhook_url, text, what="the digest")
         if problem:
             context.log.warning(problem)
         metadata["webhook"] = problem or "posted"

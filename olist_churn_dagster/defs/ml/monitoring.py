@@ -9,6 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from olist_churn_dagster.defs.ml.assets import ABT_KEY, SCORES_KEY
 from olist_churn_dagster.defs.raw.assets import raw_asset_key
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
 from olist_churn_dagster.lib.features.store import read_feature_tables
 from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
@@ -22,7 +23,6 @@ from olist_churn_dagster.lib.ml.monitoring import (
     realized_performance,
 )
 from olist_churn_dagster.lib.ml.rhythm import model_frame
-from olist_churn_dagster.lib.settings import load_settings
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
 
 MONITORING_KEY = dg.AssetKey(["ml", "model_monitoring"])
@@ -36,11 +36,10 @@ MONITORING_KEY = dg.AssetKey(["ml", "model_monitoring"])
     additional_deps=[ABT_KEY],
     pool=WAREHOUSE_POOL,
 )
-def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+def scores_feature_drift(warehouse: DuckDBResource, settings: ChurnSettings) -> dg.AssetCheckResult:
     with warehouse.get_connection() as conn:
         day = conn.execute(f"SELECT max(reference_date) FROM {SCORES_TABLE}").fetchone()[0]
         reference = conn.execute(f"SELECT * FROM {ABT_TABLE}").pl()
-        settings = load_settings()
         current = model_frame(
             read_feature_tables(conn, [day]),
             horizon_days=settings.churn_horizon_days,
@@ -74,8 +73,10 @@ def scores_feature_drift(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     kinds={"duckdb", "polars"},
     pool=WAREHOUSE_POOL,
 )
-def model_monitoring(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> pl.DataFrame:
-    horizon_days = load_settings().churn_horizon_days
+def model_monitoring(
+    context: dg.AssetExecutionContext, warehouse: DuckDBResource, settings: ChurnSettings
+) -> pl.DataFrame:
+    horizon_days = settings.churn_horizon_days
     with warehouse.get_connection() as conn:
         scores = conn.execute(
             f"SELECT reference_date, seller_id, churn_probability FROM {SCORES_TABLE}"

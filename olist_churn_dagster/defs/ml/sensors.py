@@ -5,9 +5,9 @@ import dagster as dg
 from olist_churn_dagster.defs.jobs import rescore_job
 from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.partitions import covering_range, registered_dates
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.tags import range_tags
 from olist_churn_dagster.lib.ml.tracking import champion_version
-from olist_churn_dagster.lib.settings import load_settings
 
 
 @dg.sensor(
@@ -17,7 +17,9 @@ from olist_churn_dagster.lib.settings import load_settings
     description="A newly promoted champion rescores the last N score partitions "
     "(OLIST_CHURN_RESCORE_DAYS) in one run.",
 )
-def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTracking):
+def champion_sensor(
+    context: dg.SensorEvaluationContext, mlflow: MlflowTracking, settings: ChurnSettings
+):
     version = champion_version(mlflow.ready_uri())
     if version is None:
         return dg.SkipReason("no champion promoted yet")
@@ -27,7 +29,7 @@ def champion_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTracking)
         return dg.SkipReason(f"champion is version {version}; watching for a new one")
     if version == context.cursor:
         return dg.SkipReason(f"champion is still version {version}")
-    recent = registered_dates(context.instance)[-load_settings().rescore_days :]
+    recent = registered_dates(context.instance)[-settings.rescore_days :]
     context.update_cursor(version)
     if not recent:
         return dg.SkipReason(f"champion is version {version}; no reference dates to rescore")

@@ -7,16 +7,16 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.partitions import register_reference_dates
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, WarehouseResource
 from olist_churn_dagster.lib.calendar import reference_dates, resolve_as_of
-from olist_churn_dagster.lib.features import incremental
-from olist_churn_dagster.lib.ingest.delta import TableChange, plan_load
+from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
 from olist_churn_dagster.lib.ingest.feed import rolls_back
 from olist_churn_dagster.lib.ingest.schema import TABLES, TableSpec
 from olist_churn_dagster.lib.ingest.snapshots import declared_as_of
-from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.settings import Settings, load_settings
+from olist_churn_dagster.lib.settings import Settings
 from olist_churn_dagster.lib.tables import RAW_SCHEMA
 
 RAW_GROUP = "raw"
@@ -52,9 +52,7 @@ def _table_metadata(
     rows = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     metadata: dict[str, dg.MetadataValue] = {
         "source_file": dg.MetadataValue.text(spec.file_name),
-        "preview": dg.MetadataValue.md(
-            frame_to_markdown(conn.execute(f"SELECT * FROM {table} LIMIT 10").pl())
-        ),
+        "preview": table_value(conn.execute(f"SELECT * FROM {table} LIMIT 10").pl()),
         "dagster/row_count": dg.MetadataValue.int(rows),
         "dagster/table_name": dg.MetadataValue.text(f"{RAW_SCHEMA}.{spec.name}"),
         "dagster/column_schema": dg.MetadataValue.table_schema(
@@ -108,6 +106,23 @@ def _source_dates(
     )
 
 
+def _rollback_refused(loaded: date | None, as_of: date) -> dg.Failure:
+    """The failure of a source older than the raw tables: never retried, it would not pass."""
+    return dg.Failure(
+        f"the raw tables hold data as of {loaded}, newer than this source ({as_of}): loading "
+        f"it would roll them back. The features and scores of {as_of} need no reload (only "
+        "data before a date is used): run the score_sellers job for that partition instead.",
+        allow_retries=False,
+    )
+
+
+def _change_text(change: TableChange) -> str:
+    return (
+        f"{change.mode}, {change.inserted} inserted, {change.updated} updated, "
+        f"{change.deleted} deleted"
+    )
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -122,7 +137,10 @@ def _source_dates(
     pool=WAREHOUSE_POOL,
 )
 def raw_tables(
-    context: dg.AssetExecutionContext, config: RawSourceConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: RawSourceConfig,
+    warehouse: WarehouseResource,
+    settings: ChurnSettings,
 ):
     """Read and check the source, then bring every raw table to it in one transaction: bad
     input is refused whole, and a run stopped halfway (killed, out of memory) leaves every
@@ -130,34 +148,20 @@ def raw_tables(
     config) is applied as the rows that changed since the last load (`lib.ingest.delta`),
     with the same checks; the export in raw/, a first load or `full_reload` replace the
     tables. Once committed, the source's reference dates get their partitions."""
-    settings = load_settings()
-    source = Path(config.source) if config.source else settings.raw_dir
+    core = settings.to_settings()
+    source = Path(config.source) if config.source else core.raw_dir
     full = config.full_reload or not config.source
     context.log.info(f"loading source tables from {source} ({'whole' if full else 'changes'})")
     loaded = loaded_as_of(context.instance)
     with warehouse.transaction() as conn:
         plan = plan_load(conn, source, full=full)
-        changes = incremental.apply_keeping_state(
-            conn,
-            plan,
-            window_days=settings.feature_window_days,
-            horizon_days=settings.churn_horizon_days,
-        )
-        dates = _source_dates(conn, source, settings, is_raw_dir=not config.source)
+        changes = apply_load(conn, plan)  # logs the sellers whose sales changed
+        dates = _source_dates(conn, source, core, is_raw_dir=not config.source)
         if config.source and rolls_back(dates[-1], loaded):  # the sensor refuses it first
-            raise dg.Failure(  # raised inside the transaction: nothing is written
-                f"the raw tables hold data as of {loaded}, newer than this source "
-                f"({dates[-1]}): loading it would roll them back. The features and scores "
-                f"of {dates[-1]} need no reload (only data before a date is used): run the "
-                "score_sellers job for that partition instead.",
-                allow_retries=False,
-            )
+            raise _rollback_refused(loaded, dates[-1])  # inside the transaction: no write
         metadata = {name: _table_metadata(conn, TABLES[name], changes[name]) for name in TABLES}
     for name, change in changes.items():
-        context.log.info(
-            f"raw.{name}: {change.mode}, {change.inserted} inserted, {change.updated} updated, "
-            f"{change.deleted} deleted"
-        )
+        context.log.info(f"raw.{name}: {_change_text(change)}")
     new = register_reference_dates(context.instance, dates)
     context.log.info(f"reference dates {dates[0]} .. {dates[-1]}: {len(new)} new partition(s)")
     served = {

@@ -7,8 +7,7 @@ a reference, so these checks confirm it at the cost of the changes, not of the t
 After a whole load they look at every row. `rows_checked` in their metadata says which.
 
 All of them run in one step (`raw_table_checks`), each still its own check in the UI: a
-step costs a run under `dagster dev` a few tenths of a second of events and bookkeeping,
-more than most of these queries.
+step costs a run its own events and bookkeeping, more than most of these queries.
 """
 
 from collections.abc import Callable

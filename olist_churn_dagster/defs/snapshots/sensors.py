@@ -9,6 +9,7 @@ from olist_churn_dagster.defs.alerts.sensors import send_alert
 from olist_churn_dagster.defs.jobs import snapshot_job
 from olist_churn_dagster.defs.partitions import REFERENCE_DATES, registered_dates
 from olist_churn_dagster.defs.raw.assets import loaded_as_of
+from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.lib.alerts import Alert
 from olist_churn_dagster.lib.calendar import keys_through
 from olist_churn_dagster.lib.ingest.feed import (
@@ -18,7 +19,6 @@ from olist_churn_dagster.lib.ingest.feed import (
     decide,
     report_failures,
 )
-from olist_churn_dagster.lib.settings import load_settings
 
 SNAPSHOT_TAG = "olist/snapshot"
 _IN_FLIGHT = [
@@ -52,7 +52,7 @@ def failed_snapshot_runs(instance: dg.DagsterInstance, limit: int = 30) -> list[
     ]
 
 
-def _alert_refusals(refusals: list[Refusal], log) -> None:
+def _alert_refusals(refusals: list[Refusal], log, settings: ChurnSettings) -> None:
     for refusal in refusals:
         send_alert(
             Alert(
@@ -65,6 +65,7 @@ def _alert_refusals(refusals: list[Refusal], log) -> None:
                 },
             ),
             log,
+            settings,
         )
 
 
@@ -105,18 +106,20 @@ def _partitions_request(
         "the tick (one snapshot_refused alert), never launched."
     ),
 )
-def snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def snapshot_sensor(
+    context: dg.SensorEvaluationContext, settings: ChurnSettings
+) -> dg.SensorResult:
     loading = loading_snapshot(context.instance)
     raw_as_of = loaded_as_of(context.instance)
     decision = decide(
-        load_settings().snapshots_dir,
+        settings.to_settings().snapshots_dir,
         FeedCursor.parse(context.cursor),
         limit=0 if loading else 1,
         raw_as_of=raw_as_of,
     )
     for reason in decision.skipped:
         context.log.warning(reason)
-    _alert_refusals(decision.refused, context.log)
+    _alert_refusals(decision.refused, context.log, settings)
     requests = [_run_request(launch) for launch in decision.launches]
     partitions = _partitions_request(context.instance, decision.launches)
     failures = failed_snapshot_runs(context.instance)

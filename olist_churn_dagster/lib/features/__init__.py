@@ -10,9 +10,7 @@ partitions always line up.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import re
 import shutil
 import tempfile
 import weakref
@@ -27,6 +25,8 @@ from olist_churn_dagster.lib.features.engine import (
     FamilyPlan,
     FeatureSpec,
     Timeline,
+    cte_list,
+    declared_frames,
     evaluate_outputs,
     output_schema,
     read_timeline_sources,
@@ -171,7 +171,7 @@ def active_sellers(
     lo, hi = _day_range(dates)
     con = _connect({"sale_items": sale_items(orders, order_items)}, dates)
     try:
-        sql = f"""WITH {spine_ctes(horizon_days, lo, hi)}
+        sql = f"""WITH {cte_list(spine_ctes(horizon_days, lo, hi))}
 SELECT {to_date("D")} AS reference_date, seller_id, {to_date("last_d")} AS last_sale_date,
        D - last_d AS recency_days
 FROM spine ORDER BY D, seller_id"""
@@ -272,7 +272,7 @@ def feature_batches(
                 f"comes after a batch ending {previous[-1]}"
             )
     plan = PLANS[family](window_days)
-    missing = [t for t in plan.tables if t not in raw]
+    missing = [t for t in source_tables(family) if t not in raw]
     if missing:
         raise ValueError(f"feature family {family!r} needs table(s) {missing}")
     return _frames(family, plan, raw, batches, window_days, horizon_days, sales, shared)
@@ -326,16 +326,20 @@ def _timeline_sources(
     shared: Backfill | None = None,
 ) -> tuple[list[pl.DataFrame | None], pl.Series]:
     """What the family's timeline over all `dates` reads from the raw history, with
-    sellers as their integer ranks, and the seller ids to map the ranks back."""
-    frames = {t: raw[t] for t in plan.tables}
-    frames["sale_items"] = (
-        sales if sales is not None else sale_items(raw["orders"], raw["order_items"])
-    )
+    sellers as their integer ranks, and the seller ids to map the ranks back.
+
+    The frames hold only the columns the plan declares (see `engine.declared_frames`).
+    The sellers are ranked as `shared` ranks them when it fits and holds every seller of
+    the frames (`Backfill.ranked`), and by their own ranks otherwise."""
+    if sales is None:
+        sales = sale_items(raw["orders"], raw["order_items"])
+    frames = declared_frames(plan, raw, sales)
     lo, hi = _day_range(dates)
     runs = None
     if shared is not None and shared.fits(lo, hi, horizon_days):
-        with contextlib.suppress(pl.exceptions.InvalidOperationError):  # a seller outside
-            frames, ids, runs = shared.ranked(frames), shared.ids, shared.runs
+        ranked = shared.ranked(frames)
+        if ranked is not None:
+            frames, ids, runs = ranked, shared.ids, shared.runs
     if runs is None:  # the family ranks its own sellers
         frames, ids = _integer_sellers(frames)
     con = _connect(frames, dates)
@@ -406,10 +410,11 @@ class Backfill:
         runs = self.runs
         return (runs.lo, runs.hi, runs.horizon_days) == (lo, hi, horizon_days)
 
-    def ranked(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-        """The frames with seller_id as its integer rank (see `_integer_sellers`); raises
-        polars' InvalidOperationError on a seller outside the ranks."""
-        return _ranked(frames, self._ranks)
+    def ranked(self, frames: Mapping[str, pl.DataFrame]) -> dict[str, pl.DataFrame] | None:
+        """The frames with seller_id as its integer rank (see `_integer_sellers`), or None
+        when they hold a seller outside the ranks (its rank came out null: see `_ranked`)."""
+        ranked = _ranked(frames, self._ranks)
+        return ranked if _nulls(ranked) == _nulls(frames) else None
 
 
 def _integer_sellers(
@@ -432,23 +437,29 @@ def _seller_ids(columns: Iterable[pl.Series]) -> pl.Series:
 
 
 def _ranked(frames: Mapping[str, pl.DataFrame], ranks: pl.Enum) -> dict[str, pl.DataFrame]:
-    """The frames with seller_id as its rank in `ranks` (polars raises
-    InvalidOperationError on a seller outside them)."""
+    """The frames with seller_id as its rank in `ranks`; a seller outside them gets a
+    null rank (a cast that does not raise: the caller counts the nulls, `_nulls`)."""
     return {
-        name: frame.with_columns(pl.col("seller_id").cast(ranks).to_physical())
+        name: frame.with_columns(pl.col("seller_id").cast(ranks, strict=False).to_physical())
         if "seller_id" in frame.columns
         else frame
         for name, frame in frames.items()
     }
 
 
+def _nulls(frames: Mapping[str, pl.DataFrame]) -> list[int]:
+    """The null seller ids of each frame (cheap: polars keeps each column's null count)."""
+    return [
+        f.get_column("seller_id").null_count() for f in frames.values() if "seller_id" in f.columns
+    ]
+
+
 def source_tables(family: str) -> tuple[str, ...]:
-    """The raw tables (schema names) a family reads."""
-    _check_family(family)
-    return tuple(PLANS[family](_DEFAULT_WINDOW).tables)
+    """The raw tables (schema names) a family reads: orders and order items always."""
+    return tuple(source_columns(family))
 
 
-# What `sale_items` (and so every family, through the spine) reads of orders and items.
+# What `sale_items` reads of orders and items (so every family, for the spine at least).
 _SALE_COLUMNS = {
     "orders": ("order_id", "order_status", "order_purchase_timestamp"),
     "order_items": ("order_id", "seller_id"),
@@ -459,15 +470,13 @@ def source_columns(family: str) -> dict[str, list[str]]:
     """The columns of each raw table the family reads (orders and order items always),
     in schema order: a caller can load only these, a fraction of the raw tables' memory.
 
-    A column counts as read when its name is a word of the family's SQL (CTEs, measures
-    and outputs), so no column it uses can be left out; `compute_features` gives the
-    same rows from the pruned tables as from the whole ones.
-    """
+    They are those its plan declares (`FamilyPlan.columns`) and those `sale_items` reads;
+    the family's SQL sees no other (`engine.declared_frames`), so none it uses can be
+    left out."""
     _check_family(family)
-    plan = PLANS[family](_DEFAULT_WINDOW)
-    words = set(re.findall(r"\w+", repr(plan)))
+    declared = PLANS[family](_DEFAULT_WINDOW).columns
     out = {}
-    for table in dict.fromkeys(("orders", "order_items", *plan.tables)):
-        keep = set(_SALE_COLUMNS.get(table, ()))
-        out[table] = [c for c in TABLES[table].columns if c in words or c in keep]
+    for table in dict.fromkeys((*_SALE_COLUMNS, *declared)):
+        keep = {*_SALE_COLUMNS.get(table, ()), *declared.get(table, ())}
+        out[table] = [c for c in TABLES[table].columns if c in keep]
     return out

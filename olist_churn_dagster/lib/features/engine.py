@@ -32,9 +32,8 @@ tables and the sale runs are the same for every family of a backfill: built once
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import duckdb
@@ -86,15 +85,47 @@ class Output:
     sql: str
 
 
+class PlanError(ValueError):
+    """A family plan whose SQL reads something it does not declare."""
+
+
+@dataclass(frozen=True)
+class Cte:
+    """One named query of a plan (or of the spine), staged as a table: `reads` names the
+    CTEs it selects from (the plan's, declared before it, or the spine's), the only ones
+    it can see (see `stage_ctes`); the raw tables are the plan's `columns`."""
+
+    name: str
+    sql: str
+    reads: tuple[str, ...] = ()
+
+
+# What every plan (and the spine) may read of `sale_items` besides its declared order
+# items' columns: what makes an item a sale.
+SALE_KEYS = ("order_id", "seller_id", "order_purchase_timestamp")
+
+
 @dataclass(frozen=True, kw_only=True)
 class FamilyPlan:
-    """Everything one family's query needs."""
+    """Everything one family's query needs, and all it reads: of each raw table the
+    `columns` its SQL uses (those of `order_items` also when read through `sale_items`),
+    and its CTEs with the CTEs each reads. Checked when built (`check_plan`), and
+    enforced when run: its SQL sees nothing else (see `declared_frames`, `stage_ctes`)."""
 
-    tables: tuple[str, ...]
-    ctes: str
+    columns: Mapping[str, tuple[str, ...]]
+    ctes: tuple[Cte, ...]
     additive: tuple[Additive, ...]
     sliding: tuple[Sliding, ...]
     outputs: tuple[Output, ...]
+
+    def __post_init__(self) -> None:
+        check_plan(self)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The raw tables its SQL reads directly (all read `orders` and `order_items`
+        through `sale_items` besides)."""
+        return tuple(self.columns)
 
 
 def day(ts: str) -> str:
@@ -122,21 +153,22 @@ def ratio(num: str, den: str) -> str:
     return f"(CAST({num} AS DOUBLE) / CAST(NULLIF({den}, 0) AS DOUBLE))"
 
 
-def distinct_runs(name: str, source: str, keys: str, day_expr: str, where: str = "TRUE") -> str:
-    """SQL CTE: distinct (seller, keys, day) with the next day of the same key (`nd`).
+def distinct_runs(name: str, source: str, keys: str, day_expr: str, where: str = "TRUE") -> Cte:
+    """CTE: distinct (seller, keys, day) of the CTE `source` with the next day of the same
+    key (`nd`).
 
     An occurrence on day d counts towards the distinct count at D for D in
     [d + 1, least(nd, d + window)]: it is then the latest occurrence before D and inside
     the window.
     """
-    return f"""{name} AS (
-  SELECT seller_id, d, lead(d) OVER (PARTITION BY seller_id, {keys} ORDER BY d) AS nd
-  FROM (SELECT DISTINCT seller_id, {keys}, {day_expr} AS d FROM {source} WHERE {where})
-)"""
+    sql = f"""SELECT seller_id, d, lead(d) OVER (PARTITION BY seller_id, {keys} ORDER BY d) AS nd
+FROM (SELECT DISTINCT seller_id, {keys}, {day_expr} AS d FROM {source} WHERE {where})"""
+    return Cte(name, sql, reads=(source,))
 
 
-def spine_ctes(horizon_days: int, lo: int, hi: int) -> str:
-    """SQL CTEs `seller_keys` and `spine`: active sellers per date from `sale_items`.
+def spine_ctes(horizon_days: int, lo: int, hi: int) -> tuple[Cte, ...]:
+    """CTEs `sale_days`, `runs`, `seller_keys` and `spine`: active sellers per date from
+    `sale_items` (its `SALE_KEYS`).
 
     A sale day d with next sale day nd makes the seller active with last sale d for
     D in [d + 1, least(nd, d + horizon)]; those days (clipped to [lo, hi], the first and
@@ -145,26 +177,80 @@ def spine_ctes(horizon_days: int, lo: int, hi: int) -> str:
     numbers the sellers with a sale in seller_id order (integer keys make the polars
     steps several times faster than string keys, and keep the same order).
     """
-    return f"""sale_days AS (
-  SELECT DISTINCT seller_id, {day("order_purchase_timestamp")} AS d
-  FROM sale_items WHERE order_purchase_timestamp < {to_date(str(hi))}
-),
-runs AS (
-  SELECT seller_id, d,
-         lead(d) OVER (PARTITION BY seller_id ORDER BY d) AS nd,
-         min(d) OVER (PARTITION BY seller_id) AS first_d
-  FROM sale_days
-),
-seller_keys AS (
-  SELECT seller_id, row_number() OVER (ORDER BY seller_id) AS sk
-  FROM (SELECT DISTINCT seller_id FROM sale_days)
-),
-spine AS (
-  SELECT g.D, r.seller_id, r.d AS last_d, r.first_d
-  FROM runs r,
-       unnest(range(greatest(r.d + 1, {lo}), least(r.nd, r.d + {horizon_days}, {hi}) + 1)) AS g(D)
-  JOIN dates q ON q.D = g.D
-)"""
+    return (
+        Cte(
+            "sale_days",
+            f"""SELECT DISTINCT seller_id, {day("order_purchase_timestamp")} AS d
+FROM sale_items WHERE order_purchase_timestamp < {to_date(str(hi))}""",
+        ),
+        Cte(
+            "runs",
+            """SELECT seller_id, d,
+       lead(d) OVER (PARTITION BY seller_id ORDER BY d) AS nd,
+       min(d) OVER (PARTITION BY seller_id) AS first_d
+FROM sale_days""",
+            reads=("sale_days",),
+        ),
+        Cte(
+            "seller_keys",
+            """SELECT seller_id, row_number() OVER (ORDER BY seller_id) AS sk
+FROM (SELECT DISTINCT seller_id FROM sale_days)""",
+            reads=("sale_days",),
+        ),
+        Cte(
+            "spine",
+            f"""SELECT g.D, r.seller_id, r.d AS last_d, r.first_d
+FROM runs r,
+     unnest(range(greatest(r.d + 1, {lo}), least(r.nd, r.d + {horizon_days}, {hi}) + 1)) AS g(D)
+JOIN dates q ON q.D = g.D""",
+            reads=("runs",),
+        ),
+    )
+
+
+SPINE_CTES = tuple(c.name for c in spine_ctes(1, 0, 0))
+
+
+def cte_list(ctes: Iterable[Cte]) -> str:
+    """The CTEs as the comma-separated list of a WITH clause (for a single query over
+    them, where every CTE sees every other)."""
+    return ",\n".join(f"{c.name} AS (\n{c.sql}\n)" for c in ctes)
+
+
+def check_plan(plan: FamilyPlan) -> None:
+    """Raise `PlanError` unless every CTE a plan reads is declared: each CTE's reads are
+    CTEs declared before it or the spine's, and each block's source is one of those CTEs,
+    a declared raw table or `sale_items`."""
+    ctes: list[str] = list(SPINE_CTES)
+    for cte in plan.ctes:
+        if cte.name in ctes:
+            raise PlanError(f"CTE {cte.name!r} is declared twice (or is one of {SPINE_CTES})")
+        unknown = [r for r in cte.reads if r not in ctes]
+        if unknown:
+            raise PlanError(
+                f"CTE {cte.name!r} reads {unknown}, which are no CTEs declared before it "
+                f"(the plan's, or the spine's: {SPINE_CTES})"
+            )
+        ctes.append(cte.name)
+    sources = {*ctes, *plan.columns, "sale_items"}
+    for block in (*plan.additive, *plan.sliding):
+        if block.source not in sources:
+            raise PlanError(
+                f"a block reads {block.source!r}, which is neither a CTE of the plan or the "
+                "spine nor a declared raw table nor sale_items"
+            )
+
+
+def declared_frames(
+    plan: FamilyPlan, raw: Mapping[str, pl.DataFrame], sales: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
+    """The frames the plan's SQL reads, with only the columns it declares: its raw
+    tables, and `sale_items` (`sales`) with its `SALE_KEYS` and the order items' columns
+    the plan declares. A column the plan uses without declaring it then fails to bind."""
+    frames = {table: raw[table].select(columns) for table, columns in plan.columns.items()}
+    items = dict.fromkeys((*SALE_KEYS, *plan.columns.get("order_items", ())))
+    frames["sale_items"] = sales.select(list(items))
+    return frames
 
 
 def _measure_names(plan: FamilyPlan) -> list[str]:
@@ -174,82 +260,124 @@ def _measure_names(plan: FamilyPlan) -> list[str]:
     return names
 
 
-def _block_ctes(plan: FamilyPlan, lo: int, hi: int) -> list[str]:
+def _block_ctes(plan: FamilyPlan, lo: int, hi: int) -> tuple[Cte, ...]:
     """CTEs `blk<i>`: each additive block's rows (seller key, first and last day, measures)
     that hold at least one reference day in [lo, hi]."""
-    ctes = []
+    ctes = {*SPINE_CTES, *(c.name for c in plan.ctes)}
+    blocks = []
     for i, block in enumerate(plan.additive):
         cols = ", ".join(f"CAST({expr} AS DOUBLE) AS {n}" for n, expr in block.measures.items())
         end = block.end or "NULL"
-        ctes.append(f"""blk{i} AS (
-  SELECT * FROM (
-    SELECT sk, {block.start} AS s, {end} AS e, {cols}
-    FROM {block.source} JOIN seller_keys USING (seller_id)
-    WHERE {block.where}
-  ) WHERE s <= {hi} AND (e IS NULL OR (e >= s AND e >= {lo}))
-)""")
-    return ctes
+        sql = f"""SELECT * FROM (
+  SELECT sk, {block.start} AS s, {end} AS e, {cols}
+  FROM {block.source} JOIN seller_keys USING (seller_id)
+  WHERE {block.where}
+) WHERE s <= {hi} AND (e IS NULL OR (e >= s AND e >= {lo}))"""
+        reads = (block.source, "seller_keys") if block.source in ctes else ("seller_keys",)
+        blocks.append(Cte(f"blk{i}", sql, reads=reads))
+    return tuple(blocks)
 
 
 def _in_reach(block: Sliding, window_days: int, lo: int, hi: int) -> str:
     return f"{block.day} BETWEEN {lo - window_days} AND {hi - 1}"
 
 
+def staged(name: str) -> str:
+    """The temporary table a CTE is staged as (see `stage_ctes`)."""
+    return f"staged_{name}"
+
+
+def _runs_query(horizon_days: int, lo: int, hi: int) -> str:
+    """The sale runs that reach a reference day in [lo, hi], from the staged `runs`."""
+    return f"""SELECT sk, seller_id, d, nd, first_d
+FROM {staged("runs")} JOIN {staged("seller_keys")} USING (seller_id)
+WHERE d + 1 <= {hi} AND d + {horizon_days} >= {lo}
+ORDER BY d, sk"""
+
+
 def _source_queries(
     plan: FamilyPlan, *, window_days: int, horizon_days: int, lo: int, hi: int
-) -> tuple[str, dict[str, str]]:
-    """The family's SQL: the CTEs to stage (see `stage_ctes`), then the queries over them
-    of the sale runs, each additive block's rows (`blk<i>`, and `keys<i>` for their days
-    only) and the per-day extremes rows (see `summed_deltas` for what is made of them).
+) -> tuple[tuple[Cte, ...], dict[str, str]]:
+    """The family's SQL: the CTEs to stage (see `stage_ctes`; `_roots` are those the
+    queries read), then the queries over the staged tables of the sale runs, each
+    additive block's rows (`blk<i>`, and `keys<i>` for their days only) and the per-day
+    extremes rows (see `summed_deltas` for what is made of them).
     """
-    queries = {
-        "runs": f"""SELECT sk, seller_id, d, nd, first_d
-FROM runs JOIN seller_keys USING (seller_id)
-WHERE d + 1 <= {hi} AND d + {horizon_days} >= {lo}
-ORDER BY d, sk""",
-    }
+    queries = {"runs": _runs_query(horizon_days, lo, hi)}
     for i, block in enumerate(plan.additive):
-        queries[f"keys{i}"] = f"SELECT sk, s, e FROM blk{i}"
-        queries[f"blk{i}"] = f"SELECT sk, s, e, {', '.join(block.measures)} FROM blk{i}"
+        queries[f"keys{i}"] = f"SELECT sk, s, e FROM {staged(f'blk{i}')}"
+        measures = ", ".join(block.measures)
+        queries[f"blk{i}"] = f"SELECT sk, s, e, {measures} FROM {staged(f'blk{i}')}"
+    ctes = (*spine_ctes(horizon_days, lo, hi), *plan.ctes, *_block_ctes(plan, lo, hi))
     if plan.sliding:
+        names = {c.name for c in ctes}
         parts = []
         for block in plan.sliding:
             cols = ", ".join(f"{fn}({e}) AS {n}" for n, (fn, e) in block.aggregates.items())
+            source = staged(block.source) if block.source in names else block.source
             parts.append(
                 f"SELECT sk, {block.day} AS day, {cols} "
-                f"FROM {block.source} JOIN seller_keys USING (seller_id) "
+                f"FROM {source} JOIN {staged('seller_keys')} USING (seller_id) "
                 f"WHERE {_in_reach(block, window_days, lo, hi)} GROUP BY sk, {block.day}"
             )
         queries["extremes"] = "\nUNION ALL BY NAME ".join(parts)
-    shared = ",\n".join([spine_ctes(horizon_days, lo, hi), plan.ctes, *_block_ctes(plan, lo, hi)])
-    return shared, queries
+    return ctes, queries
 
 
-_CTE_START = re.compile(r"(?m)^(\w+) AS \(")
+def _roots(plan: FamilyPlan, *, runs: bool) -> list[str]:
+    """The CTEs (or frames) the queries of `_source_queries` read: the sale runs' (when
+    `runs`), the blocks' and the sliding sources."""
+    names = [f"blk{i}" for i in range(len(plan.additive))]
+    names += [block.source for block in plan.sliding]
+    return [*names, "seller_keys", *(["runs"] if runs else [])]
 
 
-def split_ctes(ctes: str) -> list[tuple[str, str]]:
-    """(name, query) of each CTE of a comma-separated `name AS (query)` list, in order
-    (each CTE starts a line; the families and `spine_ctes` write them so)."""
-    starts = list(_CTE_START.finditer(ctes))
-    out = []
-    for m, nxt in itertools.zip_longest(starts, starts[1:]):
-        body = ctes[m.end() : nxt.start() if nxt else len(ctes)].rstrip().rstrip(",")
-        if not body.endswith(")"):
-            raise ValueError(f"CTE {m.group(1)!r} does not end with ')'")
-        out.append((m.group(1), body[:-1]))
-    return out
+def needed_ctes(
+    ctes: Sequence[Cte], roots: Iterable[str], provided: Collection[str] = ()
+) -> list[Cte]:
+    """The CTEs that `roots` read, directly or through each other by their declared
+    `reads`, in their order; not those `provided` (nor what only those read)."""
+    by_name = {c.name: c for c in ctes}
+    needed: set[str] = set()
+    todo = [r for r in roots if r in by_name and r not in provided]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += [r for r in by_name[name].reads if r not in provided]
+    return [c for c in ctes if c.name in needed]
 
 
-def stage_ctes(
-    con: duckdb.DuckDBPyConnection,
-    ctes: str,
-    queries: Sequence[str],
-    provided: Collection[str] = (),
-) -> None:
-    """Create the CTEs that `queries` use (directly or through each other) as temporary
-    tables, in order, each computed once; those named in `provided` are already there
-    (frames the caller registered, computed once for every family: see `SaleRuns`).
+def _scoped(cte: Cte) -> str:
+    """The CTE's query with its declared reads, and no other staged table, in scope: each
+    read is a WITH alias (inlined: NOT MATERIALIZED) of its staged table, and the staged
+    tables go by other names (`staged`), so a query reading a CTE it does not declare
+    fails to bind."""
+    if not cte.reads:
+        return cte.sql
+    aliases = ", ".join(f"{r} AS NOT MATERIALIZED (FROM {staged(r)})" for r in cte.reads)
+    return f"WITH {aliases}\n{cte.sql}"
+
+
+_DECLARE = (
+    "A plan's SQL sees only what it declares: of each raw table its `columns` (of "
+    f"sale_items, the order items' ones and {SALE_KEYS}), and in each CTE its `reads`."
+)
+
+
+@contextmanager
+def _declared(what: str) -> Iterator[None]:
+    """Re-raise a query's failure to find a table or column as a `PlanError` that says
+    what the query could see."""
+    try:
+        yield
+    except (duckdb.BinderException, duckdb.CatalogException) as error:
+        raise PlanError(f"{what} does not bind: {error}\n{_DECLARE}") from error
+
+
+def stage_ctes(con: duckdb.DuckDBPyConnection, ctes: Iterable[Cte]) -> None:
+    """Create the CTEs (see `needed_ctes`) as temporary tables (`staged`), in order, each
+    computed once and seeing only its declared reads (see `_scoped`).
 
     Why tables, not a WITH clause: DuckDB materializes a query's CTEs and holds them
     in memory until the query ends, beyond what it can spill. As one query the sales
@@ -257,16 +385,9 @@ def stage_ctes(
     table can be spilled, and the deltas run within the cap. The shared CTEs are also
     computed once for the three queries instead of once per query.
     """
-    parts = split_ctes(ctes)
-    needed: set[str] = set()
-    text = "\n".join(queries)
-    for name, body in reversed(parts):
-        if re.search(rf"\b{name}\b", text):
-            needed.add(name)
-            text += "\n" + body
-    for name, body in parts:
-        if name in needed and name not in provided:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {body}")
+    for cte in ctes:
+        with _declared(f"CTE {cte.name!r}"):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {staged(cte.name)} AS {_scoped(cte)}")
 
 
 # The spine's CTEs that depend only on the sales: every family stages the same ones.
@@ -292,12 +413,9 @@ class SaleRuns:
 def sale_runs(con: duckdb.DuckDBPyConnection, *, horizon_days: int, lo: int, hi: int) -> SaleRuns:
     """The `SaleRuns` of `sale_items` in `con` (sellers as integer ranks), for reference
     days in [lo, hi]: the same SQL as each family would stage."""
-    empty = FamilyPlan(tables=(), ctes="", additive=(), sliding=(), outputs=())
-    _, queries = _source_queries(empty, window_days=1, horizon_days=horizon_days, lo=lo, hi=hi)
-    ctes = spine_ctes(horizon_days, lo, hi)
-    stage_ctes(con, ctes, [queries["runs"], *SALE_RUN_TABLES])
-    tables = {name: con.sql(f"SELECT * FROM {name}").pl() for name in SALE_RUN_TABLES}
-    runs = read_sources(con, queries["runs"])
+    stage_ctes(con, needed_ctes(spine_ctes(horizon_days, lo, hi), ["runs", *SALE_RUN_TABLES]))
+    tables = {name: con.sql(f"SELECT * FROM {staged(name)}").pl() for name in SALE_RUN_TABLES}
+    runs = read_sources(con, _runs_query(horizon_days, lo, hi))
     return SaleRuns(lo=lo, hi=hi, horizon_days=horizon_days, tables=tables, runs=runs)
 
 
@@ -316,18 +434,18 @@ def read_timeline_sources(
 
     With `sale_runs` (built for the same sales, days and horizon), its tables are
     registered in `con` instead of staged, and its runs are used as they are."""
-    shared, queries = _source_queries(
+    ctes, queries = _source_queries(
         plan, window_days=window_days, horizon_days=horizon_days, lo=lo, hi=hi
     )
-    if sale_runs is None:
-        stage_ctes(con, shared, list(queries.values()))
-        runs = read_sources(con, queries["runs"])
-    else:
-        for name, frame in sale_runs.tables.items():
-            con.register(name, frame.lazy())  # without `pyarrow.dataset`
-        stage_ctes(con, shared, list(queries.values()), provided=sale_runs.tables)
-        runs = sale_runs.runs
-    extremes = read_sources(con, queries["extremes"]) if plan.sliding else None
+    provided = sale_runs.tables if sale_runs is not None else {}
+    for name, frame in provided.items():
+        con.register(staged(name), frame.lazy())  # without `pyarrow.dataset`
+    stage_ctes(con, needed_ctes(ctes, _roots(plan, runs=sale_runs is None), provided))
+    runs = read_sources(con, queries["runs"]) if sale_runs is None else sale_runs.runs
+    extremes = None
+    if plan.sliding:
+        with _declared("the sliding extremes"):
+            extremes = read_sources(con, queries["extremes"])
     deltas = summed_deltas(con, plan, queries, extremes, window_days=window_days, lo=lo, hi=hi)
     return runs, deltas, extremes
 

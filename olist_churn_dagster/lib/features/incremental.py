@@ -17,40 +17,44 @@ the sums are exact whatever their order and the rows equal a full computation ce
 cell (the tests compare them on several dates and after corrections). It runs inside the
 warehouse over views of the window's rows, so nothing else is read.
 
-Keeping the state right:
+Keeping the state right (the feature path owns the state: the raw load never writes it):
 - a later date moves the cutoff forward by adding the sales purchased in between; an
   earlier date gets a state computed from history for it alone (not stored);
-- a raw load that inserts, changes or deletes an order or item row of a sale purchased
-  before the cutoff (a correction, a late row) recomputes those sellers' state from their
-  whole history (`repair`), in the raw load's own transaction;
-- a raw load that replaces those tables whole drops the state (`reset`); the next date
-  rebuilds it from all history.
+- a raw load logs the sellers whose order or item rows it inserted, changed or deleted,
+  with their earliest such purchase (`ingest.sale_changes`, see `lib.ingest.delta`);
+  before the state is read, `catch_up` recomputes from their whole history (`repair`)
+  those whose change reaches before the cutoff (a correction, a late row), or drops the
+  state (`reset`) after a load that replaced the sale tables whole (the next date rebuilds
+  it from all history), and deletes the entries it read: in the feature run's
+  transaction, so a failed run leaves the log for the next one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 
 import duckdb
 import polars as pl
 
-from olist_churn_dagster.lib.features import feature_schema
+from olist_churn_dagster.lib.features import feature_schema, source_tables
 from olist_churn_dagster.lib.features.engine import (
     Additive,
     FamilyPlan,
+    cte_list,
     day,
     spine_ctes,
     to_date,
 )
 from olist_churn_dagster.lib.features.families import PLANS
-from olist_churn_dagster.lib.ingest.delta import LoadPlan, TableChange, apply_load
+from olist_churn_dagster.lib.ingest.delta import HASH_SCHEMA, SALE_CHANGES
 from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import FEATURE_SCHEMA, RAW_SCHEMA
+from olist_churn_dagster.lib.warehouse import table_exists
 
 LIFETIME_TABLE = f"{FEATURE_SCHEMA}._seller_lifetime"
 CUTOFF_TABLE = f"{FEATURE_SCHEMA}._seller_lifetime_cutoff"
+CHANGES_TABLE = f"{HASH_SCHEMA}.{SALE_CHANGES}"  # the raw loads' log of changed sales
 FIRST_DAY = "first_d"  # the spine's column: the seller's first sale day (epoch day)
 _EPOCH = date(1970, 1, 1)
 # The state's rows come from sales, i.e. these two tables (see `lib.sales`).
@@ -131,7 +135,7 @@ def summarize(
         ).pl()
         for family in PLANS:
             plan = PLANS[family](window_days)
-            with_sql = "WITH " + ",\n".join([spine_ctes(horizon_days, 0, _FAR), plan.ctes])
+            with_sql = "WITH " + cte_list([*spine_ctes(horizon_days, 0, _FAR), *plan.ctes])
             for block in lifetime_blocks(plan):
                 sums = ", ".join(
                     f"sum(CAST({expr} AS DOUBLE)) AS {name}"
@@ -167,12 +171,7 @@ def _add(state: pl.DataFrame, more: pl.DataFrame) -> pl.DataFrame:
 
 
 def _table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    schema, name = table.split(".")
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchone()
-    return bool(row and row[0])
+    return table_exists(conn, *table.split("."))
 
 
 def state_cutoff(conn: duckdb.DuckDBPyConnection) -> int | None:
@@ -234,8 +233,9 @@ def state_at(
     """The state over the sales purchased before `cutoff`: the stored one, moved forward
     and stored again when `cutoff` is later, built from all history when there is none;
     for an earlier cutoff, built from history and not stored (the stored state serves the
-    daily run, which moves forward)."""
+    daily run, which moves forward). The raw loads logged since are caught up first."""
     kwargs = {"window_days": window_days, "horizon_days": horizon_days}
+    catch_up(conn, **kwargs)
     stored, state = state_cutoff(conn), read_state(conn, window_days)
     if stored == cutoff and state is not None:
         return state
@@ -247,23 +247,6 @@ def state_at(
     if stored is None or state is None or stored < cutoff:
         _write_state(conn, state, cutoff)
     return state
-
-
-def sellers_of_orders(conn: duckdb.DuckDBPyConnection, order_ids: pl.DataFrame) -> pl.DataFrame:
-    """The sellers of these orders' items, as the raw tables stand, among the orders
-    purchased before the state's cutoff (those the state counts); none without a state.
-    A raw load calls it before and after writing its changes: the union is every seller
-    whose state the load can change."""
-    cutoff = state_cutoff(conn)
-    if cutoff is None or order_ids.is_empty():
-        return pl.DataFrame(schema={"seller_id": pl.String()})
-    _orders = order_ids.select("order_id").to_arrow()
-    return conn.execute(
-        f"SELECT DISTINCT i.seller_id FROM {RAW_SCHEMA}.order_items i "
-        f"JOIN {RAW_SCHEMA}.orders o USING (order_id) SEMI JOIN _orders USING (order_id) "
-        "WHERE o.order_purchase_timestamp < ?",
-        [_midnight(cutoff)],
-    ).pl()
 
 
 def repair(
@@ -287,23 +270,30 @@ def repair(
     return sellers.height
 
 
-def apply_keeping_state(
-    conn: duckdb.DuckDBPyConnection, plan: LoadPlan, *, window_days: int, horizon_days: int
-) -> dict[str, TableChange]:
-    """Write a raw load's planned changes (`lib.ingest.delta`) and keep the state true to
-    them: the sellers of every order or item row changed before the state's cutoff are
-    recomputed (looked up before and after the write: an item can change seller); sale
-    tables replaced whole drop the state. Same transaction as the load."""
-    if plan.full:
-        changes = apply_load(conn, plan)
+def catch_up(conn: duckdb.DuckDBPyConnection, *, window_days: int, horizon_days: int) -> str:
+    """Bring the stored state up to the raw loads logged since the last catch-up: dropped
+    after a load that replaced the sale tables whole, else the sellers whose changed sales
+    reach before the cutoff repaired; the log's entries read are then deleted. In the
+    caller's transaction, so a failed run leaves state and log as they were. Returns what
+    it did, for the run to report."""
+    unchanged = "unchanged (no sale changed since the last run)"
+    if not _table_exists(conn, CHANGES_TABLE):
+        return unchanged
+    log = conn.execute(f"SELECT seller_id, first_purchase FROM {CHANGES_TABLE}").pl()
+    if log.is_empty():
+        return unchanged
+    cutoff = state_cutoff(conn)
+    if log.get_column("seller_id").has_nulls():
         reset(conn)
-        return changes
-    touched = plan.touched_orders()
-    before = sellers_of_orders(conn, touched)
-    changes = apply_load(conn, plan)
-    after = sellers_of_orders(conn, touched)
-    repair(conn, pl.concat([before, after]), window_days=window_days, horizon_days=horizon_days)
-    return changes
+        done = "reset (the sale tables were replaced whole): rebuilt from all history"
+    elif cutoff is None:
+        done = "none stored: built from all history"
+    else:
+        stale = log.filter(pl.col("first_purchase") < _midnight(cutoff))
+        repaired = repair(conn, stale, window_days=window_days, horizon_days=horizon_days)
+        done = f"repaired {repaired} seller(s) (sales changed before {_midnight(cutoff).date()})"
+    conn.execute(f"DELETE FROM {CHANGES_TABLE}")
+    return done
 
 
 def _window_queries(start: int, end: int) -> dict[str, str]:
@@ -330,14 +320,6 @@ def _window_queries(start: int, end: int) -> dict[str, str]:
     }
 
 
-def window_tables(
-    conn: duckdb.DuckDBPyConnection, tables: Iterable[str], start: int, end: int
-) -> dict[str, pl.DataFrame]:
-    """The raw rows the features of a date read (see `_window_queries`), as frames."""
-    queries = _window_queries(start, end)
-    return {t: conn.execute(queries[t]).pl() for t in tables}
-
-
 # `lib.sales.sale_items` in SQL, for the views over the warehouse (a test holds them equal).
 SALE_ITEMS_SQL = f"""SELECT i.*, o.order_purchase_timestamp,
        CAST(o.order_purchase_timestamp AS DATE) AS sale_date
@@ -351,14 +333,14 @@ def point_sql(
     plan: FamilyPlan, reference_day: int, *, window_days: int, horizon_days: int, carried: bool
 ) -> str:
     """SQL of one family's rows at one reference day D, from the same plan the engine runs
-    over many dates (`engine.run_plan`), evaluated at D directly: an additive measure is the
+    over many dates (`lib.features.engine`), evaluated at D directly: an additive measure is the
     sum over the rows whose interval [start, end] holds D (the engine's running sum read
     at D), an extreme the min or max over the rows of days [D - W, D - 1] (its rolling
     window at D). With `carried`, the table `_state` adds the lifetime measures of the rows
     before the input's cutoff and the earlier first sale day. Every measure is an integer
     carried as DOUBLE, so the sums are exact in any order: the rows equal the engine's."""
     d = reference_day
-    ctes = [spine_ctes(horizon_days, d, d), plan.ctes]
+    ctes = [cte_list([*spine_ctes(horizon_days, d, d), *plan.ctes])]
     measures: dict[str, list[str]] = {}
     for i, block in enumerate(plan.additive):
         cols = ", ".join(f"CAST({e} AS DOUBLE) AS {n}" for n, e in block.measures.items())
@@ -415,28 +397,6 @@ def _conform(family: str, result: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns(pl.col(floats).fill_nan(None))
 
 
-def features_from(
-    family: str,
-    raw: dict[str, pl.DataFrame],
-    reference_date: date,
-    state: pl.DataFrame | None,
-    *,
-    window_days: int,
-    horizon_days: int,
-) -> pl.DataFrame:
-    """One family's rows for one date from raw frames covering its reach (`window_tables`)
-    and, for a family that reads before it, the state at the rows' cutoff."""
-    plan = PLANS[family](window_days)
-    con = duckdb.connect(":memory:")
-    try:
-        for table in plan.tables:
-            con.register(table, raw[table])
-        con.register("sale_items", sale_items(raw["orders"], raw["order_items"]))
-        return _point(con, family, plan, reference_date, state, window_days, horizon_days)
-    finally:
-        con.close()
-
-
 def _point(
     con: duckdb.DuckDBPyConnection,
     family: str,
@@ -482,9 +442,10 @@ def features_at(
     if needs_state(family, window_days):
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
     views = _window_queries(start, end)
-    names = [*plan.tables, "sale_items"]
+    tables = source_tables(family)
+    names = [*tables, "sale_items"]
     try:
-        for table in plan.tables:
+        for table in tables:
             conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {views[table]}")
         conn.execute(f"CREATE OR REPLACE TEMP VIEW sale_items AS {SALE_ITEMS_SQL}")
         return _point(conn, family, plan, reference_date, state, window_days, horizon_days)

@@ -1,9 +1,10 @@
 """Writing feature partitions into the warehouse: the pipeline behind the feature assets.
 
 One date (the daily run) is computed from its window's rows and the per-seller state
-(`incremental`), every family in one transaction. A range of dates is computed family by
-family in a background thread, so that the caller can record one committed family while
-the next one computes:
+(`incremental`), every family in one transaction, which first catches the state up with
+the raw loads since the last run (`incremental.catch_up`) and reports what it did. A
+range of dates is computed from all history (no state), family by family in a background
+thread, so that the caller can record one committed family while the next one computes:
 
 - each family's timeline is built once from the raw history and read out in batches of
   about `batch_rows` rows (bounded memory, cost that follows the data);
@@ -49,8 +50,7 @@ ONE_DATE_SOURCE = "the window's rows and the per-seller state"
 
 # The raw tables each family reads (orders and items always: they define the sales).
 FAMILY_SOURCES: dict[str, tuple[str, ...]] = {
-    family: tuple(sorted({"orders", "order_items", *source_tables(family)}))
-    for family in FEATURE_FAMILIES
+    family: tuple(sorted(source_tables(family))) for family in FEATURE_FAMILIES
 }
 # The order in which a range computes the families: the cheapest first, since nothing
 # overlaps the first family's compute (the caller has no family to record yet).
@@ -74,6 +74,7 @@ class FamilyWritten:
     schema: dict[str, pl.DataType]
     preview: pl.DataFrame  # the first rows written
     batches: int | None  # None for one date, computed from its window and the state
+    lifetime_state: str | None = None  # one date, a family reading it: `incremental.catch_up`
 
     @property
     def table(self) -> str:
@@ -98,19 +99,18 @@ def write_features(
 def _write_one_date(
     write: Connect, families: Sequence[str], day: date, settings: FeatureSettings
 ) -> list[FamilyWritten]:
-    """Every family in one transaction: one commit and checkpoint instead of one each."""
+    """Every family in one transaction: one commit and checkpoint instead of one each. The
+    lifetime state is caught up first, in it: a failed run leaves the raw loads' log."""
     written = []
+    kwargs = {"window_days": settings.window_days, "horizon_days": settings.horizon_days}
     with write() as conn:
+        caught_up = incremental.catch_up(conn, **kwargs)
         for family in families:
-            frame = incremental.features_at(
-                conn,
-                family,
-                day,
-                window_days=settings.window_days,
-                horizon_days=settings.horizon_days,
-            )
+            frame = incremental.features_at(conn, family, day, **kwargs)
             rows, schema = _replace(conn, family, [day], [frame])
-            written.append(FamilyWritten(family, [day], rows, schema, _preview(frame), None))
+            state = caught_up if incremental.needs_state(family, settings.window_days) else None
+            preview = _preview(frame)
+            written.append(FamilyWritten(family, [day], rows, schema, preview, None, state))
     return written
 
 

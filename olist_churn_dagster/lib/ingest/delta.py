@@ -40,6 +40,14 @@ the warehouse has no table or hash store for it yet that matches the schema.
 Each load also keeps the keys it inserted or updated (`ingest."<table>__changed"`) and
 deleted (`ingest."<table>__deleted"`) for the raw tables' asset checks, which then look
 at those rows only (`last_changes`); a table loaded whole has none, and is checked whole.
+
+Each load also appends to `ingest.sale_changes` the sellers whose sales it may have
+changed: the sellers of every order with an order or item row inserted, changed or deleted,
+as the tables stood before the write and after it (an item can change seller), each with
+the earliest purchase among those orders; a load that replaces orders or items whole
+appends one row with no seller (every seller, from the start). The entries pile up until
+the feature path reads and deletes them (`lib.features.incremental.catch_up`), so two loads
+before one feature run are both seen, and a feature run that fails leaves them.
 """
 
 from __future__ import annotations
@@ -65,13 +73,18 @@ from olist_churn_dagster.lib.ingest.loader import (
     type_rows,
     typed_key,
 )
-from olist_churn_dagster.lib.ingest.schema import REFERENCES, TABLES, TableSpec
+from olist_churn_dagster.lib.ingest.schema import REFERENCES, TABLES, TIMESTAMP, TableSpec
 from olist_churn_dagster.lib.tables import RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import write_frame
 
 HASH_SCHEMA = "ingest"
 FILES_TABLE = "source_files"  # table name, SHA-256 and rows of the file last loaded
 CHANGED, DELETED = "__changed", "__deleted"  # suffixes of the last load's key tables
+SALE_CHANGES = "sale_changes"  # sellers whose sales the loads changed, until read
+SALE_CHANGES_SCHEMA: dict[str, pl.DataType] = {
+    "seller_id": pl.String(),  # null: the sale tables were replaced whole
+    "first_purchase": TIMESTAMP,  # the earliest purchase among the seller's changed orders
+}
 
 
 @dataclass(frozen=True)
@@ -533,14 +546,44 @@ def last_changes(conn: duckdb.DuckDBPyConnection, table: str) -> tuple[str, str]
     return f'{HASH_SCHEMA}."{changed}"', f'{HASH_SCHEMA}."{deleted}"'
 
 
+def _sale_sellers(conn: duckdb.DuckDBPyConnection, orders: pl.DataFrame) -> pl.DataFrame:
+    """The sellers of these orders' items as the raw tables stand, each with the earliest
+    purchase among those orders (`SALE_CHANGES_SCHEMA`)."""
+    _orders = orders.select("order_id").to_arrow()
+    return conn.execute(
+        f"SELECT i.seller_id, min(o.order_purchase_timestamp) AS first_purchase "
+        f"FROM {RAW_SCHEMA}.order_items i JOIN {RAW_SCHEMA}.orders o USING (order_id) "
+        "SEMI JOIN _orders USING (order_id) GROUP BY i.seller_id"
+    ).pl()
+
+
+def _log_sale_changes(conn: duckdb.DuckDBPyConnection, sellers: pl.DataFrame | None) -> None:
+    """Append the sellers whose sales a load changed (None: replaced whole) to the log."""
+    if sellers is None:
+        rows = pl.DataFrame({"seller_id": [None], "first_purchase": [None]})
+    else:
+        rows = sellers.group_by("seller_id").agg(pl.col("first_purchase").min())
+    if not rows.is_empty():
+        rows = rows.select(pl.col(c).cast(t) for c, t in SALE_CHANGES_SCHEMA.items())
+        write_frame(conn, HASH_SCHEMA, SALE_CHANGES, rows, append=True)
+
+
 def apply_load(conn: duckdb.DuckDBPyConnection, plan: LoadPlan) -> dict[str, TableChange]:
     """Write the planned changes (the caller's transaction), then check every reference
-    between the final tables; `InputDataError` if one is broken (roll back then)."""
+    between the final tables; `InputDataError` if one is broken (roll back then). The
+    sellers whose sales changed are logged (`SALE_CHANGES`), looked up before and after
+    the write."""
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{RAW_SCHEMA}"')
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{HASH_SCHEMA}"')
+    touched = None if plan.full else plan.touched_orders()
+    before = None if touched is None else _sale_sellers(conn, touched)
     for table_plan in plan.tables.values():
         (_write_full if table_plan.mode == "full" else _write_delta)(conn, table_plan)
         _write_changed_keys(conn, table_plan)
     _check_links(conn, plan.tables)
     _write_files(conn, plan.tables)
+    if touched is None:
+        _log_sale_changes(conn, None)
+    else:
+        _log_sale_changes(conn, pl.concat([before, _sale_sellers(conn, touched)]))
     return plan.changes

@@ -60,7 +60,7 @@ NON_NEGATIVE: dict[str, tuple[str, ...]] = {
 }
 _ROW = "__row"  # 1-based data row (header and blank lines excluded)
 _LINE = "__line"  # physical line in the file where the row starts
-ROW, LINE = _ROW, _LINE  # the same, for callers of `read_text_tables` and `type_rows`
+ROW, LINE = _ROW, _LINE  # the same, for callers of `parse_text` and `type_rows`
 HASH = "row_hash"
 _HASH_SEED = 20_181_017  # any fixed seed: the same bytes must give the same hash each load
 _QUOTE, _COMMA, _NEWLINE, _CR = 34, 44, 10, 13
@@ -576,14 +576,9 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- public API
 
 
-def _read_text(source: _Source, spec: TableSpec) -> pl.DataFrame:
-    """One table's rows as text, after the whole-file checks (encoding, header, quoting,
-    field counts), with their row and line numbers (`ROW`, `LINE`)."""
-    return parse_text(source.read(spec.file_name), spec)
-
-
 def parse_text(data: bytes, spec: TableSpec, *, hashes: bool = False) -> pl.DataFrame:
-    """`read_text_tables` for one file's bytes (with `hashes`, a `HASH` column too)."""
+    """One file's rows as text, after the whole-file checks (encoding, header, quoting,
+    field counts), with `ROW` and `LINE` (with `hashes`, a `HASH` column too)."""
     if not data:
         raise InputDataError(
             f"the file is empty (0 bytes); expected a header: {', '.join(spec.columns)}",
@@ -598,7 +593,7 @@ def parse_text(data: bytes, spec: TableSpec, *, hashes: bool = False) -> pl.Data
 
 
 def type_rows(text: pl.DataFrame, name: str) -> pl.DataFrame:
-    """Rows read as text (`read_text_tables`) typed per the schema and checked row by row
+    """Rows read as text (`parse_text`) typed per the schema and checked row by row
     (types, keys, values), still carrying `ROW` and `LINE`. Keys are unique among these
     rows only: a caller typing part of a table checks the rest itself."""
     spec = _spec(name)
@@ -617,19 +612,13 @@ def typed_key(text: pl.DataFrame, name: str) -> pl.DataFrame:
 
 def _read_checked(source: _Source, spec: TableSpec) -> pl.DataFrame:
     """One table, typed and checked, still carrying its row and line numbers."""
-    return type_rows(_read_text(source, spec), spec.name)
+    return type_rows(parse_text(source.read(spec.file_name), spec), spec.name)
 
 
 def _spec(name: str) -> TableSpec:
     if name not in TABLES:
         raise KeyError(f"unknown table {name!r}; expected one of {', '.join(TABLES)}")
     return TABLES[name]
-
-
-def read_table(source: Path, name: str) -> pl.DataFrame:
-    """One table by schema name, typed exactly per its schema, columns in schema order."""
-    spec = _spec(name)
-    return _read_checked(_Source.open(source), spec).drop(_ROW, _LINE)
 
 
 def _table_specs(src: _Source, tables: Iterable[str] | None) -> list[TableSpec]:
@@ -667,16 +656,6 @@ def load_dataset(
     if check_references:
         _check_references(frames)
     return {name: df.drop(_ROW, _LINE) for name, df in frames.items()}
-
-
-def read_text_tables(source: Path) -> Iterator[tuple[str, pl.DataFrame]]:
-    """Every table of the source (as `load_dataset` picks them) as text rows with `ROW` and
-    `LINE`, whole-file checks done, one table at a time (the caller keeps what it needs):
-    the first half of `load_dataset`, for a caller that types only the rows it has not
-    seen before (`type_rows`). Every file is checked to be there before the first is read."""
-    src = _Source.open(source)
-    for spec in _table_specs(src, None):
-        yield spec.name, _read_text(src, spec)
 
 
 def read_files(source: Path) -> Iterator[tuple[TableSpec, bytes]]:
@@ -728,7 +707,7 @@ def split_lines(data: bytes) -> pl.DataFrame:
 
 
 def parse_lines(header: bytes, lines: pl.DataFrame, spec: TableSpec) -> pl.DataFrame:
-    """Some lines of a file (`split_lines`) parsed as `read_text_tables` would, with the
+    """Some lines of a file (`split_lines`) parsed as `parse_text` would, with the
     whole-file checks on these lines and their own row and line numbers."""
     if not len(lines):
         _check_utf8(header, spec.file_name)

@@ -62,6 +62,27 @@ class Digest:
     moves: pl.DataFrame
     summary: pl.DataFrame
 
+    def lists(self, day: date) -> dict[str, pl.DataFrame]:
+        """The lists an account manager reads for `day`: sellers newly at high risk, band
+        moves (counted and by seller) and the top sales at risk."""
+        sellers = self.sellers.filter(pl.col("reference_date") == day)
+        shown = ("churn_probability", "sales_at_risk", "reasons")
+        bands = (pl.col("risk_band_before").alias("from"), pl.col("risk_band").alias("to"))
+        return {
+            "newly_high_sellers": sellers.filter(pl.col("newly_high")).select(
+                "seller_id", "risk_band_before", *shown
+            ),
+            "band_moves": self.moves.filter(pl.col("reference_date") == day).select(
+                *bands, "sellers"
+            ),
+            "moved_sellers": sellers.filter(pl.col("move").is_not_null()).select(
+                "seller_id", *bands, "probability_before", *shown
+            ),
+            "top_sales_at_risk": sellers.filter(pl.col("top_at_risk").is_not_null())
+            .sort("top_at_risk")
+            .select("top_at_risk", "seller_id", "risk_band", *shown),
+        }
+
 
 def previous_scored_dates(scored: Iterable[date], dates: Iterable[date]) -> pl.DataFrame:
     """Each of `dates` (reference_date) with the newest of `scored` before it

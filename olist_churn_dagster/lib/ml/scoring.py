@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from olist_churn_dagster.lib.exports import write_csv_for_people
 from olist_churn_dagster.lib.features import FeatureSpec
 from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.catalogue import (
@@ -350,14 +351,12 @@ def account_manager_view(scores: pl.DataFrame) -> pl.DataFrame:
 
 
 def export_per_date(table: pl.DataFrame, folder: Path) -> list[Path]:
-    """One CSV per reference date of `table` in `folder` (`<date>.csv`, replaced atomically):
-    the scores' and the digest's exports for the account managers."""
+    """One CSV per reference date of `table` in `folder` (`<date>.csv`, replaced atomically,
+    formula-safe): the scores' and the digest's exports for the account managers."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for (day,), frame in table.partition_by("reference_date", as_dict=True).items():
         path = folder / f"{day.isoformat()}.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        frame.write_csv(tmp)
-        tmp.replace(path)
+        write_csv_for_people(frame, path)
         paths.append(path)
     return sorted(paths)

@@ -4,9 +4,9 @@ Every function takes the tracking URI explicitly: MLflow 3 otherwise writes a `m
 (and `mlruns/` artifacts) into whatever directory the process happens to run in. The
 model registry lives in the same store as the runs.
 
-The gate: a newly registered version becomes `champion` only when it is not worse than the
-current champion *on the same out-of-time rows*, both scored now, so the comparison never
-mixes windows or data versions.
+The gate: a newly registered version becomes `champion` only when its recipe backtests not
+worse than the current champion's recipe *on the same cutoffs and data*, so the comparison
+never mixes windows or data versions.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import numpy as np
 import polars as pl
 
+from olist_churn_dagster.lib.exports import write_csv_for_people
 from olist_churn_dagster.lib.markdown import frame_to_markdown
-from olist_churn_dagster.lib.ml.abt import LABEL
 from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.model import (
     LOWER_IS_BETTER,
     ModelParams,
     TrainResult,
-    evaluate_scores,
     predict,
 )
 
@@ -200,11 +198,11 @@ def _write_artifacts(result: TrainResult, folder: Path) -> None:
     for name, figure in result.figures.items():
         figure.savefig(plots_dir / f"{name}.png", dpi=110)
     table = result.comparison_table()
-    table.write_csv(eval_dir / "metrics_vs_baselines.csv")
+    write_csv_for_people(table, eval_dir / "metrics_vs_baselines.csv")
     (eval_dir / "metrics_vs_baselines.md").write_text(
         frame_to_markdown(table, max_rows=table.height)
     )
-    result.importance.write_csv(eval_dir / "feature_importance.csv")
+    write_csv_for_people(result.importance, eval_dir / "feature_importance.csv")
     (eval_dir / "feature_importance.md").write_text(
         frame_to_markdown(result.importance, max_rows=result.importance.height)
     )
@@ -324,7 +322,7 @@ def log_backtest(
                 )
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
-                table.write_csv(folder / "backtest_per_cutoff.csv")
+                write_csv_for_people(table, folder / "backtest_per_cutoff.csv")
                 (folder / "backtest_per_cutoff.md").write_text(
                     frame_to_markdown(table, max_rows=table.height)
                 )
@@ -408,66 +406,10 @@ def load_champion(tracking_uri: str) -> LoadedModel:
 # --------------------------------------------------------------------------- gate
 
 
-def _score(model: LoadedModel, rows: pl.DataFrame, metric: str) -> float:
-    y = rows.get_column(LABEL).to_numpy()
-    return evaluate_scores(y, predict(model.booster, rows, model.feature_names))[metric]
-
-
 def _not_worse(candidate: float, champion: float, metric: str, tolerance: float) -> bool:
     if metric in LOWER_IS_BETTER:
         return candidate <= champion + tolerance
     return candidate >= champion - tolerance
-
-
-def _decide(
-    candidate: LoadedModel,
-    champion: LoadedModel | None,
-    rows: pl.DataFrame,
-    metric: str,
-    tolerance: float,
-) -> GateDecision:
-    score = _score(candidate, rows, metric)
-    common = {"candidate_version": candidate.version, "candidate_score": score, "metric": metric}
-    if champion is None:
-        return GateDecision(
-            promoted=True,
-            champion_version=None,
-            champion_score=None,
-            reason="no champion yet: the first model is promoted",
-            **common,
-        )
-    if champion.version == candidate.version:
-        return GateDecision(
-            promoted=True,
-            champion_version=champion.version,
-            champion_score=score,
-            reason="candidate already is the champion",
-            **common,
-        )
-    missing = sorted(set(champion.feature_names) - set(rows.columns))
-    if missing:
-        # The feature set changed, so the champion cannot be scored on today's rows: the
-        # candidate is the only model that fits the current data, hence it is promoted.
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        return GateDecision(
-            promoted=True,
-            champion_version=champion.version,
-            champion_score=None,
-            reason=f"champion v{champion.version} cannot score these rows (feature set "
-            f"changed; missing {shown}): candidate promoted",
-            **common,
-        )
-    champion_score = _score(champion, rows, metric)
-    promoted = _not_worse(score, champion_score, metric, tolerance)
-    verdict = "not worse than" if promoted else "worse than"
-    return GateDecision(
-        promoted=promoted,
-        champion_version=champion.version,
-        champion_score=champion_score,
-        reason=f"candidate {metric}={score:.4f} is {verdict} champion v{champion.version} "
-        f"{metric}={champion_score:.4f} (tolerance {tolerance}) on {rows.height} OOT rows",
-        **common,
-    )
 
 
 def _record(client: MlflowClient, decision: GateDecision, run_id: str | None, window: str) -> None:
@@ -486,38 +428,6 @@ def _record(client: MlflowClient, decision: GateDecision, run_id: str | None, wi
         client.set_model_version_tag(MODEL_NAME, decision.candidate_version, key, value)
         if run_id:
             client.set_tag(run_id, key, value)
-
-
-def champion_gate(
-    *,
-    tracking_uri: str,
-    candidate_version: str,
-    test_frame_features: pl.DataFrame,
-    metric: str = "roc_auc",
-    tolerance: float = 0.0,
-) -> GateDecision:
-    """Promote `candidate_version` to champion unless the champion scores better on the same
-    OOT rows (features and `churned`) by more than `tolerance`; record the decision as tags
-    on the candidate's model version and run."""
-    rows = test_frame_features
-    if rows.height == 0 or rows.get_column(LABEL).n_unique() < 2:
-        raise ValueError("champion_gate needs OOT rows with both churned and retained sellers")
-    if metric not in evaluate_scores(np.array([0, 1]), np.array([0.2, 0.8])):
-        raise ValueError(f"champion_gate: unknown metric {metric!r}")
-    candidate = load_model_version(tracking_uri, candidate_version)
-    current = champion_version(tracking_uri)
-    champion = None if current is None else load_model_version(tracking_uri, current)
-    decision = _decide(candidate, champion, rows, metric, tolerance)
-    client = _client(tracking_uri)
-    if decision.promoted:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, candidate.version)
-    dates = rows.get_column("reference_date") if "reference_date" in rows.columns else None
-    window = "" if dates is None else f"{dates.min()}..{dates.max()}"
-    _record(client, decision, candidate.run_id, window)
-    return decision
-
-
-# --------------------------------------------------------------------------- backtest gate
 
 
 def run_model_params(tracking_uri: str, run_id: str | None) -> ModelParams | None:

@@ -164,9 +164,10 @@ def test_a_shared_backfill_is_used_when_it_fits(
     ranked: list[int] = []
     stage = engine.stage_ctes
 
-    def spy_stage(con, ctes, queries, provided=()):
-        staged.extend(n for n, _ in engine.split_ctes(ctes) if n not in provided)
-        return stage(con, ctes, queries, provided)
+    def spy_stage(con, ctes):
+        ctes = list(ctes)
+        staged.extend(c.name for c in ctes)
+        return stage(con, ctes)
 
     rank = features_package._integer_sellers
     monkeypatch.setattr(engine, "stage_ctes", spy_stage)

@@ -18,7 +18,7 @@ from polars.testing import assert_frame_equal
 from olist_churn_dagster.generator.marketplace import generate_dataset
 from olist_churn_dagster.lib import features
 from olist_churn_dagster.lib.features import FEATURE_FAMILIES, engine
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, Sliding
+from olist_churn_dagster.lib.features.engine import Additive, Cte, FamilyPlan, Sliding
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.sales import sale_items
 
@@ -37,7 +37,8 @@ def _group_by_deltas(
         last = f"CASE WHEN e IS NOT NULL AND e + 1 <= {hi} THEN e + 1 END"
         rows.append(
             f"SELECT sk, day, {signed} FROM (SELECT *, unnest([greatest(s, {lo}), {last}]) "
-            f"AS day, unnest([1.0, -1.0]) AS sign FROM blk{i}) WHERE day IS NOT NULL"
+            f"AS day, unnest([1.0, -1.0]) AS sign FROM {engine.staged(f'blk{i}')}) "
+            "WHERE day IS NOT NULL"
         )
     if plan.sliding:
         rows.append(
@@ -56,10 +57,10 @@ def _both(
     lo, hi = features._day_range(dates)
     con = features._connect(frames, dates)
     try:
-        shared, queries = engine._source_queries(
+        ctes, queries = engine._source_queries(
             plan, window_days=WINDOW, horizon_days=HORIZON, lo=lo, hi=hi
         )
-        engine.stage_ctes(con, shared, list(queries.values()))
+        engine.stage_ctes(con, engine.needed_ctes(ctes, engine._roots(plan, runs=True)))
         extremes = engine.read_sources(con, queries["extremes"]) if plan.sliding else None
         mine = engine.summed_deltas(con, plan, queries, extremes, window_days=WINDOW, lo=lo, hi=hi)
         return mine, _group_by_deltas(con, plan, queries, WINDOW, lo, hi)
@@ -77,8 +78,7 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
 @pytest.mark.parametrize("family", FEATURE_FAMILIES)
 def test_summed_deltas_equal_the_group_by(raw: dict[str, pl.DataFrame], family: str) -> None:
     plan = features.PLANS[family](WINDOW)
-    frames = {t: raw[t] for t in plan.tables}
-    frames["sale_items"] = sale_items(raw["orders"], raw["order_items"])
+    frames = engine.declared_frames(plan, raw, sale_items(raw["orders"], raw["order_items"]))
     frames, _ = features._integer_sellers(frames)
     last = raw["orders"]["order_purchase_timestamp"].max().date()
     dates = [last - timedelta(days=i) for i in range(0, 300, 3)]
@@ -104,8 +104,8 @@ def test_summed_deltas_edge_cases() -> None:
     sales = facts.select("seller_id", order_purchase_timestamp="t")
     day = engine.day("t")
     plan = FamilyPlan(
-        tables=(),
-        ctes=f"facts_days AS (\n  SELECT seller_id, {day} AS p, v FROM facts\n)",
+        columns={"facts": ("seller_id", "t", "v")},
+        ctes=(Cte("facts_days", f"SELECT seller_id, {day} AS p, v FROM facts"),),
         additive=(
             Additive(source="facts_days", start="p + 1", end="p + 10", measures={"v": "v"}),
             Additive(source="facts_days", start="p + 1", end=None, measures={"n": "1"}),

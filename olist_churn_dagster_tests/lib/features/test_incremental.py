@@ -12,7 +12,9 @@ sums integers, so no tolerance is needed).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -24,20 +26,19 @@ from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
     compute_features,
     incremental,
-    source_tables,
 )
-from olist_churn_dagster.lib.ingest.delta import TableChange, plan_load
+from olist_churn_dagster.lib.features.writer import FamilyWritten, FeatureSettings, write_features
+from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
 from olist_churn_dagster.lib.sales import sale_items
+from olist_churn_dagster.lib.tables import feature_table
+from olist_churn_dagster.lib.warehouse import open_warehouse, transaction
 
 WINDOW, HORIZON = 180, 45
+SETTINGS = FeatureSettings(WINDOW, HORIZON, batch_rows=1_500_000)
 Tables = dict[str, pl.DataFrame]
-
-
-def family_tables(family: str) -> list[str]:
-    return sorted({"orders", "order_items", *source_tables(family)})
 
 
 def sorted_frame(frame: pl.DataFrame) -> pl.DataFrame:
@@ -54,10 +55,7 @@ def assert_raw_equal(conn: duckdb.DuckDBPyConnection, expected: Tables) -> None:
 def load(conn: duckdb.DuckDBPyConnection, snapshot: Path, *, full: bool) -> dict:
     conn.execute("BEGIN TRANSACTION")
     try:
-        plan = plan_load(conn, snapshot, full=full)
-        changes = incremental.apply_keeping_state(
-            conn, plan, window_days=WINDOW, horizon_days=HORIZON
-        )
+        changes = apply_load(conn, plan_load(conn, snapshot, full=full))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -314,8 +312,8 @@ def stored_frames(conn: duckdb.DuckDBPyConnection) -> Tables:
 def test_one_date_from_its_window_and_the_state_equals_the_engine(
     source_tables_full: Tables,
 ) -> None:
-    """The single-date evaluation (`point_sql`) over the window's rows plus the state gives
-    the engine's rows over all history, on dates far apart."""
+    """The single-date evaluation (`features_at`: `point_sql` over views of the window's
+    rows plus the state) gives the engine's rows over all history, on dates far apart."""
     tables = source_tables_full
     conn = duckdb.connect(":memory:")
     try:
@@ -326,19 +324,8 @@ def test_one_date_from_its_window_and_the_state_equals_the_engine(
             conn.unregister("_frame")
         last = tables["orders"]["order_purchase_timestamp"].max().date() + timedelta(days=1)
         for day in (last - timedelta(days=150), last):
-            end = incremental.epoch_day(day)
-            start = end - incremental.reach_days(WINDOW, HORIZON)
-            state = incremental.state_at(conn, start, window_days=WINDOW, horizon_days=HORIZON)
             for family in FEATURE_FAMILIES:
-                window = incremental.window_tables(conn, family_tables(family), start, end)
-                got = incremental.features_from(
-                    family,
-                    window,
-                    day,
-                    state if incremental.needs_state(family, WINDOW) else None,
-                    window_days=WINDOW,
-                    horizon_days=HORIZON,
-                )
+                got = incremental_features(conn, family, day)
                 want = compute_features(
                     family, tables, [day], window_days=WINDOW, horizon_days=HORIZON
                 )
@@ -352,3 +339,87 @@ def test_one_date_from_its_window_and_the_state_equals_the_engine(
         assert_frame_equal(sorted_frame(in_sql), sorted_frame(in_polars), check_exact=True)
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def _load_file(path: Path, snapshot: Path, *, full: bool) -> None:
+    with transaction(path) as conn:
+        apply_load(conn, plan_load(conn, snapshot, full=full))
+
+
+def _read(path: Path, sql: str) -> pl.DataFrame:
+    with closing(open_warehouse(path, read_only=True)) as conn:
+        frame = conn.execute(sql).pl()
+    return frame.sort(frame.columns, nulls_last=True)
+
+
+def _stored_state(path: Path) -> tuple[pl.DataFrame, int | None]:
+    with closing(open_warehouse(path, read_only=True)) as conn:
+        state = conn.execute(f"SELECT * FROM {incremental.LIFETIME_TABLE}").pl()
+        return state.sort("seller_id"), incremental.state_cutoff(conn)
+
+
+@pytest.mark.slow
+def test_the_feature_run_repairs_the_state_from_the_raw_loads_since_the_last_one(
+    source_tables_full: Tables, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two snapshots correct the past before the state's cutoff (an item moved to another
+    seller and an order deleted; then an order canceled and a price fixed). The raw loads
+    write no state, only their log; a feature run that fails leaves the log; the next one
+    repairs the state from both loads, says so, and its rows equal a full computation."""
+    path = tmp_path / "warehouse.duckdb"
+    write = partial(transaction, path)
+
+    def read() -> closing[duckdb.DuckDBPyConnection]:
+        return closing(open_warehouse(path))
+
+    def run(families: list[str], day: date) -> list[FamilyWritten]:
+        return list(write_features(read, write, families, [day], SETTINGS))
+
+    def snapshot(tables: Tables, day: date) -> Path:
+        return write_snapshot(cut_as_of(tables, day), tmp_path / "snapshots", day)
+
+    source = dict(source_tables_full)
+    day = source["orders"]["order_purchase_timestamp"].max().date() - timedelta(days=10)
+    _load_file(path, snapshot(source, day), full=True)
+    (built,) = run(["sales"], day)
+    assert built.lifetime_state is not None and built.lifetime_state.startswith("reset")
+    state, cutoff = _stored_state(path)
+    assert cutoff == incremental.epoch_day(day) - incremental.reach_days(WINDOW, HORIZON)
+
+    for correct in (move_and_delete, cancel_and_reprice):
+        day += timedelta(days=1)
+        source = correct(source, day - timedelta(days=WINDOW + 30))
+        _load_file(path, snapshot(source, day), full=False)
+    stale, stale_cutoff = _stored_state(path)
+    assert_frame_equal(stale, state, check_exact=True)  # the raw loads wrote no state
+    assert stale_cutoff == cutoff
+    log = _read(path, f"SELECT * FROM {incremental.CHANGES_TABLE}")
+    assert log.height > 0 and log.get_column("seller_id").null_count() == 0
+    whole = load_dataset(snapshot(source, day))
+    assert not stale.equals(_scratch(whole, cutoff))  # the corrections reach the state
+
+    def killed(*args: object, **kwargs: object) -> pl.DataFrame:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(incremental, "features_at", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            run(["sales"], day)
+    assert_frame_equal(_read(path, f"SELECT * FROM {incremental.CHANGES_TABLE}"), log)
+    assert_frame_equal(_stored_state(path)[0], state, check_exact=True)
+
+    written = {w.family: w for w in run(list(FEATURE_FAMILIES), day)}
+    assert written["sales"].lifetime_state.startswith("repaired")
+    assert all(w.lifetime_state is None for f, w in written.items() if f != "sales")
+    assert _read(path, f"SELECT * FROM {incremental.CHANGES_TABLE}").is_empty()
+    repaired, moved_to = _stored_state(path)
+    assert_frame_equal(repaired, _scratch(whole, moved_to), check_exact=True)
+    for family in FEATURE_FAMILIES:
+        stored = _read(
+            path, f"SELECT * FROM {feature_table(family)} WHERE reference_date = '{day}'"
+        )
+        want = compute_features(family, whole, [day], window_days=WINDOW, horizon_days=HORIZON)
+        assert_frame_equal(stored.select(want.columns), sorted_frame(want), check_exact=True)

@@ -58,8 +58,8 @@ def test_row_queries_read_staged_tables_not_ctes(
     """No query whose rows are kept carries a WITH clause (DuckDB would hold its CTEs in
     memory, unspillable, while it runs); the staged CTEs cover every table they read."""
     plan = features.PLANS[family](180)
-    shared, queries = engine._source_queries(plan, window_days=180, horizon_days=45, lo=100, hi=200)
-    staged = [name for name, _ in engine.split_ctes(shared)]
+    ctes, queries = engine._source_queries(plan, window_days=180, horizon_days=45, lo=100, hi=200)
+    staged = [c.name for c in engine.needed_ctes(ctes, engine._roots(plan, runs=True))]
     assert {"runs", "seller_keys", "sale_days"} <= set(staged)
     assert len(staged) == len(set(staged)) >= 5
     for sql in queries.values():

@@ -13,6 +13,7 @@ from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.lib.ingest.delta import (
     HASH_SCHEMA,
+    SALE_CHANGES,
     _TablePlan,
     _write_delta,
     apply_load,
@@ -81,6 +82,46 @@ def test_first_load_is_whole_and_stores_hashes(loaded) -> None:
     for name in keyed:
         count = conn.execute(f'SELECT count(*) FROM {HASH_SCHEMA}."{name}"').fetchone()[0]
         assert count == changes[name].rows
+
+
+def test_each_load_logs_the_sellers_whose_sales_changed(
+    loaded, tables: Tables, tmp_path: Path
+) -> None:
+    """What the feature run catches its lifetime state up from: a whole load logs every
+    seller (a row with no seller); a load of changes, the sellers of each changed order as
+    before and after it (an item moved to another seller logs both) with their earliest
+    such purchase; a load that changes nothing, nothing. Loads append until read."""
+    conn, last, _ = loaded
+    log = f'{HASH_SCHEMA}."{SALE_CHANGES}"'
+    assert conn.execute(f"SELECT * FROM {log}").fetchall() == [(None, None)]
+    conn.execute(f"DELETE FROM {log}")  # read, as a feature run does
+    oldest = conn.execute(
+        "SELECT order_id, order_item_id, seller_id, order_purchase_timestamp "
+        "FROM raw.order_items JOIN raw.orders USING (order_id) "
+        "ORDER BY order_purchase_timestamp, order_id, order_item_id LIMIT 1"
+    ).fetchone()
+    order_id, item_id, seller, purchased = oldest
+    other = tables["sellers"].filter(pl.col("seller_id") != seller)["seller_id"][0]
+    day = last + timedelta(days=1)
+    cut = cut_as_of(tables, day)
+    moved = (pl.col("order_id") == order_id) & (pl.col("order_item_id") == item_id)
+    cut["order_items"] = cut["order_items"].with_columns(
+        pl.when(moved).then(pl.lit(other)).otherwise(pl.col("seller_id")).alias("seller_id")
+    )
+    snapshot = write_snapshot(cut, tmp_path / "snap", day)
+
+    load(conn, snapshot)
+    logged = conn.execute(f"SELECT * FROM {log}").pl()
+    assert logged.get_column("seller_id").null_count() == 0
+    assert logged.get_column("seller_id").is_unique().all()
+    first = dict(logged.iter_rows())
+    assert first[seller] == first[other] == purchased
+    load(conn, snapshot)  # no change: nothing logged
+    assert_frame_equal(conn.execute(f"SELECT * FROM {log}").pl(), logged)
+    load(conn, snapshot, full=True)
+    after = conn.execute(f"SELECT * FROM {log}").pl()
+    assert_frame_equal(after.head(logged.height), logged)
+    assert after.tail(1).rows() == [(None, None)]
 
 
 def test_a_later_snapshot_with_corrections_loads_as_its_changes(

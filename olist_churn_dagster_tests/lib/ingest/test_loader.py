@@ -18,7 +18,6 @@ from olist_churn_dagster.lib.ingest.loader import (
     InputDataError,
     load_dataset,
     purchase_date_range,
-    read_table,
     resolve_source,
 )
 
@@ -40,9 +39,15 @@ def _ts(text: str) -> datetime:
 # --------------------------------------------------------------------------- real files
 
 
+@pytest.fixture(scope="module")
+def real() -> dict[str, pl.DataFrame]:
+    """The real tables the tests look at, loaded as a raw load reads them."""
+    return load_dataset(REAL, tables=REAL_TABLES)
+
+
 @needs_real
-def test_real_row_counts() -> None:
-    counts = {name: read_table(REAL, name).height for name in REAL_TABLES}
+def test_real_row_counts(real: dict[str, pl.DataFrame]) -> None:
+    counts = {name: real[name].height for name in REAL_TABLES}
     assert counts == {
         "order_payments": 103_886,
         "products": 32_951,
@@ -52,39 +57,39 @@ def test_real_row_counts() -> None:
 
 
 @needs_real
-def test_real_tables_are_typed_per_schema() -> None:
+def test_real_tables_are_typed_per_schema(real: dict[str, pl.DataFrame]) -> None:
     for name in REAL_TABLES:
-        assert read_table(REAL, name).schema == schema.TABLES[name].schema
+        assert real[name].schema == schema.TABLES[name].schema
 
 
 @needs_real
-def test_real_seller_zip_prefixes_keep_leading_zeros() -> None:
-    zips = read_table(REAL, "sellers")["seller_zip_code_prefix"]
+def test_real_seller_zip_prefixes_keep_leading_zeros(real: dict[str, pl.DataFrame]) -> None:
+    zips = real["sellers"]["seller_zip_code_prefix"]
     assert zips.str.starts_with("0").any()
     assert (zips.str.len_chars() == 5).all()
 
 
 @needs_real
-def test_real_translation_bom_and_crlf() -> None:
+def test_real_translation_bom_and_crlf(real: dict[str, pl.DataFrame]) -> None:
     raw = (REAL / "product_category_name_translation.csv").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw and not raw.endswith(b"\n")
-    df = read_table(REAL, "category_translation")
+    df = real["category_translation"]
     assert df.columns == ["product_category_name", "product_category_name_english"]
     assert df["product_category_name_english"][-1] == "security_and_services"
     assert not df["product_category_name_english"].str.contains("\r").any()
 
 
 @needs_real
-def test_real_products_without_category() -> None:
-    assert read_table(REAL, "products")["product_category_name"].null_count() == 610
+def test_real_products_without_category(real: dict[str, pl.DataFrame]) -> None:
+    assert real["products"]["product_category_name"].null_count() == 610
 
 
 @needs_real
-def test_real_quoted_and_unquoted_ids() -> None:
+def test_real_quoted_and_unquoted_ids(real: dict[str, pl.DataFrame]) -> None:
     lines = (REAL / "olist_sellers_dataset.csv").read_text().splitlines()[1:]
     assert any(line.startswith('"') for line in lines)
     assert any(not line.startswith('"') for line in lines)
-    ids = read_table(REAL, "sellers")["seller_id"]
+    ids = real["sellers"]["seller_id"]
     assert (ids.str.len_chars() == 32).all()
     assert not ids.str.contains('"').any()
     assert ids.n_unique() == ids.len()
@@ -289,7 +294,7 @@ def test_valid_dataset_round_trips(dataset: Path) -> None:
 
 def test_review_message_with_comma_quote_newline(dataset: Path) -> None:
     assert b'"Bom, mas ""caro"".\nRecomendo"' in path_of(dataset, "order_reviews").read_bytes()
-    reviews = read_table(dataset, "order_reviews")
+    reviews = load_dataset(dataset)["order_reviews"]
     assert reviews["review_comment_message"][0] == MESSAGE
     assert reviews["review_comment_title"][0] is None
 
@@ -310,22 +315,22 @@ def test_bom_crlf_no_final_newline_and_quoted_ids(dataset: Path) -> None:
     lines = path.read_text().splitlines()
     quoted = [lines[0], f'"{SELLERS[0]}","01234",sao paulo,SP', f"{SELLERS[1]},13023,campinas,SP"]
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(quoted).encode())
-    assert read_table(dataset, "sellers").equals(valid_frames()["sellers"])
+    assert load_dataset(dataset)["sellers"].equals(valid_frames()["sellers"])
 
 
 def test_integral_floats_and_date_only_timestamps(dataset: Path) -> None:
     edit(dataset, "products", b",40,287,", b",40.0,287.0,")
     edit(dataset, "orders", b"2017-01-05 10:00:00", b"2017-01-05")
-    assert read_table(dataset, "products")["product_name_lenght"].to_list() == [40, None]
-    purchase = read_table(dataset, "orders")["order_purchase_timestamp"][0]
+    assert load_dataset(dataset)["products"]["product_name_lenght"].to_list() == [40, None]
+    purchase = load_dataset(dataset)["orders"]["order_purchase_timestamp"][0]
     assert purchase == datetime(2017, 1, 5)
 
 
 def test_blank_lines_are_skipped(dataset: Path) -> None:
     append(dataset, "sellers", b"\n\r\n")
     edit(dataset, "customers", b"\n", b"\n\n")  # a blank line after the header
-    assert read_table(dataset, "sellers").height == 2
-    assert read_table(dataset, "customers").equals(valid_frames()["customers"])
+    assert load_dataset(dataset)["sellers"].height == 2
+    assert load_dataset(dataset)["customers"].equals(valid_frames()["customers"])
     edit(dataset, "customers", b",RJ\n", b",XX,RJ\n")
     expect_error(dataset, "customers", row=2, line=4, words=("found 6 fields",))
 
@@ -521,7 +526,7 @@ def test_text_after_closing_quote(dataset: Path) -> None:
 
 def test_paired_quotes_inside_unquoted_field_are_text(dataset: Path) -> None:
     edit(dataset, "sellers", b",campinas,", b',camp"in"as,')
-    assert read_table(dataset, "sellers")["seller_city"][1] == 'camp"in"as'
+    assert load_dataset(dataset)["sellers"]["seller_city"][1] == 'camp"in"as'
 
 
 def test_non_utf8_bytes(dataset: Path) -> None:

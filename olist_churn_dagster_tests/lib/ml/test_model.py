@@ -12,9 +12,9 @@ from olist_churn_dagster.lib.ml.model import (
     baseline_scores,
     evaluate_scores,
     feature_matrix,
-    oot_rows,
     plan_time_split,
     predict,
+    split_frames,
     top_reasons,
     train_churn_model,
     tune_params,
@@ -156,7 +156,7 @@ def test_test_cohorts_never_reach_training_or_tuning(abt, plan, result):
 
 
 def test_reloaded_booster_predicts_identically(result, abt, plan):
-    rows = oot_rows(abt, plan)
+    rows = split_frames(abt, plan)["test"]
     raw = result.booster.save_raw("json")
     reloaded = xgb.Booster(model_file=bytearray(raw))
     assert reloaded.feature_names == result.feature_names
@@ -179,7 +179,7 @@ def test_reloaded_booster_predicts_identically(result, abt, plan):
 
 
 def test_top_reasons_are_distinct_sorted_and_match_contributions(result, abt, plan):
-    rows = oot_rows(abt, plan)
+    rows = split_frames(abt, plan)["test"]
     reasons = top_reasons(result.booster, rows, result.feature_names, k=3)
     assert reasons.height == rows.height
     assert reasons.columns[:2] == ["reference_date", "seller_id"]

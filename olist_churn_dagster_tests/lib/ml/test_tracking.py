@@ -1,5 +1,6 @@
 import os
 import shutil
+from datetime import date
 from pathlib import Path
 
 import mlflow
@@ -8,21 +9,23 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
+from olist_churn_dagster.lib.ml.calibration import Calibrator
 from olist_churn_dagster.lib.ml.model import (
     ModelParams,
-    oot_rows,
     plan_time_split,
     predict,
     train_churn_model,
 )
 from olist_churn_dagster.lib.ml.tracking import (
-    CHAMPION_ALIAS,
     MODEL_NAME,
     NoChampionError,
-    champion_gate,
+    backtest_champion_gate,
     champion_version,
     load_champion,
+    load_model_version,
     log_and_register,
+    log_calibration,
+    run_model_params,
 )
 from olist_churn_dagster_tests.lib.ml.test_model import synthetic_abt
 
@@ -40,12 +43,9 @@ def data():
 @pytest.fixture(scope="module")
 def results(data):
     abt, plan = data
-    rng = np.random.default_rng(0)
-    shuffled = abt.with_columns(pl.Series("churned", rng.permutation(abt["churned"].to_numpy())))
     return {
         "weak": train_churn_model(abt, plan, WEAK),
         "good": train_churn_model(abt, plan, FAST),
-        "shuffled": train_churn_model(shuffled, plan, FAST),
     }
 
 
@@ -109,101 +109,82 @@ def test_log_and_register_records_run_artifacts_and_version(store, results, tmp_
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == defaults
 
 
-def test_gate_promotes_first_and_better_keeps_champion_against_worse(store, results, data):
+def test_the_gate_records_its_decision_and_the_champion_loads_by_alias(store, results, data):
     abt, plan = data
-    rows = oot_rows(abt, plan)
     with pytest.raises(NoChampionError):
         load_champion(store)
     versions = {
-        name: log_and_register(results[name], tracking_uri=store, experiment="churn").model_version
-        for name in ("weak", "good", "shuffled")
+        name: log_and_register(results[name], tracking_uri=store, experiment="churn")
+        for name in ("good", "weak")
     }
     client = MlflowClient(tracking_uri=store, registry_uri=store)
+    cutoffs = [date(2020, m, 1) for m in (1, 2, 3)]
 
-    first = champion_gate(
-        tracking_uri=store, candidate_version=versions["weak"], test_frame_features=rows
+    def table(metric: str, values: list[float]) -> pl.DataFrame:
+        return pl.DataFrame({"cutoff": cutoffs, metric: values})
+
+    first, _ = backtest_champion_gate(
+        tracking_uri=store,
+        candidate_version=versions["good"].model_version,
+        candidate_params=FAST,
+        candidate_table=table("roc_auc", [0.80, 0.82, 0.81]),
+        rerun=lambda params, features: pytest.fail("no champion to rerun"),
+        abt_columns=abt.columns,
     )
     assert first.promoted and first.champion_version is None
-    assert champion_version(store) == versions["weak"]
-
-    better = champion_gate(
-        tracking_uri=store, candidate_version=versions["good"], test_frame_features=rows
-    )
-    assert better.promoted, better.reason
-    assert better.champion_version == versions["weak"]
-    assert better.candidate_score > better.champion_score
-    assert champion_version(store) == versions["good"]
-
-    worse = champion_gate(
-        tracking_uri=store, candidate_version=versions["shuffled"], test_frame_features=rows
-    )
-    assert not worse.promoted, worse.reason
-    assert worse.champion_version == versions["good"]
-    assert worse.candidate_score < worse.champion_score
-    assert champion_version(store) == versions["good"]
-    # A generous tolerance lets a slightly worse model through, on the same rows.
-    margin = worse.champion_score - worse.candidate_score
-    assert champion_gate(
-        tracking_uri=store,
-        candidate_version=versions["shuffled"],
-        test_frame_features=rows,
-        tolerance=margin + 0.01,
-    ).promoted
-    client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, versions["good"])
-
-    # The decision and both scores are recorded on the model version and on the run.
-    tags = client.get_model_version(MODEL_NAME, versions["good"]).tags
+    # The decision and the score are recorded on the model version and on its run.
+    tags = client.get_model_version(MODEL_NAME, versions["good"].model_version).tags
     assert tags["gate.promoted"] == "true"
-    assert float(tags["gate.champion_score"]) == pytest.approx(better.champion_score)
-    run_tags = client.get_run(
-        client.get_model_version(MODEL_NAME, versions["good"]).run_id
-    ).data.tags
-    assert float(run_tags["gate.candidate_score"]) == pytest.approx(better.candidate_score)
+    assert tags["gate.oot_window"] == "backtest 2020-01-01..2020-03-01 (3 cutoffs)"
+    run_tags = client.get_run(versions["good"].run_id).data.tags
+    assert float(run_tags["gate.candidate_score"]) == pytest.approx(0.81)
 
     # A lower-is-better metric is compared the other way round.
-    by_brier = champion_gate(
+    by_brier, _ = backtest_champion_gate(
         tracking_uri=store,
-        candidate_version=versions["weak"],
-        test_frame_features=rows,
+        candidate_version=versions["weak"].model_version,
+        candidate_params=WEAK,
+        candidate_table=table("brier", [0.20, 0.22, 0.21]),
+        rerun=lambda params, features: table("brier", [0.15, 0.16, 0.17]),
+        abt_columns=abt.columns,
         metric="brier",
     )
     assert not by_brier.promoted
     assert by_brier.candidate_score > by_brier.champion_score
+    assert (
+        client.get_model_version(MODEL_NAME, versions["weak"].model_version).tags["gate.promoted"]
+        == "false"
+    )
 
     # The champion is loaded by alias and scores exactly like the in-memory booster.
     champion = load_champion(store)
-    assert champion.version == versions["good"]
+    assert champion.version == versions["good"].model_version
     assert champion.feature_names == results["good"].feature_names
     np.testing.assert_array_equal(
-        predict(champion.booster, rows, champion.feature_names),
-        predict(results["good"].booster, rows, results["good"].feature_names),
+        predict(champion.booster, abt, champion.feature_names),
+        predict(results["good"].booster, abt, results["good"].feature_names),
     )
 
-    # When the champion's features are gone from the rows, the candidate wins by default.
+    # When the champion's features are gone from the table, the candidate wins by default.
     reduced = train_churn_model(abt.drop("noise_0"), plan, WEAK)
     reduced_version = log_and_register(
         reduced, tracking_uri=store, experiment="churn"
     ).model_version
-    changed = champion_gate(
+    changed, none = backtest_champion_gate(
         tracking_uri=store,
         candidate_version=reduced_version,
-        test_frame_features=rows.drop("noise_0"),
+        candidate_params=WEAK,
+        candidate_table=table("roc_auc", [0.6, 0.6, 0.6]),
+        rerun=lambda params, features: pytest.fail("a champion without its features reran"),
+        abt_columns=abt.drop("noise_0").columns,
     )
-    assert changed.promoted and changed.champion_score is None
+    assert changed.promoted and changed.champion_score is None and none is None
     assert "feature set changed" in changed.reason
+    assert champion_version(store) == reduced_version
     assert os.listdir(Path(store.removeprefix("sqlite:///")).parent / "cwd") == []
 
 
 def test_backtest_gate_reruns_the_champion_recipe_on_the_same_cutoffs(store, results, data):
-    from datetime import date
-
-    from olist_churn_dagster.lib.ml.calibration import Calibrator
-    from olist_churn_dagster.lib.ml.tracking import (
-        backtest_champion_gate,
-        load_model_version,
-        log_calibration,
-        run_model_params,
-    )
 
     abt, _ = data
     cutoffs = [date(2020, m, 1) for m in (1, 2, 3)]

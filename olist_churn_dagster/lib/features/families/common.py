@@ -7,6 +7,7 @@ import polars as pl
 from olist_churn_dagster.lib.features.engine import (
     MS_PER_DAY,
     Additive,
+    Cte,
     FamilyPlan,
     FeatureSpec,
     Output,
@@ -33,16 +34,17 @@ def outputs(family: str, rows: list[Row]) -> tuple[Output, ...]:
 
 def family_plan(
     family: str,
-    tables: tuple[str, ...],
-    ctes: str,
+    columns: dict[str, tuple[str, ...]],
+    ctes: tuple[Cte, ...],
     additive: tuple[Additive, ...],
     rows: list[Row],
     *,
     sliding: tuple[Sliding, ...] = (),
 ) -> FamilyPlan:
-    """The family's plan: its source tables, CTEs, measures and output rows (see `outputs`)."""
+    """The family's plan: the raw columns and the CTEs it reads, its measures and output
+    rows (see `outputs`)."""
     return FamilyPlan(
-        tables=tables,
+        columns=columns,
         ctes=ctes,
         additive=additive,
         sliding=sliding,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, distinct_runs, ratio
+from olist_churn_dagster.lib.features.engine import (
+    Additive,
+    Cte,
+    FamilyPlan,
+    distinct_runs,
+    ratio,
+)
 from olist_churn_dagster.lib.ingest.schema import BRAZIL_STATES
 
 from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, family_plan
@@ -15,30 +21,41 @@ def customers_plan(w: int) -> FamilyPlan:
     days; the customer's identity and state, and the seller's state, have no timestamp and
     are taken as they stand (as in the snapshot).
     """
-    # The raw tables read by the CTEs below.
-    tables = ("orders", "order_items", "customers", "sellers")
+    # What the SQL below reads of the raw tables (besides sale_items' keys).
+    columns = {
+        "orders": ("order_id", "customer_id"),
+        "customers": ("customer_id", "customer_unique_id", "customer_state"),
+        "sellers": ("seller_id", "seller_state"),
+    }
     uid_known, state_known = "customer_uid IS NOT NULL", "buyer_state IS NOT NULL"
-    ctes = f"""sold_orders AS (
-  SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items
-),
-customer_orders AS (
-  SELECT so.seller_id, so.order_id, so.purchase_day,
-         c.customer_unique_id AS customer_uid, c.customer_state AS buyer_state,
-         c.customer_state = sl.seller_state AS same_state
-  FROM sold_orders so
-  JOIN orders o ON o.order_id = so.order_id
-  LEFT JOIN customers c ON c.customer_id = o.customer_id
-  LEFT JOIN sellers sl ON sl.seller_id = so.seller_id
-),
-cust_orders AS (
-  SELECT seller_id, purchase_day,
-         lead(purchase_day, 1) OVER buyer AS second_purchase_day,
-         lead(purchase_day, 2) OVER buyer AS third_purchase_day
-  FROM customer_orders WHERE customer_uid IS NOT NULL
-  WINDOW buyer AS (PARTITION BY seller_id, customer_uid ORDER BY purchase_day, order_id)
-),
-{distinct_runs("cust_runs", "customer_orders", "customer_uid", "purchase_day", uid_known)},
-{distinct_runs("state_runs", "customer_orders", "buyer_state", "purchase_day", state_known)}"""
+    ctes = (
+        Cte(
+            "sold_orders",
+            f"SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items",
+        ),
+        Cte(
+            "customer_orders",
+            """SELECT so.seller_id, so.order_id, so.purchase_day,
+       c.customer_unique_id AS customer_uid, c.customer_state AS buyer_state,
+       c.customer_state = sl.seller_state AS same_state
+FROM sold_orders so
+JOIN orders o ON o.order_id = so.order_id
+LEFT JOIN customers c ON c.customer_id = o.customer_id
+LEFT JOIN sellers sl ON sl.seller_id = so.seller_id""",
+            reads=("sold_orders",),
+        ),
+        Cte(
+            "cust_orders",
+            """SELECT seller_id, purchase_day,
+       lead(purchase_day, 1) OVER buyer AS second_purchase_day,
+       lead(purchase_day, 2) OVER buyer AS third_purchase_day
+FROM customer_orders WHERE customer_uid IS NOT NULL
+WINDOW buyer AS (PARTITION BY seller_id, customer_uid ORDER BY purchase_day, order_id)""",
+            reads=("customer_orders",),
+        ),
+        distinct_runs("cust_runs", "customer_orders", "customer_uid", "purchase_day", uid_known),
+        distinct_runs("state_runs", "customer_orders", "buyer_state", "purchase_day", state_known),
+    )
     per_state = {f"st_{s.lower()}": f"buyer_state = '{s}'" for s in BRAZIL_STATES}
     window_end = f"least(nd, d + {w})"
     additive = (
@@ -107,4 +124,4 @@ cust_orders AS (
         )
         for s in BRAZIL_STATES
     ]
-    return family_plan("customers", tables, ctes, additive, rows)
+    return family_plan("customers", columns, ctes, additive, rows)

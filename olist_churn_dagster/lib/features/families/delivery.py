@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, day, known, micro, ratio
+from olist_churn_dagster.lib.features.engine import (
+    Additive,
+    Cte,
+    FamilyPlan,
+    day,
+    known,
+    micro,
+    ratio,
+)
 from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES
 
 from .common import (
@@ -30,33 +38,48 @@ def delivery_plan(w: int) -> FamilyPlan:
     unavailable have no timestamp and are taken as they stand; they are left out of the
     "still undelivered" orders, which are never going to arrive.
     """
-    # The raw tables read by the CTEs below.
-    tables = ("orders", "order_items")
+    # What the SQL below reads of the raw tables.
+    stamps = (
+        "order_purchase_timestamp",
+        "order_approved_at",
+        "order_delivered_carrier_date",
+        "order_delivered_customer_date",
+        "order_estimated_delivery_date",
+    )
+    columns = {
+        "orders": ("order_id", "order_status", *stamps),
+        "order_items": ("order_id", "seller_id", "freight_value", "shipping_limit_date"),
+    }
     non_sale = sql_list(NON_SALE_STATUSES)
     # One row per (seller, order): the order's timestamps in epoch ms, and for each the
     # first reference day at which it is known (`known`: stamped strictly before D).
-    ctes = f"""order_freight AS (
-  SELECT seller_id, order_id,
-         CAST(sum({micro("freight_value")}) AS BIGINT) AS freight_micro,
-         max(shipping_limit_date) AS ship_limit
-  FROM order_items GROUP BY seller_id, order_id
-),
-seller_orders AS (
-  SELECT f.seller_id, f.freight_micro,
-         {day("o.order_purchase_timestamp")} AS purchase_day,
-         o.order_status AS status, o.order_status NOT IN ({non_sale}) AS is_sale,
-         epoch_ms(o.order_purchase_timestamp) AS purchased_at_ms,
-         epoch_ms(o.order_approved_at) AS approved_at_ms,
-         epoch_ms(o.order_delivered_carrier_date) AS carrier_at_ms,
-         epoch_ms(o.order_delivered_customer_date) AS delivered_at_ms,
-         epoch_ms(o.order_estimated_delivery_date) AS estimated_at_ms,
-         epoch_ms(f.ship_limit) AS ship_limit_ms,
-         {known("o.order_approved_at")} AS known_approved_day,
-         {known("o.order_delivered_carrier_date")} AS known_carrier_day,
-         {known("o.order_delivered_customer_date")} AS known_delivered_day,
-         {known("o.order_estimated_delivery_date")} AS known_estimated_day
-  FROM order_freight f JOIN orders o ON o.order_id = f.order_id
-)"""
+    ctes = (
+        Cte(
+            "order_freight",
+            f"""SELECT seller_id, order_id,
+       CAST(sum({micro("freight_value")}) AS BIGINT) AS freight_micro,
+       max(shipping_limit_date) AS ship_limit
+FROM order_items GROUP BY seller_id, order_id""",
+        ),
+        Cte(
+            "seller_orders",
+            f"""SELECT f.seller_id, f.freight_micro,
+       {day("o.order_purchase_timestamp")} AS purchase_day,
+       o.order_status AS status, o.order_status NOT IN ({non_sale}) AS is_sale,
+       epoch_ms(o.order_purchase_timestamp) AS purchased_at_ms,
+       epoch_ms(o.order_approved_at) AS approved_at_ms,
+       epoch_ms(o.order_delivered_carrier_date) AS carrier_at_ms,
+       epoch_ms(o.order_delivered_customer_date) AS delivered_at_ms,
+       epoch_ms(o.order_estimated_delivery_date) AS estimated_at_ms,
+       epoch_ms(f.ship_limit) AS ship_limit_ms,
+       {known("o.order_approved_at")} AS known_approved_day,
+       {known("o.order_delivered_carrier_date")} AS known_carrier_day,
+       {known("o.order_delivered_customer_date")} AS known_delivered_day,
+       {known("o.order_estimated_delivery_date")} AS known_estimated_day
+FROM order_freight f JOIN orders o ON o.order_id = f.order_id""",
+            reads=("order_freight",),
+        ),
+    )
     end = f"purchase_day + {w}"
     delivered = "greatest(purchase_day + 1, known_delivered_day)"
     additive = (
@@ -240,4 +263,4 @@ seller_orders AS (
             "share",
         ),
     ]
-    return family_plan("delivery", tables, ctes, additive, rows, sliding=sliding)
+    return family_plan("delivery", columns, ctes, additive, rows, sliding=sliding)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, micro, ratio
+from olist_churn_dagster.lib.features.engine import Additive, Cte, FamilyPlan, micro, ratio
 from olist_churn_dagster.lib.ingest.schema import PAYMENT_TYPES
 
 from .common import FLOAT, INT, PURCHASE_DAY, WINDOW, Row, extremes, family_plan, money
@@ -20,36 +20,48 @@ def payments_plan(w: int) -> FamilyPlan:
     Point-in-time rule: payments have no timestamp of their own and are taken as they
     stand; they count at D with their sold order, from the day after its purchase.
     """
-    # The raw tables read by the CTEs below.
-    tables = ("orders", "order_items", "order_payments")
+    # What the SQL below reads of the raw tables (order items' also through sale_items).
+    payment = ("payment_type", "payment_installments", "payment_value")
+    columns = {
+        "order_items": ("order_id", "seller_id", "price"),
+        "order_payments": ("order_id", *payment),
+    }
     # The seller's part of a payment: its share of the order's item value (equal parts
     # among the order's sellers when the order has no value).
     seller_share_of_payment = (
         "pm.payment_value * CASE WHEN ot.order_total_micro > 0 "
         "THEN so.seller_part_micro / ot.order_total_micro ELSE 1.0 / ot.n_sellers END"
     )
-    ctes = f"""sold_orders AS (
-  SELECT seller_id, order_id, min({PURCHASE_DAY}) AS purchase_day,
-         CAST(sum({micro("price")}) AS BIGINT) AS seller_part_micro
-  FROM sale_items GROUP BY seller_id, order_id
-),
-order_totals AS (
-  SELECT order_id, CAST(sum({micro("price")}) AS BIGINT) AS order_total_micro,
-         count(DISTINCT seller_id) AS n_sellers
-  FROM order_items GROUP BY order_id
-),
-seller_payments AS (
-  SELECT so.seller_id, so.order_id, so.purchase_day, pm.payment_type AS pay_type,
-         pm.payment_installments AS installment_count,
-         {micro(seller_share_of_payment)} AS value_micro
-  FROM sold_orders so JOIN order_totals ot ON ot.order_id = so.order_id
-  JOIN order_payments pm ON pm.order_id = so.order_id
-),
-paid_orders AS (
-  SELECT seller_id, order_id, min(purchase_day) AS purchase_day,
-         max(installment_count) > 1 AS has_installments
-  FROM seller_payments GROUP BY ALL
-)"""
+    ctes = (
+        Cte(
+            "sold_orders",
+            f"""SELECT seller_id, order_id, min({PURCHASE_DAY}) AS purchase_day,
+       CAST(sum({micro("price")}) AS BIGINT) AS seller_part_micro
+FROM sale_items GROUP BY seller_id, order_id""",
+        ),
+        Cte(
+            "order_totals",
+            f"""SELECT order_id, CAST(sum({micro("price")}) AS BIGINT) AS order_total_micro,
+       count(DISTINCT seller_id) AS n_sellers
+FROM order_items GROUP BY order_id""",
+        ),
+        Cte(
+            "seller_payments",
+            f"""SELECT so.seller_id, so.order_id, so.purchase_day, pm.payment_type AS pay_type,
+       pm.payment_installments AS installment_count,
+       {micro(seller_share_of_payment)} AS value_micro
+FROM sold_orders so JOIN order_totals ot ON ot.order_id = so.order_id
+JOIN order_payments pm ON pm.order_id = so.order_id""",
+            reads=("sold_orders", "order_totals"),
+        ),
+        Cte(
+            "paid_orders",
+            """SELECT seller_id, order_id, min(purchase_day) AS purchase_day,
+       max(installment_count) > 1 AS has_installments
+FROM seller_payments GROUP BY ALL""",
+            reads=("seller_payments",),
+        ),
+    )
     per_type: dict[str, str] = {}
     for t in PAYMENT_TYPES:
         per_type[f"n_{t}"] = f"pay_type = '{t}'"
@@ -142,4 +154,4 @@ paid_orders AS (
             "share",
         ),
     ]
-    return family_plan("payments", tables, ctes, additive, rows, sliding=sliding)
+    return family_plan("payments", columns, ctes, additive, rows, sliding=sliding)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, day, distinct_runs, ratio
+from olist_churn_dagster.lib.features.engine import (
+    Additive,
+    Cte,
+    FamilyPlan,
+    day,
+    distinct_runs,
+    ratio,
+)
 
 from .common import FLOAT, INT, WINDOW, Row, extremes, family_plan, sql_list
 
@@ -35,20 +42,29 @@ def products_plan(w: int) -> FamilyPlan:
     Point-in-time rule: a sold item counts at D from the day after its order's purchase,
     for W days; product attributes have no timestamp and are taken as they stand.
     """
-    # The raw tables read by the CTEs below.
-    tables = ("orders", "order_items", "products")
+    # What the SQL below reads of the raw tables (order items' through sale_items).
+    counts = ("product_photos_qty", "product_name_lenght", "product_description_lenght")
+    sizes = ("product_weight_g", "product_length_cm", "product_height_cm", "product_width_cm")
+    columns = {
+        "order_items": ("product_id",),
+        "products": ("product_id", "product_category_name", *counts, *sizes),
+    }
     top = sql_list(TOP_CATEGORIES)
     has_category = "category_name IS NOT NULL"
-    ctes = f"""sold_products AS (
-  SELECT s.seller_id, s.product_id, {day("s.order_purchase_timestamp")} AS purchase_day,
-         pr.product_category_name AS category_name, pr.product_photos_qty AS photos,
-         pr.product_weight_g AS weight, pr.product_name_lenght AS name_len,
-         pr.product_description_lenght AS desc_len,
-         pr.product_length_cm * pr.product_height_cm * pr.product_width_cm AS vol
-  FROM sale_items s LEFT JOIN products pr ON pr.product_id = s.product_id
-),
-{distinct_runs("prod_runs", "sold_products", "product_id", "purchase_day")},
-{distinct_runs("cat_runs", "sold_products", "category_name", "purchase_day", has_category)}"""
+    ctes = (
+        Cte(
+            "sold_products",
+            f"""SELECT s.seller_id, s.product_id,
+       {day("s.order_purchase_timestamp")} AS purchase_day,
+       pr.product_category_name AS category_name, pr.product_photos_qty AS photos,
+       pr.product_weight_g AS weight, pr.product_name_lenght AS name_len,
+       pr.product_description_lenght AS desc_len,
+       pr.product_length_cm * pr.product_height_cm * pr.product_width_cm AS vol
+FROM sale_items s LEFT JOIN products pr ON pr.product_id = s.product_id""",
+        ),
+        distinct_runs("prod_runs", "sold_products", "product_id", "purchase_day"),
+        distinct_runs("cat_runs", "sold_products", "category_name", "purchase_day", has_category),
+    )
     measures = {"items": "1", "no_cat": "category_name IS NULL"}
     for col in ("photos", "weight", "name_len", "desc_len", "vol"):
         measures[f"n_{col}"] = f"{col} IS NOT NULL"
@@ -163,4 +179,4 @@ def products_plan(w: int) -> FamilyPlan:
             "share",
         )
     )
-    return family_plan("products", tables, ctes, additive, rows, sliding=sliding)
+    return family_plan("products", columns, ctes, additive, rows, sliding=sliding)

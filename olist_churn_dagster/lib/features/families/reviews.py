@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from olist_churn_dagster.lib.features.engine import Additive, FamilyPlan, known, ratio
+from olist_churn_dagster.lib.features.engine import Additive, Cte, FamilyPlan, known, ratio
 
 from .common import FLOAT, INT, LAST_30, PURCHASE_DAY, WINDOW, Row, family_plan
 
@@ -17,23 +17,32 @@ def reviews_plan(w: int) -> FamilyPlan:
     purchase; its review from the first D after the review's creation date
     (`known_review_day`), so a review written on or after D is not there yet.
     """
-    # The raw tables read by the CTEs below.
-    tables = ("orders", "order_items", "order_reviews")
-    ctes = f"""sold_orders AS (
-  SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items
-),
-sale_reviews AS (
-  SELECT so.seller_id, so.order_id, so.purchase_day, r.review_score AS score,
-         {known("r.review_creation_date")} AS known_review_day,
-         (r.review_comment_title IS NOT NULL OR r.review_comment_message IS NOT NULL) AS commented
-  FROM sold_orders so JOIN order_reviews r ON r.order_id = so.order_id
-  WHERE r.review_score IS NOT NULL AND r.review_creation_date IS NOT NULL
-),
-reviewed_orders AS (
-  SELECT seller_id, order_id, min(purchase_day) AS purchase_day,
-         min(known_review_day) AS known_review_day
-  FROM sale_reviews GROUP BY seller_id, order_id
-)"""
+    # What the SQL below reads of the raw tables (besides sale_items' keys).
+    review = ("review_score", "review_creation_date")
+    comment = ("review_comment_title", "review_comment_message")
+    columns = {"order_reviews": ("order_id", *review, *comment)}
+    ctes = (
+        Cte(
+            "sold_orders",
+            f"SELECT DISTINCT seller_id, order_id, {PURCHASE_DAY} AS purchase_day FROM sale_items",
+        ),
+        Cte(
+            "sale_reviews",
+            f"""SELECT so.seller_id, so.order_id, so.purchase_day, r.review_score AS score,
+       {known("r.review_creation_date")} AS known_review_day,
+       (r.review_comment_title IS NOT NULL OR r.review_comment_message IS NOT NULL) AS commented
+FROM sold_orders so JOIN order_reviews r ON r.order_id = so.order_id
+WHERE r.review_score IS NOT NULL AND r.review_creation_date IS NOT NULL""",
+            reads=("sold_orders",),
+        ),
+        Cte(
+            "reviewed_orders",
+            """SELECT seller_id, order_id, min(purchase_day) AS purchase_day,
+       min(known_review_day) AS known_review_day
+FROM sale_reviews GROUP BY seller_id, order_id""",
+            reads=("sale_reviews",),
+        ),
+    )
     counts = {
         "n_rev": "1",
         "score_sum": "score",
@@ -122,4 +131,4 @@ reviewed_orders AS (
             "share",
         ),
     ]
-    return family_plan("reviews", tables, ctes, additive, rows)
+    return family_plan("reviews", columns, ctes, additive, rows)

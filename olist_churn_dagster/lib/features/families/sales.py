@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from olist_churn_dagster.lib.features.engine import (
     Additive,
+    Cte,
     FamilyPlan,
     distinct_runs,
     micro,
@@ -32,24 +33,31 @@ def sales_plan(w: int) -> FamilyPlan:
     from the day after its purchase, for W days (30 for the `30d` features, for ever for
     the lifetime ones); nothing stamped after the purchase is used.
     """
-    # The raw tables read by the CTEs below.
-    tables = ("orders", "order_items")
-    ctes = f"""sale_lines AS (
-  SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS purchase_day,
-         ({PURCHASE_DAY} + 3) // 7 AS week_number, {micro("price")} AS price_micro
-  FROM sale_items
-),
-sale_orders AS (
-  SELECT seller_id, order_id, min(purchase_day) AS purchase_day, count(*) AS n_items,
-         CAST(sum(price_micro) AS BIGINT) AS order_value_micro
-  FROM sale_lines GROUP BY seller_id, order_id
-),
-gaps AS (
-  SELECT seller_id, d, lag(d) OVER (PARTITION BY seller_id ORDER BY d) AS previous_day
-  FROM sale_days
-),
-{distinct_runs("prod_runs", "sale_lines", "product_id", "purchase_day")},
-{distinct_runs("week_runs", "sale_lines", "week_number", "purchase_day")}"""
+    # What the SQL below reads of the raw tables (through sale_items).
+    columns = {"order_items": ("product_id", "price")}
+    ctes = (
+        Cte(
+            "sale_lines",
+            f"""SELECT seller_id, order_id, product_id, {PURCHASE_DAY} AS purchase_day,
+       ({PURCHASE_DAY} + 3) // 7 AS week_number, {micro("price")} AS price_micro
+FROM sale_items""",
+        ),
+        Cte(
+            "sale_orders",
+            """SELECT seller_id, order_id, min(purchase_day) AS purchase_day, count(*) AS n_items,
+       CAST(sum(price_micro) AS BIGINT) AS order_value_micro
+FROM sale_lines GROUP BY seller_id, order_id""",
+            reads=("sale_lines",),
+        ),
+        Cte(
+            "gaps",
+            """SELECT seller_id, d, lag(d) OVER (PARTITION BY seller_id ORDER BY d) AS previous_day
+FROM sale_days""",
+            reads=("sale_days",),
+        ),
+        distinct_runs("prod_runs", "sale_lines", "product_id", "purchase_day"),
+        distinct_runs("week_runs", "sale_lines", "week_number", "purchase_day"),
+    )
     window_end = f"least(nd, d + {w})"
     additive = (
         Additive(
@@ -212,4 +220,4 @@ gaps AS (
             "share",
         ),
     ]
-    return family_plan("sales", tables, ctes, additive, rows, sliding=sliding)
+    return family_plan("sales", columns, ctes, additive, rows, sliding=sliding)
