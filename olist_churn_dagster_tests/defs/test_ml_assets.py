@@ -72,6 +72,17 @@ def test_model_is_logged_registered_and_promoted(trained, data_dir: Path):
     assert metadata["model_uri"].value == f"models:/{MODEL_NAME}/1"
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
     assert [str(v.version) for v in versions] == ["1"]
+    # What reproduces it: the raw load it was trained on, the catalogue, the code.
+    from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
+    from olist_churn_dagster.lib.ingest.delta import loaded_fingerprint
+    from olist_churn_dagster.lib.versions import catalogue_hash, git_commit
+
+    params = client.get_run(champion.run_id).data.params
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        assert params["raw_fingerprint"] == loaded_fingerprint(conn)
+    assert params["feature_catalogue_sha256"] == catalogue_hash(FEATURE_CATALOGUE)
+    assert params.get("code_git_commit") == git_commit()
+    assert "tuning_candidates" not in params  # no grid configured: no tuning
 
 
 def trailing_revenue_from_raw(raw_dir: Path, days: list[date], window_days: int) -> pl.DataFrame:
@@ -546,3 +557,53 @@ def test_risk_digest_follows_the_scores_of_each_date(
         )
     assert not any("digest" in a["title"] for a in read_alerts(load_settings().alerts_file))
 
+
+@pytest.mark.slow
+def test_training_with_a_grid_logs_each_candidate_as_a_child_run(
+    trained, definitions, data_dir: Path
+):
+    """With a tuning grid, the candidates are judged on the cutoffs before the backtest's,
+    the best is trained, and each is a child run of the training run with its figures.
+    (Last in the module: the model it trains may become the champion.)"""
+    instance, _, _ = trained
+    result = definitions.resolve_job_def("train_churn_model").execute_in_process(
+        instance=instance,
+        run_config={
+            "ops": {
+                "ml__backtest": {"config": {**SMALL_SPLIT, "n_cutoffs": 3}},
+                "ml__churn_model": {
+                    "config": {
+                        **SMALL_SPLIT,
+                        "tuning_grid": {"max_depth": [2, 4]},
+                        "tuning_cutoffs": 2,
+                    }
+                },
+            }
+        },
+    )
+    assert result.success
+    (model,) = result.asset_materializations_for_node("ml__churn_model")
+    (backtest,) = result.asset_materializations_for_node("ml__backtest")
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(model.metadata["mlflow_run_id"].value)
+    assert run.data.params["tuning_candidates"] == "2"
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+    )
+    assert sorted(c.data.params["max_depth"] for c in children) == ["2", "4"]
+    (chosen,) = [c for c in children if c.data.tags["chosen"] == "true"]
+    assert run.data.params["max_depth"] == chosen.data.params["max_depth"]
+    assert chosen.data.metrics["mean_roc_auc"] == max(
+        c.data.metrics["mean_roc_auc"] for c in children
+    )
+    # Judged before the backtest's cutoffs, so the backtest judges the choice afresh.
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        first = conn.execute("SELECT min(cutoff) FROM ml.backtest").fetchone()[0]
+    assert backtest.metadata["cutoffs"].value == 3
+    for child in children:
+        cutoffs = [date.fromisoformat(c) for c in child.data.params["cutoffs"].split(",")]
+        assert len(cutoffs) == 2 and max(cutoffs) < first
+        history = client.get_metric_history(child.info.run_id, "backtest_roc_auc")
+        assert len(history) == 2
