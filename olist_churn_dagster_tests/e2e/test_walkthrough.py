@@ -29,7 +29,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from olist_churn_dagster_tests.conftest import read_alerts
+from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster_tests.e2e.browser import chromium, open_and_wait
 from olist_churn_dagster_tests.e2e.conftest import OUTPUT_DIR, REPO_ROOT, operator_environment
 from olist_churn_dagster_tests.e2e.server import (

@@ -25,8 +25,9 @@ from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import ABT_VERSION, MODEL_VERSION, SCORES_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.features import FEATURE_CATALOGUE, FEATURE_FAMILIES
 from olist_churn_dagster.lib.features.store import read_feature_tables
+from olist_churn_dagster.lib.ingest.delta import loaded_fingerprint
 from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
 from olist_churn_dagster.lib.ml.abt import build_abt, cohort_dates
 from olist_churn_dagster.lib.ml.backtest import MODEL as MODEL_SCORER
@@ -35,6 +36,8 @@ from olist_churn_dagster.lib.ml.backtest import (
     calibration_table,
     choose_calibration,
     params_key,
+    tune_walk_forward,
+    walk_forward_plans,
 )
 from olist_churn_dagster.lib.ml.calibration import Calibrator, fit_calibrator
 from olist_churn_dagster.lib.ml.labels import churn_labels
@@ -58,8 +61,10 @@ from olist_churn_dagster.lib.ml.tracking import (
     load_champion,
     log_and_register,
     log_calibration,
+    provenance_params,
 )
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
+from olist_churn_dagster.lib.versions import catalogue_hash, git_commit
 from olist_churn_dagster.lib.warehouse import read_tables
 
 MODEL_GROUP = "model"
@@ -162,6 +167,46 @@ class TrainingConfig(dg.Config):
         )
 
 
+class ChurnModelConfig(TrainingConfig):
+    """The training config plus an optional tuning grid (e.g. {"max_depth": [4, 6]}):
+    with one, the parameters are the best candidate by mean ROC AUC over walk-forward
+    cutoffs before the backtest's, each candidate an MLflow child run of the training run."""
+
+    tuning_grid: dict[str, list[float]] = Field(
+        default_factory=dict, description="ModelParams field -> values to try; empty: no tuning"
+    )
+    tuning_cutoffs: int = Field(default=3, description="cutoffs the candidates are judged on")
+
+
+def tune(
+    abt: pl.DataFrame, backtest: pl.DataFrame, config: ChurnModelConfig, horizon_days: int
+) -> tuple[ModelParams, pl.DataFrame | None]:
+    """The configured parameters, or with a tuning grid the best candidate and every
+    candidate's figures (`tune_walk_forward`), judged on the cutoffs before the backtest's
+    so that the backtest and the gate judge the chosen recipe on cutoffs it was not picked
+    on."""
+    base = config.model_params()
+    if not config.tuning_grid:
+        return base, None
+    first = backtest.get_column("cutoff").min()
+    earlier = abt.get_column("reference_date").filter(abt.get_column("reference_date") < first)
+    plans = walk_forward_plans(
+        earlier.unique().to_list(),
+        n_cutoffs=config.tuning_cutoffs,
+        n_valid=config.n_valid_cohorts,
+        horizon_days=horizon_days,
+    )
+    grid = {k: [type(getattr(base, k))(v) for v in vs] for k, vs in config.tuning_grid.items()}
+    return tune_walk_forward(abt, plans, grid, base=base)
+
+
+def provenance(warehouse: DuckDBResource) -> dict[str, str]:
+    """The raw load's fingerprint, the feature catalogue's hash and the code's commit."""
+    with warehouse.get_connection() as conn:
+        raw = loaded_fingerprint(conn)
+    return provenance_params(raw, catalogue_hash(FEATURE_CATALOGUE), git_commit())
+
+
 def calibrate(result: TrainResult, backtest: pl.DataFrame) -> tuple[Calibrator, dict[str, Any]]:
     """Fit the calibration the backtest chose (lowest mean ECE on cutoffs it was not fitted
     on) on the model's out-of-time cohorts: the latest matured labels, scored by this very
@@ -188,15 +233,15 @@ def backtest_gate(
     backtest: pl.DataFrame,
     config: TrainingConfig,
     *,
+    params: ModelParams,
     uri: str,
     candidate_version: str,
     horizon_days: int,
 ) -> tuple[GateDecision, dict[str, dg.MetadataValue]]:
-    """The champion gate on the backtest's cutoffs: the candidate's per-cutoff rows come
-    from ml/backtest when it backtested this recipe (else they are rerun); the champion's
-    recipe is rerun on the same cutoffs. Returns the decision and both tables."""
+    """The champion gate on the backtest's cutoffs: the candidate's (`params`) per-cutoff
+    rows come from ml/backtest when it backtested this recipe (else they are rerun); the
+    champion's recipe is rerun on the same cutoffs. Returns the decision and both tables."""
     rows = backtest.filter(pl.col("scorer") == MODEL_SCORER)
-    params = config.model_params()
 
     def rerun(recipe: ModelParams, features: Sequence[str] | None) -> pl.DataFrame:
         result = backtest_model(
@@ -248,11 +293,12 @@ def backtest_gate(
 )
 def churn_model(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    config: ChurnModelConfig,
     abt: pl.DataFrame,
     backtest: pl.DataFrame,
     mlflow: MlflowTracking,
     settings: ChurnSettings,
+    warehouse: DuckDBResource,
 ) -> dg.MaterializeResult:
     cohorts = abt.get_column("reference_date").unique().sort().to_list()
     plan = plan_time_split(
@@ -262,15 +308,18 @@ def churn_model(
         gap=config.gap_cohorts,
         horizon_days=settings.churn_horizon_days,
     )
-    result = train_churn_model(abt, plan, config.model_params())
+    params, candidates = tune(abt, backtest, config, settings.churn_horizon_days)
+    result = train_churn_model(abt, plan, params)
     uri = mlflow.ready_uri()
     registered = log_and_register(
         result,
         tracking_uri=uri,
         experiment=mlflow.experiment,
         run_name=f"dagster-{context.run.run_id[:8]}",
+        extra_params=provenance(warehouse),
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
+        candidates=candidates,
     )
     calibrator, calibration_metadata = calibrate(result, backtest)
     log_calibration(uri, registered.run_id, registered.model_version, calibrator)
@@ -278,6 +327,7 @@ def churn_model(
         abt,
         backtest,
         config,
+        params=params,
         uri=uri,
         candidate_version=registered.model_version,
         horizon_days=settings.churn_horizon_days,

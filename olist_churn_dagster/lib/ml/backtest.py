@@ -488,7 +488,8 @@ def tune_walk_forward(
 
     Pass plans whose cutoffs precede the ones you report (e.g. all but the last N), or the
     winner's backtest is optimistic by the selection itself. Returns the best params and
-    one row per combination (mean, spread and worst cutoff AUC), best first.
+    one row per combination (mean, spread and worst cutoff AUC, and `per_cutoff`: its
+    backtest rows, cutoff and REPORTED_METRICS), best first.
     """
     base = base or ModelParams()
     known = set(asdict(base))
@@ -511,6 +512,7 @@ def tune_walk_forward(
                 "std_roc_auc": float(auc.std() or 0.0),
                 "min_roc_auc": float(auc.min()),
                 "seconds": result.seconds,
+                "per_cutoff": result.table.select("cutoff", *REPORTED_METRICS).to_dicts(),
             }
         )
     table = pl.DataFrame(rows).sort("mean_roc_auc", descending=True)

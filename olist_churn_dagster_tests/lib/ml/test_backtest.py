@@ -239,6 +239,11 @@ def test_walk_forward_tuning_ranks_by_mean_cutoff_auc(abt):
         abt, plans, {"max_depth": [1, 3], "n_estimators": [1, 200]}, base=FAST
     )
     assert table.height == 4 and table["mean_roc_auc"].is_sorted(descending=True)
+    for row in table.iter_rows(named=True):  # each candidate's own backtest rows
+        assert [r["cutoff"] for r in row["per_cutoff"]] == [p.test[0] for p in plans]
+        aucs = [r["roc_auc"] for r in row["per_cutoff"]]
+        assert np.mean(aucs) == pytest.approx(row["mean_roc_auc"])
+        assert min(aucs) == row["min_roc_auc"]
     assert (best.max_depth, best.n_estimators) == (table["max_depth"][0], table["n_estimators"][0])
     # A single depth-1 stump cannot be the best of four on a nonlinear signal.
     assert (best.max_depth, best.n_estimators) != (1, 1)
