@@ -28,7 +28,7 @@ from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
 from olist_churn_dagster.lib.features import FEATURE_CATALOGUE, FEATURE_FAMILIES
 from olist_churn_dagster.lib.features.store import read_feature_tables
 from olist_churn_dagster.lib.ingest.delta import loaded_fingerprint
-from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
+from olist_churn_dagster.lib.markdown import png_markdown
 from olist_churn_dagster.lib.ml.abt import build_abt, cohort_dates
 from olist_churn_dagster.lib.ml.backtest import MODEL as MODEL_SCORER
 from olist_churn_dagster.lib.ml.backtest import (
@@ -43,6 +43,7 @@ from olist_churn_dagster.lib.ml.calibration import Calibrator, fit_calibrator
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.model import (
     ModelParams,
+    SplitPlan,
     TrainResult,
     plan_time_split,
     train_churn_model,
@@ -57,6 +58,7 @@ from olist_churn_dagster.lib.ml.scoring import (
 from olist_churn_dagster.lib.ml.tracking import (
     CHAMPION_ALIAS,
     GateDecision,
+    RegisteredModelInfo,
     backtest_champion_gate,
     load_champion,
     log_and_register,
@@ -135,9 +137,7 @@ def abt(
             "cohorts": per_cohort.height,
             "features": len(table.columns) - 3,
             "churn_rate": float(table.get_column("churned").mean() or 0.0),
-            "rows_and_churn_rate_per_cohort": dg.MetadataValue.md(
-                frame_to_markdown(per_cohort, max_rows=60)
-            ),
+            "rows_and_churn_rate_per_cohort": table_value(per_cohort, max_rows=60),
         }
     )
     return table
@@ -164,6 +164,16 @@ class TrainingConfig(dg.Config):
     def model_params(self) -> ModelParams:
         return ModelParams(
             **{k: getattr(self, k) for k in ModelParams.__dataclass_fields__ if hasattr(self, k)}
+        )
+
+    def split_plan(self, abt: pl.DataFrame, horizon_days: int) -> SplitPlan:
+        """The ABT's cohorts split into train, validation and out-of-time test blocks."""
+        return plan_time_split(
+            abt.get_column("reference_date").unique().sort().to_list(),
+            n_test=self.n_test_cohorts,
+            n_valid=self.n_valid_cohorts,
+            gap=self.gap_cohorts,
+            horizon_days=horizon_days,
         )
 
 
@@ -222,9 +232,20 @@ def calibrate(result: TrainResult, backtest: pl.DataFrame) -> tuple[Calibrator, 
         "calibration": method,
         "oot_ece": result.metrics["ece"],
         "backtest_ece_unseen_cutoffs": float(chosen["ece"][0]) if chosen.height else float("nan"),
-        "calibration_by_backtest": dg.MetadataValue.md(
-            frame_to_markdown(calibration_table(backtest))
-        ),
+        "calibration_by_backtest": table_value(calibration_table(backtest)),
+    }
+
+
+def _gate_tables(
+    candidate: pl.DataFrame, champion: pl.DataFrame | None, decision: GateDecision
+) -> dict[str, dg.MetadataValue]:
+    """The candidate's and the champion's per-cutoff figures, as the gate compared them."""
+    shown = ["cutoff", "rows", "roc_auc", "pr_auc", "brier", "ece"]
+    return {
+        "gate_candidate_backtest": table_value(candidate.select(shown)),
+        "gate_champion_backtest": table_value(champion.select(shown))
+        if champion is not None
+        else dg.MetadataValue.text(f"no champion backtest: {decision.reason}"),
     }
 
 
@@ -267,16 +288,34 @@ def backtest_gate(
         metric=config.promotion_metric,
         tolerance=config.promotion_tolerance,
     )
-    shown = ["cutoff", "rows", "roc_auc", "pr_auc", "brier", "ece"]
-    tables = {
-        "gate_candidate_backtest": dg.MetadataValue.md(frame_to_markdown(rows.select(shown))),
-        "gate_champion_backtest": dg.MetadataValue.md(
-            frame_to_markdown(champion_rows.select(shown))
-            if champion_rows is not None
-            else f"_no champion backtest: {decision.reason}_"
-        ),
+    return decision, _gate_tables(rows, champion_rows, decision)
+
+
+def _model_metadata(
+    result: TrainResult, registered: RegisteredModelInfo, decision: GateDecision, plan: SplitPlan
+) -> dict[str, Any]:
+    """What the UI shows of a training: the registered version, the gate's decision, the
+    out-of-time figures beside the baselines, the top features and the plots."""
+    return {
+        "mlflow_run_id": registered.run_id,
+        "model_version": registered.model_version,
+        "model_uri": registered.model_uri,
+        "promoted": decision.promoted,
+        "promotion_decision": decision.reason,
+        "candidate_score": decision.candidate_score,
+        "champion_score": decision.champion_score
+        if decision.champion_score is not None
+        else dg.MetadataValue.null(),
+        "oot_roc_auc": result.metrics["roc_auc"],
+        "oot_pr_auc": result.metrics["pr_auc"],
+        "recency_rule_roc_auc": result.baselines["recency_rule"]["roc_auc"],
+        "best_iteration": result.best_iteration,
+        "rows": dg.MetadataValue.json(result.n_rows),
+        "split": dg.MetadataValue.json(plan.as_dict()),
+        "oot_metrics_vs_baselines": table_value(result.comparison_table()),
+        "top_features": table_value(result.importance, max_rows=15),
+        "plots": dg.MetadataValue.md(png_markdown(result.figures)),
     }
-    return decision, tables
 
 
 @dg.asset(
@@ -300,14 +339,7 @@ def churn_model(
     settings: ChurnSettings,
     warehouse: DuckDBResource,
 ) -> dg.MaterializeResult:
-    cohorts = abt.get_column("reference_date").unique().sort().to_list()
-    plan = plan_time_split(
-        cohorts,
-        n_test=config.n_test_cohorts,
-        n_valid=config.n_valid_cohorts,
-        gap=config.gap_cohorts,
-        horizon_days=settings.churn_horizon_days,
-    )
+    plan = config.split_plan(abt, settings.churn_horizon_days)
     params, candidates = tune(abt, backtest, config, settings.churn_horizon_days)
     result = train_churn_model(abt, plan, params)
     uri = mlflow.ready_uri()
@@ -332,31 +364,34 @@ def churn_model(
         candidate_version=registered.model_version,
         horizon_days=settings.churn_horizon_days,
     )
-    comparison = result.comparison_table()
-    return dg.MaterializeResult(
-        metadata={
-            "mlflow_run_id": registered.run_id,
-            "model_version": registered.model_version,
-            "model_uri": registered.model_uri,
-            "promoted": decision.promoted,
-            "promotion_decision": decision.reason,
-            "candidate_score": decision.candidate_score,
-            "champion_score": decision.champion_score
-            if decision.champion_score is not None
-            else dg.MetadataValue.null(),
-            "oot_roc_auc": result.metrics["roc_auc"],
-            "oot_pr_auc": result.metrics["pr_auc"],
-            "recency_rule_roc_auc": result.baselines["recency_rule"]["roc_auc"],
-            "best_iteration": result.best_iteration,
-            "rows": dg.MetadataValue.json(result.n_rows),
-            "split": dg.MetadataValue.json(plan.as_dict()),
-            "oot_metrics_vs_baselines": dg.MetadataValue.md(frame_to_markdown(comparison)),
-            "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
-            "plots": dg.MetadataValue.md(png_markdown(result.figures)),
-            **gate_tables,
-            **calibration_metadata,
-        }
+    metadata = _model_metadata(result, registered, decision, plan)
+    return dg.MaterializeResult(metadata={**metadata, **gate_tables, **calibration_metadata})
+
+
+def _scores_metadata(scores: pl.DataFrame, model_version: str) -> dict[str, Any]:
+    """The run's totals, sellers and sales at risk per band, and the newest date's top 20
+    by rank with their reasons in words."""
+    bands = (
+        scores.group_by("risk_band")
+        .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())
+        .sort(pl.col("risk_band").replace_strict(BAND_ORDER), descending=True)
     )
+    top = scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
+        "reference_date",
+        "risk_rank",
+        "seller_id",
+        "churn_probability",
+        "risk_band",
+        "sales_at_risk",
+        "reasons",
+    )
+    return {
+        "model_version": model_version,
+        "mean_probability": float(scores.get_column("churn_probability").mean() or 0.0),
+        "sales_at_risk": float(scores.get_column("sales_at_risk").sum()),
+        "sellers_per_band": table_value(bands),
+        "top_20": table_value(top, max_rows=20),
+    }
 
 
 @dg.asset(
@@ -398,30 +433,8 @@ def churn_scores(
     exports = export_per_date(
         account_manager_view(scores), settings.to_settings().exports_dir / "churn_scores"
     )
-    bands = (
-        scores.group_by("risk_band")
-        .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())
-        .sort(pl.col("risk_band").replace_strict(BAND_ORDER), descending=True)
-    )
+    metadata = _scores_metadata(scores, model.version)
     context.add_output_metadata(
-        {
-            "model_version": model.version,
-            "mean_probability": float(scores.get_column("churn_probability").mean() or 0.0),
-            "sales_at_risk": float(scores.get_column("sales_at_risk").sum()),
-            "sellers_per_band": table_value(bands),
-            "top_20": table_value(
-                scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
-                    "reference_date",
-                    "risk_rank",
-                    "seller_id",
-                    "churn_probability",
-                    "risk_band",
-                    "sales_at_risk",
-                    "reasons",
-                ),
-                max_rows=20,
-            ),
-            "exports": dg.MetadataValue.json([str(p) for p in exports[:10]]),
-        }
+        {**metadata, "exports": dg.MetadataValue.json([str(p) for p in exports[:10]])}
     )
     return scores
