@@ -503,10 +503,10 @@ def up(config: StackConfig, *, timeout: float = 180.0, log: Callable[[str], None
     """Start supervisord, then every server in order, each once the one before answers;
     on failure stop everything."""
     config.root.mkdir(parents=True, exist_ok=True)
-    already = running_services(config)
-    if already:
+    if supervision.answers(config.supervisor):
+        running = ", ".join(running_services(config)) or "no server started"
         raise StackError(
-            f"a stack already runs from {config.root} ({', '.join(already)}): "
+            f"a stack already runs from {config.root} (supervisord; {running}): "
             "`olist-churn stack down` first"
         )
     _check_ports_free(config)

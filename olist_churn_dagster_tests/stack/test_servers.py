@@ -220,6 +220,8 @@ def test_the_stacks_postgres_is_restarted_when_it_dies_and_down_stops_it(
     (state,) = [s for s in servers.status(config.root) if s.name == "postgres"]
     assert state.restarts == 1
     assert servers.running_services(config) == ["postgres"]
+    with pytest.raises(servers.StackError, match=r"already runs .*\(supervisord; postgres\)"):
+        servers.up(config)
 
     lines: list[str] = []
     servers.down(config.root, log=lines.append)
