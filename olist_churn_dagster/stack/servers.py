@@ -63,6 +63,11 @@ PASSWORD_ENV = "DAGSTER_PG_PASSWORD"
 # rollups), each a process holding memory; the churn model logs runs and models only.
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
+# A backfill whose code location cannot be loaded (the code server restarting) skips the
+# daemon's iteration and resumes when it is back, instead of failing and cancelling its
+# runs (dagster-io/dagster#18640; the variable is read by Dagster's backfill daemon).
+DAEMON_ENV = {"DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR": "1"}
+
 # The servers, in start order (stopped in reverse).
 SERVICES = ("postgres", "mlflow", "code_server", "webserver", "daemon")
 # `duckdb`: one file, one writer process at a time; `ducklake`: catalog in Postgres,
@@ -340,7 +345,11 @@ def programs(config: StackConfig) -> list[supervision.Program]:
     """The servers as supervisord's programs, in start order, with the settings each adds
     to the shared environment (none of them secret)."""
     cmd = commands(config)
-    extra = {"mlflow": MLFLOW_ENV, "code_server": code_location_settings(config)}
+    extra = {
+        "mlflow": MLFLOW_ENV,
+        "code_server": code_location_settings(config),
+        "daemon": DAEMON_ENV,
+    }
     found = [
         supervision.Program(name, cmd[name], priority=10 * (i + 1), environment=extra.get(name, {}))
         for i, name in enumerate(SERVICES)
@@ -568,10 +577,19 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
         "daemon": "daemon        (every required daemon healthy)",
     }
     for pair in (("mlflow", "code_server"), ("webserver", "daemon")):
-        pids = {name: supervision.start(config.supervisor, name) for name in pair}
+        pids = {name: _launch(config, name) for name in pair}
         for name in pair:
             _wait_service(config, name, probes[name], timeout, pids[name])
             done(where[name])
+
+
+def _launch(config: StackConfig, name: str) -> int:
+    """Have supervisord start `name`; its pid."""
+    try:
+        return supervision.start(config.supervisor, name)
+    except supervision.SupervisorError as exc:
+        log = log_file(config, name)
+        raise StackError(f"{exc}\n{log}:\n{log_tail(log)}") from exc
 
 
 def _wait_service(
@@ -584,7 +602,7 @@ def _wait_service(
     """Start `name` unless `pid` says it was, then wait until `probe` answers; fails at
     once if its process exits (supervisord would start another: a new pid)."""
     if pid is None:
-        pid = supervision.start(config.supervisor, name)
+        pid = _launch(config, name)
 
     def alive() -> bool:
         state = supervision.states(config.supervisor).get(name)

@@ -102,10 +102,10 @@ def _section(title: str, options: Mapping[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _program_section(supervisor: Supervisor, program: Program, directory: Path) -> str:
+def _program_section(supervisor: Supervisor, program: Program) -> str:
     options: dict[str, object] = {
         "command": _value(shlex.join(program.command)),
-        "directory": _value(str(directory)),
+        "directory": _value(str(supervisor.root)),
         "priority": program.priority,
         "autostart": "false",  # started in order by the stack, each once the last answers
         "autorestart": "true",
@@ -153,7 +153,7 @@ def configuration(supervisor: Supervisor, programs: Sequence[Program]) -> str:
             {"supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"},
         ),
         _section("supervisorctl", {"serverurl": _value(supervisor.url)}),
-        *(_program_section(supervisor, p, supervisor.root) for p in programs),
+        *(_program_section(supervisor, p) for p in programs),
     ]
     return "\n".join(sections)
 
@@ -196,8 +196,11 @@ def start_daemon(supervisor: Supervisor, env: Mapping[str, str], timeout: float 
 
 def start(supervisor: Supervisor, name: str) -> int:
     """Start a program without waiting for `startsecs`; its pid."""
-    rpc(supervisor).startProcess(name, False)
-    return int(rpc(supervisor).getProcessInfo(name)["pid"])
+    try:
+        rpc(supervisor).startProcess(name, False)
+        return int(rpc(supervisor).getProcessInfo(name)["pid"])
+    except (OSError, xmlrpc.client.Error) as exc:
+        raise SupervisorError(f"supervisord could not start {name}: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,9 @@ def test_every_server_is_a_supervised_program_restarted_when_it_dies(
     code_server = conf.get("program:code_server", "environment")
     assert 'OLIST_CHURN_MLFLOW_TRACKING_URI="http://127.0.0.1:15000"' in code_server
     assert "PGPASSWORD" not in conf.get("program:code_server", "environment")
+    # A backfill waits out a restarting code server instead of failing.
+    daemon = conf.get("program:daemon", "environment")
+    assert daemon == 'DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR="1"'
 
 
 def test_the_password_is_the_environments_when_given(config: servers.StackConfig, monkeypatch):
