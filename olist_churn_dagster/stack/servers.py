@@ -435,7 +435,9 @@ WORKSPACE_QUERY = """
 """
 
 DAEMONS_QUERY = """
-{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+{ instance { daemonHealth { allDaemonStatuses {
+    daemonType required healthy lastHeartbeatTime
+} } } }
 """
 
 
@@ -460,15 +462,17 @@ def location_state(config: StackConfig) -> str | None:
     return "LOADED" if states == {"LOADED"} else None
 
 
-def unhealthy_daemons(config: StackConfig) -> list[str] | None:
-    """The required daemons without a recent heartbeat (None: the webserver did not answer)."""
+def daemons_beating_since(config: StackConfig, since: float) -> list[str] | None:
+    """The required daemons once every one is healthy with a heartbeat after `since` (a
+    Unix time); None until then or while the webserver does not answer. Dagster calls a
+    daemon healthy for 30 minutes after its last heartbeat: a dead one looks alive."""
     try:
         health = graphql(config, DAEMONS_QUERY)["instance"]["daemonHealth"]
     except (OSError, urllib.error.URLError):
         return None
-    return sorted(
-        s["daemonType"] for s in health["allDaemonStatuses"] if s["required"] and not s["healthy"]
-    )
+    required = [s for s in health["allDaemonStatuses"] if s["required"]]
+    fresh = all(s["healthy"] and (s["lastHeartbeatTime"] or 0) > since for s in required)
+    return sorted(s["daemonType"] for s in required) if fresh else None
 
 
 # --------------------------------------------------------------------------- up, down, status
@@ -568,14 +572,15 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
         "mlflow": lambda: _http_probe(f"{config.mlflow_url}/health"),
         "code_server": lambda: _port_open(config.ports.grpc) or None,
         "webserver": lambda: location_state(config),
-        "daemon": lambda: True if unhealthy_daemons(config) == [] else None,
+        "daemon": lambda: daemons_beating_since(config, launched),
     }
     where = {
         "mlflow": f"mlflow        {config.mlflow_url}",
         "code_server": f"code server   {HOST}:{config.ports.grpc} (gRPC)",
         "webserver": f"webserver     {config.webserver_url}",
-        "daemon": "daemon        (every required daemon healthy)",
+        "daemon": "daemon        (every required daemon beating)",
     }
+    launched = time.time()
     for pair in (("mlflow", "code_server"), ("webserver", "daemon")):
         pids = {name: _launch(config, name) for name in pair}
         for name in pair:

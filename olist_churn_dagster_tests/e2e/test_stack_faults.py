@@ -102,26 +102,11 @@ def _restarted(config: servers.StackConfig, name: str, old_pid: int) -> servers.
     return state
 
 
-DAEMON_HEARTBEATS = """
-{ instance { daemonHealth { allDaemonStatuses {
-    daemonType required healthy lastHeartbeatTime
-} } } }
-"""
-
 LOCATION = """
 { workspaceOrError { ... on Workspace { locationEntries {
     name loadStatus updatedTimestamp locationOrLoadError { __typename }
 } } } }
 """
-
-
-def _daemons_beating_since(gql: GraphQL, since: float) -> list[str] | None:
-    """Every required daemon (run queue, backfills, sensors, monitoring, retries ...) once
-    each has sent a heartbeat after `since` and is healthy."""
-    statuses = gql(DAEMON_HEARTBEATS)["instance"]["daemonHealth"]["allDaemonStatuses"]
-    required = [s for s in statuses if s["required"]]
-    fresh = all(s["healthy"] and (s["lastHeartbeatTime"] or 0) > since for s in required)
-    return sorted(s["daemonType"] for s in required) if fresh else None
 
 
 def _location_reloaded_since(gql: GraphQL, since: float) -> bool | None:
@@ -183,7 +168,7 @@ def test_the_daemon_killed_during_a_feature_backfill_comes_back_and_the_backfill
     restarted = _restarted(stack.config, "daemon", pid)
     daemons = wait_until(
         "every daemon beating again",
-        lambda: _daemons_beating_since(stack.gql, killed_at),
+        lambda: servers.daemons_beating_since(stack.config, killed_at),
         timeout=RECOVERY_LIMIT,
     )
     recovery = time.time() - killed_at
