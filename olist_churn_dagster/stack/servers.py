@@ -586,6 +586,19 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
         for name in pair:
             _wait_service(config, name, probes[name], timeout, pids[name])
             done(where[name])
+    _wait_supervised(config, timeout)
+    done(f"supervisord   every server RUNNING ({supervision.START_SECONDS} s up at least)")
+
+
+def _wait_supervised(config: StackConfig, timeout: float) -> None:
+    """Every server past supervisord's `startsecs` in the same process: started for good,
+    so that a death from now on is restarted rather than retried as a failed start."""
+    for name, state in supervision.states(config.supervisor).items():
+
+        def running(name: str = name) -> bool | None:
+            return supervision.states(config.supervisor)[name].running or None
+
+        _wait_service(config, name, running, timeout, state.pid)
 
 
 def _launch(config: StackConfig, name: str) -> int:
