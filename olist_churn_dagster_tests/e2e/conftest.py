@@ -175,10 +175,10 @@ def running_stack(name: str, warehouse: str = "ducklake") -> Iterator[servers.St
         config.root / "raw", scale=E2E_SCALE, seed=E2E_SEED, start=E2E_START, end=E2E_END
     )
     say = lambda line: print(f"[{name}] {line}", file=sys.stderr)  # noqa: E731
-    started = time.perf_counter()
-    servers.up(config, timeout=300, log=say)
-    say(f"stack up: {time.perf_counter() - started:.1f} s")
     try:
+        started = time.perf_counter()
+        servers.up(config, timeout=300, log=say)
+        say(f"stack up: {time.perf_counter() - started:.1f} s")
         yield config
     finally:
         started = time.perf_counter()

@@ -165,13 +165,13 @@ def test_the_daemon_killed_during_a_feature_backfill_comes_back_and_the_backfill
     run = _started_run(stack.gql, backfill_id)
 
     pid, killed_at = _kill(stack.config, "daemon")
-    restarted = _restarted(stack.config, "daemon", pid)
     daemons = wait_until(
         "every daemon beating again",
         lambda: servers.daemons_beating_since(stack.config, killed_at),
         timeout=RECOVERY_LIMIT,
     )
     recovery = time.time() - killed_at
+    restarted = _restarted(stack.config, "daemon", pid)
     assert "MONITORING" in daemons and "EVENT_LOG_CONSUMER" in daemons, daemons
     _say(
         f"daemon SIGKILLed (pid {pid}) during run {run['runId']}: restarted by supervisord "
@@ -203,13 +203,13 @@ def test_the_code_server_killed_during_a_run_comes_back_and_the_ui_reloads_it(
     run = _started_run(stack.gql, backfill_id)
 
     pid, killed_at = _kill(stack.config, "code_server")
-    restarted = _restarted(stack.config, "code_server", pid)
     wait_until(
         "the webserver's code location reloaded",
         lambda: _location_reloaded_since(stack.gql, killed_at),
         timeout=RECOVERY_LIMIT,
     )
     recovery = time.time() - killed_at
+    restarted = _restarted(stack.config, "code_server", pid)
     _say(
         f"code server SIGKILLed (pid {pid}) during run {run['runId']}: restarted by "
         f"supervisord as pid {restarted.pid}, code location LOADED in the webserver again "
