@@ -587,7 +587,7 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
             _wait_service(config, name, probes[name], timeout, pids[name])
             done(where[name])
     _wait_supervised(config, timeout)
-    done(f"supervisord   every server RUNNING ({supervision.START_SECONDS} s up at least)")
+    done("supervisord   every server RUNNING")
 
 
 def _wait_supervised(config: StackConfig, timeout: float) -> None:

@@ -182,7 +182,8 @@ def running_stack(name: str, warehouse: str = "ducklake") -> Iterator[servers.St
         yield config
     finally:
         started = time.perf_counter()
-        servers.down(config.root, log=say)
+        if (config.root / servers.STATE_FILE).exists():  # else up stopped before writing it
+            servers.down(config.root, log=say)
         say(f"stack down: {time.perf_counter() - started:.1f} s")
         left = processes_in(config.root)
         OUTPUT_DIR.mkdir(exist_ok=True)
