@@ -62,7 +62,6 @@ from olist_churn_dagster.lib.ml.tracking import (
     backtest_champion_gate,
     load_champion,
     log_and_register,
-    log_calibration,
     provenance_params,
 )
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
@@ -343,6 +342,7 @@ def churn_model(
     params, candidates = tune(abt, backtest, config, settings.churn_horizon_days)
     result = train_churn_model(abt, plan, params)
     uri = mlflow.ready_uri()
+    calibrator, calibration_metadata = calibrate(result, backtest)
     registered = log_and_register(
         result,
         tracking_uri=uri,
@@ -352,9 +352,8 @@ def churn_model(
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
         candidates=candidates,
+        calibrator=calibrator,
     )
-    calibrator, calibration_metadata = calibrate(result, backtest)
-    log_calibration(uri, registered.run_id, registered.model_version, calibrator)
     decision, gate_tables = backtest_gate(
         abt,
         backtest,

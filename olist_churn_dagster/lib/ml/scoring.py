@@ -258,6 +258,60 @@ def _explained(features: pl.DataFrame, probability: pl.Series) -> pl.Series:
     )
 
 
+def scoring_booster(booster: xgb.Booster) -> xgb.Booster:
+    """A copy of `booster` that predicts on SCORING_THREADS threads (the same numbers)."""
+    booster = booster.copy()
+    booster.set_param({"nthread": SCORING_THREADS})
+    return booster
+
+
+def model_scores(
+    booster: xgb.Booster,
+    feature_names: list[str],
+    features: pl.DataFrame,
+    calibrator: Calibrator | None = None,
+) -> pl.DataFrame:
+    """Per row of `features`, in order: the model's own score (`model_score`, what the
+    rank follows) and the churn probability (the score mapped by `calibrator`, the
+    identity when none is given; within [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR])."""
+    raw = predict(booster, features, feature_names)
+    return pl.DataFrame(
+        {
+            "model_score": pl.Series(raw, dtype=pl.Float64),
+            "churn_probability": pl.Series((calibrator or Calibrator()).apply(raw)),
+        }
+    )
+
+
+def per_seller_columns() -> list[pl.Expr]:
+    """Risk band and sales at risk (trailing revenue x probability): what a row's own
+    probability and revenue give, whatever else is scored with it."""
+    return [
+        _risk_band(pl.col("churn_probability")).alias("risk_band"),
+        (pl.col(REVENUE_FEATURE).fill_null(0.0) * pl.col("churn_probability")).alias(
+            "sales_at_risk"
+        ),
+    ]
+
+
+REASON_COLUMNS = [
+    f"reason_{i}{suffix}"
+    for i in range(1, N_REASONS + 1)
+    for suffix in ("", "_meaning", "_value", "_contribution")
+]
+
+
+def explain(booster: xgb.Booster, feature_names: list[str], rows: pl.DataFrame) -> pl.DataFrame:
+    """Per row of `rows`, in order (with its keys when it has them): the N_REASONS features
+    pushing the risk up most (name, meaning, the seller's value, contribution to the
+    log-odds) and those reasons in words, the sentences filled from the row's features."""
+    reasons = _with_reasons_in_words(
+        top_reasons(booster, rows, feature_names, k=N_REASONS), rows
+    ).with_columns(_readable(f"reason_{i}") for i in range(1, N_REASONS + 1))
+    keys = [c for c in KEYS if c in reasons.columns]
+    return reasons.select(*keys, *REASON_COLUMNS, "reasons")
+
+
 def score_sellers(
     booster: xgb.Booster,
     feature_names: list[str],
@@ -270,44 +324,30 @@ def score_sellers(
 ) -> pl.DataFrame:
     """One row per seller and date: the model's score and its dense rank within the date
     (1 = riskiest; sellers tie only where their scores are equal), the churn probability
-    (the score mapped by `calibrator`, the one chosen by the backtest; the identity when
-    none is given, within [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] either way), risk
-    band, sales at risk (trailing-window revenue x probability), the model used and, for
-    medium and high risk and each date's largest sales at risk, the three features pushing
-    the risk up most (name, meaning, the seller's value, contribution) and those reasons in
-    words; the other rows' reasons are null. Reasons stay on the model's own log-odds."""
+    (`model_scores`), risk band, sales at risk (trailing-window revenue x probability), the
+    model used and, for medium and high risk and each date's largest sales at risk, the
+    three features pushing the risk up most (`explain`); the other rows' reasons are
+    null. Reasons stay on the model's own log-odds. The served model (`lib.ml.pyfunc`)
+    scores a row through the same `model_scores`, `per_seller_columns` and `explain`."""
     missing = [n for n in feature_names if n not in features.columns]
     if missing:
         raise ValueError(
             f"the model version {model_version} needs feature column(s) {missing[:5]} that "
             "the feature tables do not have; retrain the model on the current feature store"
         )
-    booster = booster.copy()
-    booster.set_param({"nthread": SCORING_THREADS})
-    raw = predict(booster, features, feature_names)
-    probability = pl.Series(
-        "churn_probability", (calibrator or Calibrator()).apply(raw), dtype=pl.Float64
-    )
-    at_risk = features.filter(_explained(features, probability))
-    reasons = _with_reasons_in_words(
-        top_reasons(booster, at_risk, feature_names, k=N_REASONS), at_risk
-    )
-    reason_columns = [_readable(f"reason_{i}") for i in range(1, N_REASONS + 1)]
+    booster = scoring_booster(booster)
+    scores = model_scores(booster, feature_names, features, calibrator)
+    at_risk = features.filter(_explained(features, scores.get_column("churn_probability")))
     return (
-        features.select(*KEYS, REVENUE_FEATURE)
-        .with_columns(probability, pl.Series("model_score", raw, dtype=pl.Float64))
-        .join(reasons, on=KEYS, how="left")
+        pl.concat([features.select(*KEYS, REVENUE_FEATURE), scores], how="horizontal")
+        .join(explain(booster, feature_names, at_risk), on=KEYS, how="left")
         .with_columns(
             pl.col("model_score")
             .rank(method="dense", descending=True)
             .over("reference_date")
             .cast(pl.Int64)
             .alias("risk_rank"),
-            _risk_band(pl.col("churn_probability")).alias("risk_band"),
-            (pl.col(REVENUE_FEATURE).fill_null(0.0) * pl.col("churn_probability")).alias(
-                "sales_at_risk"
-            ),
-            *reason_columns,
+            *per_seller_columns(),
             pl.lit(model_version).alias("model_version"),
             pl.lit(model_alias).alias("model_alias"),
             pl.lit(scored_at).cast(pl.Datetime("us")).alias("scored_at"),
@@ -321,16 +361,7 @@ def score_sellers(
             "risk_band",
             "trailing_revenue",
             "sales_at_risk",
-            *[
-                c
-                for i in range(1, N_REASONS + 1)
-                for c in (
-                    f"reason_{i}",
-                    f"reason_{i}_meaning",
-                    f"reason_{i}_value",
-                    f"reason_{i}_contribution",
-                )
-            ],
+            *REASON_COLUMNS,
             "reasons",
             "model_version",
             "model_alias",

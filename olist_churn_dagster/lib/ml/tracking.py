@@ -31,13 +31,14 @@ from olist_churn_dagster.lib.ml.model import (
     LOWER_IS_BETTER,
     ModelParams,
     TrainResult,
-    predict,
 )
 
 MODEL_NAME = "olist-seller-churn"
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT = "model"
 CALIBRATION_ARTIFACT = "calibration.json"
+# The packages the served model imports (`_pip_requirements`).
+_SERVED_PACKAGES = ("mlflow", "xgboost", "polars", "numpy", "pandas", "pyarrow", "duckdb")
 _URI_LOCK = threading.RLock()
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -211,12 +212,43 @@ def _write_artifacts(result: TrainResult, folder: Path) -> None:
 
 
 def _pip_requirements() -> list[str]:
-    # Given explicitly: MLflow would otherwise infer them by re-loading the model in a
-    # subprocess, which is slow and brings nothing here.
-    import mlflow
-    import xgboost as xgb
+    """What the served model imports (its code, `lib/`, imports DuckDB with the feature
+    catalogue). Given explicitly: MLflow would otherwise infer them by re-loading the model
+    in a subprocess, which is slow and brings nothing here."""
+    from importlib.metadata import version
 
-    return [f"xgboost=={xgb.__version__}", f"mlflow=={mlflow.__version__}"]
+    return [f"{name}=={version(name)}" for name in _SERVED_PACKAGES]
+
+
+def _log_pyfunc(result: TrainResult, calibrator: Calibrator) -> Any:
+    """Log the model as the pyfunc of `lib.ml.pyfunc` (booster, calibrator and feature list
+    as artifacts, the pure core as code, a signature and an input example) into the active
+    run, registered under MODEL_NAME; MLflow's ModelInfo."""
+    import mlflow.pyfunc
+
+    from olist_churn_dagster.lib.ml.pyfunc import (
+        ChurnModel,
+        code_package,
+        served_scores,
+        signature,
+        write_artifacts,
+    )
+
+    example = result.input_example
+    output = served_scores(result.booster, result.feature_names, calibrator, example)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        artifacts = write_artifacts(result.booster, result.feature_names, calibrator, folder)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=ChurnModel(),
+            artifacts=artifacts,
+            code_paths=[code_package(folder)],
+            signature=signature(result.feature_names, example.to_pandas(), output.to_pandas()),
+            input_example=example.to_pandas(),
+            registered_model_name=MODEL_NAME,
+            pip_requirements=_pip_requirements(),
+        )
 
 
 def provenance_params(
@@ -272,22 +304,19 @@ def log_and_register(
     tags: Mapping[str, str] | None = None,
     artifact_location: str | None = None,
     candidates: pl.DataFrame | None = None,
+    calibrator: Calibrator | None = None,
 ) -> RegisteredModelInfo:
     """Log one training result as a run (params, OOT and baseline metrics, plots, tables,
-    the model with signature and example) and register the model under MODEL_NAME.
+    the calibration map) and register the model under MODEL_NAME as a pyfunc carrying the
+    booster, `calibrator` (the identity when None) and the reason logic (`_log_pyfunc`).
     `extra_params` adds params (e.g. `provenance_params`); `candidates`, the tuning that
     chose the params, is logged as child runs (`_log_candidates`)."""
     import mlflow
-    import mlflow.xgboost
-    from mlflow.models import infer_signature
 
+    calibrator = calibrator or Calibrator()
     client = _client(tracking_uri)
     location = artifact_location or default_artifact_location(tracking_uri)
     experiment_id = _experiment_id(client, experiment, location)
-    example = result.input_example.to_pandas()
-    signature = infer_signature(
-        example, predict(result.booster, result.input_example, result.feature_names)
-    )
     with mlflow_uri(tracking_uri):
         nested = mlflow.active_run() is not None
         with mlflow.start_run(
@@ -301,16 +330,10 @@ def log_and_register(
             with tempfile.TemporaryDirectory() as tmp:
                 _write_artifacts(result, Path(tmp))
                 mlflow.log_artifacts(tmp)
-            info = mlflow.xgboost.log_model(
-                result.booster,
-                name=MODEL_ARTIFACT,
-                signature=signature,
-                input_example=example,
-                registered_model_name=MODEL_NAME,
-                pip_requirements=_pip_requirements(),
-                model_format="json",
-            )
+            mlflow.log_dict(calibrator.as_dict(), CALIBRATION_ARTIFACT)
+            info = _log_pyfunc(result, calibrator)
     version = str(info.registered_model_version)
+    client.set_model_version_tag(MODEL_NAME, version, "calibration", calibrator.method)
     client.set_model_version_tag(
         MODEL_NAME, version, "test_roc_auc", str(result.metrics["roc_auc"])
     )
@@ -385,30 +408,46 @@ def log_backtest(
 
 
 def load_model_version(tracking_uri: str, version: str) -> LoadedModel:
-    """Load one registered version of the churn model as an XGBoost booster."""
-    import mlflow.xgboost
+    """Load one registered version of the churn model: its booster, feature order and
+    calibrator, read from the pyfunc's artifacts (`lib.ml.pyfunc`) that `mlflow models
+    serve` loads too; a version registered before (an XGBoost model, its calibration map
+    beside it in the run) still loads."""
+    import mlflow.artifacts
 
     client = _client(tracking_uri)
     model_version = client.get_model_version(MODEL_NAME, str(version))
-    with mlflow_uri(tracking_uri):
-        booster = mlflow.xgboost.load_model(f"models:/{MODEL_NAME}/{model_version.version}")
-    if not booster.feature_names:
+    with tempfile.TemporaryDirectory() as tmp, mlflow_uri(tracking_uri):
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/{MODEL_NAME}/{model_version.version}", dst_path=tmp
+        )
+        booster, features, calibrator = _model_parts(local, tracking_uri, model_version.run_id)
+    if not features:
         raise ValueError(f"model version {version} was saved without feature names")
     return LoadedModel(
         booster=booster,
         version=str(model_version.version),
-        feature_names=list(booster.feature_names),
+        feature_names=features,
         run_id=model_version.run_id,
-        calibrator=load_calibrator(tracking_uri, model_version.run_id),
+        calibrator=calibrator,
     )
 
 
-def log_calibration(tracking_uri: str, run_id: str, version: str, calibrator: Calibrator) -> None:
-    """Store the calibration map beside the model (run artifact) and name it on the
-    version, so scoring applies exactly the map chosen at training time."""
-    client = _client(tracking_uri)
-    client.log_dict(run_id, calibrator.as_dict(), CALIBRATION_ARTIFACT)
-    client.set_model_version_tag(MODEL_NAME, version, "calibration", calibrator.method)
+def _model_parts(
+    local: str, tracking_uri: str, run_id: str | None
+) -> tuple[xgb.Booster, list[str], Calibrator]:
+    """Booster, features and calibrator of a downloaded model folder: from the pyfunc's
+    artifacts, or for an XGBoost-flavoured one the booster and the run's calibration map."""
+    import mlflow.xgboost
+    from mlflow.models import Model
+
+    from olist_churn_dagster.lib.ml.pyfunc import load_parts
+
+    flavor = Model.load(local).flavors.get("python_function", {})
+    saved = flavor.get("artifacts", {})
+    if saved:
+        return load_parts({name: str(Path(local) / a["path"]) for name, a in saved.items()})
+    booster = mlflow.xgboost.load_model(local)
+    return booster, list(booster.feature_names or []), load_calibrator(tracking_uri, run_id)
 
 
 def load_calibrator(tracking_uri: str, run_id: str | None) -> Calibrator:

@@ -17,6 +17,7 @@ from olist_churn_dagster.lib.ml.model import (
     train_churn_model,
 )
 from olist_churn_dagster.lib.ml.tracking import (
+    CALIBRATION_ARTIFACT,
     MODEL_NAME,
     NoChampionError,
     backtest_champion_gate,
@@ -24,7 +25,7 @@ from olist_churn_dagster.lib.ml.tracking import (
     load_champion,
     load_model_version,
     log_and_register,
-    log_calibration,
+    mlflow_uri,
     provenance_params,
     run_model_params,
 )
@@ -289,9 +290,34 @@ def test_backtest_gate_reruns_the_champion_recipe_on_the_same_cutoffs(store, res
         **common,
     )
     assert within.promoted  # 0.7967 >= 0.81 - 0.02
-    log_calibration(
-        store, versions["weak"].run_id, versions["weak"].model_version, Calibrator("platt", (2, 1))
+    platt = Calibrator("platt", (2.0, 2.0, 1.0))
+    calibrated = log_and_register(
+        results["weak"], tracking_uri=store, experiment="churn", calibrator=platt
     )
-    loaded = load_model_version(store, versions["weak"].model_version)
-    assert loaded.calibrator == Calibrator("platt", (2, 1))
+    assert load_model_version(store, calibrated.model_version).calibrator == platt
+    version = MlflowClient(tracking_uri=store).get_model_version(
+        MODEL_NAME, calibrated.model_version
+    )
+    assert version.tags["calibration"] == "platt"
     assert load_model_version(store, versions["good"].model_version).calibrator.method == "none"
+
+
+def test_a_version_registered_as_a_bare_booster_still_loads(store, results):
+    """Versions registered before the pyfunc: an XGBoost model, its calibration map a file
+    of its run."""
+    import mlflow.xgboost
+
+    result = results["weak"]
+    platt = Calibrator("platt", (2.0, 2.0, 1.0))
+    with mlflow_uri(store), mlflow.start_run() as run:
+        mlflow.log_dict(platt.as_dict(), CALIBRATION_ARTIFACT)
+        info = mlflow.xgboost.log_model(
+            result.booster, name="model", registered_model_name=MODEL_NAME, model_format="json"
+        )
+    loaded = load_model_version(store, str(info.registered_model_version))
+    assert loaded.calibrator == platt and loaded.run_id == run.info.run_id
+    assert loaded.feature_names == result.feature_names
+    np.testing.assert_array_equal(
+        predict(loaded.booster, result.input_example, loaded.feature_names),
+        predict(result.booster, result.input_example, result.feature_names),
+    )
