@@ -23,7 +23,19 @@ BACKTEST_VERSION = code_version(
     ["lib.ml.backtest", "lib.ml.model", "lib.ml.calibration"],
     cutoffs=_SETTINGS.backtest_cutoffs,
 )
-MODEL_VERSION = code_version(["lib.ml.model", "lib.ml.calibration", "lib.ml.backtest"])
+# The registered model carries the code it scores and explains with (`lib.ml.pyfunc`): a
+# change to that code marks the model stale, as a retrain brings it to the served model.
+MODEL_VERSION = code_version(
+    [
+        "lib.ml.model",
+        "lib.ml.calibration",
+        "lib.ml.backtest",
+        "lib.ml.tracking",
+        "lib.ml.pyfunc",
+        "lib.ml.scoring",
+        "lib.ml.catalogue",
+    ]
+)
 SCORES_VERSION = code_version(
     [
         "lib.ml.scoring",

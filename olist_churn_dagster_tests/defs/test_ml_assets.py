@@ -1,15 +1,26 @@
 """The model path end to end, in process: raw -> all feature partitions -> ABT -> model
 (MLflow run, registered version, champion) -> scores for recent partitions."""
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
+import polars.selectors as cs
 import pytest
 from mlflow import MlflowClient
 
@@ -20,9 +31,14 @@ from olist_churn_dagster.lib.ml.calibration import METHODS, PROBABILITY_FLOOR
 from olist_churn_dagster.lib.ml.labels import churn_labels
 from olist_churn_dagster.lib.ml.monitoring import realized_performance
 from olist_churn_dagster.lib.ml.scoring import EXPORT_COLUMNS
-from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME, champion_version
+from olist_churn_dagster.lib.ml.tracking import (
+    CHAMPION_ALIAS,
+    MODEL_NAME,
+    champion_version,
+    load_champion,
+)
 from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
-from olist_churn_dagster_tests.conftest import sensor_context
+from olist_churn_dagster_tests.conftest import free_port, sensor_context
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
 
@@ -580,6 +596,129 @@ def test_risk_digest_follows_the_scores_of_each_date(
             exported.height == digest.filter(pl.col("reference_date").cast(pl.String) == day).height
         )
     assert not any("digest" in a["title"] for a in read_alerts(settings.to_settings().alerts_file))
+
+
+@contextmanager
+def serving_champion(uri: str, log: Path) -> Iterator[str]:
+    """`mlflow models serve` of the champion on a free loopback port, as a user starts it
+    (the project's environment, no network); its base URL once /ping answers. Stopped (its
+    process group) on the way out."""
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        *("models", "serve", "-m", f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"),
+        *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"),
+    ]
+    # As in an activated environment: MLflow starts the server as `uvicorn` from PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"mlflow models serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no /ping answer in 180 s:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group `process` leads (a server and its workers), SIGKILL
+    after 20 s; a group already gone is fine."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def invoke(url: str, rows: pl.DataFrame) -> tuple[int, Any]:
+    """POST `rows` to /invocations as MLflow's `dataframe_split`: status and parsed body."""
+    body = json.dumps({"dataframe_split": {"columns": rows.columns, "data": rows.rows()}})
+    request = urllib.request.Request(
+        f"{url}/invocations", body.encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+SERVED_SELLERS = 50
+
+
+@pytest.mark.slow
+def test_the_served_champion_scores_50_sellers_as_the_score_table(
+    trained, definitions, data_dir: Path, tmp_path: Path
+):
+    """A real `mlflow models serve` of models:/...@champion, sent the feature rows of 50
+    sellers the table explains (riskiest first over the three newest dates), returns the
+    table's probability, model score, band, sales at risk and reasons for each; a row
+    without a feature is refused with the feature's name."""
+    from olist_churn_dagster.lib.features.store import read_feature_tables
+    from olist_churn_dagster.lib.ml.rhythm import model_frame
+
+    instance, keys, _ = trained
+    days = keys[-3:]
+    result = definitions.resolve_job_def("rescore_with_champion").execute_in_process(
+        instance=instance, tags=range_tags(days[0], days[-1])
+    )
+    assert result.success
+    uri = f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+    settings = definitions.resources["settings"]
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
+        table = conn.execute("SELECT * FROM ml.churn_scores").pl()
+        features = model_frame(
+            read_feature_tables(conn, [date.fromisoformat(d) for d in days]),
+            horizon_days=settings.churn_horizon_days,
+            window_days=settings.feature_window_days,
+        )
+    explained = table.filter(
+        pl.col("reference_date").cast(pl.String).is_in(days) & pl.col("reasons").is_not_null()
+    )
+    chosen = explained.sort("reference_date", "risk_rank", descending=[True, False])
+    chosen = chosen.head(SERVED_SELLERS)
+    assert chosen.height == SERVED_SELLERS
+    names = load_champion(uri).feature_names
+    rows = (
+        chosen.select(KEYS)
+        .join(features, on=KEYS, how="left", maintain_order="left")
+        .select(pl.col(KEYS).cast(pl.String), pl.col(names).cast(pl.Float64))
+    )
+    with serving_champion(uri, tmp_path / "serve.log") as url:
+        status, body = invoke(url, rows)
+        refused, error = invoke(url, rows.drop(names[0]))
+    assert status == 200, body
+    served = pl.DataFrame(body["predictions"], infer_schema_length=None).with_columns(
+        cs.float().fill_nan(None)  # JSON's NaN: the table's null
+    )
+    both = chosen.with_columns(pl.col(KEYS).cast(pl.String)).join(
+        served, on=KEYS, how="left", suffix="_served"
+    )
+    difference = (both["churn_probability"] - both["churn_probability_served"]).abs()
+    print(f"\n[serve] {both.height} sellers, max probability difference {difference.max()}")
+    assert difference.max() <= 1e-6
+    for column in ["model_score", "risk_band", "sales_at_risk"]:
+        assert both[column].equals(both[f"{column}_served"]), column
+    reasons = [c for c in served.columns if c.startswith("reason")]
+    for column in reasons:
+        assert both[column].equals(both[f"{column}_served"], check_dtypes=False), column
+    print(f"[serve] reasons equal for {both.height} of {SERVED_SELLERS}: {reasons}")
+    assert refused == 400 and names[0] in error["message"], error
 
 
 @pytest.mark.slow
