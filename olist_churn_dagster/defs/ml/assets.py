@@ -322,7 +322,9 @@ def _model_metadata(
     group_name=MODEL_GROUP,
     code_version=MODEL_VERSION,
     description="XGBoost churn model: trained on earlier cohorts, early-stopped on later "
-    "ones, tested out of time; logged and registered in MLflow, promoted to "
+    "ones, tested out of time; logged in MLflow and registered as a pyfunc that carries "
+    "its calibrator, feature list and reasons (`mlflow models serve` scores as ml/churn_scores "
+    "does), promoted to "
     f"'{CHAMPION_ALIAS}' only when its mean walk-forward backtest AUC is not worse than the "
     "current champion's recipe on the same cutoffs.",
     ins={"abt": dg.AssetIn(key=ABT_KEY), "backtest": dg.AssetIn(key=BACKTEST_KEY)},

@@ -22,6 +22,7 @@ from olist_churn_dagster.lib.ml.tracking import (
     NoChampionError,
     backtest_champion_gate,
     champion_version,
+    default_artifact_location,
     load_champion,
     load_model_version,
     log_and_register,
@@ -309,7 +310,12 @@ def test_a_version_registered_as_a_bare_booster_still_loads(store, results):
 
     result = results["weak"]
     platt = Calibrator("platt", (2.0, 2.0, 1.0))
-    with mlflow_uri(store), mlflow.start_run() as run:
+    # In an experiment of its own: the template store's default one keeps the artifact
+    # folder of the directory it was created in.
+    experiment = MlflowClient(tracking_uri=store).create_experiment(
+        "before-pyfunc", artifact_location=default_artifact_location(store)
+    )
+    with mlflow_uri(store), mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_dict(platt.as_dict(), CALIBRATION_ARTIFACT)
         info = mlflow.xgboost.log_model(
             result.booster, name="model", registered_model_name=MODEL_NAME, model_format="json"
