@@ -75,8 +75,9 @@ postgres:  ## PostgreSQL server binaries for the stack and its tests (Debian/Ubu
 	fi
 
 # The deployed stack on this machine (docs/deploy.md): Postgres, MLflow's server, the code
-# server, the Dagster webserver and daemon, each its own process; state, pids and logs in
-# $(STACK_DIR). Its input files are $(STACK_DIR)/raw (generated at SCALE unless present).
+# server, the Dagster webserver and daemon, each its own process under one supervisord that
+# restarts it when it dies; state and logs in $(STACK_DIR). Its input files are
+# $(STACK_DIR)/raw (generated at SCALE unless present).
 STACK_DIR ?= $(OLIST_CHURN_DATA_DIR)/stack
 STACK_WAREHOUSE ?= ducklake
 MLFLOW_PORT ?= 5000
@@ -91,7 +92,7 @@ stack: install postgres  ## start the deployed stack (UI on http://127.0.0.1:$(P
 stack-stop: install  ## stop every server of the stack
 	@$(UV) run --quiet olist-churn stack down --root $(STACK_DIR)
 
-stack-status: install  ## which servers of the stack run, and where
+stack-status: install  ## each server's state, pid, uptime and restarts, and where it answers
 	@$(UV) run --quiet olist-churn stack status --root $(STACK_DIR)
 
 test: install browser postgres  ## the whole test suite (CI runs this)

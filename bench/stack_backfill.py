@@ -113,10 +113,10 @@ def cpu_seconds(roots: Sequence[int]) -> float:
 
 
 def stack_roots(config: servers.StackConfig, extra: Sequence[int] = ()) -> list[int]:
-    """The pid of each server of the stack (Postgres's postmaster included), and `extra`."""
-    pids = [r.pid for name in servers.SERVICES if (r := servers.read_record(config, name))]
-    postmaster = (config.postgres_dir / "postmaster.pid").read_text().split()[0]
-    return [int(postmaster), *pids, *extra]
+    """supervisord's pid (every server of the stack, Postgres included, is its child) and
+    `extra`."""
+    supervisord = (config.supervisor.root / "supervisord.pid").read_text().split()[0]
+    return [int(supervisord), *extra]
 
 
 # --------------------------------------------------------------------------- GraphQL
@@ -171,7 +171,7 @@ def floor_code_server(config: servers.StackConfig, gql: GraphQL) -> Iterator[int
         "--location-name", FLOOR_LOCATION,
     ]  # fmt: skip
     # The environment the stack gives its own code server.
-    env = servers._environment(config, servers.code_location_settings(config))
+    env = servers.server_environment(config) | servers.code_location_settings(config)
     with servers.log_file(config, "floor_code_server").open("ab") as log:
         process = subprocess.Popen(
             command, cwd=config.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -200,22 +200,14 @@ def floor_code_server(config: servers.StackConfig, gql: GraphQL) -> Iterator[int
 
 
 def _set_postgres(config: servers.StackConfig, settings: dict[str, str]) -> None:
-    """Server settings written with ALTER SYSTEM, in force from the stack's start on."""
+    """Server settings in the data folder's `postgresql.auto.conf` (as ALTER SYSTEM writes
+    them), in force from the stack's start on."""
     if not settings:
         return
-    import psycopg2
-
-    servers.start_postgres(config)
-    try:
-        conn = psycopg2.connect(
-            config.postgres.libpq("postgres"), password=config.postgres.password
-        )
-        conn.autocommit = True
-        with contextlib.closing(conn):
-            for name, value in settings.items():
-                conn.cursor().execute(f"ALTER SYSTEM SET {name} = %s", (value,))
-    finally:
-        postgres.stop(config.postgres_dir)
+    postgres.prepare(config.postgres_dir, servers.postgres_password(config))
+    lines = "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+    with (config.postgres_dir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(lines)
 
 
 def stack_paths(

@@ -233,10 +233,6 @@ def prepare(
     done: list[str] = []
     log_file = log_file or log_path(settings)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
-    file_handler.setFormatter(
-        logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S")
-    )
     progress = StepProgress(log)
 
     def step(name: str, is_done: Callable[[], bool], job_name: str, **kwargs) -> None:
@@ -246,19 +242,32 @@ def prepare(
         log(f"{name}: running job {job_name}")
         progress.restart()
         # What libraries print to stderr during the run (MLflow's store setup and model
-        # registration, warnings) joins Dagster's events in the log file.
-        with contextlib.redirect_stderr(file_handler.stream):
-            _run(defs, instance, job_name, [file_handler], progress, **kwargs)
+        # registration, warnings) joins Dagster's events in the log file, through a file
+        # of its own: Dagster closes its loggers' handlers when a run starts.
+        handler = _log_file_handler(log_file)
+        with (
+            open(log_file, "a", encoding="utf-8", buffering=1) as stderr,
+            contextlib.redirect_stderr(stderr),
+        ):
+            try:
+                _run(defs, instance, job_name, [handler], progress, **kwargs)
+            finally:
+                handler.close()
         passed = progress.checks_passed
         checks = f", {passed} check{'s' * (passed != 1)} passed" if passed else ""
         log(f"{name}: done in {progress.elapsed():.1f} s{checks}")
         done.append(name)
 
-    try:
-        _steps(settings, instance, step)
-    finally:
-        file_handler.close()
+    _steps(settings, instance, step)
     return done
+
+
+def _log_file_handler(log_file: Path) -> logging.FileHandler:
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    return handler
 
 
 def _steps(settings: Settings, instance: dg.DagsterInstance, step: Callable[..., None]) -> None:

@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from olist_churn_dagster.generator.sellers import DYNAMICS
@@ -103,7 +103,7 @@ FEATURES_DOC = Path("docs") / "features.md"
 
 
 def _catalogue(args: argparse.Namespace) -> None:
-    from olist_churn_dagster.lib.features import catalogue_markdown
+    from olist_churn_dagster.lib.ml.catalogue import catalogue_markdown
 
     if args.write:
         args.write.write_text(
@@ -140,8 +140,11 @@ def _stack(args: argparse.Namespace) -> None:
             servers.down(root, log=lambda line: print(line, flush=True))
         else:
             states = servers.status(root)
-            for state in states:
-                print(f"{state.name:<12} {'up' if state.running else 'DOWN':<5} {state.detail}")
+            print(f"{'server':<12} {'state':<9} {'pid':>7} {'uptime':>9} {'restarts':>8}  where")
+            for s in states:
+                uptime = str(timedelta(seconds=round(s.uptime))) if s.pid else "-"
+                pid = s.pid or "-"
+                print(f"{s.name:<12} {s.state:<9} {pid:>7} {uptime:>9} {s.restarts:>8}  {s.detail}")
             if not all(state.running for state in states):
                 raise SystemExit(1)
     except (servers.StackError, PostgresError) as exc:
@@ -212,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     catalogue.set_defaults(func=_catalogue)
 
     stack = commands.add_parser(
-        "stack", help="the deployed stack on this machine: Postgres, Dagster servers, MLflow"
+        "stack",
+        help="the deployed stack on this machine, under supervisord: Postgres, Dagster servers, "
+        "MLflow",
     )
     stack.add_argument("action", choices=("up", "down", "status"))
     stack.add_argument(

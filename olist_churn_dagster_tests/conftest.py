@@ -20,14 +20,6 @@ REPO_ROOT = TESTS_DIR.parent
 REAL_DIR = REPO_ROOT.parent / "shared" / "olist-real"
 
 
-def read_alerts(alerts_file: Path) -> list[dict]:
-    """The alerts on file (one JSON object a line), oldest first; an absent file: none."""
-    if not alerts_file.exists():
-        return []
-    lines = alerts_file.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 DEMO_SCALE = 0.08
 DEMO_SEED = 7
 DEMO_END = date.today() - timedelta(days=1)

@@ -100,3 +100,15 @@ def test_prepare_builds_everything_quietly_then_skips_it(tmp_path: Path, demo_ra
         "already prepared",
     ]
     assert again.stdout.count("already there") == 4
+
+    # The model store lost (the tables kept): prepare trains again, as its first job.
+    shutil.rmtree(data / "mlflow")
+    retrained = _prepare(data)
+
+    assert retrained.returncode == 0, retrained.stderr
+    assert retrained.stdout.splitlines()[:3] == [
+        "raw tables: already there",
+        next(line for line in retrained.stdout.splitlines() if line.startswith("feature store")),
+        "ABT, backtest and champion model: running job train_churn_model",
+    ]
+    assert not retrained.stderr.strip(), retrained.stderr

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from olist_churn_dagster.cli import FEATURES_DOC, main, replace_section
-from olist_churn_dagster.lib.features import catalogue_markdown
+from olist_churn_dagster.lib.ml.catalogue import catalogue_markdown
 from olist_churn_dagster_tests.conftest import REPO_ROOT
 
 

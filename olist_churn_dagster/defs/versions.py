@@ -25,6 +25,13 @@ BACKTEST_VERSION = code_version(
 )
 MODEL_VERSION = code_version(["lib.ml.model", "lib.ml.calibration", "lib.ml.backtest"])
 SCORES_VERSION = code_version(
-    ["lib.ml.scoring", "lib.ml.rhythm", "lib.ml.treeshap", "lib.ml.calibration"], **_WINDOW
+    [
+        "lib.ml.scoring",
+        "lib.ml.catalogue",
+        "lib.ml.rhythm",
+        "lib.ml.treeshap",
+        "lib.ml.calibration",
+    ],
+    **_WINDOW,
 )
 DIGEST_VERSION = code_version(["lib.ml.digest", "lib.ml.scoring"])

@@ -28,6 +28,7 @@ from olist_churn_dagster.generator.sellers import (
     DYNAMICS,
     Dynamics,
     Sellers,
+    Shift,
     demand_curve,
     draw_sellers,
     sale_events,
@@ -156,10 +157,16 @@ def _world(
     scale: float,
     ref: gx.Reference,
     dynamics: Dynamics,
+    shift: Shift | None = None,
 ) -> _World:
     """Sellers, who sold when, order statuses, and where customers and sellers are."""
-    sellers = draw_sellers(rngs["sellers"], seller_count(n_days, scale), n_days, dynamics)
-    seller_of, day = sale_events(rngs["sales"], sellers, demand_curve(start, n_days, scale))
+    demand = demand_curve(start, n_days, scale)
+    on = None
+    if shift is not None:
+        on = ((shift.on - start).days, shift)
+        demand[max(on[0], 0) :] *= shift.demand
+    sellers = draw_sellers(rngs["sellers"], seller_count(n_days, scale), n_days, dynamics, on)
+    seller_of, day = sale_events(rngs["sales"], sellers, demand)
     purchase = go.purchase_seconds(rngs["orders"], day)
     by_time = np.argsort(purchase, kind="stable")
     seller_of, day, purchase = seller_of[by_time], day[by_time], purchase[by_time]
@@ -241,8 +248,10 @@ def build_tables(
     end: date,
     ref: gx.Reference,
     dynamics: str = "default",
+    shift: Shift | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """The nine tables of the synthetic marketplace, in schema column order."""
+    """The nine tables of the synthetic marketplace, in schema column order; `shift`
+    changes the sellers' dynamics from its date on."""
     if scale <= 0:
         raise ValueError(f"generator scale must be positive, got {scale}")
     if dynamics not in DYNAMICS:
@@ -251,7 +260,7 @@ def build_tables(
     rngs = _streams(seed)
     n_days = (end - start).days + 1
     epoch, snapshot = (start - date(1970, 1, 1)).days * DAY, n_days * DAY
-    w = _world(rngs, start, n_days, scale, ref, dyn)
+    w = _world(rngs, start, n_days, scale, ref, dyn, shift)
     n, ids = len(w.seller_of), rngs["ids"]
     order_ids, customer_ids = hex_ids(ids, n), hex_ids(ids, n)
     seller_ids = hex_ids(ids, len(w.sellers))
@@ -391,20 +400,28 @@ def generate_dataset(
     end: date | None = None,
     real_dir: Path | None = None,
     dynamics: str = "default",
+    shift: Shift | None = None,
 ) -> dict[str, int]:
     """Writes the nine Kaggle CSV files into out_dir; returns row counts per table name.
 
     Scale 1 over the default ~25-month span is about the size of the real dataset; a
     longer span keeps adding orders at the mature market's daily rate. `dynamics` names a
-    preset of `sellers.DYNAMICS` (what drives churn and how abruptly it comes).
+    preset of `sellers.DYNAMICS` (what drives churn and how abruptly it comes); `shift`
+    changes it from a date on (`sellers.Shift`).
     """
-    tables = _marketplace(scale, seed, *resolve_span(start, end), real_dir, dynamics)
+    tables = _marketplace(scale, seed, *resolve_span(start, end), real_dir, dynamics, shift)
     write_tables(Path(out_dir), tables)
     return {name: df.height for name, df in tables.items()}
 
 
 def _marketplace(
-    scale: float, seed: int, start: date, end: date, real_dir: Path | None, dynamics: str
+    scale: float,
+    seed: int,
+    start: date,
+    end: date,
+    real_dir: Path | None,
+    dynamics: str,
+    shift: Shift | None = None,
 ) -> dict[str, pl.DataFrame]:
     return build_tables(
         scale=scale,
@@ -413,6 +430,7 @@ def _marketplace(
         end=end,
         ref=load_reference(real_dir),
         dynamics=dynamics,
+        shift=shift,
     )
 
 
@@ -427,6 +445,7 @@ def generate_demo_feed(
     end: date | None = None,
     real_dir: Path | None = None,
     dynamics: str = "default",
+    shift: Shift | None = None,
 ) -> tuple[date, dict[str, int]]:
     """The demo's export and the feed that follows it, from one marketplace.
 
@@ -443,7 +462,7 @@ def generate_demo_feed(
     as_of = end + timedelta(days=1 - feed_days)
     if as_of <= start:
         raise ValueError(f"a feed of {feed_days} days leaves nothing before it in {start}..{end}")
-    tables = _marketplace(scale, seed, start, end, real_dir, dynamics)
+    tables = _marketplace(scale, seed, start, end, real_dir, dynamics, shift)
     write_tables(Path(feed_dir), tables)
     _write_export(cut_as_of(tables, as_of), Path(raw_dir), as_of)
     return as_of, {name: df.height for name, df in tables.items()}

@@ -63,6 +63,19 @@ DYNAMICS = {
 
 
 @dataclass(frozen=True)
+class Shift:
+    """A change of seller dynamics on a date, for checking that monitoring sees one: the
+    market's demand becomes `demand` times what it was (every seller sells less), and
+    every seller still in business (or entering later) exits `hazard` times sooner: its
+    remaining life is divided by `hazard`, as a constant hazard that many times higher
+    would make it."""
+
+    on: date
+    demand: float = 0.35
+    hazard: float = 1.0
+
+
+@dataclass(frozen=True)
 class Sellers:
     """Per-seller traits (arrays of equal length) that drive sales, service and churn."""
 
@@ -148,10 +161,22 @@ def _exit_age(rng: np.random.Generator, log_hazard: np.ndarray) -> np.ndarray:
     return np.minimum(late_part, early_part)
 
 
+def _shifted(entry: np.ndarray, exit_day: np.ndarray, day: int, hazard: float) -> np.ndarray:
+    """Exit days once exits come `hazard` times sooner from `day` on (see `Shift`)."""
+    start = np.maximum(entry, day)
+    sooner = start + np.ceil((exit_day - start) / hazard)
+    return np.where(exit_day >= start, sooner, exit_day)
+
+
 def draw_sellers(
-    rng: np.random.Generator, n: int, n_days: int, dynamics: Dynamics | None = None
+    rng: np.random.Generator,
+    n: int,
+    n_days: int,
+    dynamics: Dynamics | None = None,
+    shift: tuple[int, Shift] | None = None,
 ) -> Sellers:
-    """Seller traits, entry days and exit days (exit depends on the traits)."""
+    """Seller traits, entry days and exit days (exit depends on the traits); `shift`, a
+    change of dynamics from a day of the span on (the day's index and the change)."""
     dyn = dynamics or Dynamics()
     t = np.arange(n_days, dtype=np.float64)
     founders = rng.random(n) < 0.07
@@ -177,6 +202,8 @@ def draw_sellers(
         - dyn.size * np.log(size)
     )
     exit_day = entry + np.ceil(_exit_age(rng, log_hazard))
+    if shift is not None:
+        exit_day = _shifted(entry, exit_day, shift[0], shift[1].hazard)
     exit_day = np.where(regular | (exit_day >= n_days), _NO_EXIT, exit_day).astype(np.int64)
     return Sellers(
         entry=entry.astype(np.int64),

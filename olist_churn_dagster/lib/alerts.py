@@ -1,5 +1,5 @@
-"""Alerts for operators: failed runs, refused snapshots and scores that missed their
-deadline.
+"""Alerts for operators: failed runs, refused snapshots, scores that missed their
+deadline and scored sellers that drifted from the training data.
 
 Every alert is appended to a JSON-lines file under the data directory (the record that
 survives), and posted to a chat webhook when one is configured (off by default). The same
@@ -18,7 +18,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # "run_failure", "scores_stale" or "snapshot_refused"
+    kind: str  # "run_failure", "scores_stale", "feed_late", "snapshot_refused" or "drift"
     title: str
     detail: str
     fields: dict[str, str] = field(default_factory=dict)
@@ -54,6 +54,24 @@ def post_to_webhook(webhook_url: str, text: str, *, what: str = "the message") -
     except (urllib.error.URLError, OSError) as exc:
         return f"webhook {webhook_url} did not take {what}: {exc}"
     return None
+
+
+def read_alerts(alerts_file: Path) -> list[dict]:
+    """The alerts on file, oldest first (an absent file: none)."""
+    if not alerts_file.exists():
+        return []
+    lines = alerts_file.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def alerted(alerts_file: Path, kind: str, field_name: str) -> set[str]:
+    """The values of `field_name` among the alerts of `kind` on file: what has been
+    alerted already, for alerts raised once per date (or per anything else)."""
+    return {
+        a["fields"][field_name]
+        for a in read_alerts(alerts_file)
+        if a.get("kind") == kind and field_name in a.get("fields", {})
+    }
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """Code versions of the assets: what their rows depend on, so that Dagster marks the
-materialized partitions stale when it changes (a feature family's code, the window)."""
+materialized partitions stale when it changes (a feature family's code, the window); and
+what a training run records to be reproduced (the code's commit, the catalogue's hash)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
-from collections.abc import Sequence
+import json
+import subprocess
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 PACKAGE = "olist_churn_dagster"
@@ -31,3 +35,34 @@ def feature_code_version(family: str, *, window_days: int, horizon_days: int) ->
     modules = ["lib.features", "lib.features.engine", "lib.features.incremental"]
     modules += ["lib.features.families.common", f"lib.features.families.{family}", "lib.sales"]
     return code_version(modules, window_days=window_days, horizon_days=horizon_days)
+
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """The commit checked out where the code lives (`folder`, by default the package's),
+    with `-dirty` when tracked files differ from it; None without git, or outside a
+    repository (an installed package): a training run records it when there is one."""
+    cwd = folder or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit}-dirty" if changed else commit
+
+
+def catalogue_hash(specs: Iterable[object]) -> str:
+    """SHA-256 of a feature catalogue (dataclass entries, in order, every field): two
+    models trained on the same catalogue hash alike; a renamed, added or redefined
+    feature changes it."""
+    entries = [dataclasses.asdict(spec) for spec in specs]  # type: ignore[call-overload]
+    text = json.dumps(entries, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

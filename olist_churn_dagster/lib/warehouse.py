@@ -422,7 +422,10 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
 def _add_missing_columns(
     conn: duckdb.DuckDBPyConnection, schema: str, table: str, incoming: list[tuple[str, str]]
 ) -> None:
-    """Adds the `incoming` (name, DuckDB type) columns that the table lacks."""
+    """Adds the `incoming` (name, DuckDB type) columns that the table lacks, as nulls in
+    the rows it has. By rewriting the table, not by ALTER TABLE: the caller has usually
+    deleted the partition's rows in the same transaction, and DuckDB refuses to commit an
+    ALTER TABLE after a DELETE from the table. Only when the schema grew, so rarely."""
     existing = {
         r[0]
         for r in conn.execute(
@@ -431,9 +434,14 @@ def _add_missing_columns(
             f"AND table_name = {sql_text(table)}"
         ).fetchall()
     }
-    for name, duck_type in incoming:
-        if name not in existing:
-            conn.execute(f'ALTER TABLE "{schema}"."{table}" ADD COLUMN "{name}" {duck_type}')
+    added = [
+        f'NULL::{duck_type} AS "{name}"' for name, duck_type in incoming if name not in existing
+    ]
+    if added:
+        target = f'"{schema}"."{table}"'
+        conn.execute(
+            f"CREATE OR REPLACE TABLE {target} AS SELECT *, {', '.join(added)} FROM {target}"
+        )
 
 
 def read_tables(

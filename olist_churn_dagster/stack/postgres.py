@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -186,21 +187,44 @@ def _check_password_auth(data_dir: Path) -> None:
         )
 
 
-def start(data_dir: Path, port: int, password: str) -> PostgresServer:
-    """Initialise `data_dir` if empty, its superuser with `password`, and start a server
-    on 127.0.0.1:`port` (idempotent). `password` must be the one the folder was made with."""
-    data_dir = data_dir.resolve()
-    binaries = bin_dir()
-    server = PostgresServer(data_dir=data_dir, port=port, password=password)
+def prepare(data_dir: Path, password: str) -> None:
+    """Initialise `data_dir` if empty, its superuser with `password`; refuse a folder that
+    lets connections in without one."""
     if not (data_dir / "PG_VERSION").exists():
         _initdb(data_dir, password)
     _check_password_auth(data_dir)
+
+
+def server_options(data_dir: Path, port: int) -> list[str]:
+    """The server's options: 127.0.0.1:`port` and the socket in its folder."""
+    return [
+        *("-p", str(port), "-k", str(data_dir)),
+        *("-c", f"listen_addresses={HOST}", "-c", "max_connections=200"),
+    ]
+
+
+def server_command(data_dir: Path, port: int) -> list[str]:
+    """The server in the foreground (for a process supervisor), logging to stderr."""
+    return [str(bin_dir() / "postgres"), "-D", str(data_dir), *server_options(data_dir, port)]
+
+
+def accepting(port: int) -> bool:
+    """Whether a server on 127.0.0.1:`port` accepts connections (`pg_isready`)."""
+    command = [str(bin_dir() / "pg_isready"), "-q", "-h", HOST, "-p", str(port)]
+    return subprocess.run(command, check=False, timeout=30).returncode == 0
+
+
+def start(data_dir: Path, port: int, password: str) -> PostgresServer:
+    """Prepare `data_dir` (see `prepare`) and start a server on 127.0.0.1:`port` in the
+    background with `pg_ctl` (idempotent). `password` must be the folder's."""
+    data_dir = data_dir.resolve()
+    server = PostgresServer(data_dir=data_dir, port=port, password=password)
+    prepare(data_dir, password)
     if is_running(data_dir):
         return server
-    options = f"-p {port} -k {data_dir} -c listen_addresses={HOST} -c max_connections=200"
     _run(
         [
-            str(binaries / "pg_ctl"),
+            str(bin_dir() / "pg_ctl"),
             "start",
             "-w",
             "-t",
@@ -210,7 +234,7 @@ def start(data_dir: Path, port: int, password: str) -> PostgresServer:
             "-l",
             str(data_dir / "server.log"),
             "-o",
-            options,
+            shlex.join(server_options(data_dir, port)),
         ],
         f"starting Postgres on port {port} (log: {data_dir / 'server.log'})",
     )

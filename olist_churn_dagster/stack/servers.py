@@ -6,14 +6,17 @@ instance, MLflow's backend store, the DuckLake catalog), MLflow's tracking serve
 its artifacts, the code location as a gRPC code server, and the Dagster webserver and
 daemon reaching it over gRPC. Runs are started by the default run launcher, as
 subprocesses of the code server, where the container launchers would start a container.
+Every server is a program of one supervisord (see `supervision.py`), which restarts it
+when it dies; `up` starts them in order, each once the one before answers.
 
 Layout of the stack folder (`data/stack` for `make stack`), which is also the code
 location's data directory (`OLIST_CHURN_DATA_DIR`):
 
     stack.json      ports and warehouse of the running stack (read by `down`, `status`)
     secrets/postgres_password   the Postgres password (mode 0600; see `postgres_password`)
-    pids/, logs/    a pid file and a log per server
-    postgres/       the Postgres data folder (its own log: postgres/server.log)
+    supervisord.conf, supervisor.sock   the supervisord that runs every server (supervision.py)
+    logs/           supervisord's log and one rotated log per server
+    postgres/       the Postgres data folder
     dagster_home/   dagster.yaml (derived from deploy/dagster.yaml), workspace.yaml
     mlartifacts/    MLflow's artifacts, read and written through its server
     lake/           a DuckLake warehouse's Parquet files (its catalog is in Postgres)
@@ -23,23 +26,21 @@ location's data directory (`OLIST_CHURN_DATA_DIR`):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from olist_churn_dagster.stack import postgres
+from olist_churn_dagster.stack import postgres, supervision
 
 T = TypeVar("T")
 
@@ -69,8 +70,13 @@ MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 EVENT_BATCH_SIZE = "1000"
 
-# The processes besides Postgres, in start order (stopped in reverse).
-SERVICES = ("mlflow", "code_server", "webserver", "daemon")
+# A backfill whose code location cannot be loaded (the code server restarting) skips the
+# daemon's iteration and resumes when it is back, instead of failing and cancelling its
+# runs (dagster-io/dagster#18640; the variable is read by Dagster's backfill daemon).
+DAEMON_ENV = {"DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR": "1"}
+
+# The servers, in start order (stopped in reverse).
+SERVICES = ("postgres", "mlflow", "code_server", "webserver", "daemon")
 # `duckdb`: one file, one writer process at a time; `ducklake`: catalog in Postgres,
 # Parquet files under lake/, several writer processes.
 WAREHOUSES = ("duckdb", "ducklake")
@@ -138,8 +144,8 @@ class StackConfig:
         return self.root / "logs"
 
     @property
-    def pids_dir(self) -> Path:
-        return self.root / "pids"
+    def supervisor(self) -> supervision.Supervisor:
+        return supervision.Supervisor(root=self.root, logs_dir=self.logs_dir)
 
     @property
     def password_file(self) -> Path:
@@ -231,11 +237,22 @@ POOLED_STORAGE = {
 }
 
 
+# The default run launcher cannot check or resume a run worker: run monitoring fails a run
+# that never started (its launch lost with a daemon, say) after start_timeout_seconds, and
+# run retries start it again.
+RUN_MONITORING = {
+    "start_timeout_seconds": 180,
+    "poll_interval_seconds": 5,
+    "max_resume_run_attempts": 0,
+}
+
+
 def instance_config(config: StackConfig) -> dict[str, Any]:
     """The deployment's instance file with what differs here: storage on the local
     Postgres (its password read from `PGPASSWORD` when the instance loads) through pooled
     connections, the default run launcher (a run is a subprocess of the code server, not a
-    container), compute logs in the stack folder, and the pool the warehouse allows."""
+    container) and the run monitoring it allows, compute logs in the stack folder, and the
+    pool the warehouse allows."""
     try:
         instance = yaml.safe_load(DEPLOY_INSTANCE.read_text())
     except FileNotFoundError:
@@ -251,6 +268,7 @@ def instance_config(config: StackConfig) -> dict[str, Any]:
         "custom": {**POOLED_STORAGE, "config": {"postgres_db": database}},
     }
     instance.pop("run_launcher", None)
+    instance["run_monitoring"] = {**instance["run_monitoring"], **RUN_MONITORING}
     instance["compute_logs"]["config"]["base_dir"] = str(config.dagster_home / "compute_logs")
     instance["concurrency"]["pools"]["default_limit"] = config.pool_limit
     return instance
@@ -274,10 +292,11 @@ def code_location_settings(config: StackConfig) -> dict[str, str]:
     }
 
 
-def _environment(config: StackConfig, extra: Mapping[str, str]) -> dict[str, str]:
-    """A server's environment: the caller's, the stack's settings, Dagster's event batch
-    size and the Postgres password as `PGPASSWORD` (Dagster's instance references it; libpq
-    in MLflow and DuckDB reads it)."""
+def server_environment(config: StackConfig) -> dict[str, str]:
+    """supervisord's environment, which every server inherits: the caller's, the Dagster
+    home, Dagster's event batch size and the Postgres password as `PGPASSWORD` (Dagster's
+    instance references it; libpq in MLflow and DuckDB reads it). Only here: never in
+    supervisord.conf."""
     env = {k: v for k, v in os.environ.items() if k not in (*OWNED_SETTINGS, PASSWORD_ENV)}
     env.pop("VIRTUAL_ENV", None)
     bin_dir = str(Path(sys.executable).parent)
@@ -287,7 +306,6 @@ def _environment(config: StackConfig, extra: Mapping[str, str]) -> dict[str, str
         PYTHONUNBUFFERED="1",
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         **config.postgres.client_env,
-        **extra,
     )
     return env
 
@@ -298,6 +316,7 @@ def commands(config: StackConfig) -> dict[str, list[str]]:
     workspace = str(config.dagster_home / "workspace.yaml")
     ports = config.ports
     return {
+        "postgres": postgres.server_command(config.postgres_dir, ports.postgres),
         "mlflow": [
             str(bin_dir / "mlflow"),
             "server",
@@ -341,108 +360,32 @@ def commands(config: StackConfig) -> dict[str, list[str]]:
     }
 
 
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class ProcessRecord:
-    """A started server: its pid (also its process group) and when it started, so that a
-    recycled pid is never taken for it."""
-
-    pid: int
-    started: int  # clock ticks after boot, field 22 of /proc/<pid>/stat
-
-    def alive(self) -> bool:
-        stat = _proc_stat(self.pid)
-        return stat is not None and stat[2] == self.started and stat[0] != "Z"
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, process group, start time) of a live process, None if there is none."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()
-    return fields[0], int(fields[2]), int(fields[19])
-
-
-def _group_members(record: ProcessRecord) -> list[int]:
-    """Live processes of the server's process group started no earlier than it."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _proc_stat(int(entry.name))
-        if stat and stat[1] == record.pid and stat[2] >= record.started and stat[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _pid_file(config: StackConfig, name: str) -> Path:
-    return config.pids_dir / f"{name}.pid"
+def programs(config: StackConfig) -> list[supervision.Program]:
+    """The servers as supervisord's programs, in start order, with the settings each adds
+    to the shared environment (none of them secret)."""
+    cmd = commands(config)
+    extra = {
+        "mlflow": MLFLOW_ENV,
+        "code_server": code_location_settings(config),
+        "daemon": DAEMON_ENV,
+    }
+    found = [
+        supervision.Program(name, cmd[name], priority=10 * (i + 1), environment=extra.get(name, {}))
+        for i, name in enumerate(SERVICES)
+    ]
+    # Postgres ends its own children; SIGINT is its fast shutdown (sessions ended). As root
+    # it runs as the `postgres` user, as pg_ctl would.
+    found[0] = replace(
+        found[0],
+        stop_signal="INT",
+        stop_as_group=False,
+        user=postgres.SUPERUSER if os.geteuid() == 0 else None,
+    )
+    return found
 
 
 def log_file(config: StackConfig, name: str) -> Path:
-    return config.logs_dir / f"{name}.log"
-
-
-def read_record(config: StackConfig, name: str) -> ProcessRecord | None:
-    try:
-        pid, started = _pid_file(config, name).read_text().split()
-    except (OSError, ValueError):
-        return None
-    return ProcessRecord(int(pid), int(started))
-
-
-def _spawn(config: StackConfig, name: str, command: list[str], env: Mapping[str, str]) -> None:
-    import subprocess
-
-    log = log_file(config, name)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=config.root,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopping it reaches every child
-        )
-    stat = _proc_stat(process.pid)
-    if stat is None:
-        raise StackError(f"{name} exited at once: see {log}")
-    _pid_file(config, name).write_text(f"{process.pid} {stat[2]}\n")
-
-
-def _stop_group(record: ProcessRecord, grace: float) -> bool:
-    """SIGTERM the group, SIGKILL what is left after `grace` s. True if the leader lived."""
-    leader_alive = record.alive()
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        members = _group_members(record)
-        if not members:
-            break
-        if leader_alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record.pid, sig)
-        else:  # the leader died: signal its orphans one by one (its pid may be reused)
-            for pid in members:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while _group_members(record) and time.monotonic() < deadline:
-            _reap(record.pid)
-            time.sleep(0.2)
-    _reap(record.pid)
-    if _group_members(record):
-        raise StackError(f"process group {record.pid} survived SIGKILL")
-    return leader_alive
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status of a server started by this very process (tests)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    return config.supervisor.program_log(name)
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -511,7 +454,9 @@ WORKSPACE_QUERY = """
 """
 
 DAEMONS_QUERY = """
-{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+{ instance { daemonHealth { allDaemonStatuses {
+    daemonType required healthy lastHeartbeatTime
+} } } }
 """
 
 
@@ -536,15 +481,17 @@ def location_state(config: StackConfig) -> str | None:
     return "LOADED" if states == {"LOADED"} else None
 
 
-def unhealthy_daemons(config: StackConfig) -> list[str] | None:
-    """The required daemons without a recent heartbeat (None: the webserver did not answer)."""
+def daemons_beating_since(config: StackConfig, since: float) -> list[str] | None:
+    """The required daemons once every one is healthy with a heartbeat after `since` (a
+    Unix time); None until then or while the webserver does not answer. Dagster calls a
+    daemon healthy for 30 minutes after its last heartbeat: a dead one looks alive."""
     try:
         health = graphql(config, DAEMONS_QUERY)["instance"]["daemonHealth"]
     except (OSError, urllib.error.URLError):
         return None
-    return sorted(
-        s["daemonType"] for s in health["allDaemonStatuses"] if s["required"] and not s["healthy"]
-    )
+    required = [s for s in health["allDaemonStatuses"] if s["required"]]
+    fresh = all(s["healthy"] and (s["lastHeartbeatTime"] or 0) > since for s in required)
+    return sorted(s["daemonType"] for s in required) if fresh else None
 
 
 # --------------------------------------------------------------------------- up, down, status
@@ -560,15 +507,18 @@ def _check_ports_free(config: StackConfig) -> None:
 
 
 def running_services(config: StackConfig) -> list[str]:
-    alive = [name for name in SERVICES if (r := read_record(config, name)) and r.alive()]
-    if postgres.is_running(config.postgres_dir):
-        alive.insert(0, "postgres")
-    return alive
+    """The servers supervisord of `config.root` runs or is starting."""
+    return [
+        name
+        for name, state in supervision.states(config.supervisor).items()
+        if state.state not in supervision.STOPPED_STATES
+    ]
 
 
 def write_configuration(config: StackConfig) -> None:
-    """The stack folder, DAGSTER_HOME's dagster.yaml and workspace.yaml, stack.json."""
-    for folder in (config.dagster_home, config.artifacts_dir, config.logs_dir, config.pids_dir):
+    """The stack folder, DAGSTER_HOME's dagster.yaml and workspace.yaml, supervisord.conf,
+    stack.json."""
+    for folder in (config.dagster_home, config.artifacts_dir, config.logs_dir):
         folder.mkdir(parents=True, exist_ok=True)
     (config.dagster_home / "dagster.yaml").write_text(
         "# Written by `olist-churn stack up` from deploy/dagster.yaml (olist_churn_dagster/"
@@ -577,32 +527,44 @@ def write_configuration(config: StackConfig) -> None:
     (config.dagster_home / "workspace.yaml").write_text(
         yaml.safe_dump(workspace_config(config), sort_keys=False)
     )
+    supervision.write(config.supervisor, programs(config))
     save_state(config)
 
 
 def up(config: StackConfig, *, timeout: float = 180.0, log: Callable[[str], None] = print) -> None:
-    """Start every server and wait until each answers; on failure stop what started."""
+    """Start supervisord, then every server in order, each once the one before answers;
+    on failure stop everything."""
     config.root.mkdir(parents=True, exist_ok=True)
-    if (config.root / STATE_FILE).exists():
-        already = running_services(load_state(config.root))
-        if already:
-            raise StackError(
-                f"a stack already runs from {config.root} ({', '.join(already)}): "
-                "`olist-churn stack down` first"
-            )
+    if supervision.answers(config.supervisor):
+        running = ", ".join(running_services(config)) or "no server started"
+        raise StackError(
+            f"a stack already runs from {config.root} (supervisord; {running}): "
+            "`olist-churn stack down` first"
+        )
     _check_ports_free(config)
     write_configuration(config)
     try:
+        start_supervisor(config)
         _start(config, timeout=timeout, log=log)
     except BaseException:
         down(config.root, log=lambda _line: None)
         raise
 
 
-def start_postgres(config: StackConfig) -> postgres.PostgresServer:
-    """The stack's Postgres server running, with its three databases."""
+def start_supervisor(config: StackConfig) -> None:
+    """supervisord of the stack, with no server started yet."""
+    try:
+        supervision.start_daemon(config.supervisor, server_environment(config))
+    except supervision.SupervisorError as exc:
+        log = config.supervisor.log
+        raise StackError(f"{exc}\n{log}:\n{log_tail(log)}") from exc
+
+
+def start_postgres(config: StackConfig, timeout: float = 60.0) -> postgres.PostgresServer:
+    """The stack's Postgres server running under supervisord, with its three databases."""
     server = config.postgres
-    postgres.start(server.data_dir, server.port, server.password)
+    postgres.prepare(server.data_dir, server.password)
+    _wait_service(config, "postgres", lambda: postgres.accepting(server.port) or None, timeout)
     try:
         for database in DATABASES:
             postgres.create_database(server, database)
@@ -621,86 +583,120 @@ def _start(config: StackConfig, *, timeout: float, log: Callable[[str], None]) -
     def done(what: str) -> None:
         log(f"{what:<46} {time.perf_counter() - started:6.1f} s")
 
-    start_postgres(config)
+    start_postgres(config, timeout)
     done(f"postgres      {HOST}:{config.ports.postgres} ({', '.join(DATABASES)})")
 
-    cmd = commands(config)
-    location_env = _environment(config, code_location_settings(config))
-    plain_env = _environment(config, {})
-
     # MLflow migrates its database while the code server loads the definitions.
-    _spawn(config, "mlflow", cmd["mlflow"], _environment(config, MLFLOW_ENV))
-    _spawn(config, "code_server", cmd["code_server"], location_env)
-    _wait_service(config, "mlflow", lambda: _http_probe(f"{config.mlflow_url}/health"), timeout)
-    done(f"mlflow        {config.mlflow_url}")
-    _wait_service(config, "code_server", lambda: _port_open(config.ports.grpc) or None, timeout)
-    done(f"code server   {HOST}:{config.ports.grpc} (gRPC)")
+    probes: dict[str, Callable[[], Any]] = {
+        "mlflow": lambda: _http_probe(f"{config.mlflow_url}/health"),
+        "code_server": lambda: _port_open(config.ports.grpc) or None,
+        "webserver": lambda: location_state(config),
+        "daemon": lambda: daemons_beating_since(config, launched),
+    }
+    where = {
+        "mlflow": f"mlflow        {config.mlflow_url}",
+        "code_server": f"code server   {HOST}:{config.ports.grpc} (gRPC)",
+        "webserver": f"webserver     {config.webserver_url}",
+        "daemon": "daemon        (every required daemon beating)",
+    }
+    launched = time.time()
+    for pair in (("mlflow", "code_server"), ("webserver", "daemon")):
+        pids = {name: _launch(config, name) for name in pair}
+        for name in pair:
+            _wait_service(config, name, probes[name], timeout, pids[name])
+            done(where[name])
+    _wait_supervised(config, timeout)
+    done("supervisord   every server RUNNING")
 
-    _spawn(config, "webserver", cmd["webserver"], plain_env)
-    _spawn(config, "daemon", cmd["daemon"], plain_env)
-    _wait_service(config, "webserver", lambda: location_state(config), timeout)
-    done(f"webserver     {config.webserver_url}")
-    _wait_service(
-        config, "daemon", lambda: True if unhealthy_daemons(config) == [] else None, timeout
-    )
-    done("daemon        (every required daemon healthy)")
+
+def _wait_supervised(config: StackConfig, timeout: float) -> None:
+    """Every server past supervisord's `startsecs` in the same process: started for good,
+    so that a death from now on is restarted rather than retried as a failed start."""
+    for name, state in supervision.states(config.supervisor).items():
+
+        def running(name: str = name) -> bool | None:
+            return supervision.states(config.supervisor)[name].running or None
+
+        _wait_service(config, name, running, timeout, state.pid)
+
+
+def _launch(config: StackConfig, name: str) -> int:
+    """Have supervisord start `name`; its pid."""
+    try:
+        return supervision.start(config.supervisor, name)
+    except supervision.SupervisorError as exc:
+        log = log_file(config, name)
+        raise StackError(f"{exc}\n{log}:\n{log_tail(log)}") from exc
 
 
 def _wait_service(
-    config: StackConfig, name: str, probe: Callable[[], T | None], timeout: float
+    config: StackConfig,
+    name: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    pid: int | None = None,
 ) -> T:
-    record, log = read_record(config, name), log_file(config, name)
+    """Start `name` unless `pid` says it was, then wait until `probe` answers; fails at
+    once if its process exits (supervisord would start another: a new pid)."""
+    if pid is None:
+        pid = _launch(config, name)
+
+    def alive() -> bool:
+        state = supervision.states(config.supervisor).get(name)
+        return state is not None and state.pid == pid and state.state in ("STARTING", "RUNNING")
+
+    log = log_file(config, name)
     return wait_until(
-        name,
-        probe,
-        timeout=timeout,
-        alive=lambda: record is not None and record.alive(),
-        detail=lambda: f"\n{log}:\n{log_tail(log)}",
+        name, probe, timeout=timeout, alive=alive, detail=lambda: f"\n{log}:\n{log_tail(log)}"
     )
 
 
-def down(root: Path, *, grace: float = 30.0, log: Callable[[str], None] = print) -> None:
-    """Stop every server of the stack in `root`, the last started first; a server that
-    died is reported and its leftover processes (a run worker) are stopped too."""
+def down(root: Path, *, log: Callable[[str], None] = print) -> None:
+    """Stop every server of the stack in `root` (the daemon first, Postgres last) and
+    supervisord; then whatever a killed server left (a run worker)."""
     config = load_state(root)
+    before = supervision.states(config.supervisor)
+    timeout = len(SERVICES) * (supervision.STOP_SECONDS + 5)
+    for line in supervision.shutdown(config.supervisor, timeout=timeout):
+        log(line)
     for name in reversed(SERVICES):
-        record = read_record(config, name)
-        if record is None:
-            continue
-        was_alive = _stop_group(record, grace)
-        _pid_file(config, name).unlink(missing_ok=True)
-        log(f"{name:<12} {'stopped' if was_alive else 'had exited'} (pid {record.pid})")
-    if postgres.is_running(config.postgres_dir):
-        postgres.stop(config.postgres_dir)
-        log("postgres     stopped")
+        state = before.get(name)
+        if state is not None and state.pid:
+            log(f"{name:<12} stopped (pid {state.pid})")
+        elif state is not None:
+            log(f"{name:<12} was not running ({state.state})")
 
 
 @dataclass(frozen=True)
 class ServiceStatus:
     name: str
-    running: bool
+    state: str  # supervisord's: RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL ...
+    pid: int
+    uptime: float  # seconds
+    restarts: int
     detail: str
+
+    @property
+    def running(self) -> bool:
+        return self.state == "RUNNING"
 
 
 def status(root: Path) -> list[ServiceStatus]:
-    """Each server: whether its process runs, and where it answers."""
+    """Each server: its state, uptime and restarts under supervisord, and where it answers.
+    Every server is DOWN when supervisord does not run."""
     config = load_state(root)
-    found = [
-        ServiceStatus(
-            "postgres",
-            postgres.is_running(config.postgres_dir),
-            f"{HOST}:{config.ports.postgres} databases {', '.join(DATABASES)}",
-        )
-    ]
     where = {
+        "postgres": f"{HOST}:{config.ports.postgres} databases {', '.join(DATABASES)}",
         "mlflow": config.mlflow_url,
         "code_server": f"{HOST}:{config.ports.grpc} (gRPC)",
         "webserver": config.webserver_url,
         "daemon": f"DAGSTER_HOME={config.dagster_home}",
     }
+    states = supervision.states(config.supervisor)
+    found = []
     for name in SERVICES:
-        record = read_record(config, name)
-        running = record is not None and record.alive()
-        pid = f"pid {record.pid}" if record else "no pid file"
-        found.append(ServiceStatus(name, running, f"{where[name]} ({pid})"))
+        state = states.get(name, supervision.ProgramState(name, "DOWN", 0, 0.0, 0))
+        found.append(
+            ServiceStatus(name, state.state, state.pid, state.uptime, state.restarts, where[name])
+        )
     return found

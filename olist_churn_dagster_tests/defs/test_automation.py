@@ -19,8 +19,9 @@ from olist_churn_dagster.defs.partitions import (
     register_reference_dates,
     registered_dates,
 )
+from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ml.tracking import CHAMPION_ALIAS, MODEL_NAME
-from olist_churn_dagster_tests.conftest import read_alerts, sensor_context, settings_resource
+from olist_churn_dagster_tests.conftest import sensor_context, settings_resource
 
 SCORES = dg.AssetKey(["ml", "churn_scores"])
 DAYS = [date(2018, 10, 1) + timedelta(days=i) for i in range(20)]

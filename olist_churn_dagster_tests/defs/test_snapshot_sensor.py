@@ -139,8 +139,8 @@ def test_a_snapshot_not_newer_than_the_raw_tables_is_refused_on_the_tick(
 ):
     """No run, so no partition is marked failed: one snapshot_refused alert, the reason
     and what to do instead on the tick, then only a count."""
+    from olist_churn_dagster.lib.alerts import read_alerts
     from olist_churn_dagster.lib.settings import load_settings
-    from olist_churn_dagster_tests.conftest import read_alerts
 
     day = _last_day(data_dir)
     write_snapshot(cut_as_of(full_tables, day), snapshots, day)

@@ -14,15 +14,18 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
-from olist_churn_dagster_tests.e2e.server import DagsterDev, GraphQL
+from olist_churn_dagster.stack import servers
+from olist_churn_dagster_tests.e2e.server import DagsterDev, GraphQL, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -151,3 +154,51 @@ def _generate_and_prepare(bootstrap: Server) -> None:
 def dagster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with serve(tmp_path_factory.mktemp("e2e"), _generate_and_prepare) as server:
         yield server
+
+
+@contextlib.contextmanager
+def running_stack(name: str, warehouse: str = "ducklake") -> Iterator[servers.StackConfig]:
+    """The deployed stack (`make stack`'s code) on free ports in a folder of its own, with
+    the small generated dataset in its raw/; stopped at the end, its logs copied to
+    test-output/`name`-*.log, and no process of it may be left. The folder is under the
+    system temp dir and world-traversable: as root, Postgres runs as the `postgres` user,
+    who cannot enter pytest's private temp folders."""
+    from olist_churn_dagster.generator.marketplace import generate_dataset
+
+    parent = Path(tempfile.mkdtemp(prefix="olist-churn-stack-"))
+    parent.chmod(0o711)
+    ports = servers.Ports(
+        postgres=free_port(), grpc=free_port(), webserver=free_port(), mlflow=free_port()
+    )
+    config = servers.StackConfig(root=parent / "stack", ports=ports, warehouse=warehouse)
+    generate_dataset(
+        config.root / "raw", scale=E2E_SCALE, seed=E2E_SEED, start=E2E_START, end=E2E_END
+    )
+    say = lambda line: print(f"[{name}] {line}", file=sys.stderr)  # noqa: E731
+    try:
+        started = time.perf_counter()
+        servers.up(config, timeout=300, log=say)
+        say(f"stack up: {time.perf_counter() - started:.1f} s")
+        yield config
+    finally:
+        started = time.perf_counter()
+        if (config.root / servers.STATE_FILE).exists():  # else up stopped before writing it
+            servers.down(config.root, log=say)
+        say(f"stack down: {time.perf_counter() - started:.1f} s")
+        left = processes_in(config.root)
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        for log in config.logs_dir.glob("*.log"):
+            shutil.copy(log, OUTPUT_DIR / f"{name}-{log.name}")
+        shutil.rmtree(parent, ignore_errors=True)
+    assert not left, "processes of the stack left after `down`:\n" + "\n".join(left)
+
+
+def processes_in(root: Path) -> list[str]:
+    """Live processes working in `root` or below (every server of a stack and what they
+    start run there; Postgres in its data folder), described."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
+        cwd = proc.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(root) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(f"pid {proc.pid}: {' '.join(proc.info['cmdline'] or [])[:200]}")
+    return found

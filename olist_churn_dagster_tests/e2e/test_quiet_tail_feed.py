@@ -12,9 +12,9 @@ from datetime import date, timedelta
 
 import pytest
 
+from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster.lib.ingest.loader import load_dataset
 from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
-from olist_churn_dagster_tests.conftest import read_alerts
 from olist_churn_dagster_tests.e2e.conftest import E2E_END, Server, generate_demo, serve
 from olist_churn_dagster_tests.e2e.server import GraphQL, query_warehouse, runs, wait_until
 from olist_churn_dagster_tests.e2e.test_dagster_dev import (

@@ -15,10 +15,8 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -27,10 +25,9 @@ from pathlib import Path
 import pytest
 
 from olist_churn_dagster.stack import postgres, servers
-from olist_churn_dagster_tests.e2e.conftest import E2E_END, E2E_SCALE, E2E_SEED, E2E_START
+from olist_churn_dagster_tests.e2e.conftest import running_stack
 from olist_churn_dagster_tests.e2e.server import (
     GraphQL,
-    free_port,
     launch_asset_backfills,
     launch_job,
     query_warehouse,
@@ -47,8 +44,6 @@ from olist_churn_dagster_tests.e2e.test_dagster_dev import (
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-OUTPUT_DIR = REPO_ROOT / "test-output"
 MODEL_NAME = "olist-seller-churn"
 # The deployed warehouse: DuckLake, whose `warehouse` pool lets both backfills write at once.
 WAREHOUSE = "ducklake"
@@ -60,35 +55,8 @@ def _timed(label: str, started: float) -> None:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[servers.StackConfig]:
-    """A stack on free ports in a folder of its own, with a small generated dataset in its
-    raw/. The folder is under the system temp dir and world-traversable: as root, Postgres
-    runs as the `postgres` user, who cannot enter pytest's private temp folders."""
-    from olist_churn_dagster.generator.marketplace import generate_dataset
-
-    parent = Path(tempfile.mkdtemp(prefix="olist-churn-stack-"))
-    parent.chmod(0o711)
-    ports = servers.Ports(
-        postgres=free_port(), grpc=free_port(), webserver=free_port(), mlflow=free_port()
-    )
-    config = servers.StackConfig(root=parent / "stack", ports=ports, warehouse=WAREHOUSE)
-    generate_dataset(
-        config.root / "raw", scale=E2E_SCALE, seed=E2E_SEED, start=E2E_START, end=E2E_END
-    )
-    started = time.perf_counter()
-    servers.up(config, timeout=300, log=lambda line: print(f"[stack] {line}", file=sys.stderr))
-    _timed("stack up", started)
-    try:
+    with running_stack("stack", WAREHOUSE) as config:
         yield config
-    finally:
-        started = time.perf_counter()
-        servers.down(config.root, log=lambda line: print(f"[stack] {line}", file=sys.stderr))
-        _timed("stack down", started)
-        left = [s.name for s in servers.status(config.root) if s.running]
-        OUTPUT_DIR.mkdir(exist_ok=True)
-        for log in config.logs_dir.glob("*.log"):
-            shutil.copy(log, OUTPUT_DIR / f"stack-{log.name}")
-        shutil.rmtree(parent, ignore_errors=True)
-        assert not left, f"servers still running after `down`: {left}"
 
 
 def _postgres(

@@ -29,7 +29,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from olist_churn_dagster_tests.conftest import read_alerts
+from olist_churn_dagster.lib.alerts import read_alerts
 from olist_churn_dagster_tests.e2e.browser import chromium, open_and_wait
 from olist_churn_dagster_tests.e2e.conftest import OUTPUT_DIR, REPO_ROOT, operator_environment
 from olist_churn_dagster_tests.e2e.server import (
@@ -84,7 +84,7 @@ README_PROMISES = {
         "`scores_fresh` passing",
         "today's date being scored",
     ],
-    6: ["`reason_1..3`", "what changed"],
+    6: ["`risk_rank`", "`reasons` in words", "what changed"],
 }
 # Which steps carry a command, and how many: a command added to the README fails here
 # until the test runs it.
@@ -560,7 +560,7 @@ def test_step_6_todays_list_for_the_account_managers(walk: Walk, replayed: Repla
     lines = out.splitlines()
     digest_at = next(i for i, line in enumerate(lines) if line.startswith(DIGEST_HEADER))
     for table, part, columns in (
-        ("churn_scores", lines[:digest_at], {"reason_1", "reason_2", "reason_3"}),
+        ("churn_scores", lines[:digest_at], {"risk_rank", "churn_probability", "reasons"}),
         ("risk_digest", lines[digest_at:], {"newly_high", "move", "reasons"}),
     ):
         header, *rows = list(csv.reader(part))

@@ -353,6 +353,44 @@ def test_seller_dynamics_change_the_market_and_are_checked():
         )
 
 
+def test_a_shift_changes_sales_and_exits_from_its_date_on(tables: dict[str, pl.DataFrame]):
+    """`Shift` (what the monitoring tests feed on): from its date, demand is cut and sellers
+    still in business exit sooner; what came before stays the same marketplace."""
+    import numpy as np
+
+    from olist_churn_dagster.generator.sellers import Shift, draw_sellers
+
+    on = date(2024, 6, 1)
+    shifted = build_tables(
+        scale=SCALE,
+        seed=SEED,
+        start=START,
+        end=END,
+        ref=load_reference(None),
+        shift=Shift(on, demand=0.35),
+    )
+
+    def orders(t: dict[str, pl.DataFrame], lo: date, hi: date) -> int:
+        day = t["orders"]["order_purchase_timestamp"].dt.date()
+        return int(day.is_between(lo, hi, closed="left").sum())
+
+    before = orders(shifted, START, on) / orders(tables, START, on)
+    after = orders(shifted, on, on + timedelta(90)) / orders(tables, on, on + timedelta(90))
+    assert 0.95 < before < 1.05, before
+    assert 0.3 < after < 0.45, after  # the regular sellers keep their own pace
+
+    n, days, day = 20_000, 700, 300
+    steady = draw_sellers(np.random.default_rng(1), n, days)
+    sooner = draw_sellers(np.random.default_rng(1), n, days, shift=(day, Shift(on, hazard=3.0)))
+    np.testing.assert_array_equal(steady.late_p, sooner.late_p)  # the same sellers
+    gone = steady.exit < day
+    np.testing.assert_array_equal(steady.exit[gone], sooner.exit[gone])
+    later = ~gone & (steady.exit < days) & (steady.entry < day)
+    assert later.sum() > 1000
+    remaining = steady.exit[later] - day, sooner.exit[later] - day
+    assert np.all(remaining[1] == np.ceil(remaining[0] / 3.0))
+
+
 def test_the_demo_feed_leaves_its_last_days_for_replay(tmp_path: Path) -> None:
     """The export in raw/ is the feed as of N days before its end, declared in _SUCCESS,
     and replaying the feed's last N days gives N snapshots, each newer than the export."""

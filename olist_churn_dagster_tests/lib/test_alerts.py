@@ -7,11 +7,12 @@ import pytest
 
 from olist_churn_dagster.lib.alerts import (
     Alert,
+    alerted,
     post_to_webhook,
+    read_alerts,
     record_alert,
     scores_freshness,
 )
-from olist_churn_dagster_tests.conftest import read_alerts
 
 DEADLINE = time(4, 0)
 
@@ -49,6 +50,17 @@ def test_an_unreachable_webhook_keeps_the_alert_on_file(tmp_path: Path, webhook)
     problem = record_alert(_alert(), tmp_path / "alerts.jsonl", dead)
     assert problem is not None and "did not take the alert" in problem
     assert len(read_alerts(tmp_path / "alerts.jsonl")) == 1
+
+
+def test_alerted_names_what_was_alerted_of_a_kind(tmp_path: Path):
+    path = tmp_path / "alerts.jsonl"
+    assert alerted(path, "drift", "reference_date") == set()  # no file yet
+    for day in ("2018-10-20", "2018-10-21", "2018-10-20"):
+        record_alert(Alert("drift", "drifted", "psi", {"reference_date": day}), path)
+    record_alert(Alert("scores_stale", "late", "x", {"reference_date": "2018-10-22"}), path)
+    record_alert(Alert("drift", "no date", "x"), path)
+    assert alerted(path, "drift", "reference_date") == {"2018-10-20", "2018-10-21"}
+    assert alerted(path, "scores_stale", "reference_date") == {"2018-10-22"}
 
 
 def test_a_message_is_posted_without_being_recorded_as_an_alert(tmp_path: Path, webhook):

@@ -49,6 +49,24 @@ def test_partition_append_adds_new_columns(tmp_path):
     assert table["new_feature"].to_list() == [None, None, 7]
 
 
+def test_a_partition_rewritten_with_a_new_column_commits(tmp_path):
+    """What an IO manager does when a partitioned asset gains a column and a partition
+    that has rows is materialized again: delete its rows, then append with the column, in
+    one transaction (DuckDB refuses to commit an ALTER TABLE after that DELETE)."""
+    path = tmp_path / "w.duckdb"
+    with transaction(path) as conn:
+        write_frame(conn, "ml", "t", _frame("2024-01-01", [1.0, 2.0]), append=True)
+        write_frame(conn, "ml", "t", _frame("2024-01-02", [3.0]), append=True)
+    with transaction(path) as conn:
+        conn.execute("DELETE FROM ml.t WHERE reference_date = '2024-01-01'")
+        again = _frame("2024-01-01", [4.0]).with_columns(pl.lit(7).alias("new_figure"))
+        write_frame(conn, "ml", "t", again, append=True)
+    with duckdb.connect(str(path)) as conn:
+        table = conn.execute("SELECT * FROM ml.t ORDER BY reference_date").pl()
+    assert table["value"].to_list() == [4.0, 3.0]
+    assert table["new_figure"].to_list() == [7, None]
+
+
 def test_frames_written_in_one_transaction_are_freed_before_its_commit(tmp_path):
     """A backfill writes all of a table's batches in one transaction: each batch must be
     freed once written, not held until the commit (with DuckDB's buffers capped here, the

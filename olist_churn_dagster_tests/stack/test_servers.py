@@ -1,16 +1,15 @@
-"""The stack's configuration and process handling, without starting its servers (the whole
-stack runs in e2e/test_stack.py)."""
+"""The stack's configuration, and its Postgres under the stack's supervisord (the whole
+stack runs in e2e/test_stack.py; supervisord itself in test_supervision.py)."""
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from olist_churn_dagster.stack import postgres, servers
+from olist_churn_dagster.stack import postgres, servers, supervision
 from olist_churn_dagster_tests.conftest import free_port
 from olist_churn_dagster_tests.stack.test_postgres import psql
 
@@ -51,8 +50,14 @@ def test_instance_is_the_deployments_on_the_local_postgres(config: servers.Stack
     }
     assert "run_launcher" not in local, "the default launcher: runs are code-server subprocesses"
     assert local["compute_logs"]["config"]["base_dir"].startswith(str(config.root))
-    for same in ("run_monitoring", "run_retries", "telemetry"):
+    for same in ("run_retries", "telemetry"):
         assert local[same] == deployed[same], same
+    # Run monitoring as deployed, polling often, without resuming (the default launcher
+    # cannot): a run whose launch was lost fails after the start timeout and is retried.
+    assert local["run_monitoring"]["enabled"] is True
+    assert local["run_monitoring"]["poll_interval_seconds"] <= 10
+    assert local["run_monitoring"]["max_resume_run_attempts"] == 0
+    assert local["run_retries"]["enabled"] is True and local["run_retries"]["max_retries"] >= 1
     assert local["concurrency"]["runs"] == deployed["concurrency"]["runs"]
     assert local["concurrency"]["pools"]["default_limit"] == 1  # one DuckDB file, one writer
 
@@ -96,11 +101,37 @@ def test_state_round_trips_and_a_missing_stack_is_named(config: servers.StackCon
     assert instance == servers.instance_config(config)
 
 
+def test_every_server_is_a_supervised_program_restarted_when_it_dies(
+    config: servers.StackConfig,
+):
+    servers.write_configuration(config)
+    conf = configparser.RawConfigParser()
+    conf.read(config.supervisor.conf)
+    programs = [section.removeprefix("program:") for section in conf.sections()]
+    assert [p for p in programs if p in servers.SERVICES] == list(servers.SERVICES)
+    priorities = [conf.getint(f"program:{name}", "priority") for name in servers.SERVICES]
+    assert priorities == sorted(priorities), "started in order, stopped in reverse"
+    for name in servers.SERVICES:
+        program = dict(conf.items(f"program:{name}"))
+        assert program["autorestart"] == "true" and int(program["startretries"]) >= 1
+        assert program["killasgroup"] == "true"
+        assert program["stdout_logfile"] == str(config.logs_dir / f"{name}.log")
+        assert program["stdout_logfile_maxbytes"] and int(program["stdout_logfile_backups"]) > 0
+    assert conf.get("program:postgres", "stopsignal") == "INT"  # fast shutdown
+    assert conf.get("program:code_server", "stopasgroup") == "true"  # with its run workers
+    code_server = conf.get("program:code_server", "environment")
+    assert 'OLIST_CHURN_MLFLOW_TRACKING_URI="http://127.0.0.1:15000"' in code_server
+    assert "PGPASSWORD" not in conf.get("program:code_server", "environment")
+    # A backfill waits out a restarting code server instead of failing.
+    daemon = conf.get("program:daemon", "environment")
+    assert daemon == 'DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR="1"'
+
+
 def test_the_password_is_the_environments_when_given(config: servers.StackConfig, monkeypatch):
     monkeypatch.setenv(servers.PASSWORD_ENV, "from-the-environment")
     assert config.postgres.password == "from-the-environment"
     assert not config.password_file.exists()
-    env = servers._environment(config, {})
+    env = servers.server_environment(config)
     assert env[postgres.PASSWORD_ENV] == "from-the-environment"
     assert servers.PASSWORD_ENV not in env, "the servers get it under one name only"
     monkeypatch.delenv(servers.PASSWORD_ENV)
@@ -112,27 +143,28 @@ def test_the_password_is_the_environments_when_given(config: servers.StackConfig
 
 def test_every_server_batches_dagsters_event_writes(config: servers.StackConfig, monkeypatch):
     monkeypatch.delenv(servers.EVENT_BATCH_ENV, raising=False)
-    for extra in ({}, servers.code_location_settings(config)):  # runs inherit the code server's
-        env = servers._environment(config, extra)
-        assert int(env[servers.EVENT_BATCH_ENV]) >= 1000 > 582  # a year and a half of dates
+    env = servers.server_environment(config)  # every server's, so every run's
+    assert int(env[servers.EVENT_BATCH_ENV]) >= 1000 > 582  # a year and a half of dates
     monkeypatch.setenv(servers.EVENT_BATCH_ENV, "0")  # the operator's choice stands
-    assert servers._environment(config, {})[servers.EVENT_BATCH_ENV] == "0"
+    assert servers.server_environment(config)[servers.EVENT_BATCH_ENV] == "0"
 
 
 @pytest.fixture
 def stack_postgres(monkeypatch) -> Iterator[servers.StackConfig]:
-    """The stack's own Postgres (only it) started by the stack's code, with its dagster.yaml
-    written, in a world-traversable folder (as root the server runs as `postgres`)."""
+    """The stack's own Postgres (only it) started by the stack's code under its
+    supervisord, with its configuration written, in a world-traversable folder (as root
+    the server runs as `postgres`)."""
     monkeypatch.delenv(servers.PASSWORD_ENV, raising=False)
     parent = Path(tempfile.mkdtemp(prefix="olist-churn-stack-pg-"))
     parent.chmod(0o711)
     config = servers.StackConfig(root=parent / "stack", ports=servers.Ports(postgres=free_port()))
     try:
         servers.write_configuration(config)
+        servers.start_supervisor(config)
         servers.start_postgres(config)
         yield config
     finally:
-        postgres.stop(config.postgres_dir)
+        servers.down(config.root, log=lambda _line: None)
         shutil.rmtree(parent, ignore_errors=True)
 
 
@@ -153,19 +185,26 @@ def test_the_stacks_postgres_asks_every_client_for_the_generated_password(
         DagsterInstance.from_config(str(config.dagster_home))
     unset = f'environment variable "{postgres.PASSWORD_ENV}" which is not set'
     assert any(unset in error.message for error in refused.value.errors)
-    env = servers._environment(config, servers.code_location_settings(config))
+    env = servers.server_environment(config)
     assert env[postgres.PASSWORD_ENV] == server.password
     monkeypatch.setenv(postgres.PASSWORD_ENV, env[postgres.PASSWORD_ENV])
     with DagsterInstance.from_config(str(config.dagster_home)) as instance:
         assert instance.get_runs_count() == 0
 
+    # Postgres has it from supervisord's environment, which no file holds.
+    (postmaster,) = [
+        p for p in supervision.processes(config.supervisor) if p.pid == _pid(config, "postgres")
+    ]
+    assert postmaster.environ()[postgres.PASSWORD_ENV] == server.password
+
     # Nothing the stack writes or passes on the command line holds it.
     said = json.dumps([servers.commands(config), servers.code_location_settings(config)])
     assert server.password not in said
-    server_log = server.data_dir / "server.log"
+    server_log = servers.log_file(config, "postgres")
     assert "password authentication failed" in server_log.read_text()
     files = [f for f in config.root.rglob("*") if f.is_file() and f != config.password_file]
-    assert {config.dagster_home / "dagster.yaml", server_log} <= set(files)
+    written = {config.dagster_home / "dagster.yaml", config.supervisor.conf, server_log}
+    assert written <= set(files)
     holding = [str(f) for f in files if server.password.encode() in f.read_bytes()]
     assert not holding, f"the password is written in {holding}"
 
@@ -214,50 +253,34 @@ def test_a_taken_port_is_named_before_anything_starts(config: servers.StackConfi
     assert not (config.root / servers.STATE_FILE).exists()
 
 
-SERVER = """
-import subprocess, sys, time
-if sys.argv[1:] == ["with-child"]:
-    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-time.sleep(600)
-"""
+def _pid(config: servers.StackConfig, name: str) -> int:
+    return {s.name: s.pid for s in servers.status(config.root)}[name]
 
 
-def test_down_stops_live_servers_and_the_orphans_of_a_dead_one(config: servers.StackConfig):
-    servers.write_configuration(config)
-    env = dict(os.environ)
-    servers._spawn(config, "daemon", [sys.executable, "-c", SERVER], env)
-    servers._spawn(config, "code_server", [sys.executable, "-c", SERVER, "with-child"], env)
-    died = servers.read_record(config, "code_server")
-    deadline = time.monotonic() + 30
-    while len(servers._group_members(died)) < 2:  # its child (a run worker, say) started
-        assert time.monotonic() < deadline, "the code server's child did not start"
-        time.sleep(0.1)
-    os.kill(died.pid, signal.SIGKILL)  # the code server dies, its run worker lives on
-    os.waitpid(died.pid, 0)
-    assert not died.alive()
-
-    states = {s.name: s.running for s in servers.status(config.root)}
-    assert states["daemon"] and not states["code_server"]
+def test_the_stacks_postgres_is_restarted_when_it_dies_and_down_stops_it(
+    stack_postgres: servers.StackConfig,
+):
+    config = stack_postgres
+    first = _pid(config, "postgres")
+    os.kill(first, signal.SIGKILL)  # its backends end with it (none here)
+    deadline = time.monotonic() + 60
+    while not (
+        _pid(config, "postgres") not in (0, first) and postgres.accepting(config.ports.postgres)
+    ):
+        assert time.monotonic() < deadline, "Postgres did not come back"
+        time.sleep(0.5)
+    (state,) = [s for s in servers.status(config.root) if s.name == "postgres"]
+    assert state.restarts == 1
+    assert servers.running_services(config) == ["postgres"]
+    with pytest.raises(servers.StackError, match=r"already runs .*\(supervisord; postgres\)"):
+        servers.up(config)
 
     lines: list[str] = []
-    servers.down(config.root, grace=5, log=lines.append)
-    assert any(line.startswith("daemon") and "stopped" in line for line in lines), lines
-    assert any(line.startswith("code_server") and "had exited" in line for line in lines), lines
-    assert not servers._group_members(died), "the dead server's child must be stopped too"
-    assert not any(s.running for s in servers.status(config.root))
-    assert not list(config.pids_dir.iterdir())
-
-
-def test_a_recycled_pid_is_not_taken_for_a_server(config: servers.StackConfig):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    try:
-        live = servers.ProcessRecord(sleeper.pid, servers._proc_stat(sleeper.pid)[2])
-        assert live.alive()
-        assert not servers.ProcessRecord(sleeper.pid, live.started - 1).alive()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert not live.alive()
+    servers.down(config.root, log=lines.append)
+    assert lines[-1] == f"postgres     stopped (pid {state.pid})", lines
+    assert all(line.endswith("was not running (STOPPED)") for line in lines[:-1]), lines
+    assert not supervision.processes(config.supervisor)
+    assert [s.state for s in servers.status(config.root)] == ["DOWN"] * len(servers.SERVICES)
 
 
 def test_a_ducklake_stack_keeps_its_catalog_in_postgres_and_several_writers(tmp_path: Path):
@@ -284,6 +307,7 @@ def test_cli_names_a_missing_stack_and_reports_a_stopped_one(config: servers.Sta
     servers.write_configuration(config)
     with pytest.raises(SystemExit):
         main(["stack", "status", "--root", str(config.root)])
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:2] == ["postgres", "DOWN"]
-    assert "http://127.0.0.1:13000" in out
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["server", "state", "pid", "uptime", "restarts", "where"]
+    assert out[1].split()[:2] == ["postgres", "DOWN"]
+    assert "http://127.0.0.1:13000" in "\n".join(out)

@@ -3,6 +3,7 @@ is scored, by the deadline. Evaluated from the Dagster instance alone (the raw t
 as-of date, which partitions were scored), so they never open the warehouse and run in
 any run, or in the freshness sensor."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime, time
 
 import dagster as dg
@@ -53,14 +54,18 @@ def freshness_metadata(freshness: Freshness, deadline: time) -> dict[str, dg.Met
 def scores_fresh(
     context: dg.AssetCheckExecutionContext, settings: ChurnSettings
 ) -> dg.AssetCheckResult:
-    deadline = settings.to_settings().scores_deadline_utc
-    freshness = current_freshness(context.instance, deadline)
-    return _result(freshness, deadline, dg.AssetCheckSeverity.ERROR)
+    return _result(context, settings, current_freshness, dg.AssetCheckSeverity.ERROR)
 
 
 def _result(
-    freshness: Freshness, deadline: time, severity: dg.AssetCheckSeverity
+    context: dg.AssetCheckExecutionContext,
+    settings: ChurnSettings,
+    read: Callable[[dg.DagsterInstance, time], Freshness],
+    severity: dg.AssetCheckSeverity,
 ) -> dg.AssetCheckResult:
+    """The check's result from the freshness `read` reports at the configured deadline."""
+    deadline = settings.to_settings().scores_deadline_utc
+    freshness = read(context.instance, deadline)
     return dg.AssetCheckResult(
         passed=freshness.passed,
         severity=severity,
@@ -79,6 +84,4 @@ def _result(
 def feed_fresh(
     context: dg.AssetCheckExecutionContext, settings: ChurnSettings
 ) -> dg.AssetCheckResult:
-    deadline = settings.to_settings().scores_deadline_utc
-    freshness = current_feed_freshness(context.instance, deadline)
-    return _result(freshness, deadline, dg.AssetCheckSeverity.WARN)
+    return _result(context, settings, current_feed_freshness, dg.AssetCheckSeverity.WARN)

@@ -25,9 +25,10 @@ from olist_churn_dagster.defs.raw.assets import raw_asset_key
 from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import ABT_VERSION, MODEL_VERSION, SCORES_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL, table_asset_key
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES
+from olist_churn_dagster.lib.features import FEATURE_CATALOGUE, FEATURE_FAMILIES
 from olist_churn_dagster.lib.features.store import read_feature_tables
-from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
+from olist_churn_dagster.lib.ingest.delta import loaded_fingerprint
+from olist_churn_dagster.lib.markdown import png_markdown
 from olist_churn_dagster.lib.ml.abt import build_abt, cohort_dates
 from olist_churn_dagster.lib.ml.backtest import MODEL as MODEL_SCORER
 from olist_churn_dagster.lib.ml.backtest import (
@@ -35,6 +36,8 @@ from olist_churn_dagster.lib.ml.backtest import (
     calibration_table,
     choose_calibration,
     params_key,
+    tune_walk_forward,
+    walk_forward_plans,
 )
 from olist_churn_dagster.lib.ml.calibration import Calibrator, fit_calibrator
 from olist_churn_dagster.lib.ml.labels import churn_labels
@@ -42,28 +45,28 @@ from olist_churn_dagster.lib.ml.model import (
     ModelParams,
     SplitPlan,
     TrainResult,
-    evaluate_scores,
     plan_time_split,
-    predict,
     train_churn_model,
 )
-from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.rhythm import add_rhythm_features, model_frame
 from olist_churn_dagster.lib.ml.scoring import (
     BAND_ORDER,
+    account_manager_view,
     export_per_date,
-    reasons_in_words,
     score_sellers,
 )
 from olist_churn_dagster.lib.ml.tracking import (
     CHAMPION_ALIAS,
     GateDecision,
+    RegisteredModelInfo,
     backtest_champion_gate,
     load_champion,
     log_and_register,
     log_calibration,
+    provenance_params,
 )
 from olist_churn_dagster.lib.tables import ABT_TABLE, KEYS, RAW_SCHEMA, SCORES_TABLE
+from olist_churn_dagster.lib.versions import catalogue_hash, git_commit
 from olist_churn_dagster.lib.warehouse import read_tables
 
 MODEL_GROUP = "model"
@@ -134,9 +137,7 @@ def abt(
             "cohorts": per_cohort.height,
             "features": len(table.columns) - 3,
             "churn_rate": float(table.get_column("churned").mean() or 0.0),
-            "rows_and_churn_rate_per_cohort": dg.MetadataValue.md(
-                frame_to_markdown(per_cohort, max_rows=60)
-            ),
+            "rows_and_churn_rate_per_cohort": table_value(per_cohort, max_rows=60),
         }
     )
     return table
@@ -165,32 +166,86 @@ class TrainingConfig(dg.Config):
             **{k: getattr(self, k) for k in ModelParams.__dataclass_fields__ if hasattr(self, k)}
         )
 
+    def split_plan(self, abt: pl.DataFrame, horizon_days: int) -> SplitPlan:
+        """The ABT's cohorts split into train, validation and out-of-time test blocks."""
+        return plan_time_split(
+            abt.get_column("reference_date").unique().sort().to_list(),
+            n_test=self.n_test_cohorts,
+            n_valid=self.n_valid_cohorts,
+            gap=self.gap_cohorts,
+            horizon_days=horizon_days,
+        )
 
-def calibrate(
-    abt: pl.DataFrame, plan: SplitPlan, result: TrainResult, backtest: pl.DataFrame
-) -> tuple[Calibrator, dict[str, Any]]:
-    """Fit the calibration the backtest chose (lowest mean ECE over the cutoffs) on the
-    model's validation cohorts, the latest before the test block; show its effect on the
-    out-of-time cohorts as a reliability curve."""
+
+class ChurnModelConfig(TrainingConfig):
+    """The training config plus an optional tuning grid (e.g. {"max_depth": [4, 6]}):
+    with one, the parameters are the best candidate by mean ROC AUC over walk-forward
+    cutoffs before the backtest's, each candidate an MLflow child run of the training run."""
+
+    tuning_grid: dict[str, list[float]] = Field(
+        default_factory=dict, description="ModelParams field -> values to try; empty: no tuning"
+    )
+    tuning_cutoffs: int = Field(default=3, description="cutoffs the candidates are judged on")
+
+
+def tune(
+    abt: pl.DataFrame, backtest: pl.DataFrame, config: ChurnModelConfig, horizon_days: int
+) -> tuple[ModelParams, pl.DataFrame | None]:
+    """The configured parameters, or with a tuning grid the best candidate and every
+    candidate's figures (`tune_walk_forward`), judged on the cutoffs before the backtest's
+    so that the backtest and the gate judge the chosen recipe on cutoffs it was not picked
+    on."""
+    base = config.model_params()
+    if not config.tuning_grid:
+        return base, None
+    first = backtest.get_column("cutoff").min()
+    earlier = abt.get_column("reference_date").filter(abt.get_column("reference_date") < first)
+    plans = walk_forward_plans(
+        earlier.unique().to_list(),
+        n_cutoffs=config.tuning_cutoffs,
+        n_valid=config.n_valid_cohorts,
+        horizon_days=horizon_days,
+    )
+    grid = {k: [type(getattr(base, k))(v) for v in vs] for k, vs in config.tuning_grid.items()}
+    return tune_walk_forward(abt, plans, grid, base=base)
+
+
+def provenance(warehouse: DuckDBResource) -> dict[str, str]:
+    """The raw load's fingerprint, the feature catalogue's hash and the code's commit."""
+    with warehouse.get_connection() as conn:
+        raw = loaded_fingerprint(conn)
+    return provenance_params(raw, catalogue_hash(FEATURE_CATALOGUE), git_commit())
+
+
+def calibrate(result: TrainResult, backtest: pl.DataFrame) -> tuple[Calibrator, dict[str, Any]]:
+    """Fit the calibration the backtest chose (lowest mean ECE on cutoffs it was not fitted
+    on) on the model's out-of-time cohorts: the latest matured labels, scored by this very
+    booster, which never trained on them."""
     method = choose_calibration(backtest)
-    valid = abt.filter(pl.col("reference_date").is_in(plan.valid))
     calibrator = fit_calibrator(
-        valid.get_column("churned").to_numpy(),
-        predict(result.booster, valid, result.feature_names),
+        result.test_frame.get_column("churned").to_numpy(),
+        result.test_frame.get_column("score").to_numpy(),
         method,
     )
-    y = result.test_frame.get_column("churned").to_numpy()
-    raw = result.test_frame.get_column("score").to_numpy()
-    calibrated = calibrator.apply(raw)
-    figure = calibration_figure(y, {"model": raw, f"model, {method}": calibrated})
+    chosen = calibration_table(backtest).filter(pl.col("method") == method)
     return calibrator, {
         "calibration": method,
         "oot_ece": result.metrics["ece"],
-        "oot_ece_calibrated": evaluate_scores(y, calibrated)["ece"],
-        "calibration_by_backtest": dg.MetadataValue.md(
-            frame_to_markdown(calibration_table(backtest))
-        ),
-        "reliability": dg.MetadataValue.md(png_markdown({"reliability (OOT)": figure})),
+        "backtest_ece_unseen_cutoffs": float(chosen["ece"][0]) if chosen.height else float("nan"),
+        "calibration_by_backtest": table_value(calibration_table(backtest)),
+    }
+
+
+def _gate_tables(
+    candidate: pl.DataFrame, champion: pl.DataFrame | None, decision: GateDecision
+) -> dict[str, dg.MetadataValue]:
+    """The candidate's and the champion's per-cutoff figures, as the gate compared them."""
+    shown = ["cutoff", "rows", "roc_auc", "pr_auc", "brier", "ece"]
+    return {
+        "gate_candidate_backtest": table_value(candidate.select(shown)),
+        "gate_champion_backtest": table_value(champion.select(shown))
+        if champion is not None
+        else dg.MetadataValue.text(f"no champion backtest: {decision.reason}"),
     }
 
 
@@ -199,15 +254,15 @@ def backtest_gate(
     backtest: pl.DataFrame,
     config: TrainingConfig,
     *,
+    params: ModelParams,
     uri: str,
     candidate_version: str,
     horizon_days: int,
 ) -> tuple[GateDecision, dict[str, dg.MetadataValue]]:
-    """The champion gate on the backtest's cutoffs: the candidate's per-cutoff rows come
-    from ml/backtest when it backtested this recipe (else they are rerun); the champion's
-    recipe is rerun on the same cutoffs. Returns the decision and both tables."""
+    """The champion gate on the backtest's cutoffs: the candidate's (`params`) per-cutoff
+    rows come from ml/backtest when it backtested this recipe (else they are rerun); the
+    champion's recipe is rerun on the same cutoffs. Returns the decision and both tables."""
     rows = backtest.filter(pl.col("scorer") == MODEL_SCORER)
-    params = config.model_params()
 
     def rerun(recipe: ModelParams, features: Sequence[str] | None) -> pl.DataFrame:
         result = backtest_model(
@@ -233,16 +288,34 @@ def backtest_gate(
         metric=config.promotion_metric,
         tolerance=config.promotion_tolerance,
     )
-    shown = ["cutoff", "rows", "roc_auc", "pr_auc", "brier", "ece"]
-    tables = {
-        "gate_candidate_backtest": dg.MetadataValue.md(frame_to_markdown(rows.select(shown))),
-        "gate_champion_backtest": dg.MetadataValue.md(
-            frame_to_markdown(champion_rows.select(shown))
-            if champion_rows is not None
-            else f"_no champion backtest: {decision.reason}_"
-        ),
+    return decision, _gate_tables(rows, champion_rows, decision)
+
+
+def _model_metadata(
+    result: TrainResult, registered: RegisteredModelInfo, decision: GateDecision, plan: SplitPlan
+) -> dict[str, Any]:
+    """What the UI shows of a training: the registered version, the gate's decision, the
+    out-of-time figures beside the baselines, the top features and the plots."""
+    return {
+        "mlflow_run_id": registered.run_id,
+        "model_version": registered.model_version,
+        "model_uri": registered.model_uri,
+        "promoted": decision.promoted,
+        "promotion_decision": decision.reason,
+        "candidate_score": decision.candidate_score,
+        "champion_score": decision.champion_score
+        if decision.champion_score is not None
+        else dg.MetadataValue.null(),
+        "oot_roc_auc": result.metrics["roc_auc"],
+        "oot_pr_auc": result.metrics["pr_auc"],
+        "recency_rule_roc_auc": result.baselines["recency_rule"]["roc_auc"],
+        "best_iteration": result.best_iteration,
+        "rows": dg.MetadataValue.json(result.n_rows),
+        "split": dg.MetadataValue.json(plan.as_dict()),
+        "oot_metrics_vs_baselines": table_value(result.comparison_table()),
+        "top_features": table_value(result.importance, max_rows=15),
+        "plots": dg.MetadataValue.md(png_markdown(result.figures)),
     }
-    return decision, tables
 
 
 @dg.asset(
@@ -259,65 +332,66 @@ def backtest_gate(
 )
 def churn_model(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    config: ChurnModelConfig,
     abt: pl.DataFrame,
     backtest: pl.DataFrame,
     mlflow: MlflowTracking,
     settings: ChurnSettings,
+    warehouse: DuckDBResource,
 ) -> dg.MaterializeResult:
-    cohorts = abt.get_column("reference_date").unique().sort().to_list()
-    plan = plan_time_split(
-        cohorts,
-        n_test=config.n_test_cohorts,
-        n_valid=config.n_valid_cohorts,
-        gap=config.gap_cohorts,
-        horizon_days=settings.churn_horizon_days,
-    )
-    result = train_churn_model(abt, plan, config.model_params())
+    plan = config.split_plan(abt, settings.churn_horizon_days)
+    params, candidates = tune(abt, backtest, config, settings.churn_horizon_days)
+    result = train_churn_model(abt, plan, params)
     uri = mlflow.ready_uri()
     registered = log_and_register(
         result,
         tracking_uri=uri,
         experiment=mlflow.experiment,
         run_name=f"dagster-{context.run.run_id[:8]}",
+        extra_params=provenance(warehouse),
         tags={"dagster_run_id": context.run.run_id},
         artifact_location=mlflow.artifact_root(),
+        candidates=candidates,
     )
-    calibrator, calibration_metadata = calibrate(abt, plan, result, backtest)
+    calibrator, calibration_metadata = calibrate(result, backtest)
     log_calibration(uri, registered.run_id, registered.model_version, calibrator)
     decision, gate_tables = backtest_gate(
         abt,
         backtest,
         config,
+        params=params,
         uri=uri,
         candidate_version=registered.model_version,
         horizon_days=settings.churn_horizon_days,
     )
-    comparison = result.comparison_table()
-    return dg.MaterializeResult(
-        metadata={
-            "mlflow_run_id": registered.run_id,
-            "model_version": registered.model_version,
-            "model_uri": registered.model_uri,
-            "promoted": decision.promoted,
-            "promotion_decision": decision.reason,
-            "candidate_score": decision.candidate_score,
-            "champion_score": decision.champion_score
-            if decision.champion_score is not None
-            else dg.MetadataValue.null(),
-            "oot_roc_auc": result.metrics["roc_auc"],
-            "oot_pr_auc": result.metrics["pr_auc"],
-            "recency_rule_roc_auc": result.baselines["recency_rule"]["roc_auc"],
-            "best_iteration": result.best_iteration,
-            "rows": dg.MetadataValue.json(result.n_rows),
-            "split": dg.MetadataValue.json(plan.as_dict()),
-            "oot_metrics_vs_baselines": dg.MetadataValue.md(frame_to_markdown(comparison)),
-            "top_features": dg.MetadataValue.md(frame_to_markdown(result.importance, max_rows=15)),
-            "plots": dg.MetadataValue.md(png_markdown(result.figures)),
-            **gate_tables,
-            **calibration_metadata,
-        }
+    metadata = _model_metadata(result, registered, decision, plan)
+    return dg.MaterializeResult(metadata={**metadata, **gate_tables, **calibration_metadata})
+
+
+def _scores_metadata(scores: pl.DataFrame, model_version: str) -> dict[str, Any]:
+    """The run's totals, sellers and sales at risk per band, and the newest date's top 20
+    by rank with their reasons in words."""
+    bands = (
+        scores.group_by("risk_band")
+        .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())
+        .sort(pl.col("risk_band").replace_strict(BAND_ORDER), descending=True)
     )
+    top = scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
+        "reference_date",
+        "risk_rank",
+        "seller_id",
+        "churn_probability",
+        "risk_band",
+        "sales_at_risk",
+        "reasons",
+    )
+    return {
+        "model_version": model_version,
+        "mean_probability": float(scores.get_column("churn_probability").mean() or 0.0),
+        "sales_at_risk": float(scores.get_column("sales_at_risk").sum()),
+        "sellers_per_band": table_value(bands),
+        "top_20": table_value(top, max_rows=20),
+    }
 
 
 @dg.asset(
@@ -356,31 +430,11 @@ def churn_scores(
         scored_at=datetime.now(UTC).replace(tzinfo=None),
         calibrator=model.calibrator,
     )
-    exports = export_per_date(scores, settings.to_settings().exports_dir / "churn_scores")
-    bands = (
-        scores.group_by("risk_band")
-        .agg(pl.len().alias("sellers"), pl.col("sales_at_risk").sum())
-        .sort(pl.col("risk_band").replace_strict(BAND_ORDER), descending=True)
+    exports = export_per_date(
+        account_manager_view(scores), settings.to_settings().exports_dir / "churn_scores"
     )
+    metadata = _scores_metadata(scores, model.version)
     context.add_output_metadata(
-        {
-            "model_version": model.version,
-            "mean_probability": float(scores.get_column("churn_probability").mean() or 0.0),
-            "sales_at_risk": float(scores.get_column("sales_at_risk").sum()),
-            "sellers_per_band": table_value(bands),
-            "top_20": table_value(
-                scores.sort("reference_date", "risk_rank", descending=[True, False]).select(
-                    "reference_date",
-                    "risk_rank",
-                    "seller_id",
-                    "churn_probability",
-                    "risk_band",
-                    "sales_at_risk",
-                    reasons_in_words(),
-                ),
-                max_rows=20,
-            ),
-            "exports": dg.MetadataValue.json([str(p) for p in exports[:10]]),
-        }
+        {**metadata, "exports": dg.MetadataValue.json([str(p) for p in exports[:10]])}
     )
     return scores

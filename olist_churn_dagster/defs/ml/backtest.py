@@ -9,6 +9,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from olist_churn_dagster.defs.metadata import table_value
 from olist_churn_dagster.defs.ml.assets import (
     ABT_KEY,
     BACKTEST_KEY,
@@ -19,12 +20,13 @@ from olist_churn_dagster.defs.ml.resources import MlflowTracking
 from olist_churn_dagster.defs.settings import ChurnSettings
 from olist_churn_dagster.defs.versions import BACKTEST_VERSION
 from olist_churn_dagster.defs.warehouse import WAREHOUSE_POOL
-from olist_churn_dagster.lib.markdown import frame_to_markdown, png_markdown
+from olist_churn_dagster.lib.markdown import png_markdown
 from olist_churn_dagster.lib.ml.backtest import (
     MODEL,
     RECENCY_RULE,
     SIMPLE_BASELINE,
     BacktestResult,
+    Gap,
     backtest_figure,
     backtest_model,
     calibrated_name,
@@ -32,6 +34,7 @@ from olist_churn_dagster.lib.ml.backtest import (
     mean_table,
     params_key,
 )
+from olist_churn_dagster.lib.ml.calibration import METHODS
 from olist_churn_dagster.lib.ml.plots import calibration_figure
 from olist_churn_dagster.lib.ml.tracking import log_backtest
 
@@ -48,32 +51,25 @@ class BacktestConfig(TrainingConfig):
     )
 
 
-def backtest_metadata(
-    result: BacktestResult,
-) -> tuple[dict[str, Any], dict[str, "Figure"], dict[str, float]]:
-    """Per-cutoff tables, means, the gaps with their intervals and the two plots for the
-    UI; the figures and a summary for MLflow."""
-    table = result.table
-    vs_simple, vs_recency = gap(table), gap(table, baseline=RECENCY_RULE)
-    chosen = result.chosen_calibration()
-    scores = result.scores
+def _backtest_figures(result: BacktestResult, vs_simple: Gap) -> dict[str, "Figure"]:
+    """The per-cutoff plot and the reliability curves of the cutoffs where the
+    calibrations were judged (each fitted on earlier ones), pooled."""
+    names = [MODEL, *(calibrated_name(MODEL, m) for m in METHODS[1:]), SIMPLE_BASELINE]
+    scores = result.scores.drop_nulls(names)
     y = scores.get_column("churned").to_numpy()
-    reliability = {
-        name: scores.get_column(name).to_numpy()
-        for name in (
-            MODEL,
-            calibrated_name(MODEL, "platt"),
-            calibrated_name(MODEL, "isotonic"),
-            SIMPLE_BASELINE,
-        )
+    reliability = {name: scores.get_column(name).to_numpy() for name in names}
+    return {
+        "backtest": backtest_figure(result.table, vs_simple),
+        "reliability (judged cutoffs pooled)": calibration_figure(y, reliability),
     }
-    figures = {
-        "backtest": backtest_figure(table, vs_simple),
-        "reliability (all cutoffs pooled)": calibration_figure(y, reliability),
-    }
-    wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
-    calibrated = table.filter(pl.col("scorer") == calibrated_name(MODEL, chosen))
-    summary = {
+
+
+def _backtest_summary(
+    result: BacktestResult, wide: pl.DataFrame, vs_simple: Gap, vs_recency: Gap
+) -> dict[str, float]:
+    """The figures MLflow keeps of a backtest."""
+    calibrated = result.calibration().filter(pl.col("method") == result.chosen_calibration())
+    return {
         "mean_roc_auc_model": float(wide.get_column(MODEL).mean()),
         "mean_roc_auc_simple_gbm": float(wide.get_column(SIMPLE_BASELINE).mean()),
         "mean_roc_auc_recency_rule": float(wide.get_column(RECENCY_RULE).mean()),
@@ -81,29 +77,38 @@ def backtest_metadata(
         "gap_vs_simple_gbm_ci_low": vs_simple.ci_low,
         "gap_vs_simple_gbm_ci_high": vs_simple.ci_high,
         "gap_vs_recency_rule": vs_recency.mean,
-        "mean_ece_calibrated": float(calibrated.get_column("ece").mean()),
+        "mean_ece_calibrated": float(calibrated["ece"][0]) if calibrated.height else float("nan"),
         "seconds": result.seconds,
     }
-    return (
-        {
-            "cutoffs": len(result.plans),
-            **{k: summary[k] for k in list(summary)[:4]},
-            "gap_vs_simple_gbm_ci95": dg.MetadataValue.json(
-                [round(vs_simple.ci_low, 5), round(vs_simple.ci_high, 5)]
-            ),
-            "gap_summary": dg.MetadataValue.md(f"- {vs_simple.text()}\n- {vs_recency.text()}"),
-            "calibration": chosen,
-            "mean_ece_calibrated": summary["mean_ece_calibrated"],
-            "roc_auc_per_cutoff": dg.MetadataValue.md(frame_to_markdown(wide, max_rows=60)),
-            "means_over_cutoffs": dg.MetadataValue.md(frame_to_markdown(mean_table(table))),
-            "calibration_methods": dg.MetadataValue.md(frame_to_markdown(result.calibration())),
-            "per_cutoff_metrics": dg.MetadataValue.md(frame_to_markdown(table, max_rows=200)),
-            "seconds": round(result.seconds, 1),
-            "plots": dg.MetadataValue.md(png_markdown(figures)),
-        },
-        figures,
-        summary,
-    )
+
+
+def backtest_metadata(
+    result: BacktestResult,
+) -> tuple[dict[str, Any], dict[str, "Figure"], dict[str, float]]:
+    """Per-cutoff tables, means, the gaps with their intervals and the two plots for the
+    UI; the figures and a summary for MLflow."""
+    table = result.table
+    vs_simple, vs_recency = gap(table), gap(table, baseline=RECENCY_RULE)
+    wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
+    figures = _backtest_figures(result, vs_simple)
+    summary = _backtest_summary(result, wide, vs_simple, vs_recency)
+    metadata = {
+        "cutoffs": len(result.plans),
+        **{k: summary[k] for k in list(summary)[:4]},
+        "gap_vs_simple_gbm_ci95": dg.MetadataValue.json(
+            [round(vs_simple.ci_low, 5), round(vs_simple.ci_high, 5)]
+        ),
+        "gap_summary": dg.MetadataValue.md(f"- {vs_simple.text()}\n- {vs_recency.text()}"),
+        "calibration": result.chosen_calibration(),
+        "mean_ece_calibrated": summary["mean_ece_calibrated"],
+        "roc_auc_per_cutoff": table_value(wide, max_rows=60),
+        "means_over_cutoffs": table_value(mean_table(table)),
+        "calibration_methods": table_value(result.calibration()),
+        "per_cutoff_metrics": table_value(table, max_rows=200),
+        "seconds": round(result.seconds, 1),
+        "plots": dg.MetadataValue.md(png_markdown(figures)),
+    }
+    return metadata, figures, summary
 
 
 @dg.asset(

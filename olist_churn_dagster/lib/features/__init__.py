@@ -38,7 +38,7 @@ from olist_churn_dagster.lib.features.families import PLANS
 from olist_churn_dagster.lib.features.families.products import TOP_CATEGORIES
 from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.sales import sale_items
-from olist_churn_dagster.lib.tables import KEYS, feature_table
+from olist_churn_dagster.lib.tables import KEYS
 
 __all__ = [
     "FEATURE_CATALOGUE",
@@ -48,7 +48,6 @@ __all__ = [
     "FeatureSpec",
     "active_seller_counts",
     "active_sellers",
-    "catalogue_markdown",
     "compute_features",
     "feature_batches",
     "feature_columns",
@@ -481,15 +480,3 @@ def source_columns(family: str) -> dict[str, list[str]]:
         keep = {*_SALE_COLUMNS.get(table, ()), *declared.get(table, ())}
         out[table] = [c for c in TABLES[table].columns if c in keep]
     return out
-
-
-def catalogue_markdown() -> str:
-    """The feature catalogue as the README shows it: one table per family."""
-    parts = []
-    for family in FEATURE_FAMILIES:
-        rows = [s for s in FEATURE_CATALOGUE if s.family == family]
-        parts.append(f"### {family} (`{feature_table(family)}`)\n")
-        parts.append("| feature | meaning | window | unit |\n|---|---|---|---|")
-        parts += [f"| `{s.name}` | {s.meaning} | {s.window} | {s.unit} |" for s in rows]
-        parts.append("")
-    return "\n".join(parts).rstrip() + "\n"

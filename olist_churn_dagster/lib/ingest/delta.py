@@ -74,6 +74,7 @@ from olist_churn_dagster.lib.ingest.loader import (
     typed_key,
 )
 from olist_churn_dagster.lib.ingest.schema import REFERENCES, TABLES, TIMESTAMP, TableSpec
+from olist_churn_dagster.lib.ingest.snapshots import fingerprint
 from olist_churn_dagster.lib.tables import RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import write_frame
 
@@ -216,6 +217,14 @@ def _loaded_files(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, int]]
         f'SELECT table_name, sha256, "rows" FROM {HASH_SCHEMA}."{FILES_TABLE}"'
     ).fetchall()
     return {name: (digest, count) for name, digest, count in rows}
+
+
+def loaded_fingerprint(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The fingerprint of the files the raw tables were last loaded from (`snapshots.
+    fingerprint` of their SHA-256s: a snapshot's own fingerprint once it is loaded), or
+    None before any load. What a model trained on these tables was trained on."""
+    files = _loaded_files(conn)
+    return fingerprint({name: digest for name, (digest, _) in files.items()}) if files else None
 
 
 def _key_schema(spec: TableSpec) -> dict[str, pl.DataType]:

@@ -8,6 +8,10 @@ least one label horizon apart), early-stopped on the latest cohorts before it, a
 on the cutoff's active sellers. The model is compared with the recency rule and with a
 small gradient-boosted model on ~15 plain seller aggregates (`SIMPLE_BASELINE_FEATURES`),
 and the per-cutoff gaps give a mean with a confidence interval instead of a single number.
+
+Calibration is judged the same way, on cutoffs it did not see: for each cutoff, every
+method is fitted on the model's out-of-time scores at the earlier cutoffs whose labels had
+matured by then, and its ECE is measured on the cutoff (`walk_forward_calibration`).
 """
 
 from __future__ import annotations
@@ -142,6 +146,10 @@ def walk_forward_plans(
     return plans
 
 
+# The scorer names of calibrated variants end so (`calibrated_name`).
+CALIBRATED_SUFFIXES = tuple(f"_{m}" for m in METHODS[1:])
+
+
 def calibrated_name(scorer: str, method: str) -> str:
     """The table's scorer name of a calibrated variant (`none` is the scorer itself)."""
     return scorer if method == "none" else f"{scorer}_{method}"
@@ -149,31 +157,64 @@ def calibrated_name(scorer: str, method: str) -> str:
 
 def calibration_table(table: pl.DataFrame, scorer: str | None = MODEL) -> pl.DataFrame:
     """Mean backtest ECE, Brier and ROC AUC of `scorer` per calibration method (from a
-    per-cutoff table with its calibrated variants), lowest ECE first."""
+    per-cutoff table with its calibrated variants), over the cutoffs where the methods were
+    judged (`walk_forward_calibration`; `none` on the same cutoffs), lowest ECE first."""
     names = {} if scorer is None else {calibrated_name(scorer, m): m for m in METHODS}
+    calibrated = [name for name, method in names.items() if method != "none"]
+    judged = table.filter(pl.col("scorer").is_in(calibrated)).get_column("cutoff").to_list()
     return (
-        table.filter(pl.col("scorer").is_in(list(names)))
+        table.filter(pl.col("scorer").is_in(list(names)) & pl.col("cutoff").is_in(judged))
         .group_by("scorer")
-        .agg(pl.col("ece").mean(), pl.col("brier").mean(), pl.col("roc_auc").mean())
+        .agg(
+            pl.len().alias("cutoffs"),
+            pl.col("ece").mean(),
+            pl.col("ece").max().alias("ece_max"),
+            pl.col("brier").mean(),
+            pl.col("roc_auc").mean(),
+        )
         .with_columns(
             pl.col("scorer").replace_strict(names, return_dtype=pl.String).alias("method")
         )
-        .select("method", "ece", "brier", "roc_auc")
+        .select("method", "cutoffs", "ece", "ece_max", "brier", "roc_auc")
         .sort("ece", "brier")
     )
 
 
 def choose_calibration(table: pl.DataFrame, scorer: str | None = MODEL) -> str:
-    """The calibration method with the lowest mean backtest ECE (Brier breaks ties);
-    `none` when the table holds no calibrated variants."""
-    ranked = calibration_table(table, scorer)
-    return str(ranked["method"][0]) if ranked.height else "none"
+    """The simplest calibration (METHODS order: Platt, beta, isotonic) whose mean ECE on
+    the cutoffs it was not fitted on is within one standard error of the best one's (the
+    error of their per-cutoff differences); `none` when the table holds no calibrated
+    variants. `none` itself is the reference, never chosen: a fitted map follows the churn
+    rate of the latest matured cohorts, the model's own probabilities do not.
+
+    Why not simply the lowest ECE: with a handful of cutoffs the methods' ECEs differ by
+    less than they move from cutoff to cutoff, and a flexible map (isotonic) saturates at
+    the extreme scores, where its blocks are smallest."""
+    if scorer is None:
+        return "none"
+    names = {calibrated_name(scorer, m): m for m in METHODS[1:]}
+    wide = (
+        table.filter(pl.col("scorer").is_in(list(names)))
+        .pivot(on="scorer", index="cutoff", values="ece")
+        .drop_nulls()
+    )
+    if wide.height == 0:
+        return "none"
+    ece = {m: wide.get_column(n).to_numpy() for n, m in names.items() if n in wide.columns}
+    best = min(ece, key=lambda m: float(ece[m].mean()))
+    for method, values in ece.items():  # simplest first
+        diff = values - ece[best]
+        error = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if float(diff.mean()) <= error:
+            return method
+    return best
 
 
 @dataclass
 class BacktestResult:
     """Per-cutoff metrics and the scored rows of every scorer (calibrated variants of the
-    calibrated recipe are scorers of their own, e.g. `model_platt`)."""
+    calibrated recipe are scorers of their own, e.g. `model_platt`, at the cutoffs where
+    earlier matured cutoffs could fit them; null scores elsewhere)."""
 
     table: pl.DataFrame  # cutoff, scorer, rows, churn_rate, metrics
     scores: pl.DataFrame  # cutoff, seller_id, churned, one column per scorer
@@ -186,16 +227,60 @@ class BacktestResult:
         return [p.test[0] for p in self.plans]
 
     def calibration(self) -> pl.DataFrame:
-        """Mean backtest ECE, Brier and ROC AUC per calibration method, best first."""
+        """Mean ECE, Brier and ROC AUC per calibration method on the cutoffs it was not
+        fitted on, best first."""
         return calibration_table(self.table, self.calibrated)
 
     def chosen_calibration(self) -> str:
-        """The method with the lowest mean backtest ECE (Brier breaks ties)."""
+        """The simplest method within one standard error of the lowest mean ECE on
+        unseen cutoffs (`choose_calibration`)."""
         return choose_calibration(self.table, self.calibrated)
 
 
 def _rows(frame: pl.DataFrame, dates: Sequence[date]) -> pl.DataFrame:
     return frame.filter(pl.col("reference_date").is_in(list(dates)))
+
+
+def _metric_row(cutoff: date, scorer: str, y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    """One row of the backtest table: a scorer's metrics at a cutoff."""
+    m = evaluate_scores(y, s)
+    head = {"cutoff": cutoff, "scorer": scorer, "rows": int(y.size), "churn_rate": m["base_rate"]}
+    return head | {k: m[k] for k in REPORTED_METRICS}
+
+
+def walk_forward_calibration(
+    scores: pl.DataFrame, scorer: str = MODEL, *, horizon_days: int = 45
+) -> tuple[list[dict[str, Any]], pl.DataFrame]:
+    """Each calibration method judged on cutoffs it did not see.
+
+    For cutoff C, each method of METHODS (but `none`) is fitted on `scorer`'s out-of-time
+    scores at the earlier cutoffs whose labels had matured by C (at least `horizon_days`
+    before it, the gap rule of `walk_forward_plans`) and applied to C's scores; cutoffs
+    without such history (or with one label class only) are not judged. Returns the
+    backtest table's rows of the judged cutoffs (scorer `<scorer>_<method>`) and `scores`
+    with one column per method (null where not judged).
+    """
+    dates = scores.get_column("cutoff")
+    y_all = scores.get_column(LABEL).to_numpy().astype(np.float64)
+    s_all = scores.get_column(scorer).to_numpy()
+    methods = METHODS[1:]
+    columns = {m: np.full(scores.height, np.nan) for m in methods}
+    rows: list[dict[str, Any]] = []
+    for cutoff in sorted(dates.unique()):  # a handful of cutoffs, not rows
+        seen = (dates <= cutoff - timedelta(days=horizon_days)).to_numpy()
+        if np.unique(y_all[seen]).size < 2:
+            continue
+        here = (dates == cutoff).to_numpy()
+        for method in methods:
+            calibrator = fit_calibrator(y_all[seen], s_all[seen], method)
+            columns[method][here] = calibrator.apply(s_all[here])
+            name = calibrated_name(scorer, method)
+            rows.append(_metric_row(cutoff, name, y_all[here], columns[method][here]))
+    calibrated = scores.with_columns(
+        pl.Series(calibrated_name(scorer, m), v, dtype=pl.Float64).fill_nan(None)
+        for m, v in columns.items()
+    )
+    return rows, calibrated
 
 
 def run_backtest(
@@ -205,12 +290,13 @@ def run_backtest(
     *,
     calibrate: str | None = MODEL,
     include_recency: bool = True,
+    horizon_days: int = 45,
 ) -> BacktestResult:
     """Train every recipe for every plan and score the plan's cutoff cohort.
 
-    The recipe named `calibrate` also gets each calibration method fitted on its
-    validation scores (the latest cohorts before the cutoff) and applied to the cutoff:
-    scorers `<name>_platt` and `<name>_isotonic`.
+    The recipe named `calibrate` also gets each calibration method judged on the cutoffs
+    it was not fitted on (`walk_forward_calibration`, labels maturing after
+    `horizon_days`): scorers `<name>_platt`, `<name>_beta` and `<name>_isotonic`.
     """
     started = time.perf_counter()
     metric_rows: list[dict[str, Any]] = []
@@ -228,34 +314,24 @@ def run_backtest(
             )
             best[name].append(best_it)
             scores[name] = predict(booster, test, names)
-            if name == calibrate:
-                valid_scores = predict(booster, valid, names)
-                y_valid = valid.get_column(LABEL).to_numpy()
-                for method in METHODS[1:]:
-                    calibrator = fit_calibrator(y_valid, valid_scores, method)
-                    scores[calibrated_name(name, method)] = calibrator.apply(scores[name])
         if include_recency:
             rate = float(train.get_column(LABEL).mean())
             scores[RECENCY_RULE] = baseline_scores(test, train_base_rate=rate)[RECENCY_RULE]
-        for name, s in scores.items():
-            m = evaluate_scores(y, s)
-            metric_rows.append(
-                {
-                    "cutoff": cutoff,
-                    "scorer": name,
-                    "rows": int(y.size),
-                    "churn_rate": m["base_rate"],
-                }
-                | {k: m[k] for k in REPORTED_METRICS}
-            )
+        metric_rows += [_metric_row(cutoff, name, y, s) for name, s in scores.items()]
         score_parts.append(
             test.select(pl.col("reference_date").alias("cutoff"), "seller_id", LABEL).with_columns(
                 pl.Series(name, s, dtype=pl.Float64) for name, s in scores.items()
             )
         )
+    scored = pl.concat(score_parts)
+    if calibrate in recipes:
+        calibrated_rows, scored = walk_forward_calibration(
+            scored, calibrate, horizon_days=horizon_days
+        )
+        metric_rows += calibrated_rows
     return BacktestResult(
         table=pl.DataFrame(metric_rows),
-        scores=pl.concat(score_parts),
+        scores=scored,
         plans=list(plans),
         seconds=time.perf_counter() - started,
         calibrated=calibrate if calibrate in recipes else None,
@@ -264,9 +340,13 @@ def run_backtest(
 
 
 def mean_table(table: pl.DataFrame) -> pl.DataFrame:
-    """Mean and standard deviation over the cutoffs, one row per scorer, best AUC first."""
+    """Mean and standard deviation over the cutoffs, one row per scorer, best AUC first;
+    without the calibrated variants, judged on fewer cutoffs (see `calibration_table`)."""
     return (
-        table.group_by("scorer", maintain_order=True)
+        table.filter(
+            ~pl.any_horizontal(pl.col("scorer").str.ends_with(s) for s in CALIBRATED_SUFFIXES)
+        )
+        .group_by("scorer", maintain_order=True)
         .agg(
             pl.len().alias("cutoffs"),
             *[pl.col(m).mean().alias(m) for m in REPORTED_METRICS],
@@ -344,8 +424,9 @@ def backtest_figure(table: pl.DataFrame, model_gap: Gap) -> Figure:
     wide = table.pivot(on="scorer", index="cutoff", values="roc_auc").sort("cutoff")
     labels = [d.isoformat() for d in wide.get_column("cutoff").to_list()]
     x = np.arange(len(labels))
-    calibrated = tuple(f"_{m}" for m in METHODS[1:])
-    for scorer in [c for c in wide.columns if c != "cutoff" and not c.endswith(calibrated)]:
+    for scorer in [
+        c for c in wide.columns if c != "cutoff" and not c.endswith(CALIBRATED_SUFFIXES)
+    ]:
         auc_ax.plot(x, wide.get_column(scorer).to_numpy(), marker="o", label=scorer)
     auc_ax.set(title="ROC AUC per cutoff", ylabel="ROC AUC", xticks=x)
     auc_ax.set_xticklabels(labels, rotation=45, ha="right", fontsize="small")
@@ -386,7 +467,7 @@ def backtest_model(
     recipes = {MODEL: Recipe(params=params, features=None if features is None else tuple(features))}
     if baselines:
         recipes[SIMPLE_BASELINE] = simple_baseline()
-    return run_backtest(abt, plans, recipes, include_recency=baselines)
+    return run_backtest(abt, plans, recipes, include_recency=baselines, horizon_days=horizon_days)
 
 
 def params_key(params: ModelParams) -> str:
@@ -407,7 +488,8 @@ def tune_walk_forward(
 
     Pass plans whose cutoffs precede the ones you report (e.g. all but the last N), or the
     winner's backtest is optimistic by the selection itself. Returns the best params and
-    one row per combination (mean, spread and worst cutoff AUC), best first.
+    one row per combination (mean, spread and worst cutoff AUC, and `per_cutoff`: its
+    backtest rows, cutoff and REPORTED_METRICS), best first.
     """
     base = base or ModelParams()
     known = set(asdict(base))
@@ -430,6 +512,7 @@ def tune_walk_forward(
                 "std_roc_auc": float(auc.std() or 0.0),
                 "min_roc_auc": float(auc.min()),
                 "seconds": result.seconds,
+                "per_cutoff": result.table.select("cutoff", *REPORTED_METRICS).to_dicts(),
             }
         )
     table = pl.DataFrame(rows).sort("mean_roc_auc", descending=True)

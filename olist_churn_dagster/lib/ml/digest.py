@@ -17,11 +17,9 @@ import polars as pl
 
 from olist_churn_dagster.lib.ml.scoring import (
     BAND_ORDER,
-    N_REASONS,
     REASONS_FOR_TOP_SALES_AT_RISK,
     RISK_BANDS,
     money_text,
-    reasons_in_words,
 )
 from olist_churn_dagster.lib.tables import SCORES_TABLE
 from olist_churn_dagster.lib.warehouse import sql_text_list
@@ -35,7 +33,7 @@ SCORE_COLUMNS = (
     "churn_probability",
     "risk_band",
     "sales_at_risk",
-    *[c for i in range(1, N_REASONS + 1) for c in (f"reason_{i}", f"reason_{i}_value")],
+    "reasons",  # in words, as scoring wrote them (`scoring.reasons_in_words`)
 )
 COLUMNS = (
     "reference_date",
@@ -256,7 +254,6 @@ def risk_digest(scores: pl.DataFrame, dates: Sequence[date], *, top_n: int = TOP
             | pl.col("move").is_not_null()
             | pl.col("top_at_risk").is_not_null()
         )
-        .with_columns(reasons_in_words())
         .select(COLUMNS)
         .sort("reference_date", "sales_at_risk", "seller_id", descending=[False, True, False])
     )

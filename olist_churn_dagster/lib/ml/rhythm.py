@@ -14,16 +14,52 @@ from collections.abc import Mapping
 
 import polars as pl
 
+from olist_churn_dagster.lib.features import FeatureSpec
 from olist_churn_dagster.lib.ml.abt import join_features
 
-RHYTHM_FEATURES = (
-    "rhythm_recency_over_gap",
-    "rhythm_recency_z",
-    "rhythm_active_day_rate",
-    "rhythm_p_no_sale_left",
-    "rhythm_p_no_sale_left_30d",
-    "rhythm_orders_30d_vs_window",
+_SEEN = "the window's days since the first sale"
+_TIME_LEFT = "before the silence reaches the churn horizon (45 days by default)"
+# Their catalogue entries (family `rhythm`), as the feature families give theirs.
+RHYTHM_CATALOGUE: tuple[FeatureSpec, ...] = tuple(
+    FeatureSpec("rhythm", name, meaning, window, unit)
+    for name, meaning, window, unit in (
+        (
+            "rhythm_recency_over_gap",
+            "days since the last sale day over the mean gap between sale days "
+            "(null with fewer than 2 sale days)",
+            "window",
+            "ratio",
+        ),
+        (
+            "rhythm_recency_z",
+            "days since the last sale day minus the mean gap between sale days, in standard "
+            "deviations of the gaps (null below 2 gaps or when all gaps are equal)",
+            "window",
+            "standard deviations",
+        ),
+        ("rhythm_active_day_rate", f"share of {_SEEN} with a sale", "window", "share"),
+        (
+            "rhythm_p_no_sale_left",
+            f"chance of no sale {_TIME_LEFT} at the seller's rate of sale days over {_SEEN} "
+            "(Poisson)",
+            "window",
+            "probability",
+        ),
+        (
+            "rhythm_p_no_sale_left_30d",
+            f"chance of no sale {_TIME_LEFT} at the rate of orders of the last 30 days (Poisson)",
+            "30d",
+            "probability",
+        ),
+        (
+            "rhythm_orders_30d_vs_window",
+            f"orders of the last 30 days over the 30-day average of {_SEEN} (null without orders)",
+            "window",
+            "ratio",
+        ),
+    )
 )
+RHYTHM_FEATURES = tuple(spec.name for spec in RHYTHM_CATALOGUE)
 _NEEDED = (
     "sales_recency_days",
     "sales_mean_gap_days",

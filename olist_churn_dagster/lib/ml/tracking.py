@@ -219,6 +219,49 @@ def _pip_requirements() -> list[str]:
     return [f"xgboost=={xgb.__version__}", f"mlflow=={mlflow.__version__}"]
 
 
+def provenance_params(
+    raw_fingerprint: str | None, catalogue_sha256: str, git_commit: str | None
+) -> dict[str, str]:
+    """What a training run needs recorded to be reproduced, as run params: the raw load's
+    fingerprint (`lib.ingest.delta.loaded_fingerprint`), the feature catalogue's hash and
+    the code's commit (`lib.versions`); one not known (no load yet, no git) is left out."""
+    params = {
+        "raw_fingerprint": raw_fingerprint,
+        "feature_catalogue_sha256": catalogue_sha256,
+        "code_git_commit": git_commit,
+    }
+    return {k: v for k, v in params.items() if v}
+
+
+CANDIDATE_METRICS = ("mean_roc_auc", "std_roc_auc", "min_roc_auc", "seconds")
+
+
+def _log_candidates(experiment_id: str, candidates: pl.DataFrame) -> None:
+    """Each tuning candidate (a row of `backtest.tune_walk_forward`'s table, best first: the
+    one trained) as a child run of the active run: its parameters, its mean, spread and
+    worst cutoff ROC AUC, and its backtest figures per cutoff as metric history (step =
+    cutoff index, oldest first)."""
+    import mlflow
+
+    grid = [c for c in candidates.columns if c not in (*CANDIDATE_METRICS, "per_cutoff")]
+    for rank, row in enumerate(candidates.iter_rows(named=True), start=1):  # a few
+        cutoffs = row["per_cutoff"]
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"candidate-{rank}",
+            nested=True,
+            tags={"kind": "tuning_candidate", "chosen": str(rank == 1).lower()},
+        ):
+            mlflow.log_params(
+                {k: row[k] for k in grid}
+                | {"rank": rank, "cutoffs": ",".join(str(c["cutoff"]) for c in cutoffs)}
+            )
+            mlflow.log_metrics({k: float(row[k]) for k in CANDIDATE_METRICS})
+            for step, figures in enumerate(cutoffs):
+                metrics = {f"backtest_{k}": v for k, v in figures.items() if k != "cutoff"}
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
 def log_and_register(
     result: TrainResult,
     *,
@@ -228,9 +271,12 @@ def log_and_register(
     extra_params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     artifact_location: str | None = None,
+    candidates: pl.DataFrame | None = None,
 ) -> RegisteredModelInfo:
     """Log one training result as a run (params, OOT and baseline metrics, plots, tables,
-    the model with signature and example) and register the model under MODEL_NAME."""
+    the model with signature and example) and register the model under MODEL_NAME.
+    `extra_params` adds params (e.g. `provenance_params`); `candidates`, the tuning that
+    chose the params, is logged as child runs (`_log_candidates`)."""
     import mlflow
     import mlflow.xgboost
     from mlflow.models import infer_signature
@@ -247,8 +293,11 @@ def log_and_register(
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {}), nested=nested
         ) as run:
-            mlflow.log_params(_params(result, extra_params))
+            tuning = {} if candidates is None else {"tuning_candidates": candidates.height}
+            mlflow.log_params(_params(result, {**(extra_params or {}), **tuning}))
             mlflow.log_metrics(_metrics(result))
+            if candidates is not None:
+                _log_candidates(experiment_id, candidates)
             with tempfile.TemporaryDirectory() as tmp:
                 _write_artifacts(result, Path(tmp))
                 mlflow.log_artifacts(tmp)

@@ -18,11 +18,12 @@ from olist_churn_dagster.lib.ingest.delta import (
     _write_delta,
     apply_load,
     last_changes,
+    loaded_fingerprint,
     plan_load,
 )
 from olist_churn_dagster.lib.ingest.loader import HASH, LINE, ROW, InputDataError, load_dataset
 from olist_churn_dagster.lib.ingest.schema import TABLES
-from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, write_snapshot
+from olist_churn_dagster.lib.ingest.snapshots import cut_as_of, inspect_snapshot, write_snapshot
 from olist_churn_dagster.lib.warehouse import write_frame
 from olist_churn_dagster_tests.memory import assert_flat, resident_bytes
 
@@ -82,6 +83,22 @@ def test_first_load_is_whole_and_stores_hashes(loaded) -> None:
     for name in keyed:
         count = conn.execute(f'SELECT count(*) FROM {HASH_SCHEMA}."{name}"').fetchone()[0]
         assert count == changes[name].rows
+
+
+def test_the_loaded_fingerprint_is_the_snapshots(tables: Tables, tmp_path: Path) -> None:
+    """What a training run records of its data: the fingerprint of the files last loaded,
+    the very fingerprint of the snapshot they came from; none before any load."""
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    assert loaded_fingerprint(conn) is None
+    last = tables["orders"]["order_purchase_timestamp"].max().date()
+    fingerprints = []
+    for day in (last - timedelta(days=5), last):
+        folder = write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day)
+        load(conn, folder)
+        fingerprints.append(inspect_snapshot(tmp_path / "snap", folder.name).fingerprint)
+        assert loaded_fingerprint(conn) == fingerprints[-1]
+    assert fingerprints[0] != fingerprints[1]
+    conn.close()
 
 
 def test_each_load_logs_the_sellers_whose_sales_changed(

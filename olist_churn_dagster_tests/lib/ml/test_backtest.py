@@ -11,9 +11,11 @@ from olist_churn_dagster.lib.ml.backtest import (
     SIMPLE_BASELINE,
     Recipe,
     backtest_figure,
+    choose_calibration,
     gap,
     mean_table,
     run_backtest,
+    walk_forward_calibration,
     walk_forward_plans,
 )
 from olist_churn_dagster.lib.ml.model import ModelParams, plan_time_split
@@ -78,15 +80,20 @@ def result(abt, recipes):
 
 def test_backtest_reports_every_cutoff_and_scorer(result, abt):
     table = result.table
-    assert table.height == 4 * 5
+    # 3 scorers at the 4 cutoffs; 3 calibrations at the 2 cutoffs with a cutoff 45 days
+    # or more before them to fit on.
+    assert table.height == 4 * 3 + 2 * 3
     assert set(table.get_column("scorer")) == {
         MODEL,
         "model_platt",
+        "model_beta",
         "model_isotonic",
         SIMPLE_BASELINE,
         RECENCY_RULE,
     }
     cutoffs = sorted(abt.get_column("reference_date").unique())[-4:]
+    judged = table.filter(pl.col("scorer") == "model_beta").get_column("cutoff").to_list()
+    assert judged == cutoffs[2:]
     assert result.cutoffs() == cutoffs
     per_cutoff = abt.group_by("reference_date").len()
     for row in table.filter(pl.col("scorer") == MODEL).iter_rows(named=True):
@@ -97,12 +104,63 @@ def test_backtest_reports_every_cutoff_and_scorer(result, abt):
         per_cutoff.filter(pl.col("reference_date").is_in(cutoffs))["len"]
     )
     calibration = result.calibration()
-    assert calibration["method"].sort().to_list() == ["isotonic", "none", "platt"]
+    assert calibration["method"].sort().to_list() == ["beta", "isotonic", "none", "platt"]
+    assert calibration["cutoffs"].to_list() == [2] * 4  # `none` on the judged cutoffs too
     assert calibration["ece"].is_sorted()
-    assert result.chosen_calibration() == calibration["method"][0]
-    platt = table.filter(pl.col("scorer") == "model_platt")["roc_auc"].to_numpy()
-    raw = table.filter(pl.col("scorer") == MODEL)["roc_auc"].to_numpy()
-    np.testing.assert_allclose(platt, raw, atol=1e-9)  # Platt is monotone: same ranking
+    assert result.chosen_calibration() in ("platt", "beta", "isotonic")
+    raw = table.filter(pl.col("scorer") == MODEL, pl.col("cutoff").is_in(judged))
+    for method in ("platt", "beta"):  # monotone: the same ranking
+        mapped = table.filter(pl.col("scorer") == f"model_{method}")["roc_auc"].to_numpy()
+        np.testing.assert_allclose(mapped, raw["roc_auc"].to_numpy(), atol=1e-9)
+    assert result.scores.filter(pl.col("cutoff").is_in(judged))["model_beta"].null_count() == 0
+    assert result.scores.filter(~pl.col("cutoff").is_in(judged))["model_beta"].null_count() > 0
+
+
+def _ece_table(ece: dict[str, list[float]]) -> pl.DataFrame:
+    """A backtest table of ECEs only: method -> one value per cutoff."""
+    cutoffs = MONTHLY[: len(next(iter(ece.values())))]
+    return pl.DataFrame(
+        [
+            {"cutoff": c, "scorer": MODEL if m == "none" else f"{MODEL}_{m}", "ece": e}
+            for m, values in ece.items()
+            for c, e in zip(cutoffs, values, strict=True)
+        ]
+    )
+
+
+def test_the_simplest_calibration_within_the_noise_of_the_best_is_chosen():
+    noisy = {
+        "none": [0.030, 0.031, 0.029, 0.030],
+        "platt": [0.026, 0.027, 0.021, 0.025],
+        "beta": [0.025, 0.028, 0.019, 0.029],
+        "isotonic": [0.022, 0.025, 0.017, 0.031],  # lowest mean, by less than the noise
+    }
+    assert choose_calibration(_ece_table(noisy)) == "platt"
+    clear = {**noisy, "isotonic": [0.012, 0.014, 0.011, 0.013]}
+    assert choose_calibration(_ece_table(clear)) == "isotonic"
+    # none is the reference, never chosen over a fitted map; no fitted map: none.
+    assert choose_calibration(_ece_table({**noisy, "none": [0.01] * 4})) == "platt"
+    assert choose_calibration(_ece_table({"none": noisy["none"]})) == "none"
+
+
+def test_calibration_at_a_cutoff_reads_no_label_of_the_45_days_before_it(result):
+    """Flipping every label later than cutoff - 45 days leaves the cutoff's calibrated
+    scores as they were: each method is fitted on matured earlier cutoffs only."""
+    cutoff = result.cutoffs()[-1]
+    scores = result.scores.select("cutoff", "seller_id", "churned", MODEL)
+    flipped = scores.with_columns(
+        pl.when(pl.col("cutoff") > cutoff - timedelta(days=45))
+        .then(1 - pl.col("churned"))
+        .otherwise(pl.col("churned"))
+    )
+    rows, again = walk_forward_calibration(flipped, MODEL, horizon_days=45)
+    for method in ("platt", "beta", "isotonic"):
+        name = f"model_{method}"
+        before = result.scores.filter(pl.col("cutoff") == cutoff)[name].to_numpy()
+        np.testing.assert_allclose(
+            again.filter(pl.col("cutoff") == cutoff)[name].to_numpy(), before
+        )
+    assert {r["cutoff"] for r in rows} == set(result.cutoffs()[2:])
 
 
 def test_model_with_the_signal_beats_the_weak_baseline(result):
@@ -181,6 +239,11 @@ def test_walk_forward_tuning_ranks_by_mean_cutoff_auc(abt):
         abt, plans, {"max_depth": [1, 3], "n_estimators": [1, 200]}, base=FAST
     )
     assert table.height == 4 and table["mean_roc_auc"].is_sorted(descending=True)
+    for row in table.iter_rows(named=True):  # each candidate's own backtest rows
+        assert [r["cutoff"] for r in row["per_cutoff"]] == [p.test[0] for p in plans]
+        aucs = [r["roc_auc"] for r in row["per_cutoff"]]
+        assert np.mean(aucs) == pytest.approx(row["mean_roc_auc"])
+        assert min(aucs) == row["min_roc_auc"]
     assert (best.max_depth, best.n_estimators) == (table["max_depth"][0], table["n_estimators"][0])
     # A single depth-1 stump cannot be the best of four on a nonlinear signal.
     assert (best.max_depth, best.n_estimators) != (1, 1)

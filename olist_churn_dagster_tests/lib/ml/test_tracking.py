@@ -25,6 +25,7 @@ from olist_churn_dagster.lib.ml.tracking import (
     load_model_version,
     log_and_register,
     log_calibration,
+    provenance_params,
     run_model_params,
 )
 from olist_churn_dagster_tests.lib.ml.test_model import synthetic_abt
@@ -107,6 +108,65 @@ def test_log_and_register_records_run_artifacts_and_version(store, results, tmp_
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert "MLFLOW_REGISTRY_URI" not in os.environ
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == defaults
+
+
+def test_training_run_records_its_provenance_and_tuning_candidates(store, data, tmp_path):
+    """A real SQLite store: the run's params name the raw load, the catalogue and the
+    commit; each tuning candidate is a child run with its per-cutoff backtest figures,
+    the best one (the one trained) marked as chosen."""
+    from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
+    from olist_churn_dagster.lib.ml.backtest import tune_walk_forward, walk_forward_plans
+    from olist_churn_dagster.lib.versions import catalogue_hash, git_commit
+
+    abt, plan = data
+    plans = walk_forward_plans(plan.train + plan.valid, n_cutoffs=2, horizon_days=45)
+    grid = {"max_depth": [1, 3], "n_estimators": [2, 100]}
+    best, candidates = tune_walk_forward(abt, plans, grid, base=FAST)
+    provenance = provenance_params("f" * 64, catalogue_hash(FEATURE_CATALOGUE), git_commit())
+    info = log_and_register(
+        train_churn_model(abt, plan, best),
+        tracking_uri=store,
+        experiment="churn",
+        extra_params=provenance,
+        candidates=candidates,
+    )
+    client = MlflowClient(tracking_uri=store)
+    params = client.get_run(info.run_id).data.params
+    assert params["raw_fingerprint"] == "f" * 64
+    assert params["feature_catalogue_sha256"] == catalogue_hash(FEATURE_CATALOGUE)
+    assert len(params["feature_catalogue_sha256"]) == 64
+    assert params.get("code_git_commit") == git_commit()  # absent without git
+    assert params["tuning_candidates"] == "4"
+    assert params["max_depth"] == str(best.max_depth)
+    children = client.search_runs(
+        [info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{info.run_id}'"
+    )
+    assert len(children) == 4
+    by_rank = {int(c.data.params["rank"]): c for c in children}
+    assert sorted(by_rank) == [1, 2, 3, 4]
+    assert [r.data.tags["chosen"] for _, r in sorted(by_rank.items())] == ["true"] + ["false"] * 3
+    chosen = by_rank[1].data
+    assert (int(chosen.params["max_depth"]), int(chosen.params["n_estimators"])) == (
+        best.max_depth,
+        best.n_estimators,
+    )
+    means = [by_rank[k].data.metrics["mean_roc_auc"] for k in sorted(by_rank)]
+    assert means == sorted(means, reverse=True)
+    for rank, child in by_rank.items():
+        row = candidates.row(rank - 1, named=True)
+        history = client.get_metric_history(child.info.run_id, "backtest_roc_auc")
+        assert [m.step for m in history] == [0, 1]
+        assert [m.value for m in history] == pytest.approx(
+            [c["roc_auc"] for c in row["per_cutoff"]]
+        )
+        assert child.data.params["cutoffs"] == ",".join(str(p.test[0]) for p in plans)
+        assert "backtest_precision_top_decile" in child.data.metrics
+    # The model itself belongs to the parent run, not to a candidate.
+    assert client.get_model_version(MODEL_NAME, info.model_version).run_id == info.run_id
+
+
+def test_provenance_leaves_out_what_is_not_known():
+    assert provenance_params(None, "c" * 64, None) == {"feature_catalogue_sha256": "c" * 64}
 
 
 def test_the_gate_records_its_decision_and_the_champion_loads_by_alias(store, results, data):
