@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +51,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import user_backfill  # noqa: E402  (the embedded path's CLI backfill)
+from live_loop import FEED_DAYS  # noqa: E402  (the demo feed's days after the export)
 
+from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE, replay  # noqa: E402
 from olist_churn_dagster.stack import postgres, servers  # noqa: E402
 from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
     FINISHED_BACKFILL_STATUSES,
@@ -79,11 +82,13 @@ mutation { reloadWorkspace { __typename ... on PythonError { message } } }
 
 
 class Figure(NamedTuple):
-    """One measured path: wall and CPU seconds, the 1-minute load average before and after."""
+    """One measured path: wall and CPU seconds, the largest resident memory of any one of
+    its processes, the 1-minute load average before and after."""
 
     path: str
     wall: float
     cpu: float
+    peak_gb: float
     load_before: float
     load_after: float
 
@@ -112,6 +117,15 @@ def cpu_seconds(roots: Sequence[int]) -> float:
     return total
 
 
+def largest_rss_gb(roots: Sequence[int]) -> float:
+    """The resident memory of the largest process now in the trees under `roots`, in GB."""
+    largest = 0
+    for proc in _trees(roots):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            largest = max(largest, proc.memory_info().rss)
+    return largest / 1e9
+
+
 def stack_roots(config: servers.StackConfig, extra: Sequence[int] = ()) -> list[int]:
     """supervisord's pid (every server of the stack, Postgres included, is its child) and
     `extra`."""
@@ -131,14 +145,17 @@ def launch_and_wait(
     launched, started = time.time(), time.perf_counter()
     backfill_id = launch_asset_backfill(gql, asset_paths, keys)
 
-    def finished() -> dict[str, Any] | None:
+    peak_gb = 0.0
+
+    def finished() -> dict[str, Any] | None:  # polled every second: samples the memory too
+        nonlocal peak_gb
+        peak_gb = max(peak_gb, largest_rss_gb(roots))
         state = backfill(gql, backfill_id)
         return state if state["status"] in FINISHED_BACKFILL_STATUSES else None
 
     state = wait_until(f"backfill {backfill_id}", finished, timeout=7200, interval=1.0)
-    figure = Figure(
-        label, time.perf_counter() - started, cpu_seconds(roots) - cpu, load, os.getloadavg()[0]
-    )
+    wall = time.perf_counter() - started
+    figure = Figure(label, wall, cpu_seconds(roots) - cpu, peak_gb, load, os.getloadavg()[0])
     found = runs(gql, tags={"dagster/backfill": backfill_id})
     if state["status"] != "COMPLETED_SUCCESS" or [r["status"] for r in found] != ["SUCCESS"]:
         raise RuntimeError(f"{label}: backfill {state}, runs {found}")
@@ -146,7 +163,7 @@ def launch_and_wait(
     print(
         f"{label}: {len(keys)} partitions, wall {figure.wall:.1f} s (launch to run start "
         f"{run['startTime'] - launched:.1f} s, run {run['endTime'] - run['startTime']:.1f} s), "
-        f"CPU {figure.cpu:.1f} s",
+        f"CPU {figure.cpu:.1f} s, peak {figure.peak_gb:.2f} GB (sampled each second)",
         flush=True,
     )
     return figure
@@ -210,10 +227,46 @@ def _set_postgres(config: servers.StackConfig, settings: dict[str, str]) -> None
         conf.write(lines)
 
 
+def _wait_job(gql: GraphQL, job: str) -> float:
+    started = time.perf_counter()
+    (run,) = wait_runs_finished(gql, job, timeout=7200, runIds=[launch_job(gql, job)])
+    if run["status"] != "SUCCESS":
+        raise RuntimeError(f"{job} ended {run['status']}")
+    return time.perf_counter() - started
+
+
+def daily_loop(config: servers.StackConfig, gql: GraphQL, snapshots: int) -> list[float]:
+    """The model trained (a `train_churn_model` run), then `snapshots` days of the feed
+    landed one by one, as the walkthrough replays them: each marker picked up by the
+    snapshot sensor in the daemon, its run launched by the run queue through the code
+    server. Returns each snapshot's seconds from its marker to the run's end (scores and
+    digest committed)."""
+    print(f"train_churn_model: {_wait_job(gql, 'train_churn_model'):.1f} s", flush=True)
+    first = date.today() - timedelta(days=FEED_DAYS - 1)  # the day after the export's
+    latencies = []
+    for day in (first + timedelta(days=offset) for offset in range(snapshots)):
+        time.sleep(2.0)  # the previous run's end is settled before the next marker
+        (folder,) = replay(config.root / "feed", day, day, out_root=config.root / "snapshots")
+        marker = (folder / MARKER_FILE).stat().st_mtime
+        tags = {"olist/snapshot": day.isoformat()}
+        (run,) = wait_runs_finished(gql, f"snapshot {day}", timeout=1800, tags=tags)
+        if run["status"] != "SUCCESS":
+            raise RuntimeError(f"the run of snapshot {day} ended {run['status']}")
+        latencies.append(run["endTime"] - marker)
+        print(
+            f"snapshot {day}: marker to launch {run['creationTime'] - marker:.1f} s, to "
+            f"scores committed {latencies[-1]:.1f} s (run {run['endTime'] - run['startTime']:.1f}"
+            f" s), load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    return latencies
+
+
 def stack_paths(
-    config: servers.StackConfig, paths: Sequence[str], settings: dict[str, str]
+    config: servers.StackConfig, paths: Sequence[str], settings: dict[str, str], snapshots: int
 ) -> tuple[list[Figure], list[str]]:
-    """The stack up, the raw load, then the feature backfill and the floor; the stack down."""
+    """The stack up, the raw load, then the feature backfill, the floor and the daily loop;
+    the stack down."""
     _set_postgres(config, settings)
     servers.up(config, timeout=600, log=lambda line: print(f"[stack] {line}", flush=True))
     figures: list[Figure] = []
@@ -235,6 +288,8 @@ def stack_paths(
             if "floor" in paths:
                 time.sleep(max(0.0, DAEMON_WORKSPACE_REFRESH - (time.monotonic() - added)))
                 figures.append(launch_and_wait(gql, "stack floor", FLOOR_ASSETS, keys, roots))
+            if snapshots and "stack" in paths:
+                daily_loop(config, gql, snapshots)
     finally:
         servers.down(config.root, log=lambda line: print(f"[stack] {line}", flush=True))
     return figures, keys
@@ -251,12 +306,16 @@ def embedded_path(root: Path, raw: Path, keys: list[str]) -> Figure:
     module = ["-m", "olist_churn_dagster.definitions"]
     user_backfill.dagster_cli(env, "asset", "materialize", *module, "--select", "group:raw")
     load = os.getloadavg()[0]
-    wall, cpu, *_ = user_backfill.dagster_cli(
+    wall, cpu, peak_gb, _ = user_backfill.dagster_cli(
         env, "asset", "materialize", *module, "--select", user_backfill.FEATURES,
         "--partition-range", f"{keys[0]}...{keys[-1]}",
     )  # fmt: skip
-    print(f"embedded: {len(keys)} partitions, wall {wall:.1f} s, CPU {cpu:.1f} s", flush=True)
-    return Figure("embedded", wall, cpu, load, os.getloadavg()[0])
+    print(
+        f"embedded: {len(keys)} partitions, wall {wall:.1f} s, CPU {cpu:.1f} s, "
+        f"peak {peak_gb:.2f} GB",
+        flush=True,
+    )
+    return Figure("embedded", wall, cpu, peak_gb, load, os.getloadavg()[0])
 
 
 def table(figures: Sequence[Figure]) -> str:
@@ -267,11 +326,12 @@ def table(figures: Sequence[Figure]) -> str:
         return f"{figure.wall / by_path[base].wall:.2f}x" if base in by_path else "-"
 
     lines = [
-        "| path | wall s | CPU s | load before, after | to embedded | to floor |",
-        "|---|---:|---:|---|---:|---:|",
+        "| path | wall s | CPU s | peak GB | load before, after | to embedded | to floor |",
+        "|---|---:|---:|---:|---|---:|---:|",
     ]
     lines += [
-        f"| {f.path} | {f.wall:.1f} | {f.cpu:.1f} | {f.load_before:.1f}, {f.load_after:.1f} "
+        f"| {f.path} | {f.wall:.1f} | {f.cpu:.1f} | {f.peak_gb:.2f} "
+        f"| {f.load_before:.1f}, {f.load_after:.1f} "
         f"| {ratio(f, 'embedded')} | {ratio(f, 'stack floor')} |"
         for f in figures
     ]
@@ -325,6 +385,9 @@ def main() -> None:
         help="postgres: Dagster's own Postgres storage, a connection per statement, instead "
         "of the stack's pooled one",
     )  # fmt: skip
+    parser.add_argument(
+        "--snapshots", type=int, default=2, help="feed days landed after training (0: none)"
+    )
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument("--postgres", nargs="*", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
@@ -343,7 +406,8 @@ def main() -> None:
     try:
         subprocess.run(
             [str(REPO / ".venv/bin/olist-churn"), "generate", str(config.root / "raw"),
-             "--scale", str(args.scale)],
+             "--scale", str(args.scale), "--feed", str(config.root / "feed"),
+             "--feed-days", str(FEED_DAYS)],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         print(
@@ -352,7 +416,7 @@ def main() -> None:
             flush=True,
         )
         with _environ(server_env):  # every server inherits it, the embedded path does not
-            figures, keys = stack_paths(config, args.paths, settings)
+            figures, keys = stack_paths(config, args.paths, settings, args.snapshots)
         if "embedded" in args.paths:
             figures.append(embedded_path(parent, config.root / "raw", keys))
         print(table(figures))
