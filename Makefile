@@ -115,7 +115,8 @@ test-fast: install  ## unit and in-process tests only: no server, no browser, no
 #   BENCH_LIVE_SNAPSHOTS free snapshots, then one while a reader holds the warehouse
 #   file for BENCH_LIVE_HOLD seconds (0 leaves that one out);
 # - the feature backfill on the deployed stack, launched through the webserver as the UI
-#   does, beside Dagster's floor on it and the embedded path (bench/stack_backfill.py).
+#   does, beside Dagster's floor on it and the embedded path, then snapshot marker to
+#   committed scores through the stack's daemon (bench/stack_backfill.py).
 # BENCH_MARKDOWN=docs/benchmarks.md also writes the stage table into that file.
 BENCH_SCALES ?= 1 10 30
 BENCH_MARKDOWN ?=
@@ -123,7 +124,7 @@ BENCH_USER_SCALES ?= 1 30
 BENCH_LIVE_SCALES ?= 1
 BENCH_LIVE_SNAPSHOTS ?= 3
 BENCH_LIVE_HOLD ?= 60
-BENCH_STACK_SCALES ?= 1
+BENCH_STACK_SCALES ?= 1 30
 
 bench: bench-pipeline bench-user bench-live bench-stack  ## all four benchmarks (each prints its table)
 
@@ -138,7 +139,7 @@ bench-live: install  ## snapshot marker to committed scores under `dg dev`
 	$(foreach scale,$(BENCH_LIVE_SCALES),$(UV) run python bench/live_loop.py --scale $(scale) \
 		--snapshots $(BENCH_LIVE_SNAPSHOTS) --hold $(BENCH_LIVE_HOLD) &&) true
 
-bench-stack: install postgres  ## the feature backfill on `make stack`, beside the floor and embedded path
+bench-stack: install postgres  ## the feature backfill and daily loop on `make stack`, beside the floor and embedded path
 	$(foreach scale,$(BENCH_STACK_SCALES),$(UV) run python bench/stack_backfill.py --scale $(scale) &&) true
 
 lint: install

@@ -391,6 +391,9 @@ def main() -> None:
     parser.add_argument("--server-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument("--postgres", nargs="*", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
+    # A SIGTERM (a killed benchmark) unwinds like an error: the stack and the floor's code
+    # server are stopped and the folder removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server_env, settings = _pairs(args.server_env, parser), _pairs(args.postgres, parser)
     if args.storage == "postgres":
         servers.instance_config = _unpooled(servers.instance_config)
