@@ -2,16 +2,22 @@
 beside Dagster's floor on the same instance and the embedded path on the same raw files.
 
     uv run python bench/stack_backfill.py [--scale 1] [--root DIR] [--keep]
-        [--paths stack floor embedded] [--server-env NAME=VALUE ...] [--postgres NAME=VALUE ...]
+        [--paths stack halves floor embedded] [--snapshots 2]
+        [--server-env NAME=VALUE ...] [--postgres NAME=VALUE ...]
 
 Starts the stack through the project's own code (`olist_churn_dagster.stack.servers`, what
 `make stack` runs) on free ports in a temporary folder, loads the raw tables (a run of
 `load_raw_tables` submitted to the webserver), then launches, through the webserver's
 GraphQL API as the UI's *Materialize* over all partitions does, a partition backfill of
 the six feature assets over every registered reference date: the daemon starts its run,
-the code server executes it. Then Dagster's floor on the same instance, by the same path:
+the code server executes it. Then the same dates again as two backfills of one half each,
+launched at once (DuckLake takes several writers: two runs write at the same time). Then
+Dagster's floor on the same instance, by the same path:
 the six assets of `bench/trivial_location.py` (they do nothing) over the same partitions,
-served by a second code server. The stack is stopped, and the embedded path runs on the
+served by a second code server. Then the daily loop: the model trained, and `--snapshots`
+days of the demo feed landed one by one, each timed from its marker to its run's end
+(scores and digest committed) through the snapshot sensor in the daemon. The stack is
+stopped, and the embedded path runs on the
 same raw files: `bench/user_backfill.py`'s CLI backfill on a SQLite instance.
 
 Each row gives the wall time from the launch to the backfill's end, the CPU seconds of
@@ -61,6 +67,7 @@ from olist_churn_dagster_tests.e2e.server import (  # noqa: E402
     backfill,
     free_port,
     launch_asset_backfill,
+    launch_asset_backfills,
     launch_job,
     runs,
     wait_runs_finished,
@@ -137,33 +144,44 @@ def stack_roots(config: servers.StackConfig, extra: Sequence[int] = ()) -> list[
 
 
 def launch_and_wait(
-    gql: GraphQL, label: str, asset_paths: list[list[str]], keys: list[str], roots: list[int]
-) -> Figure:
-    """A partition backfill of `asset_paths` over `keys`, as the UI's *Materialize* launches
-    it, timed from the launch until the daemon has finished it; fails unless it succeeded."""
+    gql: GraphQL, label: str, asset_paths: list[list[str]], ranges: list[list[str]],
+    roots: list[int],
+) -> Figure:  # fmt: skip
+    """One partition backfill of `asset_paths` per range of keys, launched at once as the
+    UI's *Materialize* launches one, timed from the launch until the daemon has finished
+    every one; fails unless each succeeded in one run."""
     load, cpu = os.getloadavg()[0], cpu_seconds(roots)
     launched, started = time.time(), time.perf_counter()
-    backfill_id = launch_asset_backfill(gql, asset_paths, keys)
-
+    if len(ranges) == 1:
+        backfill_ids = [launch_asset_backfill(gql, asset_paths, ranges[0])]
+    else:
+        backfill_ids = launch_asset_backfills(gql, asset_paths, ranges, title=label)
     peak_gb = 0.0
 
-    def finished() -> dict[str, Any] | None:  # polled every second: samples the memory too
+    def finished() -> list[dict[str, Any]] | None:  # polled every second, with the memory
         nonlocal peak_gb
         peak_gb = max(peak_gb, largest_rss_gb(roots))
-        state = backfill(gql, backfill_id)
-        return state if state["status"] in FINISHED_BACKFILL_STATUSES else None
+        states = [backfill(gql, backfill_id) for backfill_id in backfill_ids]
+        done = all(state["status"] in FINISHED_BACKFILL_STATUSES for state in states)
+        return states if done else None
 
-    state = wait_until(f"backfill {backfill_id}", finished, timeout=7200, interval=1.0)
+    states = wait_until(f"backfills {backfill_ids}", finished, timeout=7200, interval=1.0)
     wall = time.perf_counter() - started
     figure = Figure(label, wall, cpu_seconds(roots) - cpu, peak_gb, load, os.getloadavg()[0])
-    found = runs(gql, tags={"dagster/backfill": backfill_id})
-    if state["status"] != "COMPLETED_SUCCESS" or [r["status"] for r in found] != ["SUCCESS"]:
-        raise RuntimeError(f"{label}: backfill {state}, runs {found}")
-    (run,) = found
+    timings = []
+    for backfill_id, state in zip(backfill_ids, states, strict=True):
+        found = runs(gql, tags={"dagster/backfill": backfill_id})
+        if state["status"] != "COMPLETED_SUCCESS" or [r["status"] for r in found] != ["SUCCESS"]:
+            raise RuntimeError(f"{label}: backfill {state}, runs {found}")
+        (run,) = found
+        timings.append(
+            f"launch to run start {run['startTime'] - launched:.1f} s, "
+            f"run {run['endTime'] - run['startTime']:.1f} s"
+        )
     print(
-        f"{label}: {len(keys)} partitions, wall {figure.wall:.1f} s (launch to run start "
-        f"{run['startTime'] - launched:.1f} s, run {run['endTime'] - run['startTime']:.1f} s), "
-        f"CPU {figure.cpu:.1f} s, peak {figure.peak_gb:.2f} GB (sampled each second)",
+        f"{label}: {sum(map(len, ranges))} partitions, wall {figure.wall:.1f} s "
+        f"({'; '.join(timings)}), CPU {figure.cpu:.1f} s, peak {figure.peak_gb:.2f} GB "
+        "(sampled each second)",
         flush=True,
     )
     return figure
@@ -284,10 +302,15 @@ def stack_paths(
             keys = partition_keys(gql, FEATURE_ASSETS[0])
             roots = stack_roots(config, [floor_pid])
             if "stack" in paths:
-                figures.append(launch_and_wait(gql, "stack", FEATURE_ASSETS, keys, roots))
+                figures.append(launch_and_wait(gql, "stack", FEATURE_ASSETS, [keys], roots))
+            if "halves" in paths:  # DuckLake's several writers: two runs at once
+                halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+                figures.append(
+                    launch_and_wait(gql, "stack, two halves at once", FEATURE_ASSETS, halves, roots)
+                )
             if "floor" in paths:
                 time.sleep(max(0.0, DAEMON_WORKSPACE_REFRESH - (time.monotonic() - added)))
-                figures.append(launch_and_wait(gql, "stack floor", FLOOR_ASSETS, keys, roots))
+                figures.append(launch_and_wait(gql, "stack floor", FLOOR_ASSETS, [keys], roots))
             if snapshots and "stack" in paths:
                 daily_loop(config, gql, snapshots)
     finally:
@@ -377,8 +400,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="default: a new folder under /tmp")
     parser.add_argument("--keep", action="store_true", help="leave the folder in place")
     parser.add_argument(
-        "--paths", nargs="+", default=["stack", "floor", "embedded"],
-        choices=["stack", "floor", "embedded"],
+        "--paths", nargs="+", default=["stack", "halves", "floor", "embedded"],
+        choices=["stack", "halves", "floor", "embedded"],
     )  # fmt: skip
     parser.add_argument(
         "--storage", choices=["stack", "postgres"], default="stack",
