@@ -12,13 +12,13 @@ GraphQL API as the UI's *Materialize* over all partitions does, a partition back
 the six feature assets over every registered reference date: the daemon starts its run,
 the code server executes it. Then the same dates again as two backfills of one half each,
 launched at once (DuckLake takes several writers: two runs write at the same time). Then
-Dagster's floor on the same instance, by the same path:
-the six assets of `bench/trivial_location.py` (they do nothing) over the same partitions,
-served by a second code server. Then the daily loop: the model trained, and `--snapshots`
-days of the demo feed landed one by one, each timed from its marker to its run's end
-(scores and digest committed) through the snapshot sensor in the daemon. The stack is
-stopped, and the embedded path runs on the
-same raw files: `bench/user_backfill.py`'s CLI backfill on a SQLite instance.
+Dagster's floor on the same instance, by the same path: the six assets of
+`bench/trivial_location.py` (they do nothing) over the same partitions, served by a second
+code server. Then the daily loop: the model trained, and `--snapshots` days of the demo
+feed landed one by one, each timed from its marker to its run's end (scores and digest
+committed) through the snapshot sensor in the daemon. The stack is stopped, and the
+embedded path runs on the same raw files: `bench/user_backfill.py`'s CLI backfill on a
+SQLite instance.
 
 Each row gives the wall time from the launch to the backfill's end, the CPU seconds of
 every process of the stack over that time (Postgres with its backends, MLflow, the code
@@ -28,8 +28,8 @@ reaped), the load average, and the ratios to the embedded path and to the floor.
 Levers, to measure each alone: `--storage postgres` puts Dagster's own Postgres storage (a
 connection per statement) in place of the stack's pooled one; `--server-env` sets a
 variable in every server's environment (`DAGSTER_EVENT_BATCH_SIZE=0` turns the stack's
-batched event writes off); `--postgres` sets a Postgres server setting (ALTER SYSTEM
-before the servers start).
+batched event writes off); `--postgres` sets a Postgres server setting (in the data
+folder's `postgresql.auto.conf` before the servers start).
 """
 
 from __future__ import annotations
