@@ -18,7 +18,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 
 .PHONY: run install data instance prepare browser postgres stack stack-stop stack-status test test-fast \
-	bench bench-pipeline bench-user bench-live lint format clean-data
+	bench bench-pipeline bench-user bench-live bench-stack lint format clean-data
 
 $(UV):
 	@$(PYTHON) -m venv $(TOOLS_DIR)
@@ -105,14 +105,18 @@ TEST_WORKERS ?= 2
 test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow
 	$(UV) run --quiet pytest -m "not e2e and not slow" -n $(TEST_WORKERS) --dist loadfile
 
-# `make bench` runs three benchmarks, each skipped when its scales are empty
-# (e.g. `make bench BENCH_SCALES= BENCH_LIVE_SCALES=` runs only the user's backfill):
+# `make bench` runs four benchmarks, each skipped when its scales are empty
+# (e.g. `make bench BENCH_SCALES= BENCH_LIVE_SCALES= BENCH_STACK_SCALES=` runs only the
+# user's backfill):
 # - every pipeline stage, in process on an ephemeral instance (bench/pipeline.py);
 # - the feature backfill as a user launches it, through the CLI on the instance `make run`
 #   sets up, beside Dagster's floor (bench/user_backfill.py);
 # - snapshot marker to committed scores and digest under a real `dg dev` (bench/live_loop.py):
 #   BENCH_LIVE_SNAPSHOTS free snapshots, then one while a reader holds the warehouse
-#   file for BENCH_LIVE_HOLD seconds (0 leaves that one out).
+#   file for BENCH_LIVE_HOLD seconds (0 leaves that one out);
+# - the feature backfill on the deployed stack, launched through the webserver as the UI
+#   does, beside Dagster's floor on it and the embedded path, then snapshot marker to
+#   committed scores through the stack's daemon (bench/stack_backfill.py).
 # BENCH_MARKDOWN=docs/benchmarks.md also writes the stage table into that file.
 BENCH_SCALES ?= 1 10 30
 BENCH_MARKDOWN ?=
@@ -120,8 +124,9 @@ BENCH_USER_SCALES ?= 1 30
 BENCH_LIVE_SCALES ?= 1
 BENCH_LIVE_SNAPSHOTS ?= 3
 BENCH_LIVE_HOLD ?= 60
+BENCH_STACK_SCALES ?= 1 30
 
-bench: bench-pipeline bench-user bench-live  ## all three benchmarks (each prints its table)
+bench: bench-pipeline bench-user bench-live bench-stack  ## all four benchmarks (each prints its table)
 
 bench-pipeline: install  ## every pipeline stage at scale 1, 10 and 30 if it fits
 	$(if $(strip $(BENCH_SCALES)),$(UV) run python bench/pipeline.py --scales $(BENCH_SCALES) \
@@ -133,6 +138,9 @@ bench-user: install  ## the feature backfill through the CLI, beside Dagster's f
 bench-live: install  ## snapshot marker to committed scores under `dg dev`
 	$(foreach scale,$(BENCH_LIVE_SCALES),$(UV) run python bench/live_loop.py --scale $(scale) \
 		--snapshots $(BENCH_LIVE_SNAPSHOTS) --hold $(BENCH_LIVE_HOLD) &&) true
+
+bench-stack: install postgres  ## the feature backfill and daily loop on `make stack`, beside the floor and embedded path
+	$(foreach scale,$(BENCH_STACK_SCALES),$(UV) run python bench/stack_backfill.py --scale $(scale) &&) true
 
 lint: install
 	$(UV) run ruff check . && $(UV) run ruff format --check .

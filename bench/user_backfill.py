@@ -33,13 +33,13 @@ FAMILIES = ("sales", "reviews", "customers", "delivery", "payments", "products")
 FLOOR = ",".join(f"floor/seller_{family}" for family in FAMILIES)
 
 
-def _env(data: Path) -> dict[str, str]:
+def cli_env(data: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OLIST_CHURN_")}
     env.update(OLIST_CHURN_DATA_DIR=str(data), DAGSTER_HOME=str(data / "dagster_home"))
     return env
 
 
-def _dagster(env: dict, *args: str) -> tuple[float, float, float, float]:
+def dagster_cli(env: dict, *args: str) -> tuple[float, float, float, float]:
     """Runs the dagster CLI; returns its wall seconds, its CPU seconds (less sensitive than
     wall time to other work on a shared machine), its peak resident memory in GB and the
     clock time it started.
@@ -64,7 +64,9 @@ def _dagster(env: dict, *args: str) -> tuple[float, float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, peak_gb, launched
 
 
-def _split(env: dict, wall: float, cpu: float, peak_gb: float, launched: float) -> dict[str, float]:
+def run_split(
+    env: dict, wall: float, cpu: float, peak_gb: float, launched: float
+) -> dict[str, float]:
     """Where the newest run's wall time went, from its events.
 
     compute: each asset step's time up to each of its outputs (after the previous output
@@ -177,7 +179,7 @@ def main() -> None:
     data = args.root / "data"
     (data / "dagster_home").mkdir(parents=True)
     shutil.copy(REPO / "instance" / "dagster.yaml", data / "dagster_home" / "dagster.yaml")
-    env = _env(data)
+    env = cli_env(data)
     if args.planned_subset:
         env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] = "1"
     subprocess.run(
@@ -186,7 +188,7 @@ def main() -> None:
         env=env, check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     module = ["-m", "olist_churn_dagster.definitions"]
-    _dagster(env, "asset", "materialize", *module, "--select", "group:raw")
+    dagster_cli(env, "asset", "materialize", *module, "--select", "group:raw")
 
     os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
     import dagster as dg
@@ -202,13 +204,13 @@ def main() -> None:
     ratios, cpu_ratios = [], []
     for _ in range(args.repeat):  # back to back, so both see the same load
         load = os.getloadavg()[0]
-        run = _dagster(env, "asset", "materialize", *module,
+        run = dagster_cli(env, "asset", "materialize", *module,
                        "--select", FEATURES, "--partition-range", span)  # fmt: skip
-        project = _split(env, *run)
+        project = run_split(env, *run)
         _row("feature backfill (6 assets)", project)
-        run = _dagster(env, "asset", "materialize", *floor_module,
+        run = dagster_cli(env, "asset", "materialize", *floor_module,
                        "--select", FLOOR, "--partition-range", span)  # fmt: skip
-        floor = _split(env, *run)
+        floor = run_split(env, *run)
         _row("Dagster's floor (6 assets that do nothing)", floor)
         ratios.append(project["wall"] / floor["wall"])
         cpu_ratios.append(project["cpu"] / floor["cpu"])

@@ -63,6 +63,13 @@ PASSWORD_ENV = "DAGSTER_PG_PASSWORD"
 # rollups), each a process holding memory; the churn model logs runs and models only.
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
+# Dagster's batched event writes, in every server (the webserver, the daemon and the code
+# server, whose runs inherit it): the materializations a step reports for the partitions of
+# one output, up to this many, go to Postgres as one INSERT and one index transaction
+# instead of two transactions each. A caller's own value of the variable is kept (0: off).
+EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+EVENT_BATCH_SIZE = "1000"
+
 # A backfill whose code location cannot be loaded (the code server restarting) skips the
 # daemon's iteration and resumes when it is back, instead of failing and cancelling its
 # runs (dagster-io/dagster#18640; the variable is read by Dagster's backfill daemon).
@@ -222,6 +229,14 @@ def load_state(root: Path) -> StackConfig:
 # --------------------------------------------------------------------------- configuration
 
 
+# Dagster's Postgres storage keeping its connections open in every process (see
+# instance_storage.py): the instance's events cost a statement each, not a connection each.
+POOLED_STORAGE = {
+    "module": "olist_churn_dagster.stack.instance_storage",
+    "class": "PooledPostgresStorage",
+}
+
+
 # The default run launcher cannot check or resume a run worker: run monitoring fails a run
 # that never started (its launch lost with a daemon, say) after start_timeout_seconds, and
 # run retries start it again.
@@ -234,10 +249,10 @@ RUN_MONITORING = {
 
 def instance_config(config: StackConfig) -> dict[str, Any]:
     """The deployment's instance file with what differs here: storage on the local
-    Postgres (its password read from `PGPASSWORD` when the instance loads), the default run
-    launcher (a run is a subprocess of the code server, not a container) and the run
-    monitoring it allows, compute logs in the stack folder, and the pool the warehouse
-    allows."""
+    Postgres (its password read from `PGPASSWORD` when the instance loads) through pooled
+    connections, the default run launcher (a run is a subprocess of the code server, not a
+    container) and the run monitoring it allows, compute logs in the stack folder, and the
+    pool the warehouse allows."""
     try:
         instance = yaml.safe_load(DEPLOY_INSTANCE.read_text())
     except FileNotFoundError:
@@ -249,7 +264,9 @@ def instance_config(config: StackConfig) -> dict[str, Any]:
         "username": postgres.SUPERUSER,
         "password": {"env": postgres.PASSWORD_ENV},
     }
-    instance["storage"] = {"postgres": {"postgres_db": database}}
+    instance["storage"] = {
+        "custom": {**POOLED_STORAGE, "config": {"postgres_db": database}},
+    }
     instance.pop("run_launcher", None)
     instance["run_monitoring"] = {**instance["run_monitoring"], **RUN_MONITORING}
     instance["compute_logs"]["config"]["base_dir"] = str(config.dagster_home / "compute_logs")
@@ -277,11 +294,13 @@ def code_location_settings(config: StackConfig) -> dict[str, str]:
 
 def server_environment(config: StackConfig) -> dict[str, str]:
     """supervisord's environment, which every server inherits: the caller's, the Dagster
-    home, and the Postgres password as `PGPASSWORD` (Dagster's instance references it;
-    libpq in MLflow and DuckDB reads it). Only here: never in supervisord.conf."""
+    home, Dagster's event batch size and the Postgres password as `PGPASSWORD` (Dagster's
+    instance references it; libpq in MLflow and DuckDB reads it). Only here: never in
+    supervisord.conf."""
     env = {k: v for k, v in os.environ.items() if k not in (*OWNED_SETTINGS, PASSWORD_ENV)}
     env.pop("VIRTUAL_ENV", None)
     bin_dir = str(Path(sys.executable).parent)
+    env.setdefault(EVENT_BATCH_ENV, EVENT_BATCH_SIZE)
     env.update(
         DAGSTER_HOME=str(config.dagster_home),
         PYTHONUNBUFFERED="1",

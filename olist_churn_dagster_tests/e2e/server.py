@@ -173,14 +173,27 @@ def launch_job(gql: GraphQL, job_name: str, location: str = "olist_churn_dagster
     return launched["run"]["runId"]
 
 
-def launch_asset_backfill(
-    gql: GraphQL, asset_paths: list[list[str]], partition_keys: list[str], title: str
-) -> str:
-    params = {
+def asset_backfill_params(
+    asset_paths: list[list[str]], partition_keys: list[str], title: str | None = None
+) -> dict[str, Any]:
+    """`LaunchBackfillParams` as the UI's *Materialize* of partitioned assets sends them
+    (assets and partition names, no job selector, not from a failure, no tags), with an
+    optional title."""
+    params: dict[str, Any] = {
         "assetSelection": [{"path": path} for path in asset_paths],
         "partitionNames": partition_keys,
-        "title": title,
+        "fromFailure": False,
+        "tags": [],
     }
+    if title is not None:
+        params["title"] = title
+    return params
+
+
+def launch_asset_backfill(
+    gql: GraphQL, asset_paths: list[list[str]], partition_keys: list[str], title: str | None = None
+) -> str:
+    params = asset_backfill_params(asset_paths, partition_keys, title)
     answer = gql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert answer["__typename"] == "LaunchBackfillSuccess", answer
     return answer["backfillId"]
@@ -200,11 +213,7 @@ def launch_asset_backfills(
     )
     params = ", ".join(f"$p{i}: LaunchBackfillParams!" for i in range(len(ranges)))
     variables = {
-        f"p{i}": {
-            "assetSelection": [{"path": path} for path in asset_paths],
-            "partitionNames": keys,
-            "title": f"{title} {i}",
-        }
+        f"p{i}": asset_backfill_params(asset_paths, keys, f"{title} {i}")
         for i, keys in enumerate(ranges)
     }
     answer = gql(f"mutation Launch({params}) {{\n{fields}\n}}", variables)

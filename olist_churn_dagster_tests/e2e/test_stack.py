@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from olist_churn_dagster.lib.warehouse import close_ducklakes
 from olist_churn_dagster.stack import postgres, servers
+from olist_churn_dagster_tests.conftest import REPO_ROOT
+from olist_churn_dagster_tests.ducklake import assert_same_tables, warehouse_tables
 from olist_churn_dagster_tests.e2e.conftest import running_stack
 from olist_churn_dagster_tests.e2e.server import (
     GraphQL,
@@ -110,6 +114,9 @@ def test_the_deployed_stack_end_to_end(
         assert state["status"] == "COMPLETED_SUCCESS", state
         backfill_runs.append(found[0])
     _assert_pool_respected(stack, backfill_runs)
+    started = time.perf_counter()
+    _assert_features_equal_the_embedded_paths(stack, keys, tmp_path)
+    _timed("the embedded path's features, compared cell for cell", started)
 
     # Training, logged to MLflow's server: the first version becomes the champion.
     started = time.perf_counter()
@@ -177,6 +184,46 @@ def test_the_deployed_stack_end_to_end(
         assert commits > len(FEATURE_ASSETS), "DuckLake's catalog lacks the commits"
         assert list(stack.lake_dir.rglob("*.parquet")), f"no Parquet files in {stack.lake_dir}"
     _assert_the_password_is_nowhere(stack, gql)
+
+
+def _embedded_features(stack: servers.StackConfig, keys: list[str], folder: Path) -> dict:
+    """The feature tables the embedded path builds from the stack's raw files with the
+    stack's settings: the CLI's raw load and one backfill of `keys` on a SQLite instance,
+    into one DuckDB file."""
+    home = folder / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "instance" / "dagster.yaml", home / "dagster.yaml")
+    (folder / "raw").symlink_to(stack.root / "raw")
+    warehouse = folder / "warehouse.duckdb"
+    env = servers.server_environment(stack) | servers.code_location_settings(stack)
+    env.pop("OLIST_CHURN_WAREHOUSE_DATA_PATH")
+    env.update(
+        OLIST_CHURN_DATA_DIR=str(folder), OLIST_CHURN_WAREHOUSE=str(warehouse),
+        DAGSTER_HOME=str(home),
+    )  # fmt: skip
+    materialize = [str(REPO_ROOT / ".venv/bin/dagster"), "asset", "materialize"]
+    module = ["-m", "olist_churn_dagster.definitions"]
+    for selection in (["--select", "group:raw"], [
+        "--select", ",".join("/".join(path) for path in FEATURE_ASSETS),
+        "--partition-range", f"{keys[0]}...{keys[-1]}",
+    ]):  # fmt: skip
+        subprocess.run([*materialize, *module, *selection], env=env, cwd=REPO_ROOT,
+                       check=True, capture_output=True)  # fmt: skip
+    return warehouse_tables(str(warehouse), schemas=("features",))
+
+
+def _assert_features_equal_the_embedded_paths(
+    stack: servers.StackConfig, keys: list[str], folder: Path
+) -> None:
+    """The feature tables the stack's two concurrent backfills wrote to its DuckLake (run
+    workers of the code server, events batched, storage pooled) equal the embedded path's,
+    cell for cell."""
+    try:
+        lake = warehouse_tables(stack.warehouse_setting, schemas=("features",))
+    finally:
+        close_ducklakes()
+    assert len(lake) >= len(FEATURE_ASSETS), sorted(lake)
+    assert_same_tables(_embedded_features(stack, keys, folder / "embedded"), lake)
 
 
 RUN_SETTINGS = """

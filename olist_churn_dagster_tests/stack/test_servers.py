@@ -4,6 +4,7 @@ stack runs in e2e/test_stack.py; supervisord itself in test_supervision.py)."""
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import shutil
@@ -36,8 +37,15 @@ def test_instance_is_the_deployments_on_the_local_postgres(config: servers.Stack
     local = servers.instance_config(config)
     database = {"hostname": "127.0.0.1", "port": 15432, "db_name": "dagster"}
     assert local["storage"] == {
-        "postgres": {
-            "postgres_db": {**database, "username": "postgres", "password": {"env": "PGPASSWORD"}}
+        "custom": {
+            **servers.POOLED_STORAGE,
+            "config": {
+                "postgres_db": {
+                    **database,
+                    "username": "postgres",
+                    "password": {"env": "PGPASSWORD"},
+                }
+            },
         }
     }
     assert "run_launcher" not in local, "the default launcher: runs are code-server subprocesses"
@@ -133,6 +141,14 @@ def test_the_password_is_the_environments_when_given(config: servers.StackConfig
     assert config.password_file.parent.stat().st_mode & 0o777 == 0o700
 
 
+def test_every_server_batches_dagsters_event_writes(config: servers.StackConfig, monkeypatch):
+    monkeypatch.delenv(servers.EVENT_BATCH_ENV, raising=False)
+    env = servers.server_environment(config)  # every server's, so every run's
+    assert int(env[servers.EVENT_BATCH_ENV]) >= 1000 > 582  # a year and a half of dates
+    monkeypatch.setenv(servers.EVENT_BATCH_ENV, "0")  # the operator's choice stands
+    assert servers.server_environment(config)[servers.EVENT_BATCH_ENV] == "0"
+
+
 @pytest.fixture
 def stack_postgres(monkeypatch) -> Iterator[servers.StackConfig]:
     """The stack's own Postgres (only it) started by the stack's code under its
@@ -191,6 +207,39 @@ def test_the_stacks_postgres_asks_every_client_for_the_generated_password(
     assert written <= set(files)
     holding = [str(f) for f in files if server.password.encode() in f.read_bytes()]
     assert not holding, f"the password is written in {holding}"
+
+
+def _dagster_backends(server: postgres.PostgresServer) -> set[tuple[int, str]]:
+    """(pid, start) of every Postgres backend connected to Dagster's database."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(server.libpq("postgres"))) as conn:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE datname = %s",
+            (servers.DAGSTER_DB,),
+        )
+        return set(cursor.fetchall())
+
+
+def test_the_instance_keeps_its_connections_open_between_statements(
+    stack_postgres: servers.StackConfig, monkeypatch
+):
+    """Dagster's Postgres storage would connect (and authenticate) once per statement; the
+    stack's keeps one connection per storage for the process's life."""
+    from dagster import DagsterInstance
+
+    server = stack_postgres.postgres
+    monkeypatch.setenv(postgres.PASSWORD_ENV, server.password)
+    with DagsterInstance.from_config(str(stack_postgres.dagster_home)) as instance:
+        instance.get_runs_count()
+        instance.get_asset_keys()
+        held = _dagster_backends(server)
+        assert held, "no connection kept open after the first statements"
+        for _ in range(20):
+            instance.get_runs_count()
+            instance.get_asset_keys()
+        assert _dagster_backends(server) == held, "statements opened new connections"
 
 
 def test_a_taken_port_is_named_before_anything_starts(config: servers.StackConfig):
