@@ -24,8 +24,11 @@ $(UV):
 	@$(PYTHON) -m venv $(TOOLS_DIR)
 	@$(TOOLS_DIR)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-install: $(UV)  ## the locked environment in .venv
-	@$(UV) sync --frozen --quiet
+# Bytecode is compiled at install: every process (each test worker, each server, each
+# subprocess a test starts) then imports Dagster, MLflow and scikit-learn from .pyc files
+# even where PYTHONDONTWRITEBYTECODE stops Python from caching them itself.
+install: $(UV)  ## the locked environment in .venv, compiled to bytecode
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 FEED_DAYS ?= 7
 
