@@ -102,11 +102,13 @@ test: install browser postgres  ## the whole test suite (CI runs this)
 	$(UV) run --quiet pytest
 
 # The fast loop runs its modules on TEST_WORKERS processes (pytest-xdist), a module's tests
-# on one of them, so its module fixtures are built once.
+# on one of them, so its module fixtures are built once; the modules go out heaviest first
+# by their tests' last durations (olist_churn_dagster_tests/balance.py), not by test count.
 TEST_WORKERS ?= 2
 
 test-fast: install  ## unit and in-process tests only: no server, no browser, nothing slow
-	$(UV) run --quiet pytest -m "not e2e and not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(UV) run --quiet pytest -m "not e2e and not slow" -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
 
 # `make bench` runs three benchmarks, each skipped when its scales are empty
 # (e.g. `make bench BENCH_SCALES= BENCH_LIVE_SCALES=` runs only the user's backfill):
