@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# The heaviest modules first on the workers of `make test-fast` (see balance.py).
+pytest_plugins = ["olist_churn_dagster_tests.balance"]
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 REAL_DIR = REPO_ROOT.parent / "shared" / "olist-real"

@@ -37,9 +37,25 @@ def _counts(warehouse: Path) -> dict[str, dict[date, int]]:
         }
 
 
+def _empty_feature_tables(warehouse: Path) -> None:
+    """Delete the rows of the six feature tables that an earlier module of the session (on
+    the same worker) may have written, so that what the tests count is this run's."""
+    with duckdb.connect(str(warehouse)) as conn:
+        present = {
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'features'"
+            ).fetchall()
+        }
+        for family in FEATURE_FAMILIES:
+            if f"seller_{family}" in present:
+                conn.execute(f"DELETE FROM features.seller_{family}")
+
+
 @pytest.fixture(scope="module")
-def backfilled(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance):
+def backfilled(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance, data_dir: Path):
     instance = instance_with_raw
+    _empty_feature_tables(data_dir / "warehouse.duckdb")
     job = definitions.resolve_job_def("build_feature_store")
     keys = registered_dates(instance)
     window = keys[-30:-20]

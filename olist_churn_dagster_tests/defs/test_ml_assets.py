@@ -41,6 +41,15 @@ from olist_churn_dagster.lib.tables import KEYS, SCORES_TABLE
 from olist_churn_dagster_tests.conftest import free_port, sensor_context
 
 SMALL_SPLIT = {"n_test_cohorts": 2, "n_valid_cohorts": 1, "gap_cohorts": 1, "min_child_weight": 1.0}
+# The backtest of the same recipe (so the gate takes the candidate's rows from it, as a
+# scheduled training does, instead of backtesting it again) on four cutoffs.
+SMALL_BACKTEST = {**SMALL_SPLIT, "n_cutoffs": 4}
+TRAINING_CONFIG = {
+    "ops": {
+        "ml__churn_model": {"config": SMALL_SPLIT},
+        "ml__backtest": {"config": SMALL_BACKTEST},
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +61,7 @@ def trained(definitions: dg.Definitions, instance_with_raw: dg.DagsterInstance):
         instance=instance, tags=range_tags(keys[0], keys[-1])
     ).success
     result = definitions.resolve_job_def("train_churn_model").execute_in_process(
-        instance=instance,
-        run_config={"ops": {"ml__churn_model": {"config": SMALL_SPLIT}}},
+        instance=instance, run_config=TRAINING_CONFIG
     )
     assert result.success
     return instance, keys, result

@@ -35,33 +35,35 @@ def warehouse_checksums(path: Path) -> dict[str, str]:
     the whole rows, for every table of every schema in the warehouse file.
 
     A sum (not a xor) so that a duplicated or a dropped duplicate row changes it too.
+    Two queries whatever the number of tables: the columns of all, then one row per table.
     """
     conn = duckdb.connect(str(path), read_only=True)
     try:
-        tables = conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_catalog = current_database() ORDER BY 1, 2"
-        ).fetchall()
-        sums: dict[str, str] = {}
-        for schema, table in tables:
-            columns = conn.execute(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_catalog = current_database() AND table_schema = ? "
-                "AND table_name = ? ORDER BY ordinal_position",
-                [schema, table],
+        columns = {
+            (schema, table): names
+            for schema, table, names in conn.execute(
+                "SELECT table_schema, table_name, "
+                "list([column_name, data_type] ORDER BY ordinal_position) "
+                "FROM information_schema.columns WHERE table_catalog = current_database() "
+                "GROUP BY ALL"
             ).fetchall()
-            target = f"{_quote_identifier(schema)}.{_quote_identifier(table)}"
-            row = conn.execute(
-                "SELECT count(*), coalesce(sum(hash(whole_row)::HUGEINT), 0) "
-                f"FROM {target} AS whole_row"
-            ).fetchone()
-            assert row is not None
-            count, total = row
-            digest = hashlib.sha256(f"{count}|{total}|{columns}".encode()).hexdigest()
-            sums[f"{schema}.{table}"] = f"{count} rows {digest[:20]}"
+        }
+        queries = [
+            f"SELECT {i}, count(*), coalesce(sum(hash(whole_row)::HUGEINT), 0) "
+            f"FROM {_quote_identifier(schema)}.{_quote_identifier(table)} AS whole_row"
+            for i, (schema, table) in enumerate(columns)
+        ]
+        rows = conn.execute(" UNION ALL ".join(queries)).fetchall() if queries else []
     finally:
         conn.close()
-    return sums
+    totals = {i: (count, total) for i, count, total in rows}
+    checksums = {}
+    for i, ((schema, table), described) in enumerate(columns.items()):
+        count, total = totals[i]
+        described = [tuple(column) for column in described]
+        digest = hashlib.sha256(f"{count}|{total}|{described}".encode()).hexdigest()
+        checksums[f"{schema}.{table}"] = f"{count} rows {digest[:20]}"
+    return dict(sorted(checksums.items()))
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:

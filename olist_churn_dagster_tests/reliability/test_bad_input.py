@@ -1,6 +1,8 @@
-"""Bad input, end to end: every damaged source goes through the real loader inside the
-`load_raw_tables` job against a warehouse that already holds good raw tables, and, where a
-snapshot can carry the damage, through the snapshot sensor too.
+"""Bad input: every damaged source goes through the raw load of the core (`plan_load` and
+`apply_load` in one warehouse transaction, as the `raw_tables` asset runs them) against a
+warehouse that already holds good raw tables, and, where a snapshot can carry the damage,
+through the snapshot sensor too. A few cases also run end to end through the
+`load_raw_tables` job, which must report the loader's error as the step's failure.
 
 Each case must fail with a message naming the file (and the column or row where that
 applies) and leave every table of the warehouse exactly as it was.
@@ -20,9 +22,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from olist_churn_dagster.lib.ingest.loader import MAX_FIELD_BYTES
+from olist_churn_dagster.lib.ingest.delta import apply_load, plan_load
+from olist_churn_dagster.lib.ingest.loader import MAX_FIELD_BYTES, InputDataError
 from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.ingest.snapshots import MARKER_FILE, inspect_snapshot, scan_snapshots
+from olist_churn_dagster.lib.warehouse import transaction
 from olist_churn_dagster_tests.reliability.conftest import (
     evaluate_snapshot_sensor,
     failure_message,
@@ -261,27 +265,71 @@ def _assert_names_all(message: str, fragments: list[str]) -> None:
     assert not missing, f"message lacks {missing}:\n{message[-3000:]}"
 
 
-# --------------------------------------------------------------------------- loader job
+# --------------------------------------------------------------------------- loader
+
+
+@pytest.fixture(scope="module")
+def intact(warehouse: Path) -> dict[str, str]:
+    """The checksums of the warehouse as the good load left it: every case must end with
+    these (a case that changed a table fails itself, and every later case too)."""
+    checksums = warehouse_checksums(warehouse)
+    assert {f"raw.{name}" for name in TABLES} <= set(checksums)
+    assert not checksums["raw.orders"].startswith("0 rows")
+    return checksums
+
+
+def _damaged_copy(case: BadInput, raw_dir: Path, folder: Path) -> tuple[Path, list[str]]:
+    """A copy of the good source with the case's damage, and what its error must name."""
+    source = folder / "raw"
+    shutil.copytree(raw_dir, source)
+    fragments = [case.file, *case.damage(source)] if case.file else case.damage(source)
+    return source, fragments
+
+
+def _error_chain(error: BaseException | None) -> str:
+    """`Type: message` of an exception and of each one it was raised from."""
+    texts = []
+    while error is not None:
+        texts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_bad_source_is_refused_by_load_raw_tables_and_changes_nothing(
-    case: BadInput, definitions: dg.Definitions, data_dir: Path, warehouse: Path, tmp_path: Path
+def test_bad_source_is_refused_by_the_raw_load_and_changes_nothing(
+    case: BadInput, data_dir: Path, warehouse: Path, intact: dict[str, str], tmp_path: Path
 ) -> None:
-    source = tmp_path / "raw"
-    shutil.copytree(data_dir / "raw", source)
-    fragments = [case.file, *case.damage(source)] if case.file else case.damage(source)
-    before = warehouse_checksums(warehouse)
-    assert {f"raw.{name}" for name in TABLES} <= set(before)
-    assert not before["raw.orders"].startswith("0 rows")
+    source, fragments = _damaged_copy(case, data_dir / "raw", tmp_path)
+
+    with pytest.raises(InputDataError) as refused, transaction(warehouse) as conn:
+        apply_load(conn, plan_load(conn, source, full=True))
+
+    _assert_names_all(_error_chain(refused.value), ["InputDataError", *fragments])
+    assert warehouse_checksums(warehouse) == intact
+
+
+# A file-level, a row-level and a source-level case: the job adds the step failure.
+JOB_IDS = {"missing-file", "duplicate-primary-key", "source-folder-missing"}
+JOB_CASES = [case for case in CASES if case.id in JOB_IDS]
+
+
+@pytest.mark.parametrize("case", JOB_CASES, ids=lambda case: case.id)
+def test_bad_source_fails_the_load_raw_tables_job_and_changes_nothing(
+    case: BadInput,
+    definitions: dg.Definitions,
+    data_dir: Path,
+    warehouse: Path,
+    intact: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    source, fragments = _damaged_copy(case, data_dir / "raw", tmp_path)
 
     result = run_job(definitions, "load_raw_tables", source=source)
 
     assert not result.success
     assert result.failure_data_for_node("raw_tables") is not None
-    message = failure_message(result)
-    _assert_names_all(message, ["InputDataError", *fragments])
-    assert warehouse_checksums(warehouse) == before
+    _assert_names_all(failure_message(result), ["InputDataError", *fragments])
+    assert warehouse_checksums(warehouse) == intact
 
 
 # --------------------------------------------------------------------------- snapshot sensor
@@ -298,19 +346,19 @@ def test_snapshot_damaged_after_its_marker_is_skipped(
     case: BadInput,
     definitions: dg.Definitions,
     warehouse: Path,
+    intact: dict[str, str],
     good_snapshot: Path,
     snapshot_root: Path,
     snapshot_day: date,
 ) -> None:
     folder = _copy_snapshot(good_snapshot, snapshot_root, snapshot_day.isoformat())
     case.damage(folder)
-    before = warehouse_checksums(warehouse)
 
     result = evaluate_snapshot_sensor(definitions)
 
     assert result.run_requests == []
     _assert_names_all(skip_message(result), [f"snapshot {snapshot_day}: {case.file}: "])
-    assert warehouse_checksums(warehouse) == before
+    assert warehouse_checksums(warehouse) == intact
 
 
 def test_intact_snapshot_copy_is_launched(
@@ -393,6 +441,7 @@ def test_bad_snapshot_entry_is_skipped_with_a_reason(
     definitions: dg.Definitions,
     data_dir: Path,
     warehouse: Path,
+    intact: dict[str, str],
     good_snapshot: Path,
     snapshot_root: Path,
     snapshot_day: date,
@@ -400,13 +449,12 @@ def test_bad_snapshot_entry_is_skipped_with_a_reason(
 ) -> None:
     assert not tmp_path.resolve().is_relative_to(data_dir.resolve())
     fragments = entry.make(snapshot_root, good_snapshot, snapshot_day, tmp_path)
-    before = warehouse_checksums(warehouse)
 
     result = evaluate_snapshot_sensor(definitions)
 
     assert result.run_requests == []
     _assert_names_all(skip_message(result), fragments)
-    assert warehouse_checksums(warehouse) == before
+    assert warehouse_checksums(warehouse) == intact
 
 
 def test_dotdot_names_never_reach_outside_the_root(
@@ -440,6 +488,7 @@ def _sha256(path: Path) -> str:
 def test_bad_content_with_a_consistent_marker_fails_the_run_and_changes_nothing(
     definitions: dg.Definitions,
     warehouse: Path,
+    intact: dict[str, str],
     good_snapshot: Path,
     snapshot_root: Path,
     snapshot_day: date,
@@ -452,7 +501,6 @@ def test_bad_content_with_a_consistent_marker_fails_the_run_and_changes_nothing(
     manifest = json.loads(marker.read_text(encoding="utf-8"))
     manifest["tables"]["orders"]["sha256"] = _sha256(folder / ORDERS)
     marker.write_text(json.dumps(manifest), encoding="utf-8")
-    before = warehouse_checksums(warehouse)
 
     (request,) = evaluate_snapshot_sensor(definitions).run_requests
     instance = dg.DagsterInstance.ephemeral()
@@ -468,4 +516,4 @@ def test_bad_content_with_a_consistent_marker_fails_the_run_and_changes_nothing(
     assert not result.success
     assert result.failure_data_for_node("raw_tables") is not None
     _assert_names_all(failure_message(result), ["InputDataError", ORDERS, *fragments])
-    assert warehouse_checksums(warehouse) == before
+    assert warehouse_checksums(warehouse) == intact

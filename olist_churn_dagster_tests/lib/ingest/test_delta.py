@@ -3,6 +3,7 @@ and the same refusals of bad input (nothing written)."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from polars.testing import assert_frame_equal
 from olist_churn_dagster.lib.ingest.delta import (
     HASH_SCHEMA,
     SALE_CHANGES,
+    TableChange,
     _TablePlan,
     _write_delta,
     apply_load,
@@ -35,13 +37,25 @@ def tables(demo_raw_dir: Path) -> Tables:
     return load_dataset(demo_raw_dir)
 
 
-@pytest.fixture()
-def loaded(tables: Tables, tmp_path: Path):
-    """A warehouse holding a snapshot 10 days before the data's end, loaded whole."""
+@pytest.fixture(scope="module")
+def first_load(
+    tables: Tables, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, date, dict[str, TableChange]]:
+    """A warehouse file holding a snapshot 10 days before the data's end, loaded whole
+    once for the module, with the data's last day and the load's changes."""
+    folder = tmp_path_factory.mktemp("first-load")
     last = tables["orders"]["order_purchase_timestamp"].max().date()
     day = last - timedelta(days=10)
-    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
-    changes = load(conn, write_snapshot(cut_as_of(tables, day), tmp_path / "snap", day))
+    with duckdb.connect(str(folder / "w.duckdb")) as conn:
+        changes = load(conn, write_snapshot(cut_as_of(tables, day), folder / "snap", day))
+    return folder / "w.duckdb", last, changes
+
+
+@pytest.fixture()
+def loaded(first_load: tuple[Path, date, dict[str, TableChange]], tmp_path: Path):
+    """The test's own copy of the first load's warehouse, open."""
+    template, last, changes = first_load
+    conn = duckdb.connect(str(shutil.copy(template, tmp_path / "w.duckdb")))
     yield conn, last, changes
     conn.close()
 
