@@ -8,8 +8,11 @@ cannot drift apart silently."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
+import json
+import os
 import re
 import shutil
 import signal
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -568,3 +572,58 @@ def test_step_6_todays_list_for_the_account_managers(walk: Walk, replayed: Repla
         assert columns <= set(header), header
         assert all(len(row) == len(header) for row in rows), out
         assert (walk.data_dir / "exports" / table / f"{date.today()}.csv").exists()
+
+
+SERVING = "## Serving the champion"
+SERVING_PORT = 5001  # the README's `-p`
+
+
+def readme_bash_blocks(readme: Path, heading: str) -> list[str]:
+    """The bash blocks of one `## ` section of the README, in order."""
+    text = readme.read_text(encoding="utf-8")
+    assert heading in text, f"{readme.name} has no {heading!r} section"
+    section = re.split(r"^## ", text.split(heading, 1)[1], maxsplit=1, flags=re.MULTILINE)[0]
+    blocks = re.findall(r"^```bash\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+    return [block.strip() for block in blocks]
+
+
+def test_the_readme_serves_the_champion_and_scores_its_example(walk: Walk) -> None:
+    """The README's two serving blocks as written, on `make run`'s model store: MLflow's
+    server of the champion, then the input example posted to it."""
+    serve, score = readme_bash_blocks(README, SERVING)
+    assert f"-p {SERVING_PORT}" in serve, serve
+    log = walk.workdir.parent / "mlflow-models-serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            ["bash", "-c", serve], cwd=walk.workdir, env=walk.env, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(
+            "mlflow models serve answering /ping",
+            lambda: True if _pinged(SERVING_PORT) or server.poll() is not None else None,
+            timeout=180,
+            interval=1,
+        )
+        assert server.poll() is None, f"the server exited:\n{log.read_text()[-4000:]}"
+        # `mlflow artifacts download` prints where it wrote the example; curl the answer.
+        *_, answer_line = run_readme_command(walk.workdir, score, walk.env).splitlines()
+        answer = json.loads(answer_line)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    rows = answer["predictions"]
+    assert len(rows) >= 1, answer
+    for row in rows:
+        assert 0 < row["churn_probability"] < 1, row
+        assert row["risk_band"] in {"low", "medium", "high"}, row
+        assert isinstance(row["reasons"], str) and row["reasons"], row
+
+
+def _pinged(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
