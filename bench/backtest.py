@@ -2,14 +2,18 @@
 
     uv run python bench/backtest.py --scales 1 2 --seeds 42 7 --dynamics default delivery
     uv run python bench/backtest.py --scales 1 --seeds 42 --candidates model rhythm weekly
+    uv run python bench/backtest.py --scales 1 --seeds 42 --candidates rhythm --tune-original
 
 For every (scale, seed, seller dynamics) the built-in generator writes a dataset (cached
 under the system temp folder), the ABT is built with the project's feature and label code
 (monthly cohorts; weekly ones too when a candidate trains on them), and every candidate
 is backtested over the last N mature monthly cutoffs next to the strong simple baseline
-(small GBM on plain aggregates) and the recency rule. Prints the per-cutoff ROC AUC, then
-one summary line per candidate: mean AUC, spread, gap over the baseline with its 95%
-interval, ECE raw and calibrated, and seconds.
+(small GBM on plain aggregates), the original recipe plus recency (a GBM on the six
+original feature families' columns) and the recency rule. With --tune-original the latter's
+parameters are the best of ORIGINAL_RECIPE_GRID over the 3 cutoffs before the backtest's
+(else ORIGINAL_RECIPE_PARAMS). Prints the per-cutoff ROC AUC, then one summary line per
+candidate: mean AUC, spread, gaps over both baselines with their 95% intervals, top-decile
+precision, ECE raw and calibrated, and seconds.
 """
 
 from __future__ import annotations
@@ -28,12 +32,18 @@ from olist_churn_dagster.lib.markdown import frame_to_markdown
 from olist_churn_dagster.lib.ml.abt import LABEL, abt_from_raw, mature_cohort_dates
 from olist_churn_dagster.lib.ml.backtest import (
     MODEL,
+    ORIGINAL_RECIPE_BASELINE,
+    ORIGINAL_RECIPE_FEATURES,
+    ORIGINAL_RECIPE_GRID,
+    ORIGINAL_RECIPE_PARAMS,
     SIMPLE_BASELINE,
     Recipe,
     gap,
     mean_table,
+    original_recipe_baseline,
     run_backtest,
     simple_baseline,
+    tune_walk_forward,
     walk_forward_plans,
 )
 from olist_churn_dagster.lib.ml.model import ModelParams
@@ -168,6 +178,32 @@ def _with_features(recipe: Recipe, abt: pl.DataFrame) -> Recipe:
     return recipe
 
 
+def tuned_original(
+    frame: pl.DataFrame, plans: list, cohorts: list[date], n_tuning: int = 3
+) -> ModelParams:
+    """ORIGINAL_RECIPE_GRID judged on the `n_tuning` walk-forward cutoffs before the
+    backtest's first (`plans`), never on the cutoffs it is reported on."""
+    first = plans[0].test[0]
+    earlier = [d for d in frame.get_column("reference_date").unique().to_list() if d < first]
+    tuning_plans = walk_forward_plans(
+        earlier,
+        n_cutoffs=n_tuning,
+        horizon_days=HORIZON,
+        eval_cohorts=[d for d in cohorts if d < first],
+    )
+    best, table = tune_walk_forward(
+        frame,
+        tuning_plans,
+        {k: list(v) for k, v in ORIGINAL_RECIPE_GRID.items()},
+        base=ORIGINAL_RECIPE_PARAMS,
+        features=ORIGINAL_RECIPE_FEATURES,
+    )
+    cut = [p.test[0].isoformat() for p in tuning_plans]
+    print(f"original recipe tuned on cutoffs {cut}:", flush=True)
+    print(frame_to_markdown(table.drop("per_cutoff"), max_rows=50), flush=True)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
@@ -180,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mcw", type=float, default=10.0)
     parser.add_argument("--colsample", type=float, default=0.8)
     parser.add_argument("--per-cutoff", action="store_true")
+    parser.add_argument(
+        "--tune-original",
+        action="store_true",
+        help="tune the original-recipe baseline on the cutoffs before the backtest's",
+    )
     parser.add_argument(
         "--baseline-weekly",
         action="store_true",
@@ -214,10 +255,17 @@ def main(argv: list[str] | None = None) -> int:
                         horizon_days=HORIZON,
                         eval_cohorts=monthly,
                     )
+                original = ORIGINAL_RECIPE_PARAMS
+                if args.tune_original:
+                    original = tuned_original(base_frame, plans_m, monthly)
+                    print(f"original recipe params: {original}", flush=True)
                 base_run = run_backtest(
                     base_frame,
                     plans_m,
-                    {SIMPLE_BASELINE: simple_baseline()},
+                    {
+                        SIMPLE_BASELINE: simple_baseline(),
+                        ORIGINAL_RECIPE_BASELINE: original_recipe_baseline(original),
+                    },
                     calibrate=None,
                 )
                 base_table = base_run.table
@@ -238,10 +286,15 @@ def main(argv: list[str] | None = None) -> int:
                         [run.table, base_table.filter(pl.col("cutoff").is_in(run.cutoffs()))]
                     )
                     g = gap(table)
+                    g_orig = gap(table, baseline=ORIGINAL_RECIPE_BASELINE)
                     means = mean_table(table)
+                    print(frame_to_markdown(means, max_rows=20), flush=True)
                     model_row = means.filter(pl.col("scorer") == MODEL).row(0, named=True)
                     base_row = means.filter(pl.col("scorer") == SIMPLE_BASELINE).row(0, named=True)
                     rec_row = means.filter(pl.col("scorer") == "recency_rule").row(0, named=True)
+                    orig_row = means.filter(pl.col("scorer") == ORIGINAL_RECIPE_BASELINE).row(
+                        0, named=True
+                    )
                     chosen = run.chosen_calibration()
                     cal = run.calibration()
                     ece = dict(zip(cal["method"], cal["ece"], strict=True))
@@ -256,11 +309,20 @@ def main(argv: list[str] | None = None) -> int:
                             "auc_sd": model_row["roc_auc_std"],
                             "auc_min": model_row["roc_auc_min"],
                             "simple_gbm": base_row["roc_auc"],
+                            "original_gbm": orig_row["roc_auc"],
                             "recency": rec_row["roc_auc"],
                             "gap": g.mean,
                             "ci_low": g.ci_low,
                             "ci_high": g.ci_high,
                             "gap_min": g.min,
+                            "gap_orig": g_orig.mean,
+                            "orig_ci_low": g_orig.ci_low,
+                            "orig_ci_high": g_orig.ci_high,
+                            "gap_orig_min": g_orig.min,
+                            "p10": model_row["precision_top_decile"],
+                            "p10_simple": base_row["precision_top_decile"],
+                            "p10_orig": orig_row["precision_top_decile"],
+                            "p10_recency": rec_row["precision_top_decile"],
                             "ece_raw": ece["none"],
                             "calibration": chosen,
                             "ece_cal": ece[chosen],
@@ -269,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                         }
                     )
                     print(
-                        f"[{dynamics} s{scale} seed{seed}] {name}: {g.text()}; "
+                        f"[{dynamics} s{scale} seed{seed}] {name}: {g.text()}; {g_orig.text()}; "
                         f"ECE raw {ece['none']:.4f}, {chosen} {ece[chosen]:.4f}; "
                         f"{run.seconds:.1f} s",
                         flush=True,

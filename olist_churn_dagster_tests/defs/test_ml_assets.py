@@ -463,24 +463,33 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     per_cutoff = metadata["roc_auc_per_cutoff"]
     assert isinstance(per_cutoff, dg.TableMetadataValue)
     columns = [c.name for c in per_cutoff.schema.columns]
-    assert {"cutoff", "simple_gbm", "recency_rule"} <= set(columns)
+    assert {"cutoff", "simple_gbm", "original_recipe_gbm", "recency_rule"} <= set(columns)
     assert len(per_cutoff.records) == cutoffs  # one table row per cutoff date
     assert metadata["plots"].value.count("data:image/png;base64") == 2
     low, high = metadata["gap_vs_simple_gbm_ci95"].value
     assert low <= metadata["gap_vs_simple_gbm"].value <= high
     assert metadata["calibration"].value in METHODS
-    (check,) = [
-        e for e in result.get_asset_check_evaluations() if e.asset_key.path[-1] == "backtest"
-    ]
-    assert check.check_name == "model_beats_simple_baseline"
-    assert check.metadata["gap_mean"].value == pytest.approx(metadata["gap_vs_simple_gbm"].value)
-    assert check.passed == (metadata["gap_vs_simple_gbm"].value > 0)
+    checks = {
+        e.check_name: e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.path[-1] == "backtest"
+    }
+    assert set(checks) == {"model_beats_simple_baseline", "model_beats_original_recipe"}
+    for name, baseline in (
+        ("model_beats_simple_baseline", "simple_gbm"),
+        ("model_beats_original_recipe", "original_recipe_gbm"),
+    ):
+        value = metadata[f"gap_vs_{baseline}"].value
+        assert checks[name].metadata["gap_mean"].value == pytest.approx(value)
+        assert checks[name].passed == (value > 0)
+    for scorer in ("model", "simple_gbm", "original_recipe_gbm", "recency_rule"):
+        assert 0 <= metadata[f"mean_precision_top_decile_{scorer}"].value <= 1
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         table = conn.execute("SELECT * FROM ml.backtest").pl()
-    # 3 scorers per cutoff, and 3 calibrations per cutoff with an earlier matured one
+    # 4 scorers per cutoff, and 3 calibrations per cutoff with an earlier matured one
     judged = table.filter(pl.col("scorer") == "model_beta").height
     assert 0 < judged < cutoffs
-    assert table.height == cutoffs * 3 + judged * 3
+    assert table.height == cutoffs * 4 + judged * 3
     assert table.get_column("roc_auc").is_between(0, 1).all()
     assert table.filter(pl.col("scorer") == "model")["model_params"].null_count() == 0
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
@@ -493,7 +502,7 @@ def test_backtest_asset_reports_every_cutoff_with_baselines(trained, data_dir: P
     client = MlflowClient(uri)
     run = client.get_run(metadata["mlflow_run_id"].value)
     assert run.data.tags["kind"] == "backtest"
-    assert "gap_vs_simple_gbm" in run.data.metrics
+    assert {"gap_vs_simple_gbm", "gap_vs_original_recipe_gbm"} <= set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "backtest_model_roc_auc")
     assert len(history) == cutoffs
 

@@ -251,3 +251,57 @@ def test_walk_forward_tuning_ranks_by_mean_cutoff_auc(abt):
     assert worst["mean_roc_auc"] < table["mean_roc_auc"][0]
     with pytest.raises(ValueError, match="unknown parameter"):
         tune_walk_forward(abt, plans, {"depth": [3]})
+
+
+def test_original_recipe_baseline_reads_the_six_families_and_recency_only():
+    from olist_churn_dagster.lib.features import FEATURE_CATALOGUE
+    from olist_churn_dagster.lib.ml.backtest import (
+        ORIGINAL_RECIPE_FAMILIES,
+        ORIGINAL_RECIPE_FEATURES,
+        RECENCY_FEATURE,
+        original_recipe_baseline,
+    )
+    from olist_churn_dagster.lib.ml.rhythm import RHYTHM_FEATURES
+
+    assert set(ORIGINAL_RECIPE_FAMILIES) == {spec.family for spec in FEATURE_CATALOGUE}
+    assert set(ORIGINAL_RECIPE_FEATURES) == {spec.name for spec in FEATURE_CATALOGUE}
+    assert RECENCY_FEATURE in ORIGINAL_RECIPE_FEATURES  # days since the last sale
+    assert not set(ORIGINAL_RECIPE_FEATURES) & set(RHYTHM_FEATURES)  # nothing derived
+    assert not any(f.startswith("rhythm_") for f in ORIGINAL_RECIPE_FEATURES)
+    assert original_recipe_baseline().features == ORIGINAL_RECIPE_FEATURES
+
+
+def test_backtest_reports_the_model_over_both_baselines(abt):
+    """On an ABT named as the feature store's, plus a derived column that leaks the label:
+    the model reads it, the original-recipe baseline does not, and the backtest reports
+    every baseline with its gaps in ROC AUC and top-decile precision."""
+    from olist_churn_dagster.lib.ml.backtest import (
+        BASELINES,
+        ORIGINAL_RECIPE_BASELINE,
+        backtest_model,
+        baseline_gaps,
+        original_recipe_baseline,
+    )
+
+    named = abt.rename(
+        {
+            "recency_days": "sales_recency_days",
+            "n_orders": "sales_orders",
+            "late_share": "delivery_late_share",
+            "review_mean": "reviews_score_mean",
+            "tenure_days": "sales_tenure_days",
+        }
+    ).with_columns((pl.col("churned") + pl.col("noise_0") * 0.1).alias("rhythm_recency_over_gap"))
+    names = original_recipe_baseline().feature_names(named)
+    assert "sales_recency_days" in names and "rhythm_recency_over_gap" not in names
+    result = backtest_model(named, FAST, n_cutoffs=3, horizon_days=45)
+    assert set(result.table.get_column("scorer")) >= {MODEL, *BASELINES}
+    means = mean_table(result.table)
+    auc = dict(zip(means["scorer"], means["roc_auc"], strict=True))
+    assert auc[MODEL] > 0.99 > auc[ORIGINAL_RECIPE_BASELINE] > 0.5
+    assert means["precision_top_decile"].is_between(0, 1).all()
+    gaps = baseline_gaps(result.table)
+    assert [(g.metric, g.baseline) for g in gaps] == [
+        (m, b) for m in ("roc_auc", "precision_top_decile") for b in BASELINES
+    ]
+    assert all(g.n == 3 and g.mean > 0 for g in gaps if g.metric == "roc_auc")
