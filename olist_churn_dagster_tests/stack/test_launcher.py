@@ -60,6 +60,10 @@ def test_the_health_of_a_run_follows_its_announced_worker(sleeper: subprocess.Po
         assert alive.status == WorkerStatus.RUNNING and alive.run_worker_id == str(sleeper.pid)
         sleeper.kill()
         sleeper.wait()
+        # Its parent (the code server) gets the grace period to fail the run itself.
+        waiting = launcher.check_run_worker_health(run)
+        assert waiting.status == WorkerStatus.RUNNING and "waiting" in (waiting.msg or "")
+        launcher.gone_grace_seconds = 0.0
         dead = launcher.check_run_worker_health(run)
         assert dead.status == WorkerStatus.FAILED
         assert f"pid {sleeper.pid}" in (dead.msg or "")
