@@ -1,10 +1,13 @@
-"""Servers of the deployed stack killed (SIGKILL) while work is in flight.
+"""Faults injected on the deployed stack while work is in flight.
 
 One stack (`make stack`'s code, DuckLake warehouse, the stack test's scale) for the module,
-its raw tables loaded once. Each test kills one server while a feature backfill's run
-executes, then checks that supervisord started it again, that Dagster got over it without
-an operator (the backfill completes, every partition of it whole in the DuckLake) and how
-long the recovery took (printed; docs/reliability.md keeps the figures).
+its raw tables loaded once. Each test injects one fault: SIGKILL to the daemon or the code
+server during a feature backfill, a fast shutdown of Postgres or a SIGKILL to the run
+worker inside a feature table's DuckLake write, MLflow's server stopped during training.
+Each checks that supervisord brought the server back, that Dagster got over it without
+an operator (runs complete or are retried to completion, every partition whole in the
+DuckLake, one alert per failed run) and how long the recovery took (printed;
+docs/reliability.md keeps the figures).
 """
 
 from __future__ import annotations
@@ -252,7 +255,7 @@ def test_the_code_server_killed_during_a_run_comes_back_and_the_ui_reloads_it(
     assert recovery < RECOVERY_LIMIT
 
 
-# --------------------------------------------------------------------------- (c), (d), (e)
+# ----------------------------------------------- Postgres, MLflow, a run worker (its write held)
 
 
 def _dagster_rows(config: servers.StackConfig, sql: str, params: tuple = ()) -> list[tuple]:
@@ -349,10 +352,14 @@ def _wait_alerted(config: servers.StackConfig, run_id: str) -> list[dict]:
 
 
 def _dates_per_table(config: servers.StackConfig, keys: list[str]) -> dict[str, set[str]]:
-    """The dates of `keys` each feature table holds."""
-    return {
-        family: {day for day, _ in rows} for family, rows in _rows_per_date(config, keys).items()
-    }
+    """The dates of `keys` each feature table holds (none before the first backfill)."""
+    import duckdb
+
+    try:
+        per_table = _rows_per_date(config, keys)
+    except duckdb.CatalogException:  # the tables are created by the first feature run
+        return {family: set() for family in FEATURE_FAMILIES}
+    return {family: {day for day, _ in rows} for family, rows in per_table.items()}
 
 
 def _feature_frames(config: servers.StackConfig, keys: list[str]) -> dict[str, pl.DataFrame]:
@@ -505,9 +512,9 @@ def test_a_run_worker_killed_inside_a_ducklake_write_is_retried_to_a_whole_backf
 ) -> None:
     """The run worker (a subprocess of the code server, started by the stack's launcher)
     SIGKILLed inside a feature table's DuckLake write, before its commit: nothing of that
-    write is in the lake, every table holds all of the backfill's dates or none; run
-    monitoring sees the worker gone and fails the run (one alert), run retries start it
-    again from the failure, and the backfill completes."""
+    write is in the lake, every table holds all of the backfill's dates or none; the run
+    is failed once (one alert), run retries start it again from the failure, and the
+    backfill completes."""
     keys = stack.keys[2 * DATES_PER_BACKFILL + 30 : 3 * DATES_PER_BACKFILL + 30]
     before = _dates_per_table(stack.config, keys)  # the cohort dates of the training test
     _arm(stack.hook, f"seller_{FEATURE_FAMILIES[3]}")  # after three tables of the range
@@ -531,12 +538,20 @@ def test_a_run_worker_killed_inside_a_ducklake_write_is_retried_to_a_whole_backf
         stack.gql, "its retry", timeout=300, tags={"dagster/parent_run_id": run["runId"]}
     )
     assert_succeeded(stack.gql, retry)
-    recovery = retry["endTime"] - killed_at
+    # Failed once (the code server that started the worker, or run monitoring through the
+    # stack's launcher for an orphan), so alerted once.
+    (failure,) = _events(stack.config, run["runId"], "PIPELINE_FAILURE")
+    # Dagster's recovery: the dead worker's run failed and its retry launched. The new
+    # worker's start (it loads the code location) and the rest of the backfill take what
+    # the machine's load and the backfill's size make them.
+    recovery = retry["creationTime"] - killed_at
     _say(
         f"run worker SIGKILLed (pid {pid}) inside its write of features.{table}: "
         f"{sum(d == set(keys) for d in after_kill.values())} of 6 tables committed before; run "
-        f"{run['runId']} failed by run monitoring {detected:.1f} s after the kill, its retry "
-        f"{retry['runId']} succeeded {recovery:.1f} s after it"
+        f"{run['runId']} failed {detected:.1f} s after the kill ({failure[1][:90]}), its retry "
+        f"{retry['runId']} launched {recovery:.1f} s, executing "
+        f"{retry['startTime'] - killed_at:.1f} s and done {retry['endTime'] - killed_at:.1f} s "
+        "after it"
     )
     found = _assert_backfill_whole(stack, backfill_id, keys)
     assert sorted(r["status"] for r in found) == ["FAILURE", "SUCCESS"], found
