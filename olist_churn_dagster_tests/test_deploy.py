@@ -5,6 +5,7 @@ same instance, less the launcher, runs for real in e2e/test_stack.py."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def test_webserver_and_daemon_reach_the_code_location_served_by_compose():
 
 LOAD_DEFINITIONS = """
 import json
+import re
 import dagster as dg
 from olist_churn_dagster.bootstrap import load_definitions
 
@@ -200,3 +202,50 @@ def test_a_job_runs_with_the_multiprocess_executor(tmp_path: Path, demo_raw_dir:
     orders = sum(1 for _ in (data_dir / "raw" / "olist_orders_dataset.csv").open()) - 1
     with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM raw.orders").fetchone()[0] == orders
+
+
+# A URL carrying a password (scheme, user, colon, password, at sign), whatever it is.
+_URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:([^/\s@'\"]+)@")
+# Values a test or a template may show in the password's place.
+_PLACEHOLDERS = {"not-a-secret", "change-me"}
+
+
+def test_no_command_line_of_the_deployment_carries_the_password():
+    """A command line is readable by every local user (`ps`) and shown by `docker inspect`:
+    each service gets the password from its environment (PGPASSWORD for libpq), never in
+    its command."""
+    services = _compose()["services"]
+    for name, service in services.items():
+        command = str(service.get("command", ""))
+        assert "PASSWORD" not in command, f"{name}'s command names a password"
+        assert not _URL_WITH_PASSWORD.search(command), f"{name}'s command holds a URL password"
+    mlflow = services["mlflow"]
+    assert "postgresql://dagster@postgres:5432/mlflow" in mlflow["command"]
+    assert mlflow["environment"]["PGPASSWORD"].startswith("${DAGSTER_PG_PASSWORD")
+
+
+def test_the_repository_holds_no_secret():
+    """No tracked file holds a filled-in `.env`, or a URL with a password other than the
+    placeholders of the tests and templates."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True, text=True
+    ).stdout.split("\0")
+    assert tracked and "deploy/.env.example" in tracked
+    assert not [path for path in tracked if Path(path).name == ".env"], "a .env is tracked"
+    found = []
+    for path in filter(None, tracked):
+        try:
+            text = (REPO_ROOT / path).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        for match in _URL_WITH_PASSWORD.finditer(text):
+            if match.group(1) not in _PLACEHOLDERS and not match.group(1).startswith("${"):
+                found.append(f"{path}: {match.group(0)}")
+    assert not found, found
+
+
+def test_the_secret_pattern_finds_a_password_in_a_url():
+    written = "postgresql://dagster:" + "hunter22" + "@postgres:5432/mlflow"  # not in the file
+    assert _URL_WITH_PASSWORD.search(written)
+    assert not _URL_WITH_PASSWORD.search("postgresql://dagster@postgres:5432/mlflow")
+    assert not _URL_WITH_PASSWORD.search("http://127.0.0.1:5000/api")

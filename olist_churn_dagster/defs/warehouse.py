@@ -28,6 +28,7 @@ from olist_churn_dagster.defs.settings import ChurnSettings, churn_settings
 from olist_churn_dagster.lib.warehouse import (
     WarehouseConflictError,
     WarehouseLockedError,
+    WarehouseUnreachableError,
     in_transaction,
     is_ducklake,
     lock_backoff_seconds,
@@ -63,13 +64,17 @@ def retry_when_contended(retries: int, backoff_seconds: int) -> Iterator[None]:
       (OLIST_CHURN_LOCK_BACKOFF_SECONDS);
     - a DuckLake commit refused for a concurrent writer of the same table: nothing was
       committed and the other writer is done, so the step runs again after a short doubling
-      wait (1 s, 2 s, ...) on the new snapshot.
+      wait (1 s, 2 s, ...) on the new snapshot;
+    - a DuckLake's catalog session lost in the middle of the step (Postgres restarted):
+      nothing was committed, and the step runs again after the same short doubling wait
+      (1 s, 2 s, ... about a minute in all by default) on a new session, once the server is
+      back.
 
-    Every other warehouse error (a damaged file, a missing folder, an unreachable catalog)
-    still fails at once."""
+    Every other warehouse error (a damaged file, a missing folder, a catalog that refuses
+    the login) still fails at once."""
     try:
         yield
-    except (WarehouseLockedError, WarehouseConflictError) as exc:
+    except (WarehouseLockedError, WarehouseConflictError, WarehouseUnreachableError) as exc:
         try:
             attempt = dg.OpExecutionContext.get().retry_number
         except dg.DagsterInvariantViolationError:  # outside a step: nothing to retry

@@ -51,6 +51,46 @@ class WarehouseConflictError(WarehouseError):
     started again on the new snapshot succeeds, so it is worth retrying."""
 
 
+class WarehouseUnreachableError(WarehouseError):
+    """A DuckLake's Postgres catalog was lost in the middle of a step (the server restarted,
+    the network cut): nothing of the transaction was committed (DuckLake commits its
+    metadata in one catalog transaction), and the same write on a new catalog session
+    succeeds once the server is back, so it is worth retrying."""
+
+
+# What DuckDB's postgres extension says when the catalog's session is gone or cannot be
+# opened (libpq's messages; a ROLLBACK only fails without a session).
+_CATALOG_LOST_SIGNS = (
+    "server closed the connection",
+    "terminating connection",
+    "no connection to the server",
+    "connection refused",
+    "could not connect",
+    "the database system is shutting down",
+    "the database system is starting up",
+    'failed to execute query "rollback"',
+)
+
+
+def catalog_lost(exc: BaseException) -> bool:
+    """Whether a DuckDB error says the DuckLake's catalog session was lost or refused."""
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.Error) and any(sign in text for sign in _CATALOG_LOST_SIGNS)
+
+
+def unreachable(exc: duckdb.Error) -> WarehouseUnreachableError:
+    """The error to raise for a lost catalog session. This process's attached DuckLakes
+    are forgotten (not closed: other threads may hold cursors of them), so the next
+    `open_warehouse` attaches on a new session."""
+    with _LAKES_LOCK:
+        for key in [key for key in _LAKES if key[0] == os.getpid()]:
+            _LAKES.pop(key)
+    return WarehouseUnreachableError(
+        "the warehouse's catalog (Postgres) was lost during this step; nothing of its "
+        f"transaction was committed. DuckDB said: {exc}"
+    )
+
+
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
 
 
@@ -222,7 +262,8 @@ def _attach_ducklake(
         conn.execute(attach + (f" ({', '.join(options)})" if options else ""))
     except duckdb.Error as exc:
         conn.close()
-        raise WarehouseError(_explain_ducklake(database, data_path, str(exc))) from exc
+        error = WarehouseUnreachableError if catalog_lost(exc) else WarehouseError
+        raise error(_explain_ducklake(database, data_path, str(exc))) from exc
     return conn
 
 
@@ -290,18 +331,23 @@ def transaction(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def in_transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """`transaction` on a connection already open; closes it at the end. A commit that a
     DuckLake refuses for a concurrent writer raises `WarehouseConflictError` (DuckDB has
-    already rolled it back)."""
+    already rolled it back); one whose catalog session was lost, inside the transaction or
+    at its commit, `WarehouseUnreachableError`."""
     try:
         conn.execute("BEGIN TRANSACTION")
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             _rollback(conn)
+            if catalog_lost(exc):
+                raise unreachable(exc) from exc
             raise
         try:
             conn.execute("COMMIT")
         except duckdb.Error as exc:
             _rollback(conn)
+            if catalog_lost(exc):
+                raise unreachable(exc) from exc
             if not isinstance(exc, duckdb.TransactionException) or "conflict" not in str(exc):
                 raise
             raise WarehouseConflictError(

@@ -70,6 +70,16 @@ MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 EVENT_BATCH_SIZE = "1000"
 
+# The MLflow client in the runs retries a request 4 times, 0, 2, 4 and 8 s apart (MLflow's
+# default: 7 times over about 4 minutes): a server that supervisord restarts is back within
+# that, and a training run against a server that is down fails in about 15 s, alerted,
+# instead of holding its step for minutes.
+MLFLOW_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+
 # A backfill whose code location cannot be loaded (the code server restarting) skips the
 # daemon's iteration and resumes when it is back, instead of failing and cancelling its
 # runs (dagster-io/dagster#18640; the variable is read by Dagster's backfill daemon).
@@ -237,9 +247,12 @@ POOLED_STORAGE = {
 }
 
 
-# The default run launcher cannot check or resume a run worker: run monitoring fails a run
-# that never started (its launch lost with a daemon, say) after start_timeout_seconds, and
-# run retries start it again.
+# Runs are launched as subprocesses of the code server (Dagster's default launcher) by
+# `LocalProcessRunLauncher`, which tells run monitoring when a run's worker process is gone
+# (launcher.py). Run monitoring fails such a run at its next poll, and a run that never
+# started (its launch lost with a daemon, say) after start_timeout_seconds; run retries
+# start either again. A worker is not resumed: a new run re-executes from the failure.
+RUN_LAUNCHER = {"module": "olist_churn_dagster.stack.launcher", "class": "LocalProcessRunLauncher"}
 RUN_MONITORING = {
     "start_timeout_seconds": 180,
     "poll_interval_seconds": 5,
@@ -250,7 +263,7 @@ RUN_MONITORING = {
 def instance_config(config: StackConfig) -> dict[str, Any]:
     """The deployment's instance file with what differs here: storage on the local
     Postgres (its password read from `PGPASSWORD` when the instance loads) through pooled
-    connections, the default run launcher (a run is a subprocess of the code server, not a
+    connections, the local run launcher (a run is a subprocess of the code server, not a
     container) and the run monitoring it allows, compute logs in the stack folder, and the
     pool the warehouse allows."""
     try:
@@ -267,7 +280,7 @@ def instance_config(config: StackConfig) -> dict[str, Any]:
     instance["storage"] = {
         "custom": {**POOLED_STORAGE, "config": {"postgres_db": database}},
     }
-    instance.pop("run_launcher", None)
+    instance["run_launcher"] = dict(RUN_LAUNCHER)
     instance["run_monitoring"] = {**instance["run_monitoring"], **RUN_MONITORING}
     instance["compute_logs"]["config"]["base_dir"] = str(config.dagster_home / "compute_logs")
     instance["concurrency"]["pools"]["default_limit"] = config.pool_limit
@@ -366,7 +379,7 @@ def programs(config: StackConfig) -> list[supervision.Program]:
     cmd = commands(config)
     extra = {
         "mlflow": MLFLOW_ENV,
-        "code_server": code_location_settings(config),
+        "code_server": {**MLFLOW_CLIENT_ENV, **code_location_settings(config)},
         "daemon": DAEMON_ENV,
     }
     found = [

@@ -200,6 +200,8 @@ def test_a_failed_run_becomes_an_alert_on_file(definitions, instance, data_dir: 
     assert alert["fields"]["run_id"] == result.run_id
     assert alert["fields"]["job"] == "load_raw_tables"
     assert "load_raw_tables" in alert["title"]
+    # The failed step's own error, not only "Steps failed: [...]".
+    assert "raw_tables: " in alert["detail"] and "/nonexistent/olist" in alert["detail"]
 
 
 def test_freshness_passes_when_the_day_is_scored_and_fails_when_it_is_late(instance):

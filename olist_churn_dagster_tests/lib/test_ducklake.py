@@ -4,6 +4,8 @@ commit that loses to a concurrent writer says so, and bad settings are named."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from olist_churn_dagster.lib.warehouse import (
     WarehouseConflictError,
     WarehouseError,
+    WarehouseUnreachableError,
     close_ducklakes,
     count_duplicate_keys,
     count_non_finite_rows,
@@ -25,6 +28,7 @@ from olist_churn_dagster.lib.warehouse import (
     warehouse_exists,
     write_frame,
 )
+from olist_churn_dagster.stack import postgres
 from olist_churn_dagster_tests.ducklake import Lake, new_lake
 
 
@@ -182,3 +186,37 @@ def test_an_unreachable_catalog_is_named(postgres_server, tmp_path: Path) -> Non
     database = f"ducklake:postgres:dbname=lake host=127.0.0.1 port={free_port()} user=postgres"
     with pytest.raises(WarehouseError, match=r"cannot be opened.*Postgres catalog reachable"):
         open_warehouse(database, data_path=tmp_path / "files")
+
+
+@pytest.fixture()
+def own_server(postgres_server) -> Iterator[postgres.PostgresServer]:
+    """A Postgres server of the test's own (the session's password), free to restart."""
+    from olist_churn_dagster_tests.conftest import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="olist-churn-pg-"))
+    root.chmod(0o711)  # as root, Postgres runs as the `postgres` user
+    server = postgres.start(root / "data", free_port(), postgres_server.password)
+    yield server
+    close_ducklakes()
+    postgres.stop(server.data_dir)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_catalog_restarted_inside_a_transaction_is_retryable_and_writes_nothing(
+    own_server: postgres.PostgresServer, tmp_path: Path
+) -> None:
+    """Postgres restarted (fast shutdown) while a write is open: its commit raises
+    `WarehouseUnreachableError` (which steps retry), nothing of it is in the lake, and the
+    next `open_warehouse` of the process attaches on a new session and writes."""
+    lake = new_lake(own_server, tmp_path)
+    _partition_write(lake, "2024-01-01", [1.0, 2.0])
+    conn = _open(lake)
+    lost = pytest.raises(WarehouseUnreachableError, match="nothing of its transaction")
+    with lost, in_transaction(conn):
+        conn.execute("DELETE FROM features.t")
+        postgres.stop(own_server.data_dir)
+        postgres.start(own_server.data_dir, own_server.port, own_server.password)
+    _partition_write(lake, "2024-01-02", [3.0])
+    rows = _open(lake).execute("SELECT count(*) FROM features.t").fetchone()
+    assert rows == (3,)

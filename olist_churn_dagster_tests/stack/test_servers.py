@@ -48,12 +48,16 @@ def test_instance_is_the_deployments_on_the_local_postgres(config: servers.Stack
             },
         }
     }
-    assert "run_launcher" not in local, "the default launcher: runs are code-server subprocesses"
+    # Runs are code-server subprocesses, whose death run monitoring can see (launcher.py).
+    assert local["run_launcher"] == {
+        "module": "olist_churn_dagster.stack.launcher",
+        "class": "LocalProcessRunLauncher",
+    }
     assert local["compute_logs"]["config"]["base_dir"].startswith(str(config.root))
     for same in ("run_retries", "telemetry"):
         assert local[same] == deployed[same], same
-    # Run monitoring as deployed, polling often, without resuming (the default launcher
-    # cannot): a run whose launch was lost fails after the start timeout and is retried.
+    # Run monitoring as deployed, polling often, without resuming (the local launcher
+    # cannot): a run whose worker died or whose launch was lost fails and is retried.
     assert local["run_monitoring"]["enabled"] is True
     assert local["run_monitoring"]["poll_interval_seconds"] <= 10
     assert local["run_monitoring"]["max_resume_run_attempts"] == 0
@@ -122,6 +126,7 @@ def test_every_server_is_a_supervised_program_restarted_when_it_dies(
     code_server = conf.get("program:code_server", "environment")
     assert 'OLIST_CHURN_MLFLOW_TRACKING_URI="http://127.0.0.1:15000"' in code_server
     assert "PGPASSWORD" not in conf.get("program:code_server", "environment")
+    assert 'MLFLOW_HTTP_REQUEST_MAX_RETRIES="4"' in code_server  # fails in ~15 s, not ~4 min
     # A backfill waits out a restarting code server instead of failing.
     daemon = conf.get("program:daemon", "environment")
     assert daemon == 'DAGSTER_BACKFILL_RETRY_DEFINITION_CHANGED_ERROR="1"'

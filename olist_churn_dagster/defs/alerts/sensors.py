@@ -28,6 +28,24 @@ def send_alert(alert: Alert, log, settings: ChurnSettings) -> None:
         log.warning(problem)
 
 
+# How much of each failed step's error an alert carries (the UI has the rest).
+STEP_ERROR_CHARS = 600
+
+
+def failure_detail(context: dg.RunFailureSensorContext) -> str:
+    """The run's failure message and each failed step's own error: "Steps failed:
+    ['ml__backtest']" alone does not say what to do (a server down, a bad input)."""
+    lines = [context.failure_event.message or "no message"]
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error
+        # Dagster wraps the step's own exception ("Error occurred while executing op").
+        while error and error.cause and error.cls_name.startswith("Dagster"):
+            error = error.cause
+        if error is not None:
+            lines.append(f"{event.step_key}: {error.message.strip()[:STEP_ERROR_CHARS]}")
+    return "\n".join(lines)
+
+
 @dg.run_failure_sensor(
     name="run_failure_alerts",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -41,7 +59,7 @@ def run_failure_alerts(context: dg.RunFailureSensorContext, settings: ChurnSetti
         Alert(
             kind="run_failure",
             title=f"Run of {run.job_name} failed ({run.run_id})",
-            detail=context.failure_event.message or "no message",
+            detail=failure_detail(context),
             fields={"run_id": run.run_id, "job": run.job_name, **tags},
         ),
         context.log,
