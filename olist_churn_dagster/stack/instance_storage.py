@@ -9,6 +9,10 @@ keeps one connection per storage open (`optimize_for_webserver`); this class doe
 in every process that loads the instance (daemon, code server, run workers), with no
 statement timeout there (the webserver sets its own when it loads the instance).
 Statements still commit one by one, as before: nothing recorded waits in a buffer.
+
+A kept connection dies with a Postgres restart; each one is pinged when the pool hands it
+out and replaced if Postgres closed it (SQLAlchemy's pessimistic disconnect handling), so
+a run's next event goes to the restarted server instead of failing the run.
 """
 
 from __future__ import annotations
@@ -18,12 +22,29 @@ from typing import Any
 
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+from sqlalchemy import event, exc, pool
 
 # As `dagster-webserver`'s defaults: connections renewed after an hour, and up to 20 more
 # than the pooled one while threads of the process use the storage at once.
 POOL_RECYCLE_SECONDS = 3600
 POOL_MAX_OVERFLOW = 20
 NO_STATEMENT_TIMEOUT = 0
+
+
+def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Before a pooled connection is used: one round trip; a connection Postgres closed
+    (restarted, say) is discarded and the pool connects anew."""
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as error:
+        raise exc.DisconnectionError("the pooled connection was closed by Postgres") from error
+
+
+# Every pool of the kind the storages below keep (Dagster's other engines use NullPool: a
+# new connection each time, nothing to ping).
+if not event.contains(pool.QueuePool, "checkout", _replace_if_closed):
+    event.listen(pool.QueuePool, "checkout", _replace_if_closed)
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
