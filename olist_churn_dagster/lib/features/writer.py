@@ -87,13 +87,21 @@ def write_features(
     families: Sequence[str],
     dates: Sequence[date],
     settings: FeatureSettings,
+    *,
+    read_while_writing: bool = True,
 ) -> Iterator[FamilyWritten]:
     """Replace the partitions of `dates` in each family's table; yields each family once
-    its rows are committed. `read` opens a connection, `write` one inside a transaction."""
+    its rows are committed. `read` opens a connection, `write` one inside a transaction.
+
+    `read_while_writing=False` reads each family's raw tables in its own turn instead of
+    while the family before it writes: for a DuckLake, whose connections of one process
+    are cursors of one DuckDB with the lake attached, a read begun during the open write
+    transaction was seen to spin without end (scale 30 on the stack)."""
     days = sorted(dates)
     if len(days) == 1:
         return iter(_write_one_date(write, families, days[0], settings))
-    return _write_range(read, write, sorted(families, key=RANGE_ORDER.index), days, settings)
+    ordered = sorted(families, key=RANGE_ORDER.index)
+    return _write_range(read, write, ordered, days, settings, read_while_writing)
 
 
 def _write_one_date(
@@ -198,10 +206,11 @@ def _write_range(
     families: list[str],
     days: list[date],
     settings: FeatureSettings,
+    read_while_writing: bool,
 ) -> Iterator[FamilyWritten]:
     """One family after the other in a background thread, yielded as each commits."""
     pool, reader = _background_thread("feature-tables"), _background_thread("feature-reads")
-    state = RangeState(read, families, reader=reader)
+    state = RangeState(read, families, reader=reader if read_while_writing else None)
     try:
         pending = [
             pool.submit(
