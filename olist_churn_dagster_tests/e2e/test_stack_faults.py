@@ -20,9 +20,10 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -161,22 +162,30 @@ def _assert_backfill_whole(stack: Stack, backfill_id: str, keys: list[str]) -> l
     return found
 
 
-def _rows_per_date(config: servers.StackConfig, keys: list[str]) -> dict[str, list[tuple]]:
+def _each_family(
+    config: servers.StackConfig, keys: list[str], sql: str, fetch: Callable[[Any], Any]
+) -> dict[str, Any]:
+    """`sql` (a `{family}` table, the keys as its one parameter) run on each feature table
+    of the stack's DuckLake, its result taken by `fetch`."""
     from olist_churn_dagster.lib.warehouse import close_ducklakes, open_warehouse
 
     conn = open_warehouse(config.warehouse_setting, read_only=True, data_path=config.lake_dir)
     try:
         return {
-            family: conn.execute(
-                f"SELECT reference_date::VARCHAR, count(*) FROM features.seller_{family} "
-                "WHERE reference_date::VARCHAR IN (SELECT unnest(?)) GROUP BY 1 ORDER BY 1",
-                [keys],
-            ).fetchall()
+            family: fetch(conn.execute(sql.format(family=family), [keys]))
             for family in FEATURE_FAMILIES
         }
     finally:
         conn.close()
         close_ducklakes()
+
+
+def _rows_per_date(config: servers.StackConfig, keys: list[str]) -> dict[str, list[tuple]]:
+    sql = (
+        "SELECT reference_date::VARCHAR, count(*) FROM features.seller_{family} "
+        "WHERE reference_date::VARCHAR IN (SELECT unnest(?)) GROUP BY 1 ORDER BY 1"
+    )
+    return _each_family(config, keys, sql, lambda result: result.fetchall())
 
 
 def test_the_daemon_killed_during_a_feature_backfill_comes_back_and_the_backfill_completes(
@@ -364,21 +373,11 @@ def _dates_per_table(config: servers.StackConfig, keys: list[str]) -> dict[str, 
 
 def _feature_frames(config: servers.StackConfig, keys: list[str]) -> dict[str, pl.DataFrame]:
     """Every row of the six feature tables for `keys`, in one canonical order."""
-    from olist_churn_dagster.lib.warehouse import close_ducklakes, open_warehouse
-
-    conn = open_warehouse(config.warehouse_setting, read_only=True, data_path=config.lake_dir)
-    try:
-        return {
-            family: conn.execute(
-                f"SELECT * FROM features.seller_{family} "
-                "WHERE reference_date::VARCHAR IN (SELECT unnest(?)) ORDER BY ALL",
-                [keys],
-            ).pl()
-            for family in FEATURE_FAMILIES
-        }
-    finally:
-        conn.close()
-        close_ducklakes()
+    sql = (
+        "SELECT * FROM features.seller_{family} "
+        "WHERE reference_date::VARCHAR IN (SELECT unnest(?)) ORDER BY ALL"
+    )
+    return _each_family(config, keys, sql, lambda result: result.pl())
 
 
 def test_postgres_restarted_during_a_backfills_commit_the_step_retries_and_the_result_is_whole(
