@@ -32,7 +32,6 @@ from olist_churn_dagster.lib.features.writer import (
     write_features,
 )
 from olist_churn_dagster.lib.tables import feature_table
-from olist_churn_dagster.lib.warehouse import is_ducklake
 
 FEATURE_GROUP = "feature_store"
 
@@ -92,7 +91,6 @@ def feature_tables(
         FeatureSettings(
             settings.feature_window_days, settings.churn_horizon_days, settings.feature_batch_rows
         ),
-        read_while_writing=not is_ducklake(warehouse.database),
     )
     for family in written:
         if family.lifetime_state:

@@ -11,7 +11,9 @@ thread, so that the caller can record one committed family while the next one co
 - each batch is computed while the previous one is written, on one DuckDB thread (the
   compute keeps a core), and the family's rows are replaced in one transaction;
 - what the families share (the sellers' ranks, the batches' sizes: `Backfill`) is built
-  once, and the next family's raw tables are read while the current family writes.
+  once; each family reads its raw tables in its own turn, never while another family's
+  write transaction is open (on a DuckLake such a read was seen to spin without end, and
+  on a DuckDB file it cost time: see docs/benchmarks.md).
 
 The background threads run at a lower CPU priority (`lower_thread_priority`) and in the
 caller's context (`contextvars`), so a caller that asks for a retry from inside a write
@@ -23,9 +25,9 @@ from __future__ import annotations
 import contextvars
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 
 import duckdb
@@ -87,21 +89,14 @@ def write_features(
     families: Sequence[str],
     dates: Sequence[date],
     settings: FeatureSettings,
-    *,
-    read_while_writing: bool = True,
 ) -> Iterator[FamilyWritten]:
     """Replace the partitions of `dates` in each family's table; yields each family once
-    its rows are committed. `read` opens a connection, `write` one inside a transaction.
-
-    `read_while_writing=False` reads each family's raw tables in its own turn instead of
-    while the family before it writes: for a DuckLake, whose connections of one process
-    are cursors of one DuckDB with the lake attached, a read begun during the open write
-    transaction was seen to spin without end (scale 30 on the stack)."""
+    its rows are committed. `read` opens a connection, `write` one inside a transaction."""
     days = sorted(dates)
     if len(days) == 1:
         return iter(_write_one_date(write, families, days[0], settings))
     ordered = sorted(families, key=RANGE_ORDER.index)
-    return _write_range(read, write, ordered, days, settings, read_while_writing)
+    return _write_range(read, write, ordered, days, settings)
 
 
 def _write_one_date(
@@ -148,35 +143,18 @@ def read_family_sources(read: Connect, family: str) -> tuple[dict[str, pl.DataFr
 
 @dataclass
 class RangeState:
-    """What the families of one range share: the `Backfill` the first family builds and,
-    with a `reader` thread, the next family's raw tables, read while the current family
-    writes (a read during a timeline's build would add to its peak memory)."""
+    """What the families of one range share: the `Backfill` the first family builds."""
 
     read: Connect
-    families: list[str]  # in the order the range runs them
-    reader: ThreadPoolExecutor | None = None
     backfill: Backfill | None = None
-    reads: dict[str, Future] = field(default_factory=dict)
     failed: bool = False  # a family failed: the ones queued after it do not start
-
-    def raw(self, family: str) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-        """The family's raw tables and sales: read ahead, or read now."""
-        ahead = self.reads.pop(family, None)
-        return ahead.result() if ahead else read_family_sources(self.read, family)
-
-    def read_next(self, family: str) -> None:
-        """Starts reading the raw tables of the family after `family`, if any."""
-        after = self.families[self.families.index(family) + 1 :]
-        if self.reader is not None and after:
-            run = contextvars.copy_context().run
-            self.reads[after[0]] = self.reader.submit(run, read_family_sources, self.read, after[0])
 
 
 def write_family_range(
     family: str, days: list[date], write: Connect, state: RangeState, settings: FeatureSettings
 ) -> FamilyWritten:
     """Every date of a range for one family, its rows replaced in one transaction."""
-    raw, sales = state.raw(family)
+    raw, sales = read_family_sources(state.read, family)
     if state.backfill is None:
         state.backfill = Backfill(raw, days, horizon_days=settings.horizon_days, sales=sales)
     batches = state.backfill.batches(settings.batch_rows)
@@ -193,8 +171,6 @@ def write_family_range(
     )
     del raw, sales  # the frames hold what they need (see `feature_batches`)
     first = next(frames)  # builds the family's timeline, for every batch
-    if len(batches) > 1:  # one batch is written too soon for a read to overlap it
-        state.read_next(family)
     with write() as conn, one_thread(conn):  # the compute has the cores
         rows, schema = _replace(conn, family, days, itertools.chain([first], frames))
     return FamilyWritten(family, days, rows, schema, _preview(first), len(batches))
@@ -206,11 +182,10 @@ def _write_range(
     families: list[str],
     days: list[date],
     settings: FeatureSettings,
-    read_while_writing: bool,
 ) -> Iterator[FamilyWritten]:
     """One family after the other in a background thread, yielded as each commits."""
-    pool, reader = _background_thread("feature-tables"), _background_thread("feature-reads")
-    state = RangeState(read, families, reader=reader if read_while_writing else None)
+    pool = _background_thread("feature-tables")
+    state = RangeState(read)
     try:
         pending = [
             pool.submit(
@@ -224,7 +199,6 @@ def _write_range(
             yield written.result()
     finally:  # a failed family writes no further table
         pool.shutdown(wait=True, cancel_futures=True)
-        reader.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_unless_failed(

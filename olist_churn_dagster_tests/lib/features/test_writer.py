@@ -1,11 +1,12 @@
 """The feature writer: each family's partitions replaced and committed before it is handed
-back, the rows equal to `compute_features`, the next family's raw tables read while one
-writes, and a failed family stopping the rest."""
+back, the rows equal to `compute_features`, each family's raw tables read in its own turn,
+and a failed family stopping the rest."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
@@ -21,8 +22,6 @@ from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features,
 from olist_churn_dagster.lib.features.writer import (
     RANGE_ORDER,
     FeatureSettings,
-    RangeState,
-    write_family_range,
     write_features,
 )
 from olist_churn_dagster.lib.ingest.loader import load_dataset
@@ -128,35 +127,48 @@ def test_a_failed_family_writes_no_further_table(warehouse, monkeypatch):
     assert tables & {f"seller_{f}" for f in FEATURE_FAMILIES} == {f"seller_{RANGE_ORDER[0]}"}
 
 
-def test_the_next_familys_raw_tables_are_read_while_one_writes(warehouse, monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_each_family_reads_its_raw_tables_in_its_own_turn_never_during_a_write(
+    warehouse, monkeypatch
+):
+    """No read of raw tables overlaps a family's open write transaction: on a DuckLake
+    such a read was seen to spin without end (scale 30 on the stack). Each read is slowed
+    down so that an overlap, if the writer allowed one, would happen."""
     read, write = connections(warehouse)
+    writing: list[str] = []  # non-empty while a write transaction is open
+    reading: list[str] = []  # the families whose raw tables are being read
+    overlaps: list[bool] = []
+
+    @contextmanager
+    def tracked_write() -> Iterator[duckdb.DuckDBPyConnection]:
+        with write() as conn:
+            overlaps.append(bool(reading))
+            writing.append("open")
+            try:
+                yield conn
+            finally:
+                writing.clear()
+
     reads: list[str] = []
     read_sources = writer.read_family_sources
-    monkeypatch.setattr(
-        writer,
-        "read_family_sources",
-        lambda opener, family: (reads.append(family), read_sources(opener, family))[1],
-    )
-    two = ["reviews", "sales"]
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        # one batch is written at once: nothing to read meanwhile
-        state = RangeState(read, two, reader=reader)
-        write_family_range("reviews", DAYS, write, state, SETTINGS)
-        assert reads == ["reviews"] and state.reads == {}
-        small = FeatureSettings(180, 45, batch_rows=1)  # 10 dates: 2 batches of 7 and 3
-        reads.clear()
-        state = RangeState(read, two, reader=reader)
-        write_family_range("reviews", DAYS, write, state, small)
-        assert set(state.reads) == {"sales"}  # started once the timeline was built
-        state.reads["sales"].result()
-        assert reads == ["reviews", "sales"]
-        write_family_range("sales", DAYS, write, state, small)
-        assert reads == ["reviews", "sales"] and state.reads == {}  # not read twice
-    alone = RangeState(read, two)  # without a reader thread, each family reads its own
-    write_family_range("reviews", DAYS, write, alone, small)
-    assert reads[2:] == ["reviews"] and alone.reads == {}
+
+    def slow_read(opener, family: str):
+        reads.append(family)
+        reading.append(family)
+        overlaps.append(bool(writing))
+        try:
+            time.sleep(0.5)
+            return read_sources(opener, family)
+        finally:
+            overlaps.append(bool(writing))
+            reading.remove(family)
+
+    monkeypatch.setattr(writer, "read_family_sources", slow_read)
+    small = FeatureSettings(180, 45, batch_rows=1)  # 10 dates: 2 batches of 7 and 3
+    families = ["reviews", "sales", "payments"]
+    written = [w.family for w in write_features(read, tracked_write, families, DAYS, small)]
+    assert written == families
+    assert reads == families  # once each, in the range's order
+    assert overlaps and not any(overlaps)
 
 
 def test_a_range_computes_and_writes_without_pandas(warehouse):
