@@ -173,6 +173,7 @@ def stack_postgres(monkeypatch) -> Iterator[servers.StackConfig]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
+@pytest.mark.slow  # starts the stack's Postgres under supervisord
 def test_the_stacks_postgres_asks_every_client_for_the_generated_password(
     stack_postgres: servers.StackConfig, monkeypatch
 ):
@@ -227,6 +228,7 @@ def _dagster_backends(server: postgres.PostgresServer) -> set[tuple[int, str]]:
         return set(cursor.fetchall())
 
 
+@pytest.mark.slow  # starts the stack's Postgres under supervisord
 def test_the_instance_keeps_its_connections_open_between_statements(
     stack_postgres: servers.StackConfig, monkeypatch
 ):
@@ -262,6 +264,7 @@ def _pid(config: servers.StackConfig, name: str) -> int:
     return {s.name: s.pid for s in servers.status(config.root)}[name]
 
 
+@pytest.mark.slow  # starts the stack's Postgres under supervisord
 def test_the_stacks_postgres_is_restarted_when_it_dies_and_down_stops_it(
     stack_postgres: servers.StackConfig,
 ):
