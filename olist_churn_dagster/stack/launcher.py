@@ -19,8 +19,10 @@ from __future__ import annotations
 import time
 
 import psutil
-from dagster import DagsterEventType, DagsterRun
-from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster import DagsterEventType, DagsterRun, DefaultRunLauncher
+
+# No public API: run monitoring's health check returns these, exported by no public module.
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
 # The worker's own announcement (dagster/_grpc/impl.py, dagster/_cli/api.py).
 STARTED_PROCESS = "Started process for run"
