@@ -653,14 +653,15 @@ class Timeline:
             )
             .explode("D")
             .filter(pl.col("D").is_in(list(days)))
-            # by date, then seller: one integer key sorts faster than the two columns
-            .sort(pl.col("D") * (1 << 32) + pl.col("sk"))
+            # in the frames' row order, by seller then date (sellers are ranked as their
+            # ids sort): one integer key sorts faster than the two columns
+            .sort(pl.col("sk") * (1 << 32) + pl.col("D"))
             .select("D", "sk", "seller_id", "last_d", "first_d")
         )
 
     def values(self, days: Sequence[int]) -> pl.DataFrame:
         """The measures of every active seller at each of `days` (epoch days in [lo, hi],
-        all after the days of the previous call), sorted by date and seller; `seller_id`
+        all after the days of the previous call), sorted by seller and date; `seller_id`
         is the seller's integer rank (see `_integer_sellers` in the package).
 
         The as-of join is a binary search: a timeline row is the integer key

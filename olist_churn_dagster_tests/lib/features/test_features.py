@@ -161,17 +161,18 @@ def test_one_row_per_active_seller_and_date_in_order(family: str) -> None:
         spine.select("reference_date", "seller_id")
     )
     assert df.select("reference_date", "seller_id").is_unique().all()
-    assert df.equals(df.sort("reference_date", "seller_id"))
+    assert df.equals(df.sort("seller_id", "reference_date"))
 
 
-def test_key_order_check() -> None:
-    from olist_churn_dagster.lib.features import _in_key_order
+def test_row_order_check() -> None:
+    from olist_churn_dagster.lib.features import _in_row_order
 
     d1, d2 = date(2018, 1, 1), date(2018, 1, 2)
-    keys = {"reference_date": [d1, d1, d2], "seller_id": ["a", "b", "a"]}
-    assert _in_key_order(pl.DataFrame(keys))
-    assert not _in_key_order(pl.DataFrame(keys).reverse())
-    assert not _in_key_order(pl.DataFrame({**keys, "seller_id": ["a", "a", "a"]}))
+    keys = {"reference_date": [d1, d2, d1], "seller_id": ["a", "a", "b"]}
+    assert _in_row_order(pl.DataFrame(keys))
+    assert not _in_row_order(pl.DataFrame(keys).reverse())
+    assert not _in_row_order(pl.DataFrame({**keys, "reference_date": [d1, d1, d1]}))
+    assert not _in_row_order(pl.DataFrame({**keys, "seller_id": ["a", "b", "a"]}))
 
 
 # ------------------------------------------------------------------------ activity
