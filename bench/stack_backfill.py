@@ -277,7 +277,22 @@ def daily_loop(config: servers.StackConfig, gql: GraphQL, snapshots: int) -> lis
             f" s), load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
+        print(f"  steps: {step_seconds(run)}", flush=True)
     return latencies
+
+
+def step_seconds(run: dict[str, Any]) -> str:
+    """Each step of a finished run with its seconds and its start after the run's start,
+    in the order they started: where a run's time went."""
+    steps = sorted(
+        (s for s in run["stepStats"] if s["startTime"] and s["endTime"]),
+        key=lambda s: s["startTime"],
+    )
+    start = run["startTime"]
+    return ", ".join(
+        f"{s['stepKey']} {s['endTime'] - s['startTime']:.1f} s (at {s['startTime'] - start:.1f})"
+        for s in steps
+    )
 
 
 def stack_paths(

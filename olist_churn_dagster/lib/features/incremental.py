@@ -31,6 +31,7 @@ Keeping the state right (the feature path owns the state: the raw load never wri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 
 import duckdb
@@ -298,24 +299,22 @@ def catch_up(conn: duckdb.DuckDBPyConnection, *, window_days: int, horizon_days:
 
 def _window_queries(start: int, end: int) -> dict[str, str]:
     """SQL of the raw rows the features of a date read: orders purchased in [start, end)
-    (epoch days), the rows hanging off them, their customers and products, all sellers."""
+    (epoch days), the rows hanging off them, their customers and products, all sellers.
+    In creation order: the rows hanging off the orders read the window's `orders` (and
+    the products its `order_items`), created before them."""
     first, stop = _midnight(start), _midnight(end)
-    window = (
-        f"SELECT * FROM {RAW_SCHEMA}.orders WHERE order_purchase_timestamp "
-        f">= TIMESTAMP '{first}' AND order_purchase_timestamp < TIMESTAMP '{stop}'"
-    )
-    items = f"SELECT * FROM {RAW_SCHEMA}.order_items SEMI JOIN ({window}) USING (order_id)"
     return {
-        "orders": window,
-        "order_items": items,
+        "orders": f"SELECT * FROM {RAW_SCHEMA}.orders WHERE order_purchase_timestamp "
+        f">= TIMESTAMP '{first}' AND order_purchase_timestamp < TIMESTAMP '{stop}'",
+        "order_items": f"SELECT * FROM {RAW_SCHEMA}.order_items SEMI JOIN orders USING (order_id)",
         "order_payments": f"SELECT * FROM {RAW_SCHEMA}.order_payments "
-        f"SEMI JOIN ({window}) USING (order_id)",
+        "SEMI JOIN orders USING (order_id)",
         "order_reviews": f"SELECT * FROM {RAW_SCHEMA}.order_reviews "
-        f"SEMI JOIN ({window}) USING (order_id)",
+        "SEMI JOIN orders USING (order_id)",
         "customers": f"SELECT * FROM {RAW_SCHEMA}.customers "
-        f"SEMI JOIN (SELECT customer_id FROM ({window})) USING (customer_id)",
+        "SEMI JOIN (SELECT customer_id FROM orders) USING (customer_id)",
         "products": f"SELECT * FROM {RAW_SCHEMA}.products "
-        f"SEMI JOIN (SELECT product_id FROM ({items})) USING (product_id)",
+        "SEMI JOIN (SELECT product_id FROM order_items) USING (product_id)",
         "sellers": f"SELECT * FROM {RAW_SCHEMA}.sellers",
     }
 
@@ -431,24 +430,52 @@ def features_at(
     window_days: int,
     horizon_days: int,
 ) -> pl.DataFrame:
-    """One family's rows for one date, computed inside the warehouse over views of the
-    rows of its reach (nothing else is read), plus, for a family that reads before it, the
+    """One family's rows for one date (see `features_on`)."""
+    kwargs = {"window_days": window_days, "horizon_days": horizon_days}
+    return features_on(conn, [family], reference_date, **kwargs)[family]
+
+
+def features_on(
+    conn: duckdb.DuckDBPyConnection,
+    families: Sequence[str],
+    reference_date: date,
+    *,
+    window_days: int,
+    horizon_days: int,
+) -> dict[str, pl.DataFrame]:
+    """Each family's rows for one date, computed inside the warehouse from the rows of the
+    date's reach (nothing else is read), plus, for a family that reads before it, the
     state moved to this date's cutoff. Run it in a transaction: the state it moves is
-    written there."""
-    plan = PLANS[family](window_days)
+    written there.
+
+    The reach's rows are read once, into temporary tables named as the raw tables, for
+    every family: each family's SQL reads orders and items several times, and on a
+    DuckLake each read of a raw table is a scan of its Parquet files."""
+    plans = {family: PLANS[family](window_days) for family in families}
     end = epoch_day(reference_date)
     start = end - reach_days(window_days, horizon_days)
     state = None
-    if needs_state(family, window_days):
+    if any(needs_state(family, window_days) for family in families):
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
-    views = _window_queries(start, end)
-    tables = source_tables(family)
-    names = [*tables, "sale_items"]
+    wanted = {table for family in families for table in source_tables(family)}
+    queries = {t: sql for t, sql in _window_queries(start, end).items() if t in wanted}
+    created: list[str] = []
     try:
-        for table in tables:
-            conn.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {views[table]}")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW sale_items AS {SALE_ITEMS_SQL}")
-        return _point(conn, family, plan, reference_date, state, window_days, horizon_days)
+        for name, sql in [*queries.items(), ("sale_items", SALE_ITEMS_SQL)]:
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+            created.append(name)
+        return {
+            family: _point(
+                conn,
+                family,
+                plan,
+                reference_date,
+                state if needs_state(family, window_days) else None,
+                window_days,
+                horizon_days,
+            )
+            for family, plan in plans.items()
+        }
     finally:
-        for name in names:
-            conn.execute(f"DROP VIEW IF EXISTS temp.main.{name}")
+        for name in created:
+            conn.execute(f"DROP TABLE IF EXISTS temp.main.{name}")

@@ -108,8 +108,8 @@ def _write_one_date(
     kwargs = {"window_days": settings.window_days, "horizon_days": settings.horizon_days}
     with write() as conn:
         caught_up = incremental.catch_up(conn, **kwargs)
-        for family in families:
-            frame = incremental.features_at(conn, family, day, **kwargs)
+        frames = incremental.features_on(conn, families, day, **kwargs)
+        for family, frame in frames.items():
             rows, schema = _replace(conn, family, [day], [frame])
             state = caught_up if incremental.needs_state(family, settings.window_days) else None
             preview = _preview(frame)

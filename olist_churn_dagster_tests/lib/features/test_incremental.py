@@ -405,7 +405,7 @@ def test_the_feature_run_repairs_the_state_from_the_raw_loads_since_the_last_one
         raise RuntimeError("killed")
 
     with monkeypatch.context() as patched:
-        patched.setattr(incremental, "features_at", killed)
+        patched.setattr(incremental, "features_on", killed)
         with pytest.raises(RuntimeError, match="killed"):
             run(["sales"], day)
     assert_frame_equal(_read(path, f"SELECT * FROM {incremental.CHANGES_TABLE}"), log)
