@@ -422,19 +422,6 @@ def _point(
         con.execute("DROP VIEW IF EXISTS temp.main.dates")
 
 
-def features_at(
-    conn: duckdb.DuckDBPyConnection,
-    family: str,
-    reference_date: date,
-    *,
-    window_days: int,
-    horizon_days: int,
-) -> pl.DataFrame:
-    """One family's rows for one date (see `features_on`)."""
-    kwargs = {"window_days": window_days, "horizon_days": horizon_days}
-    return features_on(conn, [family], reference_date, **kwargs)[family]
-
-
 def features_on(
     conn: duckdb.DuckDBPyConnection,
     families: Sequence[str],
@@ -454,8 +441,9 @@ def features_on(
     plans = {family: PLANS[family](window_days) for family in families}
     end = epoch_day(reference_date)
     start = end - reach_days(window_days, horizon_days)
+    stateful = {family for family in families if needs_state(family, window_days)}
     state = None
-    if any(needs_state(family, window_days) for family in families):
+    if stateful:
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
     wanted = {table for family in families for table in source_tables(family)}
     queries = {t: sql for t, sql in _window_queries(start, end).items() if t in wanted}
@@ -470,7 +458,7 @@ def features_on(
                 family,
                 plan,
                 reference_date,
-                state if needs_state(family, window_days) else None,
+                state if family in stateful else None,
                 window_days,
                 horizon_days,
             )

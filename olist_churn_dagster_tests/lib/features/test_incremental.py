@@ -65,7 +65,8 @@ def load(conn: duckdb.DuckDBPyConnection, snapshot: Path, *, full: bool) -> dict
 
 def incremental_features(conn: duckdb.DuckDBPyConnection, family: str, day: date) -> pl.DataFrame:
     conn.execute("BEGIN TRANSACTION")
-    frame = incremental.features_at(conn, family, day, window_days=WINDOW, horizon_days=HORIZON)
+    kwargs = {"window_days": WINDOW, "horizon_days": HORIZON}
+    frame = incremental.features_on(conn, [family], day, **kwargs)[family]
     conn.execute("COMMIT")
     return frame
 
@@ -312,7 +313,7 @@ def stored_frames(conn: duckdb.DuckDBPyConnection) -> Tables:
 def test_one_date_from_its_window_and_the_state_equals_the_engine(
     source_tables_full: Tables,
 ) -> None:
-    """The single-date evaluation (`features_at`: `point_sql` over views of the window's
+    """The single-date evaluation (`features_on`: `point_sql` over the window's
     rows plus the state) gives the engine's rows over all history, on dates far apart."""
     tables = source_tables_full
     conn = duckdb.connect(":memory:")
