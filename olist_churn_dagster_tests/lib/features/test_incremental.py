@@ -11,6 +11,8 @@ sums integers, so no tolerance is needed).
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from datetime import date, datetime, timedelta
@@ -343,6 +345,59 @@ def test_one_date_from_its_window_and_the_state_equals_the_engine(
 
 
 # --------------------------------------------------------------------------- ownership
+
+
+class _Recorded:
+    """A DuckDB connection that records the SQL run through `execute`. The frames the
+    caller's SQL reads by replacement scan (its local variables) are registered first:
+    DuckDB looks for them in the frame that calls it, which is this one."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn, self.statements = conn, []
+
+    def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+        self.statements.append(sql)
+        for name, value in sys._getframe(1).f_locals.items():
+            if name.startswith("_") and name in sql and hasattr(value, "schema"):
+                self.conn.register(name, value)
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_the_families_of_one_date_read_its_raw_rows_once(source_tables_full: Tables) -> None:
+    """Every family of a date reads the reach's rows from the temporary tables made once
+    for them all: each window table is read from the raw schema in one statement, and no
+    family's SQL reads the raw schema (the state aside, which reads before the reach)."""
+    tables = source_tables_full
+    conn = duckdb.connect(":memory:")
+    try:
+        conn.execute("CREATE SCHEMA raw")
+        for name, frame in tables.items():
+            conn.register("_frame", frame)
+            conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _frame')
+            conn.unregister("_frame")
+        day = tables["orders"]["order_purchase_timestamp"].max().date() + timedelta(days=1)
+        recorded = _Recorded(conn)
+        kwargs = {"window_days": WINDOW, "horizon_days": HORIZON}
+        conn.execute("BEGIN TRANSACTION")
+        frames = incremental.features_on(recorded, list(FEATURE_FAMILIES), day, **kwargs)
+        conn.execute("COMMIT")
+        assert all(frames[family].height > 0 for family in FEATURE_FAMILIES)
+        window = [
+            sql for sql in recorded.statements if sql.startswith("CREATE OR REPLACE TEMP TABLE")
+        ]
+        created = sorted(sql.split()[5] for sql in window)
+        needed = {t for family in FEATURE_FAMILIES for t in incremental.source_tables(family)}
+        assert created == sorted([*needed, "sale_items"])
+        for table in needed:  # each raw table scanned by one statement, once
+            assert sum(len(re.findall(rf"raw\.{table}\b", sql)) for sql in window) == 1, table
+        family_sql = [sql for sql in recorded.statements if sql.startswith("WITH ")]
+        assert len(family_sql) == len(FEATURE_FAMILIES)
+        assert not [sql for sql in family_sql if "raw." in sql]
+    finally:
+        conn.close()
 
 
 def _load_file(path: Path, snapshot: Path, *, full: bool) -> None:
