@@ -312,19 +312,25 @@ def stored_frames(conn: duckdb.DuckDBPyConnection) -> Tables:
     return {name: conn.execute(f'SELECT * FROM raw."{name}"').pl() for name in TABLES}
 
 
+def raw_in_memory(tables: Tables) -> duckdb.DuckDBPyConnection:
+    """An in-memory warehouse whose raw schema holds `tables`."""
+    conn = duckdb.connect(":memory:")
+    conn.execute("CREATE SCHEMA raw")
+    for name, frame in tables.items():
+        conn.register("_frame", frame)
+        conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _frame')
+        conn.unregister("_frame")
+    return conn
+
+
 def test_one_date_from_its_window_and_the_state_equals_the_engine(
     source_tables_full: Tables,
 ) -> None:
     """The single-date evaluation (`features_on`: `point_sql` over the window's
     rows plus the state) gives the engine's rows over all history, on dates far apart."""
     tables = source_tables_full
-    conn = duckdb.connect(":memory:")
+    conn = raw_in_memory(tables)
     try:
-        conn.execute("CREATE SCHEMA raw")
-        for name, frame in tables.items():
-            conn.register("_frame", frame)
-            conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _frame')
-            conn.unregister("_frame")
         last = tables["orders"]["order_purchase_timestamp"].max().date() + timedelta(days=1)
         for day in (last - timedelta(days=150), last):
             for family in FEATURE_FAMILIES:
@@ -371,13 +377,8 @@ def test_the_families_of_one_date_read_its_raw_rows_once(source_tables_full: Tab
     for them all: each window table is read from the raw schema in one statement, and no
     family's SQL reads the raw schema (the state aside, which reads before the reach)."""
     tables = source_tables_full
-    conn = duckdb.connect(":memory:")
+    conn = raw_in_memory(tables)
     try:
-        conn.execute("CREATE SCHEMA raw")
-        for name, frame in tables.items():
-            conn.register("_frame", frame)
-            conn.execute(f'CREATE TABLE raw."{name}" AS SELECT * FROM _frame')
-            conn.unregister("_frame")
         day = tables["orders"]["order_purchase_timestamp"].max().date() + timedelta(days=1)
         recorded = _Recorded(conn)
         kwargs = {"window_days": WINDOW, "horizon_days": HORIZON}
