@@ -53,6 +53,7 @@ before one feature run are both seen, and a feature run that fails leaves them.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,16 +298,15 @@ def _compared(
     keys_sql = ", ".join(f'c."{c}"' for c in pk)
     differs = " OR ".join(f'c."{c}" IS DISTINCT FROM t."{c}"' for c in spec.columns)
     _fresh = typed.drop(ROW, LINE).to_arrow()
-    updated = conn.execute(
-        f"SELECT {keys_sql} FROM _fresh c "
-        f'JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")} '
-        f"WHERE {differs}"
-    ).pl()
-    inserted = conn.execute(
-        f"SELECT {keys_sql} FROM _fresh c "
-        f'ANTI JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")}'
-    ).pl()
+    found = f't."{pk[0]}" IS NOT NULL'  # a key column: never null in a stored row
+    compared = conn.execute(
+        f"SELECT {keys_sql}, {found} AS _found FROM _fresh c "
+        f'LEFT JOIN {RAW_SCHEMA}."{spec.name}" t ON {_on(spec.primary_key, "c", "t")} '
+        f"WHERE NOT {found} OR {differs}"
+    ).pl()  # one scan of the table for both
     del _fresh
+    updated = compared.filter(pl.col("_found")).drop("_found")
+    inserted = compared.filter(~pl.col("_found")).drop("_found")
     to_write = pl.concat(
         [typed.join(updated, on=pk, how="semi"), typed.join(inserted.select(pk), on=pk, how="semi")]
     )
@@ -320,6 +320,13 @@ def _compared(
         updated=updated,
         inserted=inserted.height,
     )
+
+
+def _repeated(values: pl.Series) -> pl.Series:
+    """The values that occur more than once, each once: by sorting, several times faster
+    than `is_duplicated`'s hashing on the millions of hashes of a large file."""
+    ordered = values.sort()
+    return ordered.filter(ordered == ordered.shift(1)).unique()
 
 
 def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -> _TablePlan | None:
@@ -336,22 +343,20 @@ def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -
         return None
     store = f'{HASH_SCHEMA}."{spec.name}"'
     stored = conn.execute(f'SELECT "{HASH}" FROM {store}').pl().get_column(HASH)
-    lines = lines.with_columns(pl.col(HASH).is_in(stored.implode()).alias("_known"))
-    if lines.get_column("_known").sum() < lines.height / 2:
+    is_known = lines.get_column(HASH).is_in(stored.implode())
+    if is_known.sum() < lines.height / 2:
         return None  # mostly new (first load, a changed hash): parsing it whole is cheaper
+    new_lines = lines.filter(~is_known)
     try:
-        text = parse_lines(data[:header_end], lines.filter(~pl.col("_known")), spec)
+        text = parse_lines(data[:header_end], new_lines, spec)
     except InputDataError:
         return None
     typed = type_rows(text, spec.name)
-    fresh = pl.concat(
-        [typed.select(pk), lines.filter(~pl.col("_known")).select(HASH, ROW, LINE)],
-        how="horizontal",
-    )
-    known = lines.filter(pl.col("_known")).select(HASH, ROW, LINE)
+    fresh = pl.concat([typed.select(pk), new_lines.select(HASH, ROW, LINE)], how="horizontal")
+    known = lines.select(HASH, ROW, LINE).filter(is_known)
     # Keys can repeat only where a new row's key is also an unchanged row's, or where one
     # known line is written twice: those rows are located and checked with the new ones.
-    twice = known.filter(pl.col(HASH).is_duplicated()).select(HASH).unique()
+    twice = _repeated(known.get_column(HASH)).to_frame()
     key_list = ", ".join(f'"{c}"' for c in pk)
     _fresh_keys, _twice = fresh.select(pk).unique().to_arrow(), twice.to_arrow()
     involved = conn.execute(
@@ -361,9 +366,11 @@ def _plan_lines(conn: duckdb.DuckDBPyConnection, spec: TableSpec, data: bytes) -
     del _fresh_keys, _twice
     keys = pl.concat([fresh, involved.join(known, on=HASH).select(fresh.columns)])
     _check_unique(keys, spec)
-    _source = lines.select(HASH).to_arrow()
-    gone = conn.execute(f"SELECT {key_list} FROM {store} ANTI JOIN _source USING ({HASH})").pl()
-    del _source
+    # The stored hashes that are no line's any more: the old versions of changed rows and
+    # the deleted rows, looked up by the few hashes rather than against every line's.
+    _gone = stored.filter(~stored.is_in(lines.get_column(HASH).implode())).to_frame().to_arrow()
+    gone = conn.execute(f"SELECT {key_list} FROM {store} SEMI JOIN _gone USING ({HASH})").pl()
+    del _gone
     deleted = gone.join(fresh.select(pk), on=pk, how="anti", nulls_equal=False)
     plan = _compared(conn, spec, typed, keys, fresh.select(*pk, HASH), deleted)
     plan.known, plan.source_rows = known, lines.height
@@ -393,6 +400,38 @@ def _plan_full(conn: duckdb.DuckDBPyConnection, spec: TableSpec, text: pl.DataFr
     )
 
 
+def _sha256(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def _plan_table(
+    conn: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    data: bytes | None,
+    *,
+    delta: bool,
+    loaded: tuple[str, int] | None,
+    digests: ThreadPoolExecutor,
+) -> _TablePlan:
+    """One table's plan: unchanged (the bytes of the last load), by lines, or read whole.
+    The file's digest (about a second per GB, the GIL released) is taken in `digests`
+    while the records are hashed; a file it finds unchanged drops that plan."""
+    pending = digests.submit(_sha256, data)
+    plan = _plan_lines(conn, spec, data) if delta and data is not None else None
+    digest = pending.result()
+    if digest is not None and loaded is not None and loaded[0] == digest:
+        return _plan_unchanged(spec, digest, loaded[1])
+    if plan is None:
+        if data is None:
+            columns = {c: pl.String for c in spec.columns}
+            text = pl.DataFrame(schema={**columns, LINE: pl.Int64, ROW: pl.Int64, HASH: pl.UInt64})
+        else:
+            text = parse_text(data, spec, hashes=True)
+        plan = (_plan_delta if delta else _plan_full)(conn, spec, text)
+    plan.sha256 = digest
+    return plan
+
+
 def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> LoadPlan:
     """Read and check `source` and compare it with the warehouse's raw tables, table by
     table (`full`: every table loaded whole). Raises `InputDataError` for bad input."""
@@ -401,30 +440,19 @@ def plan_load(conn: duckdb.DuckDBPyConnection, source: Path, *, full: bool) -> L
     files = read_files(source)
     present: dict[str, bytes] = {}
     plans: dict[str, _TablePlan] = {}
-    for name, spec in TABLES.items():
-        # tables come in TABLES order; an optional file that is absent is an empty table
-        while name not in present and (item := next(files, None)) is not None:
-            present[item[0].name] = item[1]
-        data = present.pop(name, None)
-        digest = hashlib.sha256(data).hexdigest() if data is not None else None
-        if digest is not None and name in loaded and loaded[name][0] == digest:
-            plans[name] = _plan_unchanged(spec, digest, loaded[name][1])
-            continue
-        delta = usable[name] and bool(spec.primary_key)
-        plan = _plan_lines(conn, spec, data) if delta and data is not None else None
-        if plan is None:
-            if data is None:
-                columns = {c: pl.String for c in spec.columns}
-                text = pl.DataFrame(
-                    schema={**columns, LINE: pl.Int64, ROW: pl.Int64, HASH: pl.UInt64}
-                )
-            else:
-                text = parse_text(data, spec, hashes=True)
-            plan = (_plan_delta if delta else _plan_full)(conn, spec, text)
-            del text
-        plan.sha256 = digest
-        plans[name] = plan
-        del data
+    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as digests:
+        for name, spec in TABLES.items():
+            # tables come in TABLES order; an optional file that is absent is an empty table
+            while name not in present and (item := next(files, None)) is not None:
+                present[item[0].name] = item[1]
+            plans[name] = _plan_table(
+                conn,
+                spec,
+                present.pop(name, None),
+                delta=usable[name] and bool(spec.primary_key),
+                loaded=loaded.get(name),
+                digests=digests,
+            )
     # Links between two tables loaded whole are checked on the frames, as `load_dataset`
     # does; the others once the changes are written (`apply_load`).
     check_references({n: p.typed for n, p in plans.items() if p.mode == "full"})
