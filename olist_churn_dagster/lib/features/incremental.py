@@ -37,7 +37,7 @@ from datetime import date, datetime, time, timedelta
 import duckdb
 import polars as pl
 
-from olist_churn_dagster.lib.features import feature_schema, source_tables
+from olist_churn_dagster.lib.features import feature_schema, source_columns
 from olist_churn_dagster.lib.features.engine import (
     Additive,
     FamilyPlan,
@@ -48,7 +48,7 @@ from olist_churn_dagster.lib.features.engine import (
 )
 from olist_churn_dagster.lib.features.families import PLANS
 from olist_churn_dagster.lib.ingest.delta import HASH_SCHEMA, SALE_CHANGES
-from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES
+from olist_churn_dagster.lib.ingest.schema import NON_SALE_STATUSES, TABLES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import FEATURE_SCHEMA, RAW_SCHEMA
 from olist_churn_dagster.lib.warehouse import table_exists
@@ -297,25 +297,33 @@ def catch_up(conn: duckdb.DuckDBPyConnection, *, window_days: int, horizon_days:
     return done
 
 
-def _window_queries(start: int, end: int) -> dict[str, str]:
+def _window_queries(start: int, end: int, columns: dict[str, list[str]]) -> dict[str, str]:
     """SQL of the raw rows the features of a date read: orders purchased in [start, end)
-    (epoch days), the rows hanging off them, their customers and products, all sellers.
-    In creation order: the rows hanging off the orders read the window's `orders` (and
-    the products its `order_items`), created before them."""
+    (epoch days), the rows hanging off them, their customers and products, all sellers,
+    each with the `columns` read of it (`source_columns`) and the keys these queries join
+    on. In creation order: the rows hanging off the orders read the window's `orders`
+    (and the products its `order_items`), created before them."""
     first, stop = _midnight(start), _midnight(end)
+    joined = {"orders": ["order_id", "customer_id"], "order_items": ["order_id", "product_id"]}
+
+    def cols(table: str) -> str:
+        wanted = {*columns[table], *joined.get(table, ())}
+        return ", ".join(f'"{c}"' for c in TABLES[table].columns if c in wanted)
+
+    tails = {
+        "orders": f"WHERE order_purchase_timestamp >= TIMESTAMP '{first}' "
+        f"AND order_purchase_timestamp < TIMESTAMP '{stop}'",
+        "order_items": "SEMI JOIN orders USING (order_id)",
+        "order_payments": "SEMI JOIN orders USING (order_id)",
+        "order_reviews": "SEMI JOIN orders USING (order_id)",
+        "customers": "SEMI JOIN (SELECT customer_id FROM orders) USING (customer_id)",
+        "products": "SEMI JOIN (SELECT product_id FROM order_items) USING (product_id)",
+        "sellers": "",
+    }
     return {
-        "orders": f"SELECT * FROM {RAW_SCHEMA}.orders WHERE order_purchase_timestamp "
-        f">= TIMESTAMP '{first}' AND order_purchase_timestamp < TIMESTAMP '{stop}'",
-        "order_items": f"SELECT * FROM {RAW_SCHEMA}.order_items SEMI JOIN orders USING (order_id)",
-        "order_payments": f"SELECT * FROM {RAW_SCHEMA}.order_payments "
-        "SEMI JOIN orders USING (order_id)",
-        "order_reviews": f"SELECT * FROM {RAW_SCHEMA}.order_reviews "
-        "SEMI JOIN orders USING (order_id)",
-        "customers": f"SELECT * FROM {RAW_SCHEMA}.customers "
-        "SEMI JOIN (SELECT customer_id FROM orders) USING (customer_id)",
-        "products": f"SELECT * FROM {RAW_SCHEMA}.products "
-        "SEMI JOIN (SELECT product_id FROM order_items) USING (product_id)",
-        "sellers": f"SELECT * FROM {RAW_SCHEMA}.sellers",
+        table: f"SELECT {cols(table)} FROM {RAW_SCHEMA}.{table} {tail}"
+        for table, tail in tails.items()
+        if table in columns
     }
 
 
@@ -445,8 +453,11 @@ def features_on(
     state = None
     if stateful:
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
-    wanted = {table for family in families for table in source_tables(family)}
-    queries = {t: sql for t, sql in _window_queries(start, end).items() if t in wanted}
+    columns: dict[str, list[str]] = {}
+    for family in families:
+        for table, names in source_columns(family).items():
+            columns[table] = [*columns.get(table, []), *names]
+    queries = _window_queries(start, end, columns)
     created: list[str] = []
     try:
         for name, sql in [*queries.items(), ("sale_items", SALE_ITEMS_SQL)]:

@@ -28,6 +28,7 @@ from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
     compute_features,
     incremental,
+    source_columns,
 )
 from olist_churn_dagster.lib.features.writer import FamilyWritten, FeatureSettings, write_features
 from olist_churn_dagster.lib.ingest.delta import TableChange, apply_load, plan_load
@@ -390,10 +391,19 @@ def test_the_families_of_one_date_read_its_raw_rows_once(source_tables_full: Tab
             sql for sql in recorded.statements if sql.startswith("CREATE OR REPLACE TEMP TABLE")
         ]
         created = sorted(sql.split()[5] for sql in window)
-        needed = {t for family in FEATURE_FAMILIES for t in incremental.source_tables(family)}
-        assert created == sorted([*needed, "sale_items"])
-        for table in needed:  # each raw table scanned by one statement, once
+        read: dict[str, set[str]] = {}
+        for family in FEATURE_FAMILIES:
+            for table, columns in source_columns(family).items():
+                read.setdefault(table, set()).update(columns)
+        assert created == sorted([*read, "sale_items"])
+        joined = {"order_id", "customer_id", "product_id"}  # the window queries' join keys
+        for table, columns in read.items():  # each raw table scanned by one statement, once
             assert sum(len(re.findall(rf"raw\.{table}\b", sql)) for sql in window) == 1, table
+            (sql,) = [sql for sql in window if sql.split()[5] == table]
+            selected = re.search(rf"AS SELECT (.*?) FROM raw\.{table}\b", sql)
+            kept = {c.strip().strip('"') for c in selected.group(1).split(",")}
+            assert columns <= kept <= columns | joined, table  # only the columns read
+        assert any(len(read[t]) < len(TABLES[t].columns) for t in read)  # some left out
         family_sql = [sql for sql in recorded.statements if sql.startswith("WITH ")]
         assert len(family_sql) == len(FEATURE_FAMILIES)
         assert not [sql for sql in family_sql if "raw." in sql]
