@@ -173,7 +173,12 @@ def _monitoring_inputs(
         horizon_days=settings.churn_horizon_days,
         window_days=settings.feature_window_days,
     )
-    reference = reference_cohorts(conn.execute(f"SELECT * FROM {ABT_TABLE}").pl())
+    newest = (  # the cohorts `reference_cohorts` keeps, read alone
+        f"SELECT DISTINCT reference_date FROM {ABT_TABLE} "
+        f"ORDER BY reference_date DESC LIMIT {REFERENCE_COHORTS}"
+    )
+    abt = conn.execute(f"SELECT * FROM {ABT_TABLE} SEMI JOIN ({newest}) USING (reference_date)")
+    reference = reference_cohorts(abt.pl())
     first = history.get_column("reference_date").min()
     orders, items = read_label_inputs(conn, first, settings.churn_horizon_days)
     labels = churn_labels(
