@@ -10,10 +10,11 @@ thread, so that the caller can record one committed family while the next one co
   about `batch_rows` rows (bounded memory, cost that follows the data);
 - each batch is computed while the previous one is written, on one DuckDB thread (the
   compute keeps a core), and the family's rows are replaced in one transaction;
-- what the families share (the sellers' ranks, the batches' sizes: `Backfill`) is built
-  once; each family reads its raw tables in its own turn, never while another family's
-  write transaction is open (on a DuckLake such a read was seen to spin without end, and
-  on a DuckDB file it cost time: see docs/benchmarks.md).
+- what the families share (the sellers' ranks, the batches' sizes: `Backfill`; the
+  orders, items and sales every family reads) is built or read once, by the first
+  family; each family reads its other raw tables in its own turn, never while another
+  family's write transaction is open (on a DuckLake such a read was seen to spin without
+  end, and on a DuckDB file it cost time: see docs/benchmarks.md).
 
 The background threads run at a lower CPU priority (`lower_thread_priority`) and in the
 caller's context (`contextvars`), so a caller that asks for a retry from inside a write
@@ -41,6 +42,7 @@ from olist_churn_dagster.lib.features import (
     source_columns,
     source_tables,
 )
+from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
 from olist_churn_dagster.lib.threads import lower_thread_priority, read_ahead
@@ -133,28 +135,56 @@ def _replace(
     return replace_partition_rows(conn, feature_table(family), PARTITION_COLUMN, keys, frames)
 
 
-def read_family_sources(read: Connect, family: str) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-    """The raw tables a family reads (only its columns) and their sales, which every batch
-    of the family uses."""
-    with read() as conn:
-        raw = read_tables(conn, RAW_SCHEMA, FAMILY_SOURCES[family], columns=source_columns(family))
-    return raw, sale_items(raw["orders"], raw["order_items"])
+SALE_TABLES = ("orders", "order_items")  # what every family reads: read once per range
 
 
 @dataclass
 class RangeState:
-    """What the families of one range share: the `Backfill` the first family builds."""
+    """What the families of one range share: the `Backfill` the first family builds, and
+    the orders and items every family reads (with all of the range's families' columns)
+    and their sales, read by the first family (before any write: see the module's note)."""
 
     read: Connect
+    families: Sequence[str]
     backfill: Backfill | None = None
+    sale_tables: dict[str, pl.DataFrame] | None = None
+    sales: pl.DataFrame | None = None
     failed: bool = False  # a family failed: the ones queued after it do not start
+
+    def shared_sales(self) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+        if self.sale_tables is None or self.sales is None:
+            wanted = {
+                t: {c for f in self.families for c in source_columns(f)[t]} for t in SALE_TABLES
+            }
+            columns = {t: [c for c in TABLES[t].columns if c in wanted[t]] for t in SALE_TABLES}
+            with self.read() as conn:
+                self.sale_tables = read_tables(conn, RAW_SCHEMA, SALE_TABLES, columns=columns)
+            self.sales = sale_items(self.sale_tables["orders"], self.sale_tables["order_items"])
+        return self.sale_tables, self.sales
+
+
+def read_family_sources(
+    state: RangeState, family: str
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """The raw tables a family reads (only its columns) and their sales, which every batch
+    of the family uses: the orders, items and sales as the range shares them (the
+    family's columns of them), the other tables read now."""
+    columns = source_columns(family)
+    shared, sales = state.shared_sales()
+    others = [t for t in FAMILY_SOURCES[family] if t not in SALE_TABLES]
+    with state.read() as conn:
+        raw = read_tables(conn, RAW_SCHEMA, others, columns=columns)
+    raw |= {t: shared[t].select(columns[t]) for t in SALE_TABLES}
+    # `sale_items` of the family's own columns: its items', then the purchase time and day
+    extra = [c for c in sales.columns if c not in shared["order_items"].columns]
+    return raw, sales.select(*columns["order_items"], *extra)
 
 
 def write_family_range(
     family: str, days: list[date], write: Connect, state: RangeState, settings: FeatureSettings
 ) -> FamilyWritten:
     """Every date of a range for one family, its rows replaced in one transaction."""
-    raw, sales = read_family_sources(state.read, family)
+    raw, sales = read_family_sources(state, family)
     if state.backfill is None:
         state.backfill = Backfill(raw, days, horizon_days=settings.horizon_days, sales=sales)
     batches = state.backfill.batches(settings.batch_rows)
@@ -185,7 +215,7 @@ def _write_range(
 ) -> Iterator[FamilyWritten]:
     """One family after the other in a background thread, yielded as each commits."""
     pool = _background_thread("feature-tables")
-    state = RangeState(read)
+    state = RangeState(read, families)
     try:
         pending = [
             pool.submit(

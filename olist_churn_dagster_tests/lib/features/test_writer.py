@@ -18,7 +18,12 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from olist_churn_dagster.generator.marketplace import generate_dataset
-from olist_churn_dagster.lib.features import FEATURE_FAMILIES, compute_features, writer
+from olist_churn_dagster.lib.features import (
+    FEATURE_FAMILIES,
+    compute_features,
+    source_columns,
+    writer,
+)
 from olist_churn_dagster.lib.features.writer import (
     RANGE_ORDER,
     FeatureSettings,
@@ -169,6 +174,45 @@ def test_each_family_reads_its_raw_tables_in_its_own_turn_never_during_a_write(
     assert written == families
     assert reads == families  # once each, in the range's order
     assert overlaps and not any(overlaps)
+
+
+class _Recording:
+    """A connection that records the SQL run through it."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, statements: list[str]) -> None:
+        self.conn, self.statements = conn, statements
+
+    def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+        self.statements.append(sql)
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_range_reads_the_orders_and_items_once_for_every_family(warehouse, raw):
+    """Every family reads orders and items: a range reads them once, with the columns of
+    all its families, and each other raw table once, for the family that reads it; the
+    rows still equal `compute_features`."""
+    read, write = connections(warehouse)
+    statements: list[str] = []
+
+    @contextmanager
+    def recorded_read() -> Iterator[_Recording]:
+        with read() as conn:
+            yield _Recording(conn, statements)
+
+    families = ["reviews", "sales", "customers"]
+    list(write_features(recorded_read, write, families, DAYS, SETTINGS))
+    for family in families:
+        expected = compute_features(family, raw, DAYS)
+        assert_frame_equal(_stored(warehouse, family), expected, check_column_order=False)
+    scans = [s for s in statements if s.startswith("SELECT") and '"raw".' in s]
+    for table in ("orders", "order_items", "order_reviews", "customers"):
+        assert sum(f'"raw"."{table}"' in s for s in scans) == 1, table
+    (orders,) = [s for s in scans if '"raw"."orders"' in s]
+    for family in families:
+        assert all(f'"{c}"' in orders for c in source_columns(family)["orders"])
 
 
 def test_a_range_computes_and_writes_without_pandas(warehouse):
