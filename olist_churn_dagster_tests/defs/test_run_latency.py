@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
@@ -24,6 +25,22 @@ def test_the_instance_dequeues_runs_every_second_and_keeps_its_limits(tmp_path: 
         assert limits.run_queue_config is not None
         assert limits.run_queue_config.max_concurrent_runs == 4
         assert limits.pool_config.default_pool_limit == 1  # one warehouse writer at a time
+
+
+def test_the_deployed_instance_dequeues_runs_every_second_too(tmp_path: Path):
+    """deploy/dagster.yaml (and so `make stack`'s instance, written from it), with its
+    Postgres, Docker and shared volume swapped for local ones so it loads here."""
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
+    config["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
+    config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
+    config["compute_logs"]["config"]["base_dir"] = str(tmp_path / "compute_logs")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
+        limits = instance.get_concurrency_config()
+        assert limits.run_queue_config is not None
+        assert limits.run_queue_config.max_concurrent_runs == 6
 
 
 def test_the_snapshot_sensor_ticks_with_the_daemon_loop(definitions: dg.Definitions):
