@@ -48,6 +48,7 @@ __all__ = [
     "FeatureSpec",
     "active_seller_counts",
     "active_sellers",
+    "columns_read",
     "compute_features",
     "feature_batches",
     "feature_columns",
@@ -486,3 +487,13 @@ def source_columns(family: str) -> dict[str, list[str]]:
         keep = {*_SALE_COLUMNS.get(table, ()), *declared.get(table, ())}
         out[table] = [c for c in TABLES[table].columns if c in keep]
     return out
+
+
+def columns_read(families: Iterable[str]) -> dict[str, list[str]]:
+    """`source_columns` of several families together: each raw table any of them reads,
+    with the columns any of them reads of it, in schema order."""
+    wanted: dict[str, set[str]] = {}
+    for family in families:
+        for table, columns in source_columns(family).items():
+            wanted.setdefault(table, set()).update(columns)
+    return {t: [c for c in TABLES[t].columns if c in keep] for t, keep in wanted.items()}

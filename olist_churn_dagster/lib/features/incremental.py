@@ -37,7 +37,7 @@ from datetime import date, datetime, time, timedelta
 import duckdb
 import polars as pl
 
-from olist_churn_dagster.lib.features import feature_schema, source_columns
+from olist_churn_dagster.lib.features import columns_read, feature_schema
 from olist_churn_dagster.lib.features.engine import (
     Additive,
     FamilyPlan,
@@ -300,7 +300,7 @@ def catch_up(conn: duckdb.DuckDBPyConnection, *, window_days: int, horizon_days:
 def _window_queries(start: int, end: int, columns: dict[str, list[str]]) -> dict[str, str]:
     """SQL of the raw rows the features of a date read: orders purchased in [start, end)
     (epoch days), the rows hanging off them, their customers and products, all sellers,
-    each with the `columns` read of it (`source_columns`) and the keys these queries join
+    each with the `columns` read of it (`columns_read`) and the keys these queries join
     on. In creation order: the rows hanging off the orders read the window's `orders`
     (and the products its `order_items`), created before them."""
     first, stop = _midnight(start), _midnight(end)
@@ -453,11 +453,7 @@ def features_on(
     state = None
     if stateful:
         state = state_at(conn, start, window_days=window_days, horizon_days=horizon_days)
-    columns: dict[str, list[str]] = {}
-    for family in families:
-        for table, names in source_columns(family).items():
-            columns[table] = [*columns.get(table, []), *names]
-    queries = _window_queries(start, end, columns)
+    queries = _window_queries(start, end, columns_read(families))
     created: list[str] = []
     try:
         for name, sql in [*queries.items(), ("sale_items", SALE_ITEMS_SQL)]:

@@ -37,12 +37,12 @@ import polars as pl
 from olist_churn_dagster.lib.features import (
     FEATURE_FAMILIES,
     Backfill,
+    columns_read,
     feature_batches,
     incremental,
     source_columns,
     source_tables,
 )
-from olist_churn_dagster.lib.ingest.schema import TABLES
 from olist_churn_dagster.lib.sales import sale_items
 from olist_churn_dagster.lib.tables import RAW_SCHEMA, feature_table
 from olist_churn_dagster.lib.threads import lower_thread_priority, read_ahead
@@ -153,10 +153,7 @@ class RangeState:
 
     def shared_sales(self) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
         if self.sale_tables is None or self.sales is None:
-            wanted = {
-                t: {c for f in self.families for c in source_columns(f)[t]} for t in SALE_TABLES
-            }
-            columns = {t: [c for c in TABLES[t].columns if c in wanted[t]] for t in SALE_TABLES}
+            columns = columns_read(self.families)
             with self.read() as conn:
                 self.sale_tables = read_tables(conn, RAW_SCHEMA, SALE_TABLES, columns=columns)
             self.sales = sale_items(self.sale_tables["orders"], self.sale_tables["order_items"])
